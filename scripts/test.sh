@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, starts PostgreSQL and Redis when they do not answer,
+# lints, and runs every test tier CI runs (unit, real-model, Celery workers). Extra arguments go to pytest.
+#   scripts/test.sh            # everything
+#   scripts/test.sh --fast     # inner loop: skips the real-model tier
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+fast=0
+if [ "${1:-}" = "--fast" ]; then fast=1; shift; fi
+
+ensure_venv
+ensure_postgres
+ensure_redis
+
+export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/distillery}"
+# A Redis database of its own, so tests never see a running dev stack's queues.
+export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Two cores: keep torch from oversubscribing them while Celery test workers run beside pytest.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+say "Lint: ruff check + format --check"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+
+say "Django system checks and migrations"
+"$PY" manage.py check --fail-level WARNING
+"$PY" manage.py makemigrations --check --dry-run >/dev/null || die "Models changed without a migration: run manage.py makemigrations."
+
+marker=()
+if [ "$fast" = 1 ]; then marker=(-m "not realmodel"); fi
+say "pytest ${marker[*]} $*"
+exec "$PY" -m pytest "${marker[@]}" "$@"

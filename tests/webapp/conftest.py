@@ -1,0 +1,50 @@
+"""Two organizations and one user per role: the cast of every permission test.
+
+org A: owner, admin, member.  org B: outsider (its owner) — must see none of A's objects (404).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from webapp.tenants.models import Membership, Organization
+from webapp.tenants.permissions import Role
+
+PASSWORD = "a-long-test-password-42"
+
+
+@dataclass
+class Cast:
+    org: Organization
+    other_org: Organization
+    owner: Any
+    admin: Any
+    member: Any
+    outsider: Any
+
+    def client_for(self, who: str) -> Client:
+        client = Client()
+        if who != "anonymous":
+            client.force_login(getattr(self, who))
+        return client
+
+
+def make_user(username: str, **extra: Any) -> Any:
+    return get_user_model().objects.create_user(
+        username=username, email=f"{username}@example.com", password=PASSWORD, **extra
+    )
+
+
+@pytest.fixture
+def cast(db: None) -> Cast:
+    owner, admin, member, outsider = (make_user(name) for name in ("olivia", "adam", "mia", "oscar"))
+    org = Organization.create_with_owner(name="Acme", owner=owner)
+    Membership.objects.create(organization=org, user=admin, role=Role.ADMIN)
+    Membership.objects.create(organization=org, user=member, role=Role.MEMBER)
+    other_org = Organization.create_with_owner(name="Globex", owner=outsider)
+    return Cast(org=org, other_org=other_org, owner=owner, admin=admin, member=member, outsider=outsider)

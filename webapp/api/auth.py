@@ -1,0 +1,60 @@
+"""Bearer-token authentication for the REST API, with OpenAI-style JSON errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from webapp.tenants.models import ApiToken, Organization
+
+
+class ApiRequest(HttpRequest):
+    api_token: ApiToken
+    organization: Organization
+
+
+def api_error(message: str, *, status: int, error_type: str, code: str | None = None) -> JsonResponse:
+    """The error shape of OpenAI's API, so the official clients raise readable exceptions."""
+    return JsonResponse({"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status)
+
+
+def not_found(what: str = "object") -> JsonResponse:
+    return api_error(f"No such {what}.", status=404, error_type="invalid_request_error", code="not_found")
+
+
+ApiView = Callable[..., JsonResponse]
+
+
+def api_token_required(view: ApiView) -> ApiView:
+    """Authenticate `Authorization: Bearer dst_…`; the token's org becomes `request.organization`.
+
+    Token requests carry no cookies, so CSRF does not apply (csrf_exempt); a browser session is not accepted
+    here, which keeps the API from being driven cross-site.
+    """
+
+    @csrf_exempt
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, plaintext = header.partition(" ")
+        if scheme.lower() != "bearer" or not plaintext.strip():
+            return api_error(
+                "Missing API token: send `Authorization: Bearer <token>` (create one under Org → API tokens).",
+                status=401,
+                error_type="authentication_error",
+                code="missing_api_key",
+            )
+        token = ApiToken.authenticate(plaintext.strip())
+        if token is None:
+            return api_error(
+                "Invalid or revoked API token.", status=401, error_type="authentication_error", code="invalid_api_key"
+            )
+        request.api_token = token  # type: ignore[attr-defined]
+        request.organization = token.organization  # type: ignore[attr-defined]
+        return view(request, *args, **kwargs)
+
+    return wrapped

@@ -1,0 +1,48 @@
+"""The one Celery app, configured from Django settings (CELERY_* names).
+
+Queues: ``cpu`` (ingest, bookkeeping) and ``gpu`` (teacher passes, training; one task per GPU worker).
+Routing is by task name, here, in one table, so a caller never has to remember which queue a task needs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+app = Celery("distillery")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+QUEUES = (CPU_QUEUE, GPU_QUEUE)
+
+app.conf.task_queues = tuple(Queue(name, routing_key=name) for name in QUEUES)
+app.conf.task_default_queue = CPU_QUEUE
+# Task name patterns → queue. Anything unlisted runs on the cpu queue.
+app.conf.task_routes = {
+    "distillery.system.ping_gpu": {"queue": GPU_QUEUE},
+    "distillery.gpu.*": {"queue": GPU_QUEUE},
+}
+app.conf.beat_schedule = {
+    # Lets the health page tell whether beat (the periodic sweeps) is alive.
+    "beat-heartbeat": {"task": "distillery.system.beat_heartbeat", "schedule": 30.0},
+}
+
+app.autodiscover_tasks(["workers.tasks"], related_name=None, force=True)
+
+
+@worker_init.connect  # solo pool: the main process runs the tasks
+@worker_process_init.connect  # prefork pool: each child
+def _set_torch_threads_in_worker(**_: Any) -> None:
+    """Each worker process takes its share of the cores before any model loads."""
+    from django.conf import settings
+
+    from workers.ml.device import configure_torch_threads
+
+    configure_torch_threads(settings.TORCH_THREADS)

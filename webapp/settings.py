@@ -1,0 +1,263 @@
+"""Distillery settings, read from the environment (12-factor) with safe defaults for a local run.
+
+Modes (DISTILLERY_ENV):
+- ``local`` (default): DEBUG off unless asked, secrets generated once under DATA_DIR, SQLite under DATA_DIR
+  unless DATABASE_URL names a PostgreSQL (the README's run command sets it when one answers).
+- ``production``: SECRET_KEY, FIELD_ENCRYPTION_KEYS, ALLOWED_HOSTS and a PostgreSQL DATABASE_URL are required;
+  an unsafe combination refuses to start (see webapp/config_checks.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from webapp.config_checks import production_problems
+from webapp.local_secrets import load_or_create_local_secrets
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+DISTILLERY_ENV = env.str("DISTILLERY_ENV", default="local")
+if DISTILLERY_ENV not in {"local", "production"}:
+    raise ImproperlyConfigured(f"DISTILLERY_ENV must be 'local' or 'production', not {DISTILLERY_ENV!r}.")
+IS_PRODUCTION = DISTILLERY_ENV == "production"
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# ------------------------------------------------------------------ data on disk
+# One root for everything a deployment writes: uploads, converted model caches, artifacts, checkpoints.
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
+MEDIA_ROOT = DATA_DIR / "media"
+MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(DATA_DIR / "models")))
+ARTIFACTS_DIR = DATA_DIR / "artifacts"
+CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
+
+# ------------------------------------------------------------------ secrets
+_local_secrets: dict[str, object] = {}
+if not IS_PRODUCTION and not (env.str("SECRET_KEY", default="") and env.list("FIELD_ENCRYPTION_KEYS", default=[])):
+    _local_secrets = load_or_create_local_secrets(DATA_DIR)
+SECRET_KEY: str = env.str("SECRET_KEY", default="") or str(_local_secrets.get("secret_key", ""))
+# A list so keys can rotate: the first encrypts, all decrypt (MultiFernet). Same value on every host.
+FIELD_ENCRYPTION_KEYS: list[str] = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or list(
+    _local_secrets.get("field_encryption_keys", [])  # type: ignore[call-overload]
+)
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# ------------------------------------------------------------------ apps
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "webapp.core",
+    "webapp.accounts",
+    "webapp.tenants",
+    "webapp.api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "webapp.tenants.middleware.CurrentOrganizationMiddleware",
+]
+
+ROOT_URLCONF = "webapp.urls"
+WSGI_APPLICATION = "webapp.wsgi.application"
+ASGI_APPLICATION = "webapp.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "webapp.tenants.context_processors.current_organization",
+            ],
+        },
+    },
+]
+
+# ------------------------------------------------------------------ database
+# Local default: one SQLite file in WAL mode. Several processes (web, two workers, beat) write to it, so:
+# WAL lets readers run beside the writer, IMMEDIATE transactions take the write lock up front (no deadlock
+# on lock upgrade), and the busy timeout makes a writer wait instead of failing with "database is locked".
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'distillery.sqlite3'}")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ------------------------------------------------------------------ Redis: cache and broker
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "distillery",
+        "TIMEOUT": 300,
+    }
+}
+
+# ------------------------------------------------------------------ Celery (read by webapp/celery.py)
+CELERY_BROKER_URL = REDIS_URL
+# Job state lives in the database rows; the result backend only carries small round trips (health pings).
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+# A task is acknowledged only when it finishes; a worker killed mid-task leaves it for another worker.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One task at a time per process: GPU jobs are long and must not sit reserved behind a busy worker.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis re-delivers an unacknowledged task after this many seconds. It must exceed the longest job, or a
+# long distillation would be started twice (the default is one hour).
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=48 * 3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# ------------------------------------------------------------------ processes and threads
+# Web, workers and the inference engine share the machine's cores in the default run, so each process sets
+# its torch thread count from its role (set by the Procfile / compose as DISTILLERY_PROCESS_ROLE).
+CPU_COUNT = os.cpu_count() or 1
+PROCESS_ROLE = env.str("DISTILLERY_PROCESS_ROLE", default="web")
+TORCH_THREADS_BY_ROLE = {
+    # The web process never loads a model; one thread caps any stray numeric work.
+    "web": env.int("TORCH_THREADS_WEB", default=1),
+    "worker-cpu": env.int("TORCH_THREADS_WORKER_CPU", default=1),
+    "worker-gpu": env.int("TORCH_THREADS_WORKER_GPU", default=max(1, CPU_COUNT - 1)),
+    "engine": env.int("TORCH_THREADS_ENGINE", default=1),
+    "beat": 1,
+}
+TORCH_THREADS = TORCH_THREADS_BY_ROLE.get(PROCESS_ROLE, 1)
+
+# ------------------------------------------------------------------ models
+# `hf:` local paths may only be loaded from these directories (a tenant must not read the server's disk).
+MODEL_ROOTS = [Path(p) for p in env.list("MODEL_ROOTS", default=[])]
+# The one shared student base of the mixture of experts.
+MOE_BASE_MODEL = env.str("MOE_BASE_MODEL", default="packaged:smollm2-135m-instruct")
+
+# ------------------------------------------------------------------ auth
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "core:home"
+LOGOUT_REDIRECT_URL = "accounts:login"
+
+# Console email by default; EMAIL_URL (e.g. smtp+tls://user:pass@host:587) switches to SMTP.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Distillery <noreply@localhost>")
+
+# ------------------------------------------------------------------ storage and static files
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "webapp" / "static"]
+# Uploads and artifacts go through Django's storage API; STORAGE_BACKEND=s3 switches to any S3-compatible
+# store via django-storages (AWS_* settings from the environment, `pip install 'distillery[s3]'`).
+if env.str("STORAGE_BACKEND", default="filesystem") == "s3":
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default=None),
+            "region_name": env.str("AWS_S3_REGION_NAME", default=None),
+            "default_acl": None,
+            "querystring_auth": True,
+        },
+    }
+else:
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _default_storage,
+    # Hashed, compressed static files in production; plain finders locally so no collectstatic is needed.
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if IS_PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not IS_PRODUCTION
+if not IS_PRODUCTION:
+    # WhiteNoise expects STATIC_ROOT to exist even when it serves from the finders.
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# ------------------------------------------------------------------ i18n
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# ------------------------------------------------------------------ security
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads nothing from it: the token comes from the page (see _base.html)
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if IS_PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    if env.bool("BEHIND_TLS_PROXY", default=False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# ------------------------------------------------------------------ logging
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+if IS_PRODUCTION:
+    _problems = production_problems(
+        debug=DEBUG,
+        secret_key=SECRET_KEY,
+        field_encryption_keys=FIELD_ENCRYPTION_KEYS,
+        allowed_hosts=ALLOWED_HOSTS,
+        database_engine=DATABASES["default"]["ENGINE"],
+    )
+    if _problems:
+        raise ImproperlyConfigured("Unsafe production configuration:\n- " + "\n- ".join(_problems))

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("webapp.core.urls")),
+    path("accounts/", include("webapp.accounts.urls")),
+    path("org/", include("webapp.tenants.urls")),
+    path("api/v1/", include("webapp.api.urls")),
+    path("admin/", admin.site.urls),
+]
