@@ -43,6 +43,9 @@ def _set_torch_threads_in_worker(**_: Any) -> None:
     """Each worker process takes its share of the cores before any model loads."""
     from django.conf import settings
 
+    if not settings.PROCESS_ROLE.startswith("worker"):
+        return  # an in-process test worker must not change the test runner's threads
+
     from workers.ml.device import configure_torch_threads
 
     configure_torch_threads(settings.TORCH_THREADS)

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-# A catalog reports slow steps (a one-off GGUF conversion) through this; Celery tasks pass one that updates the
-# task's state, the CLI and tests print to stderr.
+# The catalog reports slow steps (a one-off GGUF conversion) through this; Celery tasks pass one that updates
+# the task's state, the CLI and tests print to stderr.
 ProgressCallback = Callable[[str], None]
 
 
@@ -58,7 +58,9 @@ class CatalogConfig:
     )
     model_roots: tuple[Path, ...] = field(
         default=(),
-        metadata={"help": "The only local directories from which `hf:` paths may be loaded; empty disables them."},
+        metadata={
+            "help": "The only local directories from which `hf:` paths may be loaded; empty disables them."
+        },
     )
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda' or 'cuda:N'."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights of `tiny:` models."})
@@ -79,11 +81,15 @@ class ModelInfo:
     available: bool = field(metadata={"help": "Whether load_model can load it on this machine."})
     reason: str | None = field(default=None, metadata={"help": "Why it is unavailable, when it is."})
     note: str | None = field(default=None, metadata={"help": "Extra status, e.g. 'not yet converted'."})
-    num_parameters: int | None = field(default=None, metadata={"help": "Stored parameters (tied counted once)."})
+    num_parameters: int | None = field(
+        default=None, metadata={"help": "Stored parameters (tied counted once)."}
+    )
     vocab_size: int | None = field(default=None, metadata={"help": "Rows of the embedding matrix."})
     content_hash: str | None = field(
         default=None,
-        metadata={"help": "sha256 of the stored weights (names sorted, dtype, shape, bytes); None until known."},
+        metadata={
+            "help": "sha256 of the stored weights (names sorted, dtype, shape, bytes); None until known."
+        },
     )
     cached: bool = field(default=False, metadata={"help": "Whether a converted safetensors cache exists."})
 

@@ -10,8 +10,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Child processes (tokenizer pools, data loaders, OpenMP/BLAS runtimes) read these at start-up, so setting them
-# here caps the threads of anything this process spawns later, not only torch's own pools.
+# Child processes (tokenizer pools, data loaders, OpenMP/BLAS runtimes) read these at start-up, so setting
+# them here caps the threads of anything this process spawns later, not only torch's own pools.
 THREAD_ENV_VARS: tuple[str, ...] = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -30,7 +30,7 @@ class DeviceUnavailable(RuntimeError):
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """Return the torch device for `preference`: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
+    """The torch device for `preference`: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
     choice = preference.strip().lower()
     match = _DEVICE_RE.match(choice)
     if match is None:
@@ -45,13 +45,16 @@ def select_device(preference: str = "auto") -> torch.device:
 def _cuda_device(preference: str, index: str | None) -> torch.device:
     if not torch.cuda.is_available():
         raise DeviceUnavailable(
-            f"Device '{preference}' was requested but this machine has no usable CUDA GPU; use 'cpu' or 'auto'."
+            f"Device '{preference}' was requested but this machine has no usable CUDA GPU; "
+            "use 'cpu' or 'auto'."
         )
     if index is None:
         return torch.device("cuda")
     count = torch.cuda.device_count()
     if int(index) >= count:
-        raise DeviceUnavailable(f"Device '{preference}' was requested but this machine has only {count} CUDA GPU(s).")
+        raise DeviceUnavailable(
+            f"Device '{preference}' was requested but this machine has only {count} CUDA GPU(s)."
+        )
     return torch.device("cuda", int(index))
 
 
@@ -64,7 +67,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def configure_torch_threads(num_threads: int) -> None:
-    """Cap this process's torch threads (and those of its children) at `num_threads`; <= 0 keeps torch's default.
+    """Cap this process's torch threads (and its children's) at `num_threads`; <= 0 keeps torch's default.
 
     Web, workers and the inference engine share a couple of cores: without a cap every process would start one
     thread per core and they would thrash each other.
@@ -80,6 +83,6 @@ def configure_torch_threads(num_threads: int) -> None:
     try:
         torch.set_num_interop_threads(num_threads)
     except RuntimeError as exc:
-        # Raised when the pool already exists (parallel work ran, or a previous call set it): keep what is there.
+        # Raised once the pool exists (parallel work ran, or a previous call set it): keep what is there.
         logger.debug("torch inter-op threads left at %d: %s", torch.get_num_interop_threads(), exc)
     _interop_threads_set = True

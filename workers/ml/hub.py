@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from workers.ml.catalog_types import (
@@ -40,19 +41,21 @@ class Target:
 
 
 def hub_offline() -> bool:
-    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once at import, too early for tests and re-configs.
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once at import, too early for tests.
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
 
 
 def resolve(value: str, model_roots: tuple[Path, ...]) -> Target:
     """Decide what `hf:<value>` means, refusing local paths outside `model_roots`.
 
-    An absolute path is local. A relative one names a directory under a model root if one exists there, else a
-    hub repo id. `..` is refused outright rather than resolved: it is never needed to name an allowed directory.
+    An absolute path is local. A relative one names a directory under a model root if one exists there, else
+    a hub repo id. `..` is refused outright: it is never needed to name an allowed directory.
     """
     spec = f"{PREFIX}:{value}"
     if not value:
-        raise UnknownModelSpec("An 'hf:' spec needs a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct' or a directory.")
+        raise UnknownModelSpec(
+            "An 'hf:' spec needs a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct' or a directory."
+        )
     if ".." in Path(value).parts:
         raise ModelPathNotAllowed(f"The model path in '{spec}' may not contain '..'.")
     if Path(value).is_absolute():
@@ -63,17 +66,23 @@ def resolve(value: str, model_roots: tuple[Path, ...]) -> Target:
             return Target(local_dir=_allowed_dir(candidate, model_roots, spec))
     if _HUB_ID_RE.match(value) and "--" not in value:
         return Target(repo_id=value)
-    raise ModelUnavailable(f"'{spec}' is neither a directory under the model roots nor a valid hub id like 'owner/name'.")
+    raise ModelUnavailable(
+        f"'{spec}' is neither a directory under the model roots nor a valid hub id like 'owner/name'."
+    )
 
 
 def _allowed_dir(path: Path, model_roots: tuple[Path, ...], spec: str) -> Path:
     if not model_roots:
-        raise ModelPathNotAllowed(f"Loading local model directories is disabled ('{spec}'): no model roots are set.")
-    # resolve() follows symlinks, so a link inside a root pointing elsewhere is judged by where it really leads.
+        raise ModelPathNotAllowed(
+            f"Loading local model directories is disabled ('{spec}'): no model roots are set."
+        )
+    # resolve() follows symlinks: a link inside a root pointing elsewhere is judged by where it really leads.
     resolved = path.resolve()
     if not any(resolved.is_relative_to(root.resolve()) for root in model_roots):
         allowed = ", ".join(str(root) for root in model_roots)
-        raise ModelPathNotAllowed(f"The model path in '{spec}' is outside the allowed model roots ({allowed}).")
+        raise ModelPathNotAllowed(
+            f"The model path in '{spec}' is outside the allowed model roots ({allowed})."
+        )
     if not resolved.is_dir():
         raise ModelUnavailable(f"The model directory of '{spec}' does not exist.")
     return resolved
@@ -89,14 +98,19 @@ def _download(repo_id: str, spec: str, progress: ProgressCallback) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_ALLOW_PATTERNS, local_files_only=offline))
     except RepositoryNotFoundError as exc:
-        raise ModelUnavailable(f"'{spec}' does not exist on the Hugging Face hub or needs an access token.") from exc
+        raise ModelUnavailable(
+            f"'{spec}' does not exist on the Hugging Face hub or needs an access token."
+        ) from exc
     except (OSError, ValueError, EntryNotFoundError) as exc:
         if offline:
             raise ModelUnavailable(
-                f"'{spec}' is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set); "
-                "download it on a connected machine or put it in a directory under the model roots."
+                f"'{spec}' is not in the local Hugging Face cache and the hub is offline "
+                "(HF_HUB_OFFLINE is set); download it on a connected machine or put it in a directory "
+                "under the model roots."
             ) from exc
-        raise ModelUnavailable(f"'{spec}' could not be fetched from the Hugging Face hub ({first_line(exc)}).") from exc
+        raise ModelUnavailable(
+            f"'{spec}' could not be fetched from the Hugging Face hub ({first_line(exc)})."
+        ) from exc
 
 
 def local_directory(value: str, model_roots: tuple[Path, ...], progress: ProgressCallback) -> Path:
@@ -113,7 +127,9 @@ def local_directory(value: str, model_roots: tuple[Path, ...], progress: Progres
 
 def content_hash(directory: Path, cache_dir: Path) -> tuple[str, int]:
     """The weights' content hash, memoised under cache_dir by file names, sizes and modification times."""
-    stats = sorted((path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in safetensors_files(directory))
+    stats = sorted(
+        (path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in safetensors_files(directory)
+    )
     key = hashlib.sha256(repr((str(directory), stats)).encode()).hexdigest()
     memo = cache_dir / "hashes" / f"{key}.json"
     try:
@@ -122,7 +138,9 @@ def content_hash(directory: Path, cache_dir: Path) -> tuple[str, int]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     digest, num_parameters = safetensors_content_hash(directory)
-    write_json_atomic(memo, {"directory": str(directory), "content_hash": digest, "num_parameters": num_parameters})
+    write_json_atomic(
+        memo, {"directory": str(directory), "content_hash": digest, "num_parameters": num_parameters}
+    )
     return digest, num_parameters
 
 
@@ -140,10 +158,14 @@ def load(
     digest, num_parameters = content_hash(directory, cache_dir)
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
     model_info = info_for(spec, vocab_size, digest, num_parameters)
-    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info)
+    return LoadedModel(
+        spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info
+    )
 
 
-def prepare(value: str, model_roots: tuple[Path, ...], cache_dir: Path, progress: ProgressCallback) -> ModelInfo:
+def prepare(
+    value: str, model_roots: tuple[Path, ...], cache_dir: Path, progress: ProgressCallback
+) -> ModelInfo:
     """Fetch (if a hub id) and hash `hf:<value>` without loading it."""
     directory = local_directory(value, model_roots, progress)
     digest, num_parameters = content_hash(directory, cache_dir)

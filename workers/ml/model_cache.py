@@ -1,8 +1,8 @@
-"""Atomic on-disk cache entries: built once in a temporary directory, published by a rename, shared by processes.
+"""Atomic on-disk cache entries: built once in a temporary directory, published by one rename.
 
 Layout of one entry, e.g. `<cache_dir>/packaged/smollm2-135m-instruct/`:
-    config.json, model.safetensors, tokenizer files ...   what transformers saved
-    distillery-model.json                                  metadata, written last; its presence marks the entry whole
+    config.json, model.safetensors, tokenizer files   what transformers saved
+    distillery-model.json                             metadata, written last: its presence marks a whole entry
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ class CacheEntry:
         return sorted(self.path.parent.glob(f".{self.path.name}.tmp-*"))
 
 
-def ensure_entry(entry: CacheEntry, build: Builder, progress: ProgressCallback) -> tuple[dict[str, Any], bool]:
-    """Return (metadata, built_now) for `entry`, running `build(tmp_dir) -> metadata` if no whole entry exists.
+def ensure_entry(
+    entry: CacheEntry, build: Builder, progress: ProgressCallback
+) -> tuple[dict[str, Any], bool]:
+    """(metadata, built_now) for `entry`, running `build(tmp_dir) -> metadata` unless a whole entry exists.
 
     A file lock keeps two processes from converting the same model at once; the loser of a race (or a process
     on a filesystem where locks do not work) finds the entry published and discards its own copy.
@@ -68,7 +70,12 @@ def ensure_entry(entry: CacheEntry, build: Builder, progress: ProgressCallback) 
     metadata = entry.read_metadata()
     if metadata is not None:
         return metadata, False
-    entry.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        entry.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelUnavailable(
+            f"The model cache directory {entry.path.parent} cannot be created ({exc.strerror or exc})."
+        ) from exc
     with _locked(entry, progress):
         metadata = entry.read_metadata()  # another process may have finished while we waited
         if metadata is not None:
@@ -105,13 +112,15 @@ def _build_and_publish(entry: CacheEntry, build: Builder) -> dict[str, Any]:
     try:
         metadata = {"format": CACHE_FORMAT, "created_at": time.time(), **build(tmp)}
         _write_json(tmp / METADATA_FILE, metadata)
-        _fsync_tree(tmp)  # the rename must never publish files whose bytes are still only in the page cache
+        _fsync_tree(tmp)  # never publish files whose bytes are still only in the page cache
         _publish(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename; removes failed builds
     published = entry.read_metadata()
     if published is None:
-        raise ModelUnavailable(f"The model cache {entry.path} could not be written; check the disk and permissions.")
+        raise ModelUnavailable(
+            f"The model cache {entry.path} could not be written; check the disk and permissions."
+        )
     return published
 
 
@@ -148,6 +157,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
+            # safetensors files are written 0600; a cache prepared by one user (an image build, an admin)
+            # must stay readable by the worker processes' user.
+            path.chmod(0o644)
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
     fd = os.open(root, os.O_RDONLY)

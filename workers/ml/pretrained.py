@@ -16,12 +16,17 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0].rstrip(".:")
 
 
-def load_pretrained_dir(directory: Path, device: torch.device, dtype: torch.dtype, label: str) -> tuple[Any, Any]:
+def load_pretrained_dir(
+    directory: Path, device: torch.device, dtype: torch.dtype, label: str
+) -> tuple[Any, Any]:
     """(model in eval mode on `device`, tokenizer) from a local directory of safetensors weights.
 
     Only safetensors are read (pickle-based .bin files can run code) and remote code is never trusted.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: importing transformers takes seconds
+    from transformers import (  # deferred: importing transformers takes seconds
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     try:
@@ -35,10 +40,12 @@ def load_pretrained_dir(directory: Path, device: torch.device, dtype: torch.dtyp
             **options,
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelUnavailable(f"{label} could not be loaded as a causal language model ({first_line(exc)}).") from exc
+        raise ModelUnavailable(
+            f"{label} could not be loaded as a causal language model ({first_line(exc)})."
+        ) from exc
     if device.type != "cuda":
         model.to(device)
     if tokenizer.pad_token is None:
-        # Batched generation and training pad; the EOS token is the conventional stand-in for models without one.
+        # Batched generation and training pad; EOS is the usual stand-in for models without a pad token.
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

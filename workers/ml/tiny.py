@@ -74,7 +74,7 @@ def build(tiny: TinyModel, seed: int) -> Any:
     from transformers import LlamaForCausalLM
 
     config = llama_config(tiny)
-    # fork_rng restores the caller's global RNG afterwards: loading a tiny model never shifts anyone's randomness.
+    # fork_rng restores the caller's global RNG afterwards: loading a tiny model shifts nobody's randomness.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -84,7 +84,7 @@ def build(tiny: TinyModel, seed: int) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _hash_and_size(tiny: TinyModel, seed: int) -> tuple[str, int]:
-    # Listing shows the hash; building a tiny model takes a few hundred milliseconds, so do it once per process.
+    # Listing shows the hash; building a tiny model takes a few hundred milliseconds: once per process.
     return model_content_hash(build(tiny, seed))
 
 
@@ -159,7 +159,12 @@ def prepare(tiny: TinyModel, cache_dir: Path, seed: int, progress: ProgressCallb
 
 
 def load(
-    tiny: TinyModel, cache_dir: Path, seed: int, device: torch.device, dtype: torch.dtype, progress: ProgressCallback
+    tiny: TinyModel,
+    cache_dir: Path,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: ProgressCallback,
 ) -> LoadedModel:
     tokenizer = load_tokenizer(cache_dir, progress)
     if len(tokenizer) != SMOLLM2_VOCAB_SIZE:
@@ -183,5 +188,6 @@ def load(
         cached=True,
     )
     model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(spec=tiny.spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info)
-
+    return LoadedModel(
+        spec=tiny.spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info
+    )

@@ -53,7 +53,7 @@ def safetensors_files(directory: Path) -> list[Path]:
 
 
 def safetensors_content_hash(directory: Path) -> tuple[str, int]:
-    """(content hash, number of stored parameters) of the safetensors weights in `directory` (shards included)."""
+    """(content hash, number of stored parameters) of the safetensors in `directory`, shards included."""
     digest = hashlib.sha256(_HASH_DOMAIN)
     locations: dict[str, Path] = {}
     for path in safetensors_files(directory):

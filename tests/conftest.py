@@ -1,0 +1,60 @@
+"""Fixtures shared by every tier.
+
+`celery_workers`: real Celery worker processes, one per queue, started exactly as the Procfile starts them,
+over the real Redis broker (the test settings' Redis database). Module-scoped: started on first use and
+stopped (warm shutdown) when the module's tests are done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from webapp.celery import CPU_QUEUE, GPU_QUEUE
+from webapp.celery import app as celery_app
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKER_HOSTNAMES = {CPU_QUEUE: "cpu-test@distillery", GPU_QUEUE: "gpu-test@distillery"}
+WORKER_START_TIMEOUT_S = 60.0
+
+
+def _start_worker(queue: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DISTILLERY_PROCESS_ROLE": f"worker-{queue}", "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    log = (log_dir / f"worker-{queue}.log").open("wb")
+    command = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--queues", queue]
+    command += ["--hostname", WORKER_HOSTNAMES[queue], "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def celery_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    from webapp.core.health import workers_by_queue
+
+    celery_app.control.purge()  # leftovers of an aborted earlier run must not be consumed as ours
+    log_dir = tmp_path_factory.mktemp("celery")
+    processes = [_start_worker(queue, log_dir) for queue in WORKER_HOSTNAMES]
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while True:
+            consumers = workers_by_queue(timeout=1.0)
+            if all(WORKER_HOSTNAMES[queue] in consumers.get(queue, []) for queue in WORKER_HOSTNAMES):
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                logs = "\n".join(path.read_text() for path in sorted(log_dir.iterdir()))
+                pytest.fail(f"Celery test workers did not come up:\n{logs[-4000:]}")
+        yield WORKER_HOSTNAMES
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)  # warm shutdown, as an operator would stop them
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
