@@ -26,10 +26,23 @@ WORKER_START_TIMEOUT_S = 60.0
 
 
 def _start_worker(queue: str, log_dir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DISTILLERY_PROCESS_ROLE": f"worker-{queue}", "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env = {
+        **os.environ,
+        "DISTILLERY_PROCESS_ROLE": f"worker-{queue}",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
     log = (log_dir / f"worker-{queue}.log").open("wb")
     command = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--queues", queue]
-    command += ["--hostname", WORKER_HOSTNAMES[queue], "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"]
+    command += [
+        "--hostname",
+        WORKER_HOSTNAMES[queue],
+        "--concurrency",
+        "1",
+        "--pool",
+        "solo",
+        "--loglevel",
+        "INFO",
+    ]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -5,6 +5,6 @@ os.environ.setdefault("DISTILLERY_PROCESS_ROLE", "web")
 # The web process never loads torch models; cap BLAS/OpenMP pools in case a library imports numpy/torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 application = get_asgi_application()

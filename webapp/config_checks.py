@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from cryptography.fernet import Fernet
 
 # Django's startproject template key prefix: a key starting with it was copied from a tutorial.
-INSECURE_SECRET_PREFIX = "django-insecure"
+INSECURE_SECRET_PREFIX = "django-insecure"  # noqa: S105 (a prefix to refuse, not a secret)
 MIN_SECRET_KEY_LENGTH = 50
 
 
@@ -51,5 +51,7 @@ def production_problems(
     if not allowed_hosts or "*" in allowed_hosts:
         problems.append("ALLOWED_HOSTS must name the site's hosts in production (not empty, not '*').")
     if database_engine.endswith("sqlite3"):
-        problems.append("DATABASE_URL must point at PostgreSQL in production; SQLite is for a local run only.")
+        problems.append(
+            "DATABASE_URL must point at PostgreSQL in production; SQLite is for a local run only."
+        )
     return problems

@@ -26,7 +26,13 @@ def _token_json(token: ApiToken) -> dict[str, object]:
 def organization(request: ApiRequest) -> JsonResponse:
     org = request.organization
     return JsonResponse(
-        {"object": "organization", "id": org.pk, "slug": org.slug, "name": org.name, "members": org.memberships.count()}
+        {
+            "object": "organization",
+            "id": org.pk,
+            "slug": org.slug,
+            "name": org.name,
+            "members": org.memberships.count(),
+        }
     )
 
 

@@ -29,4 +29,3 @@ def health_json(request: HttpRequest) -> JsonResponse:
     if request.user.is_authenticated and request.user.is_staff:
         return JsonResponse(report.as_dict(), status=status)
     return JsonResponse({"status": report.as_dict()["status"]}, status=status)
-

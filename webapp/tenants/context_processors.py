@@ -19,4 +19,3 @@ def current_organization(request: HttpRequest) -> dict[str, object]:
         # {"tokens_manage": True, ...}: templates hide what the role cannot use (the views still enforce it).
         "can": {perm.value.replace(".", "_"): role in roles for perm, roles in PERMISSIONS.items()},
     }
-

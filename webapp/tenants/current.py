@@ -15,7 +15,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
-
 from django_htmx.middleware import HtmxDetails
 
 from webapp.tenants.models import Membership, Organization

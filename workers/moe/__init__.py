@@ -1,0 +1,1 @@
+"""Mixture of experts: router and inference engine (arrive with the MoE issue)."""
