@@ -12,8 +12,7 @@ ARG TORCH_SPEC=torch==2.13.0
 # Optional extras of pyproject.toml to install as well, comma-separated (e.g. "s3" once it exists).
 ARG DISTILLERY_EXTRAS=""
 
-# STATIC_ROOT is honoured once webapp/settings.py reads it from the environment; until then static files are
-# collected to $DATA_DIR/static (see step 4).
+# Static files live in the image (STATIC_ROOT), so each image serves exactly the files it was built with.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -55,9 +54,7 @@ COPY . .
 
 # 4. Static files, hashed and compressed by the production storage (CompressedManifestStaticFilesStorage), so
 #    collectstatic runs in production mode, with throwaway keys that live only in this RUN; no database or
-#    Redis is contacted. They land in STATIC_ROOT: /app/staticfiles once settings.py honours the STATIC_ROOT
-#    variable, /data/static until then (that copy seeds a fresh data volume, and the compose `migrate` service
-#    collects again on every deploy, so an upgraded image never serves an old manifest).
+#    Redis is contacted. They land in STATIC_ROOT (/app/staticfiles), inside the image.
 RUN mkdir -p /data /app/staticfiles && chown distillery:distillery /data /app/staticfiles
 USER distillery
 RUN DISTILLERY_ENV=production \

@@ -193,7 +193,8 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Distillery <noreply@
 
 # ------------------------------------------------------------------ storage and static files
 STATIC_URL = "/static/"
-STATIC_ROOT = DATA_DIR / "static"
+# The Docker image collects static files into the image (STATIC_ROOT=/app/staticfiles), not onto the volume.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "webapp" / "static"]
 # Uploads and artifacts go through Django's storage API; STORAGE_BACKEND=s3 switches to any S3-compatible
 # store via django-storages (AWS_* settings from the environment, `pip install 'distillery[s3]'`).
@@ -237,8 +238,10 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 if IS_PRODUCTION:
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    # Secure cookies need HTTPS (browsers make an exception for localhost only); turn off only for a
+    # plain-HTTP trial on a private network, never on the internet.
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)

@@ -92,6 +92,12 @@ class ModelInfo:
         },
     )
     cached: bool = field(default=False, metadata={"help": "Whether a converted safetensors cache exists."})
+    chat_template: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether the tokenizer has a chat template (base models have none); None until known."
+        },
+    )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from workers.ml.catalog_types import (
     UnknownModelSpec,
 )
 from workers.ml.model_cache import write_json_atomic
-from workers.ml.pretrained import first_line, load_pretrained_dir
+from workers.ml.pretrained import first_line, has_chat_template, load_pretrained_dir
 from workers.ml.weights import safetensors_content_hash, safetensors_files
 
 PREFIX = "hf"
@@ -157,7 +157,7 @@ def load(
     model, tokenizer = load_pretrained_dir(directory, device, dtype, label=f"'{spec}'")
     digest, num_parameters = content_hash(directory, cache_dir)
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
-    model_info = info_for(spec, vocab_size, digest, num_parameters)
+    model_info = info_for(spec, vocab_size, digest, num_parameters, bool(tokenizer.chat_template))
     return LoadedModel(
         spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info
     )
@@ -173,10 +173,12 @@ def prepare(
         vocab_size = int(json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError):
         vocab_size = None  # multimodal configs nest it; the loaded model knows
-    return info_for(f"{PREFIX}:{value}", vocab_size, digest, num_parameters)
+    return info_for(f"{PREFIX}:{value}", vocab_size, digest, num_parameters, has_chat_template(directory))
 
 
-def info_for(spec: str, vocab_size: int | None, digest: str, num_parameters: int) -> ModelInfo:
+def info_for(
+    spec: str, vocab_size: int | None, digest: str, num_parameters: int, chat_template: bool
+) -> ModelInfo:
     return ModelInfo(
         spec=spec,
         kind=PREFIX,
@@ -186,4 +188,5 @@ def info_for(spec: str, vocab_size: int | None, digest: str, num_parameters: int
         vocab_size=vocab_size,
         content_hash=digest,
         cached=True,
+        chat_template=chat_template,
     )

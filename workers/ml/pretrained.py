@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,17 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: transformers' errors run to paragraphs the UI cannot show."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].rstrip(".:")
+
+
+def has_chat_template(directory: Path) -> bool:
+    """Whether a saved tokenizer carries a chat template (transformers 5 writes chat_template.jinja)."""
+    if (directory / "chat_template.jinja").is_file():
+        return True
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def load_pretrained_dir(

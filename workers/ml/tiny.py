@@ -150,6 +150,7 @@ def info(tiny: TinyModel, cache_dir: Path, seed: int) -> ModelInfo:
         vocab_size=SMOLLM2_VOCAB_SIZE,
         content_hash=content_hash,
         cached=tokenizer_entry(cache_dir).read_metadata() is not None,
+        chat_template=True,  # SmolLM2's ChatML template
     )
 
 
@@ -186,6 +187,7 @@ def load(
         vocab_size=SMOLLM2_VOCAB_SIZE,
         content_hash=content_hash,
         cached=True,
+        chat_template=bool(tokenizer.chat_template),
     )
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedModel(
