@@ -287,7 +287,7 @@ def load(
 ) -> LoadedModel:
     model_info, converted = prepare(model, cache_dir, progress)
     hf_model, tokenizer = load_pretrained_dir(
-        cache_entry(model, cache_dir).path, device, dtype, label=model.spec
+        cache_entry(model, cache_dir).path, device, dtype, label=f"'{model.spec}'"
     )
     return LoadedModel(
         spec=model.spec,

@@ -75,6 +75,7 @@ def test_it_loads_a_tiny_model_in_eval_mode_with_the_smollm2_tokenizer(cpu_catal
     assert loaded.info.content_hash is not None
     assert loaded.info.num_parameters == sum(p.numel() for p in loaded.model.parameters())
     assert loaded.converted is False
+    assert loaded.info.chat_template is True
 
 
 def test_it_makes_tiny_models_deterministic_by_seed(model_cache_dir: Path) -> None:
@@ -523,6 +524,7 @@ def test_it_converts_smollm2_once_and_answers_from_the_cache(
     assert model_content_hash(second.model)[0] == second.info.content_hash  # the cache holds what it claims
     assert second.info.num_parameters == 134_515_008
     assert second.info.vocab_size == len(second.tokenizer) == 49152
+    assert second.info.chat_template is True
     assert "Paris" in _generate(second, "What is the capital of France?", max_new_tokens=24)[1]
 
 
@@ -550,6 +552,21 @@ def test_it_loads_a_tiny_model_on_the_gpu_in_bf16_with_the_cpu_identity(model_ca
     assert next(on_gpu.model.parameters()).dtype == on_gpu.dtype
     assert on_gpu.info.content_hash == on_cpu.info.content_hash
     assert _generate(on_gpu, "Hi", max_new_tokens=4)[0].numel() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_it_loads_a_local_directory_straight_onto_the_gpu(
+    saved_tiny_root: Path, model_cache_dir: Path
+) -> None:
+    config = CatalogConfig(cache_dir=model_cache_dir, model_roots=(saved_tiny_root,), device="cuda")
+
+    loaded = load_model("hf:saved-tiny", config, progress=_quiet)
+
+    assert {p.device.type for p in loaded.model.parameters()} == {"cuda"}
+    assert next(loaded.model.parameters()).dtype == loaded.dtype
+    assert loaded.info.content_hash == load_model(TINY, config, progress=_quiet).info.content_hash
+    assert _generate(loaded, "Hi", max_new_tokens=4)[0].numel() > 0
 
 
 @pytest.mark.gpu
