@@ -1,0 +1,219 @@
+"""Configuration of a distillation run, in the style of TRL's configs: grouped dataclasses, a help per field.
+
+`DistillConfig.for_cpu()` and `.for_gpu()` give defaults that fit a 2-core CPU and one GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Recipe = Literal["kd", "qa"]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+
+
+@dataclass(frozen=True)
+class LocalTeacherConfig:
+    """A teacher from the model catalog, run in this process."""
+
+    spec: str = field(
+        default="packaged:smollm2-135m-instruct",
+        metadata={"help": "Model catalog spec: packaged:…, hf:… (under MODEL_ROOTS) or tiny:…"},
+    )
+
+    @property
+    def label(self) -> str:
+        return self.spec
+
+
+@dataclass(frozen=True)
+class EndpointTeacherConfig:
+    """A teacher behind an OpenAI-compatible HTTP API (vLLM, a hosted closed model, another Distillery)."""
+
+    base_url: str = field(metadata={"help": "API base URL, e.g. https://api.openai.com/v1 or http://host:8000/v1."})
+    model: str = field(metadata={"help": "Model name the endpoint serves."})
+    api_key: str = field(default="", repr=False, metadata={"help": "Bearer key; never logged or stored in output."})
+    max_concurrency: int = field(default=4, metadata={"help": "Requests in flight at once."})
+    timeout_s: float = field(default=120.0, metadata={"help": "Timeout of one request, in seconds."})
+    max_retries: int = field(default=5, metadata={"help": "Retries on 429 and 5xx, with exponential backoff."})
+    tokenizer_spec: str | None = field(
+        default=None,
+        metadata={
+            "help": "Catalog spec of the endpoint model's tokenizer, if known; `kd` through an endpoint needs it "
+            "to equal the student's and the endpoint to return prompt logprobs (vLLM's prompt_logprobs)."
+        },
+    )
+    max_tokens_budget: int | None = field(
+        default=None,
+        metadata={"help": "Stop sending requests once this many tokens (in + out) were used (a spend cap)."},
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} @ {self.base_url}"
+
+
+TeacherConfig = LocalTeacherConfig | EndpointTeacherConfig
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = field(default=16, metadata={"help": "LoRA rank r."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: tuple[str, ...] | str = field(
+        default="all-linear",
+        metadata={"help": "Modules to adapt: 'all-linear' (every linear layer but the output head) or names."},
+    )
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training chunks (may be fractional)."})
+    token_budget: int | None = field(
+        default=None, metadata={"help": "Stop after this many training tokens; overrides epochs when set."}
+    )
+    seq_len: int = field(default=512, metadata={"help": "Tokens per packed training row."})
+    micro_batch_size: int = field(default=4, metadata={"help": "Packed rows per forward pass."})
+    grad_accum: int = field(default=2, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent warming the lr up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    seed: int = field(default=0, metadata={"help": "Seed of LoRA init, data order and dropout."})
+    checkpoint_every: int = field(default=50, metadata={"help": "Save a resumable checkpoint every N steps."})
+    num_threads: int = field(default=0, metadata={"help": "torch threads; 0 keeps the process setting."})
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda' or 'cuda:N'."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None: on for CUDA, off on CPU."})
+
+
+@dataclass(frozen=True)
+class KDSettings:
+    alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the cross-entropy on the labels; 1 − alpha weighs the divergence."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature τ (loss scaled by τ²)."})
+    divergence: Divergence = field(
+        default="forward_kl",
+        metadata={"help": "forward_kl = KL(teacher‖student), reverse_kl = KL(student‖teacher), jsd = TRL's JSD(β)."},
+    )
+    jsd_beta: float = field(default=0.5, metadata={"help": "β of the generalised JSD (0: forward KL, 1: reverse)."})
+    context_chunks: int = field(
+        default=1,
+        metadata={"help": "Preceding chunks of the same document the teacher sees (context distillation); 0: off."},
+    )
+    context_max_tokens: int = field(default=256, metadata={"help": "Cap on the teacher's context tokens."})
+    teacher_cache: bool = field(
+        default=True, metadata={"help": "Run the teacher once and keep its top-k logits on disk for every epoch."}
+    )
+    cache_top_k: int = field(default=64, metadata={"help": "Teacher logits kept per position in the cache."})
+
+
+@dataclass(frozen=True)
+class QASettings:
+    pairs_per_chunk: int = field(default=2, metadata={"help": "Question–answer pairs the teacher writes per chunk."})
+    reasoning: bool = field(
+        default=False, metadata={"help": "Ask for step-by-step reasoning before the final answer (R1-style)."}
+    )
+    self_reward: bool = field(default=True, metadata={"help": "The teacher grades each pair 1–5; low ones dropped."})
+    reward_threshold: int = field(default=3, metadata={"help": "Keep pairs graded at least this (1–5)."})
+    max_new_tokens: int = field(default=384, metadata={"help": "Generation length cap for the teacher."})
+    answer_kd: bool = field(
+        default=True,
+        metadata={"help": "Add logit KD on answer tokens (teacher sees the chunk) when tokenizers match."},
+    )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_heldout_chunks: int = field(default=64, metadata={"help": "Held-out chunks scored (perplexity, KL)."})
+    eval_set: Path | None = field(
+        default=None, metadata={"help": "Optional JSONL of {question, answer}: the company's own yardstick."}
+    )
+    max_eval_questions: int = field(default=50, metadata={"help": "Questions answered per model in QA scoring."})
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything one distillation run needs; paths, never database rows."""
+
+    output_dir: Path = field(metadata={"help": "Where the expert (adapter, card, metrics, logs) is written."})
+    model_cache_dir: Path = field(metadata={"help": "The model catalog's cache (DATA_DIR/models)."})
+    recipe: Recipe = field(default="kd", metadata={"help": "kd: logit distillation; qa: teacher-written Q&A SFT."})
+    teacher: TeacherConfig = field(default_factory=LocalTeacherConfig, metadata={"help": "The teacher."})
+    student: str = field(
+        default="packaged:smollm2-135m-instruct", metadata={"help": "Catalog spec of the shared student base."}
+    )
+    model_roots: tuple[Path, ...] = field(default=(), metadata={"help": "Directories `hf:` paths may load from."})
+    checkpoint_dir: Path | None = field(
+        default=None, metadata={"help": "Resumable checkpoints; default: output_dir/checkpoints."}
+    )
+    work_dir: Path | None = field(
+        default=None, metadata={"help": "Teacher cache and scratch files; default: output_dir/work."}
+    )
+    embedder: str = field(
+        default="packaged:all-minilm-l6-v2", metadata={"help": "Sentence embedder of the routing signature."}
+    )
+    signature_centroids: int = field(default=4, metadata={"help": "k-means centroids in the routing signature."})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapter shape."})
+    training: TrainingSettings = field(default_factory=TrainingSettings, metadata={"help": "Optimisation."})
+    kd: KDSettings = field(default_factory=KDSettings, metadata={"help": "Logit distillation (recipe kd)."})
+    qa: QASettings = field(default_factory=QASettings, metadata={"help": "Sequence-level distillation (qa)."})
+    evaluation: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Evaluation."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        object.__setattr__(self, "model_cache_dir", Path(self.model_cache_dir))
+        object.__setattr__(self, "model_roots", tuple(Path(p) for p in self.model_roots))
+        object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir or self.output_dir / "checkpoints"))
+        object.__setattr__(self, "work_dir", Path(self.work_dir or self.output_dir / "work"))
+        if self.recipe not in ("kd", "qa"):
+            raise ValueError(f"Unknown recipe {self.recipe!r}: use 'kd' or 'qa'.")
+
+    @classmethod
+    def for_cpu(cls, **overrides: Any) -> DistillConfig:
+        """Defaults for a 2-core CPU: short rows, small batches, a modest LoRA."""
+        training = TrainingSettings(seq_len=256, micro_batch_size=4, grad_accum=2, num_threads=2, device="cpu")
+        return cls(**{"training": training, "lora": LoraSettings(rank=16, alpha=32), **overrides})
+
+    @classmethod
+    def for_gpu(cls, **overrides: Any) -> DistillConfig:
+        """Defaults for one GPU: long rows, bf16, large micro-batches."""
+        training = TrainingSettings(seq_len=1024, micro_batch_size=16, grad_accum=1, device="cuda", bf16=True)
+        return cls(**{"training": training, "lora": LoraSettings(rank=32, alpha=64), **overrides})
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON for the expert card and metrics, without secrets."""
+
+        def convert(value: Any) -> Any:
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return {
+                    item.name: convert(getattr(value, item.name))
+                    for item in dataclasses.fields(value)
+                    if item.name != "api_key"
+                }
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return [convert(item) for item in value]
+            return value
+
+        result = convert(self)
+        result["teacher"]["type"] = "endpoint" if isinstance(self.teacher, EndpointTeacherConfig) else "local"
+        return result

@@ -1,0 +1,127 @@
+"""The corpus a run distils from: an immutable snapshot of text chunks, split into train and held-out.
+
+The ingest pipeline chunks documents and decides the split (its split is the one that counts); the CLI builds
+a snapshot from a directory of text files with a deterministic split by document, so no held-out document
+leaks into training through a neighbouring chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one document, in reading order."""
+
+    doc_id: str = field(metadata={"help": "Identifier of the document the chunk comes from."})
+    position: int = field(metadata={"help": "0-based index of the chunk within its document."})
+    text: str = field(metadata={"help": "The chunk's text."})
+
+
+@dataclass(frozen=True)
+class CorpusSnapshot:
+    """Train and held-out chunks. Held-out chunks come from whole documents absent from train."""
+
+    train: tuple[Chunk, ...]
+    heldout: tuple[Chunk, ...]
+    name: str = "corpus"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", tuple(self.train))
+        object.__setattr__(self, "heldout", tuple(self.heldout))
+        by_doc: dict[str, dict[int, Chunk]] = {}
+        for chunk in (*self.train, *self.heldout):
+            by_doc.setdefault(chunk.doc_id, {})[chunk.position] = chunk
+        object.__setattr__(self, "_by_doc", by_doc)
+
+    def preceding(self, chunk: Chunk, count: int) -> list[Chunk]:
+        """Up to `count` chunks right before `chunk` in its document, oldest first (context distillation)."""
+        positions: dict[int, Chunk] = self._by_doc.get(chunk.doc_id, {})  # type: ignore[attr-defined]
+        found = []
+        for position in range(chunk.position - 1, chunk.position - 1 - count, -1):
+            if position not in positions:
+                break
+            found.append(positions[position])
+        return found[::-1]
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the snapshot's content and split (names the teacher cache)."""
+        digest = hashlib.sha256()
+        for split, chunks in (("train", self.train), ("heldout", self.heldout)):
+            for chunk in chunks:
+                digest.update(f"{split}\0{chunk.doc_id}\0{chunk.position}\0{chunk.text}\0".encode())
+        return digest.hexdigest()
+
+    def stats(self) -> dict[str, Any]:
+        docs = {chunk.doc_id for chunk in self.train}
+        heldout_docs = {chunk.doc_id for chunk in self.heldout}
+        return {
+            "train_chunks": len(self.train),
+            "train_documents": len(docs),
+            "heldout_chunks": len(self.heldout),
+            "heldout_documents": len(heldout_docs),
+            "train_characters": sum(len(chunk.text) for chunk in self.train),
+        }
+
+
+def split_by_document(
+    documents: Sequence[tuple[str, Sequence[str]]], heldout_fraction: float, seed: int = 0, name: str = "corpus"
+) -> CorpusSnapshot:
+    """Deterministically hold out whole documents (by a seeded hash of their id), at least one when possible."""
+    ranked = sorted(documents, key=lambda doc: hashlib.sha256(f"{seed}:{doc[0]}".encode()).hexdigest())
+    heldout_count = round(len(ranked) * heldout_fraction)
+    if heldout_fraction > 0 and len(ranked) > 1:
+        heldout_count = min(max(heldout_count, 1), len(ranked) - 1)
+    heldout_ids = {doc_id for doc_id, _ in ranked[:heldout_count]}
+    train: list[Chunk] = []
+    heldout: list[Chunk] = []
+    for doc_id, chunks in documents:
+        target = heldout if doc_id in heldout_ids else train
+        target.extend(Chunk(doc_id, position, text) for position, text in enumerate(chunks))
+    return CorpusSnapshot(train=tuple(train), heldout=tuple(heldout), name=name)
+
+
+def chunk_by_tokens(text: str, tokenizer: Any, chunk_tokens: int, overlap: int = 0) -> list[str]:
+    """Split `text` into pieces of at most `chunk_tokens` tokens of `tokenizer`, cut at token boundaries."""
+    if overlap >= chunk_tokens:
+        raise ValueError("overlap must be smaller than chunk_tokens")
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoding["offset_mapping"]
+    pieces = []
+    start = 0
+    while start < len(offsets):
+        end = min(start + chunk_tokens, len(offsets))
+        piece = text[offsets[start][0] : offsets[end - 1][1]].strip()
+        if piece:
+            pieces.append(piece)
+        if end == len(offsets):
+            break
+        start = end - overlap
+    return pieces
+
+
+def iter_text_files(root: Path) -> Iterable[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES)
+
+
+def snapshot_from_directory(
+    root: Path, tokenizer: Any, chunk_tokens: int = 256, heldout_fraction: float = 0.1, seed: int = 0
+) -> CorpusSnapshot:
+    """Read .txt/.md/.rst files under `root` (one document each), chunk them and split by document."""
+    documents = []
+    for path in iter_text_files(root):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        chunks = chunk_by_tokens(text, tokenizer, chunk_tokens)
+        if chunks:
+            documents.append((str(path.relative_to(root)), chunks))
+    if not documents:
+        raise FileNotFoundError(f"No text files ({', '.join(TEXT_SUFFIXES)}) with content under {root}.")
+    return split_by_document(documents, heldout_fraction, seed, name=root.name)
