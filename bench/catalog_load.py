@@ -82,15 +82,11 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 def run(cache_dir: Path, repeats: int) -> dict[str, Any]:
     convert = _run_child("convert", cache_dir)  # a no-op (~0 s) when the given cache is already converted
-    rows: dict[str, Any] = {
-        "convert": {"load_s": round(convert["load_s"], 2), "converted": convert["converted"]}
-    }
+    rows: dict[str, Any] = {"convert": {"load_s": round(convert["load_s"], 2), "converted": convert["converted"]}}
     _run_child("tiny", cache_dir)  # warm-up: the first tiny load copies the tokenizer into its own cache
     for kind in ("gguf", "cache", "tiny"):
         runs = [_run_child(kind, cache_dir) for _ in range(repeats)]
-        rows[kind] = {
-            key: _median(runs, key) for key in ("load_s", "warm_load_s", "import_s") if key in runs[0]
-        }
+        rows[kind] = {key: _median(runs, key) for key in ("load_s", "warm_load_s", "import_s") if key in runs[0]}
         rows[kind]["runs"] = runs
     return {
         "benchmark": "catalog_load",

@@ -178,9 +178,7 @@ def test_web_redirects_to_https_only_when_the_operator_asks(services: dict[str, 
     value = environment(services["web"])["SECURE_SSL_REDIRECT"]
     assert value is not None
     assert "${SECURE_SSL_REDIRECT:-" in value, "the operator must be able to turn it on"
-    assert interpolate(value) == "false", (
-        "a plain-HTTP trial on localhost must not redirect to an absent TLS port"
-    )
+    assert interpolate(value) == "false", "a plain-HTTP trial on localhost must not redirect to an absent TLS port"
 
 
 def test_beat_keeps_its_schedule_on_the_data_volume(services: dict[str, Any]) -> None:
@@ -205,17 +203,11 @@ def test_migrate_migrates_then_prepares_the_packaged_model(services: dict[str, A
     script = argv(services["migrate"])[-1]
     steps = [step.strip() for step in script.split("&&")]
     assert steps[0] == "python manage.py migrate --noinput"
-    assert steps[-1] == (
-        "python -m workers.ml.catalog prepare packaged:smollm2-135m-instruct --cache-dir /data/models"
-    )
-    assert services["migrate"].get("restart", "no") == "no", (
-        "a one-shot must not be restarted after it succeeds"
-    )
+    assert steps[-1] == ("python -m workers.ml.catalog prepare packaged:smollm2-135m-instruct --cache-dir /data/models")
+    assert services["migrate"].get("restart", "no") == "no", "a one-shot must not be restarted after it succeeds"
 
 
-@pytest.mark.parametrize(
-    "module_path", ["manage.py", "webapp/asgi.py", "webapp/celery.py", "workers/ml/catalog.py"]
-)
+@pytest.mark.parametrize("module_path", ["manage.py", "webapp/asgi.py", "webapp/celery.py", "workers/ml/catalog.py"])
 def test_the_modules_the_commands_name_exist(services: dict[str, Any], module_path: str) -> None:
     commands = " ".join(" ".join(argv(service)) for service in services.values() if "command" in service)
     named = {
@@ -238,9 +230,7 @@ def test_the_catalog_command_line_offers_prepare_with_a_cache_dir() -> None:
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_each_app_service_runs_in_production_mode_with_the_shared_settings(
-    services: dict[str, Any], name: str
-) -> None:
+def test_each_app_service_runs_in_production_mode_with_the_shared_settings(services: dict[str, Any], name: str) -> None:
     env = environment(services[name])
     assert env["DISTILLERY_ENV"] == "production"
     assert env["DATA_DIR"] == "/data"
@@ -261,9 +251,7 @@ def test_each_app_service_mounts_the_shared_data_volume(services: dict[str, Any]
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 @pytest.mark.parametrize("secret", ["SECRET_KEY", "FIELD_ENCRYPTION_KEYS"])
-def test_secrets_come_from_required_variables_not_literals(
-    services: dict[str, Any], name: str, secret: str
-) -> None:
+def test_secrets_come_from_required_variables_not_literals(services: dict[str, Any], name: str, secret: str) -> None:
     value = environment(services[name])[secret] or ""
     match = _REQUIRED_VAR.fullmatch(value)
     assert match, f"{name}: {secret} must be ${{{secret}:?...}}, not {value!r}"
@@ -353,9 +341,7 @@ def test_the_image_runs_as_a_non_root_user_offline_with_data_under_slash_data(do
 
 
 def test_the_image_collects_static_files_with_the_production_storage(dockerfile: str) -> None:
-    collect = next(
-        line for line in dockerfile.splitlines() if "collectstatic" in line and line.startswith("RUN")
-    )
+    collect = next(line for line in dockerfile.splitlines() if "collectstatic" in line and line.startswith("RUN"))
     # Production mode: CompressedManifestStaticFilesStorage writes the manifest whitenoise serves from.
     assert "DISTILLERY_ENV=production" in collect
     assert "Fernet.generate_key()" in collect, "a throwaway key made at build time, not a literal"

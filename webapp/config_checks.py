@@ -51,7 +51,5 @@ def production_problems(
     if not allowed_hosts or "*" in allowed_hosts:
         problems.append("ALLOWED_HOSTS must name the site's hosts in production (not empty, not '*').")
     if database_engine.endswith("sqlite3"):
-        problems.append(
-            "DATABASE_URL must point at PostgreSQL in production; SQLite is for a local run only."
-        )
+        problems.append("DATABASE_URL must point at PostgreSQL in production; SQLite is for a local run only.")
     return problems

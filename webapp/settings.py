@@ -38,9 +38,7 @@ CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
 
 # ------------------------------------------------------------------ secrets
 _local_secrets: dict[str, object] = {}
-if not IS_PRODUCTION and not (
-    env.str("SECRET_KEY", default="") and env.list("FIELD_ENCRYPTION_KEYS", default=[])
-):
+if not IS_PRODUCTION and not (env.str("SECRET_KEY", default="") and env.list("FIELD_ENCRYPTION_KEYS", default=[])):
     _local_secrets = load_or_create_local_secrets(DATA_DIR)
 SECRET_KEY: str = env.str("SECRET_KEY", default="") or str(_local_secrets.get("secret_key", ""))
 # A list so keys can rotate: the first encrypts, all decrypt (MultiFernet). Same value on every host.
@@ -48,9 +46,7 @@ FIELD_ENCRYPTION_KEYS: list[str] = env.list("FIELD_ENCRYPTION_KEYS", default=[])
     _local_secrets.get("field_encryption_keys", [])  # type: ignore[call-overload]
 )
 
-ALLOWED_HOSTS = env.list(
-    "ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["localhost", "127.0.0.1", "[::1]"]
-)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # ------------------------------------------------------------------ apps

@@ -19,9 +19,7 @@ class ApiRequest(HttpRequest):
 
 def api_error(message: str, *, status: int, error_type: str, code: str | None = None) -> JsonResponse:
     """The error shape of OpenAI's API, so the official clients raise readable exceptions."""
-    return JsonResponse(
-        {"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status
-    )
+    return JsonResponse({"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status)
 
 
 def not_found(what: str = "object") -> JsonResponse:
@@ -45,8 +43,7 @@ def api_token_required(view: ApiView) -> ApiView:
         scheme, _, plaintext = header.partition(" ")
         if scheme.lower() != "bearer" or not plaintext.strip():
             return api_error(
-                "Missing API token: send `Authorization: Bearer <token>` "
-                "(create one under Org → API tokens).",
+                "Missing API token: send `Authorization: Bearer <token>` (create one under Org → API tokens).",
                 status=401,
                 error_type="authentication_error",
                 code="missing_api_key",

@@ -38,8 +38,7 @@ def decrypt(token: str) -> str:
         return _current().decrypt(token.encode()).decode()
     except InvalidToken as error:
         raise DecryptionError(
-            "A stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS: "
-            "was a key removed before rotation?"
+            "A stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS: was a key removed before rotation?"
         ) from error
 
 

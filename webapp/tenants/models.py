@@ -28,9 +28,7 @@ class Organization(models.Model):
         blank=True,
         help_text="Storage limit for this organization; empty uses the platform default.",
     )
-    members = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, through="Membership", related_name="organizations"
-    )
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="organizations")
 
     class Meta:
         ordering = ["name"]
@@ -91,9 +89,7 @@ class Membership(models.Model):
     objects = TenantQuerySet.as_manager()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["organization", "user"], name="one_membership_per_org")
-        ]
+        constraints = [models.UniqueConstraint(fields=["organization", "user"], name="one_membership_per_org")]
         ordering = ["user__username"]
 
     def __str__(self) -> str:
@@ -118,9 +114,7 @@ class ApiToken(TenantOwnedModel):
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     # The first characters, shown in lists so a user can tell tokens apart; useless for authentication.
     display_prefix = models.CharField(max_length=16, editable=False)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
-    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -201,9 +195,7 @@ class AuditEvent(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
     )
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
-    )
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     # Kept as text so the record survives the actor's deletion.
     actor_name = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=40, choices=Action.choices)

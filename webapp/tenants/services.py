@@ -27,9 +27,7 @@ def add_member(*, actor: Membership, identifier: str, role: str, ip: str | None 
     _require_may_touch(actor, role)
     identifier = identifier.strip()
     user_model = get_user_model()
-    matches = list(
-        user_model.objects.filter(Q(username__iexact=identifier) | Q(email__iexact=identifier))[:2]
-    )
+    matches = list(user_model.objects.filter(Q(username__iexact=identifier) | Q(email__iexact=identifier))[:2])
     if not matches:
         raise MembershipError(f"No user with username or email “{identifier}”. They need to sign up first.")
     if len(matches) > 1:
@@ -81,9 +79,7 @@ def remove_member(*, actor: Membership, target: Membership, ip: str | None = Non
         _refuse_losing_last_owner(target.organization)
     username = target.user.get_username()
     target.delete()
-    AuditEvent.record(
-        target.organization, actor.user, AuditEvent.Action.MEMBER_REMOVED, target=username, ip_address=ip
-    )
+    AuditEvent.record(target.organization, actor.user, AuditEvent.Action.MEMBER_REMOVED, target=username, ip_address=ip)
 
 
 def _refuse_losing_last_owner(org: Organization) -> None:
@@ -96,7 +92,5 @@ def _refuse_losing_last_owner(org: Organization) -> None:
 @transaction.atomic
 def delete_organization(*, actor: Any, org: Organization, ip: str | None = None) -> None:
     # The org's own audit log goes with it; this org-less row keeps the deletion on record for staff.
-    AuditEvent.record(
-        None, actor, AuditEvent.Action.ORG_DELETED, target=f"{org.name} ({org.slug})", ip_address=ip
-    )
+    AuditEvent.record(None, actor, AuditEvent.Action.ORG_DELETED, target=f"{org.name} ({org.slug})", ip_address=ip)
     org.delete()

@@ -45,9 +45,7 @@ def create_organization(request: HttpRequest) -> HttpResponse:
 @require_POST
 def switch_organization(request: HttpRequest) -> HttpResponse:
     # Only orgs the user belongs to: any other id is a 404, whether or not the org exists.
-    membership = get_object_or_404(
-        Membership, user=request.user, organization_id=request.POST.get("organization")
-    )
+    membership = get_object_or_404(Membership, user=request.user, organization_id=request.POST.get("organization"))
     set_current_organization(request, membership.organization_id)
     messages.success(request, f"Now working in {membership.organization.name}.")
     return redirect("core:home")
@@ -183,9 +181,7 @@ def api_tokens(request: OrgRequest) -> HttpResponse:
     form = ApiTokenForm(request.POST or None)
     new_plaintext = None
     if request.method == "POST" and form.is_valid():
-        _, new_plaintext = ApiToken.issue(
-            organization=org, name=form.cleaned_data["name"], created_by=request.user
-        )
+        _, new_plaintext = ApiToken.issue(organization=org, name=form.cleaned_data["name"], created_by=request.user)
         form = ApiTokenForm()
     # Queries: the org's tokens with their creators in one join.
     tokens = ApiToken.objects.for_org(org).select_related("created_by")

@@ -76,8 +76,7 @@ def _split(spec: str) -> tuple[str, str]:
     prefix, colon, value = spec.strip().partition(":")
     if not colon or prefix not in PREFIXES:
         raise UnknownModelSpec(
-            f"Unknown model spec '{spec}': use one of {', '.join(known_specs())} "
-            "or 'hf:<hub id or directory>'."
+            f"Unknown model spec '{spec}': use one of {', '.join(known_specs())} or 'hf:<hub id or directory>'."
         )
     return prefix, value.strip()
 
@@ -96,9 +95,7 @@ def _device(config: CatalogConfig) -> torch.device:
         raise ModelUnavailable(str(exc)) from exc
 
 
-def load_model(
-    spec: str, config: CatalogConfig, *, progress: ProgressCallback = print_progress
-) -> LoadedModel:
+def load_model(spec: str, config: CatalogConfig, *, progress: ProgressCallback = print_progress) -> LoadedModel:
     """Load `spec` in eval mode on the configured device (bf16 on GPU, fp32 on CPU).
 
     Raises a CatalogError subclass whose message is one sentence for the user.
@@ -115,9 +112,7 @@ def load_model(
     return hub.load(value, config.model_roots, config.cache_dir, device, dtype, progress)
 
 
-def prepare_model(
-    spec: str, config: CatalogConfig, *, progress: ProgressCallback = print_progress
-) -> ModelInfo:
+def prepare_model(spec: str, config: CatalogConfig, *, progress: ProgressCallback = print_progress) -> ModelInfo:
     """Do the slow one-off work for `spec` (GGUF conversion, tokenizer extraction, download), not loading."""
     prefix, value = _split(spec)
     if prefix == packaged.PREFIX:
@@ -176,15 +171,11 @@ def _format_table(infos: Sequence[ModelInfo]) -> str:
 def _parser() -> argparse.ArgumentParser:
     # Shared options sit on each sub-command, so they read naturally after it: `prepare SPEC --cache-dir DIR`.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--cache-dir", type=Path, default=None, help=f"default: ${CACHE_ENV_VAR} or ./var/models"
-    )
+    common.add_argument("--cache-dir", type=Path, default=None, help=f"default: ${CACHE_ENV_VAR} or ./var/models")
     common.add_argument(
         "--model-root", type=Path, action="append", default=[], help="a directory hf: paths may load from"
     )
-    parser = argparse.ArgumentParser(
-        prog="python -m workers.ml.catalog", description="Distillery's model catalog."
-    )
+    parser = argparse.ArgumentParser(prog="python -m workers.ml.catalog", description="Distillery's model catalog.")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", parents=[common], help="list packaged and tiny models")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -195,17 +186,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    config = CatalogConfig(
-        cache_dir=args.cache_dir or default_cache_dir(), model_roots=tuple(args.model_root)
-    )
+    config = CatalogConfig(cache_dir=args.cache_dir or default_cache_dir(), model_roots=tuple(args.model_root))
     try:
         if args.command == "list":
             infos = list_models(config)
-            print(
-                json.dumps([dataclasses.asdict(i) for i in infos], indent=2)
-                if args.json
-                else _format_table(infos)
-            )
+            print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2) if args.json else _format_table(infos))
         else:
             print(_format_table([prepare_model(args.spec, config)]))
     except CatalogError as exc:

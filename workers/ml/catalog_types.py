@@ -58,9 +58,7 @@ class CatalogConfig:
     )
     model_roots: tuple[Path, ...] = field(
         default=(),
-        metadata={
-            "help": "The only local directories from which `hf:` paths may be loaded; empty disables them."
-        },
+        metadata={"help": "The only local directories from which `hf:` paths may be loaded; empty disables them."},
     )
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda' or 'cuda:N'."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights of `tiny:` models."})
@@ -81,22 +79,16 @@ class ModelInfo:
     available: bool = field(metadata={"help": "Whether load_model can load it on this machine."})
     reason: str | None = field(default=None, metadata={"help": "Why it is unavailable, when it is."})
     note: str | None = field(default=None, metadata={"help": "Extra status, e.g. 'not yet converted'."})
-    num_parameters: int | None = field(
-        default=None, metadata={"help": "Stored parameters (tied counted once)."}
-    )
+    num_parameters: int | None = field(default=None, metadata={"help": "Stored parameters (tied counted once)."})
     vocab_size: int | None = field(default=None, metadata={"help": "Rows of the embedding matrix."})
     content_hash: str | None = field(
         default=None,
-        metadata={
-            "help": "sha256 of the stored weights (names sorted, dtype, shape, bytes); None until known."
-        },
+        metadata={"help": "sha256 of the stored weights (names sorted, dtype, shape, bytes); None until known."},
     )
     cached: bool = field(default=False, metadata={"help": "Whether a converted safetensors cache exists."})
     chat_template: bool | None = field(
         default=None,
-        metadata={
-            "help": "Whether the tokenizer has a chat template (base models have none); None until known."
-        },
+        metadata={"help": "Whether the tokenizer has a chat template (base models have none); None until known."},
     )
 
 

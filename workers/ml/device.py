@@ -45,16 +45,13 @@ def select_device(preference: str = "auto") -> torch.device:
 def _cuda_device(preference: str, index: str | None) -> torch.device:
     if not torch.cuda.is_available():
         raise DeviceUnavailable(
-            f"Device '{preference}' was requested but this machine has no usable CUDA GPU; "
-            "use 'cpu' or 'auto'."
+            f"Device '{preference}' was requested but this machine has no usable CUDA GPU; use 'cpu' or 'auto'."
         )
     if index is None:
         return torch.device("cuda")
     count = torch.cuda.device_count()
     if int(index) >= count:
-        raise DeviceUnavailable(
-            f"Device '{preference}' was requested but this machine has only {count} CUDA GPU(s)."
-        )
+        raise DeviceUnavailable(f"Device '{preference}' was requested but this machine has only {count} CUDA GPU(s).")
     return torch.device("cuda", int(index))
 
 

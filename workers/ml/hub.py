@@ -73,16 +73,12 @@ def resolve(value: str, model_roots: tuple[Path, ...]) -> Target:
 
 def _allowed_dir(path: Path, model_roots: tuple[Path, ...], spec: str) -> Path:
     if not model_roots:
-        raise ModelPathNotAllowed(
-            f"Loading local model directories is disabled ('{spec}'): no model roots are set."
-        )
+        raise ModelPathNotAllowed(f"Loading local model directories is disabled ('{spec}'): no model roots are set.")
     # resolve() follows symlinks: a link inside a root pointing elsewhere is judged by where it really leads.
     resolved = path.resolve()
     if not any(resolved.is_relative_to(root.resolve()) for root in model_roots):
         allowed = ", ".join(str(root) for root in model_roots)
-        raise ModelPathNotAllowed(
-            f"The model path in '{spec}' is outside the allowed model roots ({allowed})."
-        )
+        raise ModelPathNotAllowed(f"The model path in '{spec}' is outside the allowed model roots ({allowed}).")
     if not resolved.is_dir():
         raise ModelUnavailable(f"The model directory of '{spec}' does not exist.")
     return resolved
@@ -98,9 +94,7 @@ def _download(repo_id: str, spec: str, progress: ProgressCallback) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_ALLOW_PATTERNS, local_files_only=offline))
     except RepositoryNotFoundError as exc:
-        raise ModelUnavailable(
-            f"'{spec}' does not exist on the Hugging Face hub or needs an access token."
-        ) from exc
+        raise ModelUnavailable(f"'{spec}' does not exist on the Hugging Face hub or needs an access token.") from exc
     except (OSError, ValueError, EntryNotFoundError) as exc:
         if offline:
             raise ModelUnavailable(
@@ -108,9 +102,7 @@ def _download(repo_id: str, spec: str, progress: ProgressCallback) -> Path:
                 "(HF_HUB_OFFLINE is set); download it on a connected machine or put it in a directory "
                 "under the model roots."
             ) from exc
-        raise ModelUnavailable(
-            f"'{spec}' could not be fetched from the Hugging Face hub ({first_line(exc)})."
-        ) from exc
+        raise ModelUnavailable(f"'{spec}' could not be fetched from the Hugging Face hub ({first_line(exc)}).") from exc
 
 
 def local_directory(value: str, model_roots: tuple[Path, ...], progress: ProgressCallback) -> Path:
@@ -127,9 +119,7 @@ def local_directory(value: str, model_roots: tuple[Path, ...], progress: Progres
 
 def content_hash(directory: Path, cache_dir: Path) -> tuple[str, int]:
     """The weights' content hash, memoised under cache_dir by file names, sizes and modification times."""
-    stats = sorted(
-        (path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in safetensors_files(directory)
-    )
+    stats = sorted((path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in safetensors_files(directory))
     key = hashlib.sha256(repr((str(directory), stats)).encode()).hexdigest()
     memo = cache_dir / "hashes" / f"{key}.json"
     try:
@@ -138,9 +128,7 @@ def content_hash(directory: Path, cache_dir: Path) -> tuple[str, int]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     digest, num_parameters = safetensors_content_hash(directory)
-    write_json_atomic(
-        memo, {"directory": str(directory), "content_hash": digest, "num_parameters": num_parameters}
-    )
+    write_json_atomic(memo, {"directory": str(directory), "content_hash": digest, "num_parameters": num_parameters})
     return digest, num_parameters
 
 
@@ -158,14 +146,10 @@ def load(
     digest, num_parameters = content_hash(directory, cache_dir)
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
     model_info = info_for(spec, vocab_size, digest, num_parameters, bool(tokenizer.chat_template))
-    return LoadedModel(
-        spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info
-    )
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info)
 
 
-def prepare(
-    value: str, model_roots: tuple[Path, ...], cache_dir: Path, progress: ProgressCallback
-) -> ModelInfo:
+def prepare(value: str, model_roots: tuple[Path, ...], cache_dir: Path, progress: ProgressCallback) -> ModelInfo:
     """Fetch (if a hub id) and hash `hf:<value>` without loading it."""
     directory = local_directory(value, model_roots, progress)
     digest, num_parameters = content_hash(directory, cache_dir)
@@ -176,9 +160,7 @@ def prepare(
     return info_for(f"{PREFIX}:{value}", vocab_size, digest, num_parameters, has_chat_template(directory))
 
 
-def info_for(
-    spec: str, vocab_size: int | None, digest: str, num_parameters: int, chat_template: bool
-) -> ModelInfo:
+def info_for(spec: str, vocab_size: int | None, digest: str, num_parameters: int, chat_template: bool) -> ModelInfo:
     return ModelInfo(
         spec=spec,
         kind=PREFIX,

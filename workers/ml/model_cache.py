@@ -59,9 +59,7 @@ class CacheEntry:
         return sorted(self.path.parent.glob(f".{self.path.name}.tmp-*"))
 
 
-def ensure_entry(
-    entry: CacheEntry, build: Builder, progress: ProgressCallback
-) -> tuple[dict[str, Any], bool]:
+def ensure_entry(entry: CacheEntry, build: Builder, progress: ProgressCallback) -> tuple[dict[str, Any], bool]:
     """(metadata, built_now) for `entry`, running `build(tmp_dir) -> metadata` unless a whole entry exists.
 
     A file lock keeps two processes from converting the same model at once; the loser of a race (or a process
@@ -118,9 +116,7 @@ def _build_and_publish(entry: CacheEntry, build: Builder) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename; removes failed builds
     published = entry.read_metadata()
     if published is None:
-        raise ModelUnavailable(
-            f"The model cache {entry.path} could not be written; check the disk and permissions."
-        )
+        raise ModelUnavailable(f"The model cache {entry.path} could not be written; check the disk and permissions.")
     return published
 
 

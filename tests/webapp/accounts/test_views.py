@@ -57,9 +57,7 @@ def test_it_logs_in_and_out_and_audits_both(cast: Cast) -> None:
     assert client.get(reverse("tenants:settings")).status_code == 200
     client.post(reverse("accounts:logout"))
     assert client.get(reverse("tenants:settings")).status_code == 302
-    actions = list(
-        AuditEvent.objects.for_org(cast.org).filter(actor_name="mia").values_list("action", flat=True)
-    )
+    actions = list(AuditEvent.objects.for_org(cast.org).filter(actor_name="mia").values_list("action", flat=True))
     assert "auth.login" in actions
     assert "auth.logout" in actions
 

@@ -36,9 +36,7 @@ def test_it_gives_anonymous_monitors_only_the_status(db: None) -> None:
 
 
 @pytest.mark.celery_worker
-def test_it_shows_green_with_a_worker_on_each_queue(
-    staff_client: Client, celery_workers: dict[str, str]
-) -> None:
+def test_it_shows_green_with_a_worker_on_each_queue(staff_client: Client, celery_workers: dict[str, str]) -> None:
     response = staff_client.get(reverse("core:health"))
     body = response.content.decode()
     assert response.status_code == 200
@@ -51,9 +49,7 @@ def test_it_shows_green_with_a_worker_on_each_queue(
 
 
 @pytest.mark.celery_worker
-def test_it_refreshes_the_checks_as_a_partial_for_htmx(
-    staff_client: Client, celery_workers: dict[str, str]
-) -> None:
+def test_it_refreshes_the_checks_as_a_partial_for_htmx(staff_client: Client, celery_workers: dict[str, str]) -> None:
     body = staff_client.get(reverse("core:health"), headers={"HX-Request": "true"}).content.decode()
     assert 'id="health-overall"' in body
     assert "<html" not in body

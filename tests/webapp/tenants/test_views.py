@@ -27,16 +27,12 @@ def membership_of(cast: Cast, username: str) -> Membership:
     ],
 )
 @pytest.mark.parametrize("who", ["owner", "admin", "member", "outsider"])
-def test_it_shows_org_pages_only_to_roles_allowed(
-    cast: Cast, url_name: str, allowed: set[str], who: str
-) -> None:
+def test_it_shows_org_pages_only_to_roles_allowed(cast: Cast, url_name: str, allowed: set[str], who: str) -> None:
     response = cast.client_for(who).get(reverse(url_name))
     assert response.status_code == (200 if who in allowed else 403)
 
 
-@pytest.mark.parametrize(
-    "url_name", ["tenants:settings", "tenants:members", "tenants:tokens", "tenants:audit"]
-)
+@pytest.mark.parametrize("url_name", ["tenants:settings", "tenants:members", "tenants:tokens", "tenants:audit"])
 def test_it_sends_anonymous_visitors_to_login(cast: Cast, url_name: str) -> None:
     response = cast.client_for("anonymous").get(reverse(url_name))
     assert response.status_code == 302
@@ -78,9 +74,7 @@ def test_it_keeps_the_member_list_query_count_flat(cast: Cast, django_assert_max
 # ------------------------------------------------------------------ org settings
 @pytest.mark.parametrize(("who", "status"), [("owner", 302), ("admin", 403), ("member", 403)])
 def test_it_lets_only_owners_rename_the_org(cast: Cast, who: str, status: int) -> None:
-    response = cast.client_for(who).post(
-        reverse("tenants:settings"), {"section": "org", "org-name": "Acme 2"}
-    )
+    response = cast.client_for(who).post(reverse("tenants:settings"), {"section": "org", "org-name": "Acme 2"})
     assert response.status_code == status
     cast.org.refresh_from_db()
     assert (cast.org.name == "Acme 2") is (status == 302)
@@ -130,15 +124,11 @@ def test_it_lets_owners_and_admins_add_members(cast: Cast, who: str, status: int
         reverse("tenants:members"), {"identifier": "newbie@example.com", "role": "member"}
     )
     assert response.status_code == status
-    assert Membership.objects.filter(organization=cast.org, user__username="newbie").exists() is (
-        status == 302
-    )
+    assert Membership.objects.filter(organization=cast.org, user__username="newbie").exists() is (status == 302)
 
 
 def test_it_explains_an_unknown_user_when_adding(cast: Cast) -> None:
-    response = cast.client_for("owner").post(
-        reverse("tenants:members"), {"identifier": "ghost", "role": "member"}
-    )
+    response = cast.client_for("owner").post(reverse("tenants:members"), {"identifier": "ghost", "role": "member"})
     assert response.status_code == 200
     assert "No user with username or email" in response.content.decode()
 
@@ -147,16 +137,12 @@ def test_it_forbids_admins_from_adding_owners(cast: Cast) -> None:
     from tests.webapp.conftest import make_user
 
     make_user("newbie")
-    response = cast.client_for("admin").post(
-        reverse("tenants:members"), {"identifier": "newbie", "role": "owner"}
-    )
+    response = cast.client_for("admin").post(reverse("tenants:members"), {"identifier": "newbie", "role": "owner"})
     assert "Only an owner" in response.content.decode()
     assert not Membership.objects.filter(user__username="newbie").exists()
 
 
-@pytest.mark.parametrize(
-    ("who", "status"), [("owner", 302), ("admin", 302), ("member", 403), ("outsider", 404)]
-)
+@pytest.mark.parametrize(("who", "status"), [("owner", 302), ("admin", 302), ("member", 403), ("outsider", 404)])
 def test_it_changes_roles_for_allowed_roles_and_hides_other_orgs(cast: Cast, who: str, status: int) -> None:
     target = membership_of(cast, "mia")
     response = cast.client_for(who).post(reverse("tenants:member-role", args=[target.pk]), {"role": "admin"})
@@ -186,9 +172,7 @@ def test_it_shows_the_rule_in_the_row_when_htmx_demotes_the_last_owner(cast: Cas
     assert target.role == Role.OWNER
 
 
-@pytest.mark.parametrize(
-    ("who", "status"), [("owner", 302), ("admin", 302), ("member", 403), ("outsider", 404)]
-)
+@pytest.mark.parametrize(("who", "status"), [("owner", 302), ("admin", 302), ("member", 403), ("outsider", 404)])
 def test_it_removes_members_for_allowed_roles_and_hides_other_orgs(cast: Cast, who: str, status: int) -> None:
     target = membership_of(cast, "mia") if who != "member" else membership_of(cast, "adam")
     response = cast.client_for(who).post(reverse("tenants:member-remove", args=[target.pk]))
@@ -237,17 +221,13 @@ def test_it_shows_a_new_token_once_and_stores_only_its_hash(cast: Cast) -> None:
 
 
 def test_it_renders_the_token_partial_for_htmx(cast: Cast) -> None:
-    response = cast.client_for("owner").post(
-        reverse("tenants:tokens"), {"name": "CI"}, headers={"HX-Request": "true"}
-    )
+    response = cast.client_for("owner").post(reverse("tenants:tokens"), {"name": "CI"}, headers={"HX-Request": "true"})
     body = response.content.decode()
     assert 'id="new-token"' in body
     assert "<html" not in body
 
 
-@pytest.mark.parametrize(
-    ("who", "status"), [("owner", 302), ("admin", 302), ("member", 403), ("outsider", 404)]
-)
+@pytest.mark.parametrize(("who", "status"), [("owner", 302), ("admin", 302), ("member", 403), ("outsider", 404)])
 def test_it_revokes_tokens_for_allowed_roles_and_hides_other_orgs(cast: Cast, who: str, status: int) -> None:
     token, _ = ApiToken.issue(organization=cast.org, name="CI", created_by=cast.owner)
     response = cast.client_for(who).post(reverse("tenants:token-revoke", args=[token.pk]))

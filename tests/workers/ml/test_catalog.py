@@ -80,9 +80,7 @@ def test_it_loads_a_tiny_model_in_eval_mode_with_the_smollm2_tokenizer(cpu_catal
 
 def test_it_makes_tiny_models_deterministic_by_seed(model_cache_dir: Path) -> None:
     def load(seed: int) -> LoadedModel:
-        return load_model(
-            TINY, CatalogConfig(cache_dir=model_cache_dir, device="cpu", seed=seed), progress=_quiet
-        )
+        return load_model(TINY, CatalogConfig(cache_dir=model_cache_dir, device="cpu", seed=seed), progress=_quiet)
 
     first, again, other = load(0), load(0), load(1)
 
@@ -178,9 +176,7 @@ def test_it_refuses_an_hf_path_outside_the_model_roots(
         load_model(f"hf:{saved_tiny_root / 'saved-tiny'}", config, progress=_quiet)
 
 
-@pytest.mark.parametrize(
-    "escape", ["{root}/../elsewhere/saved-tiny", "../saved-tiny", "sub/../../saved-tiny"]
-)
+@pytest.mark.parametrize("escape", ["{root}/../elsewhere/saved-tiny", "../saved-tiny", "sub/../../saved-tiny"])
 def test_it_refuses_dot_dot_escapes_from_a_model_root(
     escape: str, saved_tiny_root: Path, model_cache_dir: Path
 ) -> None:
@@ -206,9 +202,7 @@ def test_it_refuses_a_symlink_in_a_model_root_that_leads_outside(
         load_model(f"hf:{root / 'sneaky'}", config, progress=_quiet)
 
 
-def test_it_refuses_local_paths_when_no_model_roots_are_set(
-    saved_tiny_root: Path, cpu_catalog: CatalogConfig
-) -> None:
+def test_it_refuses_local_paths_when_no_model_roots_are_set(saved_tiny_root: Path, cpu_catalog: CatalogConfig) -> None:
     with pytest.raises(ModelPathNotAllowed, match="no model roots"):
         load_model(f"hf:{saved_tiny_root / 'saved-tiny'}", cpu_catalog, progress=_quiet)
 
@@ -260,9 +254,7 @@ def test_it_reports_an_unusable_directory_as_unavailable_not_a_stack_trace(
 # ---------------------------------------------------------------- packaged models without loading them
 
 
-def test_it_names_the_install_command_when_gemma_is_absent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_it_names_the_install_command_when_gemma_is_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, packaged.GEMMA_PACKAGE, None)  # makes the import fail, installed or not
     config = CatalogConfig(cache_dir=tmp_path, device="cpu")
 
@@ -277,9 +269,7 @@ def test_it_names_the_install_command_when_gemma_is_absent(
     assert "distillery[gemma]" in gemma.reason
 
 
-def test_it_names_the_install_command_when_smollm2_is_absent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_it_names_the_install_command_when_smollm2_is_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, packaged.SMOLLM2_PACKAGE, None)
 
     with pytest.raises(ModelUnavailable, match=r"requirements/models\.txt"):
@@ -349,9 +339,7 @@ def test_it_lists_a_converted_model_from_its_cache_metadata(tmp_path: Path) -> N
 
 
 def _info(content_hash: str | None) -> ModelInfo:
-    return ModelInfo(
-        spec=SMOLLM2, kind="packaged", title="SmolLM2", available=True, content_hash=content_hash
-    )
+    return ModelInfo(spec=SMOLLM2, kind="packaged", title="SmolLM2", available=True, content_hash=content_hash)
 
 
 def test_it_accepts_an_expert_on_the_base_it_was_trained_on() -> None:
@@ -466,9 +454,7 @@ def test_it_lists_models_on_the_command_line(tmp_path: Path, capsys: pytest.Capt
     assert all(spec in table for spec in known_specs())
 
 
-def test_it_lists_models_as_json_on_the_command_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_it_lists_models_as_json_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert catalog.main(["list", "--json", "--cache-dir", str(tmp_path)]) == 0
 
     assert [row["spec"] for row in json.loads(capsys.readouterr().out)] == known_specs()
@@ -556,9 +542,7 @@ def test_it_loads_a_tiny_model_on_the_gpu_in_bf16_with_the_cpu_identity(model_ca
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_it_loads_a_local_directory_straight_onto_the_gpu(
-    saved_tiny_root: Path, model_cache_dir: Path
-) -> None:
+def test_it_loads_a_local_directory_straight_onto_the_gpu(saved_tiny_root: Path, model_cache_dir: Path) -> None:
     config = CatalogConfig(cache_dir=model_cache_dir, model_roots=(saved_tiny_root,), device="cuda")
 
     loaded = load_model("hf:saved-tiny", config, progress=_quiet)

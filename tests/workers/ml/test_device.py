@@ -53,9 +53,7 @@ def test_it_picks_cuda_automatically_when_present() -> None:
 @pytest.mark.usefixtures("no_cuda")
 @pytest.mark.parametrize("preference", ["cuda", "cuda:0"])
 def test_it_says_clearly_that_cuda_is_absent(preference: str) -> None:
-    with pytest.raises(
-        DeviceUnavailable, match=f"Device '{preference}' was requested but this machine has no"
-    ):
+    with pytest.raises(DeviceUnavailable, match=f"Device '{preference}' was requested but this machine has no"):
         select_device(preference)
 
 
@@ -76,9 +74,7 @@ def test_it_uses_fp32_on_the_cpu() -> None:
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
-def test_it_uses_half_precision_on_gpus(
-    bf16: bool, expected: torch.dtype, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_it_uses_half_precision_on_gpus(bf16: bool, expected: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
 
     assert default_dtype(torch.device("cuda", 0)) == expected

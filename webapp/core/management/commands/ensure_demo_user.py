@@ -24,9 +24,7 @@ class Command(BaseCommand):
             raise CommandError("Refusing to create a demo login in production.")
         password = self._password()
         user_model = get_user_model()
-        user, created = user_model.objects.get_or_create(
-            username=DEMO_USERNAME, defaults={"email": "demo@example.com"}
-        )
+        user, created = user_model.objects.get_or_create(username=DEMO_USERNAME, defaults={"email": "demo@example.com"})
         # Staff, so the demo can open the health page and the admin.
         user.is_staff = True
         user.is_superuser = True

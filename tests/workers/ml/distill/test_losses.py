@@ -1,0 +1,147 @@
+"""The distillation losses against direct computations (TRL GKD's formula written out with F.kl_div)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workers.ml.distill.losses import IGNORE_INDEX, distillation_loss, teacher_topk
+
+V = 50
+
+
+def trl_generalized_jsd(student_logits, teacher_logits, labels, beta, temperature):  # type: ignore[no-untyped-def]
+    """TRL's GKDTrainer.generalized_jsd_loss (reduction='batchmean', with labels), written out."""
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if beta == 0:
+        jsd = F.kl_div(s, t, reduction="none", log_target=True)
+    elif beta == 1:
+        jsd = F.kl_div(t, s, reduction="none", log_target=True)
+    else:
+        b = torch.tensor(beta)
+        m = torch.logsumexp(torch.stack([s + torch.log(1 - b), t + torch.log(b)]), dim=0)
+        jsd = b * F.kl_div(m, t, reduction="none", log_target=True) + (1 - b) * F.kl_div(
+            m, s, reduction="none", log_target=True
+        )
+    mask = labels != IGNORE_INDEX
+    return jsd[mask].sum() / mask.sum()
+
+
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 7, V, generator=generator) * 2
+    teacher = torch.randn(2, 7, V, generator=generator) * 3
+    labels = torch.randint(0, V, (2, 7), generator=generator)
+    labels[0, :2] = IGNORE_INDEX
+    labels[1, -1] = IGNORE_INDEX
+    return {"student": student, "teacher": teacher, "labels": labels}
+
+
+@pytest.mark.parametrize(("kind", "beta"), [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.5), ("jsd", 0.1)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_it_matches_trls_divergences(batch, kind, beta, temperature) -> None:  # type: ignore[no-untyped-def]
+    ours = distillation_loss(
+        batch["student"],
+        batch["labels"],
+        teacher_logits=batch["teacher"],
+        alpha=0.0,
+        temperature=temperature,
+        kind=kind,
+        beta=beta,
+    )
+    expected = trl_generalized_jsd(batch["student"], batch["teacher"], batch["labels"], beta, temperature)
+    torch.testing.assert_close(ours.divergence, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.total, temperature**2 * expected, rtol=1e-5, atol=1e-6)
+
+
+def test_it_mixes_cross_entropy_with_alpha(batch) -> None:  # type: ignore[no-untyped-def]
+    alpha = 0.3
+    ours = distillation_loss(batch["student"], batch["labels"], teacher_logits=batch["teacher"], alpha=alpha)
+    mask = batch["labels"] != IGNORE_INDEX
+    ce = F.cross_entropy(batch["student"][mask], batch["labels"][mask])
+    kl = trl_generalized_jsd(batch["student"], batch["teacher"], batch["labels"], 0.0, 1.0)
+    torch.testing.assert_close(ours.total, alpha * ce + (1 - alpha) * kl, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "beta"), [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.5)])
+def test_it_equals_the_full_loss_when_the_cache_keeps_every_token(batch, kind, beta) -> None:  # type: ignore[no-untyped-def]
+    values, ids, tail = teacher_topk(batch["teacher"], k=V, temperature=1.5)
+    full = distillation_loss(
+        batch["student"], batch["labels"], teacher_logits=batch["teacher"], temperature=1.5, kind=kind, beta=beta
+    )
+    cached = distillation_loss(
+        batch["student"],
+        batch["labels"],
+        teacher_topk_logprobs=values,
+        teacher_topk_ids=ids,
+        teacher_topk_tail=tail,
+        temperature=1.5,
+        kind=kind,
+        beta=beta,
+    )
+    torch.testing.assert_close(cached.total, full.total, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_it_bounds_the_top_k_forward_kl_by_the_teacher_tail(batch, k) -> None:  # type: ignore[no-untyped-def]
+    """0 ≤ KL_full − KL_topk = r_t · KL(p̃_t ‖ p̃_s), per position, with p̃ the renormalised tails."""
+    student, teacher = batch["student"][0, 3:4], batch["teacher"][0, 3:4]  # (1, V): one labelled position
+    labels = torch.tensor([[1]])
+    values, ids, tail_lp = teacher_topk(teacher, k)
+    full = distillation_loss(student[None], labels, teacher_logits=teacher[None], alpha=0.0).divergence
+    approx = distillation_loss(
+        student[None],
+        labels,
+        teacher_topk_logprobs=values[None],
+        teacher_topk_ids=ids[None],
+        teacher_topk_tail=tail_lp[None],
+        alpha=0.0,
+    ).divergence
+    p_t, p_s = F.softmax(teacher[0], -1), F.softmax(student[0], -1)
+    tail = torch.ones(V, dtype=torch.bool)
+    tail[ids[0]] = False
+    r_t = p_t[tail].sum()
+    tail_t, tail_s = p_t[tail] / r_t, p_s[tail] / p_s[tail].sum()
+    gap = r_t * (tail_t * (tail_t.log() - tail_s.log())).sum()
+    assert float(approx) <= float(full) + 1e-6
+    torch.testing.assert_close(full - approx, gap, rtol=1e-4, atol=1e-6)
+
+
+def test_it_skips_positions_without_labels(batch) -> None:  # type: ignore[no-untyped-def]
+    labels = batch["labels"].clone()
+    before = distillation_loss(batch["student"], labels, teacher_logits=batch["teacher"])
+    scrambled = batch["teacher"].clone()
+    scrambled[labels == IGNORE_INDEX] = 1000.0  # garbage where there is no label must not matter
+    after = distillation_loss(batch["student"], labels, teacher_logits=scrambled)
+    torch.testing.assert_close(before.total, after.total)
+    assert before.positions == int((labels != IGNORE_INDEX).sum())
+
+
+def test_it_chunks_positions_without_changing_the_loss_or_gradient(batch) -> None:  # type: ignore[no-untyped-def]
+    student = batch["student"].clone().requires_grad_(True)
+    values, ids, tail = teacher_topk(batch["teacher"], 8)
+    whole = distillation_loss(
+        student, batch["labels"], teacher_topk_logprobs=values, teacher_topk_ids=ids, teacher_topk_tail=tail
+    )
+    (grad_whole,) = torch.autograd.grad(whole.total, student)
+    chunked = distillation_loss(
+        student,
+        batch["labels"],
+        teacher_topk_logprobs=values,
+        teacher_topk_ids=ids,
+        teacher_topk_tail=tail,
+        chunk_positions=3,
+    )
+    (grad_chunked,) = torch.autograd.grad(chunked.total, student)
+    torch.testing.assert_close(chunked.total, whole.total)
+    torch.testing.assert_close(grad_chunked, grad_whole)
+
+
+def test_it_is_zero_when_student_equals_teacher(batch) -> None:  # type: ignore[no-untyped-def]
+    loss = distillation_loss(batch["teacher"], batch["labels"], teacher_logits=batch["teacher"], alpha=0.0, kind="jsd")
+    assert math.isclose(float(loss.total), 0.0, abs_tol=1e-6)

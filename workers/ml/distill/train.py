@@ -1,0 +1,278 @@
+"""The LoRA training loop: gradient accumulation, bf16 autocast on GPU, packed rows, checkpoints, exact resume.
+
+A plain loop rather than transformers' Trainer: distillation needs the teacher's targets gathered per packed
+micro-batch and a loss over them, OOM back-off, and cooperative cancellation between steps — each a callback
+in Trainer. The loop stays small enough to read:
+
+1. The data order is a pure function of (seed, epoch): `packing.epoch_rows`. Step s covers micro-batches
+   [s·A, (s+1)·A) of the epoch sequence, so the data position of a checkpoint is just its step.
+2. Each step accumulates A micro-batches; each micro-batch's loss is weighted by its share of the step's
+   labelled tokens, so the step's loss is the mean over its tokens whatever the packing.
+3. Every `checkpoint_every` steps, on cancel and at the end: adapter weights, optimizer, scheduler and RNG
+   state go to `checkpoint_dir/step-NNNNNN` (written to a temp dir, then renamed: never half a checkpoint).
+4. On start, the latest checkpoint is restored, so a resumed run continues with exactly the next step.
+5. A CUDA out-of-memory error halves the micro-batch (each planned micro-batch is run in 2, 4, … pieces, so the
+   effective batch is unchanged) and retries the step; at one row per piece it stops with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from workers.ml.distill.config import TrainingSettings
+from workers.ml.distill.errors import OutOfMemory
+from workers.ml.distill.losses import LossParts
+from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
+from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
+
+KEEP_CHECKPOINTS = 2
+logger = logging.getLogger(__name__)
+LossFunction = Callable[[Any, PackedBatch], LossParts]
+
+
+@dataclass
+class TrainOutcome:
+    steps_done: int
+    total_steps: int
+    train_tokens: int
+    final_loss: float | None
+    cancelled: bool
+    resumed_from: int | None
+    log_path: Path
+
+
+class DataPlan:
+    """Which packed rows make up each micro-batch of the run, over as many epochs as needed."""
+
+    def __init__(self, segments: Sequence[Sequence[int]], settings: TrainingSettings, pad_token_id: int) -> None:
+        self.segments = segments
+        self.settings = settings
+        self.pad_token_id = pad_token_id
+        self.lengths = [len(segment) for segment in segments]
+        self._epochs: dict[int, list[list[list[int]]]] = {}
+        self.micro_batches_per_epoch = len(self.epoch(0))
+        self.total_steps = self._count_steps()
+
+    def epoch(self, number: int) -> list[list[list[int]]]:
+        """The micro-batches (lists of rows of segment indices) of one epoch."""
+        if number not in self._epochs:
+            rows = epoch_rows(self.lengths, self.settings.seq_len, self.settings.seed, number)
+            size = self.settings.micro_batch_size
+            self._epochs = {number: [rows[i : i + size] for i in range(0, len(rows), size)]}
+        return self._epochs[number]
+
+    def micro_batch(self, global_index: int) -> list[list[int]]:
+        epoch, offset = divmod(global_index, self.micro_batches_per_epoch)
+        return self.epoch(epoch)[offset]
+
+    def step_micro_batches(self, step: int) -> list[list[list[int]]]:
+        accum = self.settings.grad_accum
+        return [self.micro_batch(step * accum + i) for i in range(accum)]
+
+    def tokens(self, rows: list[list[int]]) -> int:
+        return sum(self.lengths[index] for row in rows for index in row)
+
+    def labels(self, rows: list[list[int]]) -> int:
+        """Labelled positions: every token of a segment but its last predicts the next one."""
+        return sum(self.lengths[index] - 1 for row in rows for index in row)
+
+    def _count_steps(self) -> int:
+        accum = self.settings.grad_accum
+        if self.settings.token_budget is None:
+            micro_batches = math.ceil(self.settings.epochs * self.micro_batches_per_epoch)
+            return max(1, math.ceil(micro_batches / accum))
+        # A token budget: as many whole steps as it takes to reach it (at least one).
+        tokens_per_epoch = sum(self.lengths)
+        steps_per_epoch = self.micro_batches_per_epoch / accum
+        return max(1, math.ceil(self.settings.token_budget / tokens_per_epoch * steps_per_epoch))
+
+    def collate(self, rows: list[list[int]]) -> PackedBatch:
+        return collate(self.segments, rows, self.settings.seq_len, self.pad_token_id)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: param.detach().cpu().contiguous() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    candidates = sorted(checkpoint_dir.glob("step-*"), key=lambda path: int(path.name.split("-")[1]))
+    complete = [path for path in candidates if (path / "state.json").exists()]
+    return complete[-1] if complete else None
+
+
+def save_checkpoint(
+    checkpoint_dir: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, tokens: int
+) -> Path:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"step-{step:06d}"
+    tmp = checkpoint_dir / f".step-{step:06d}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "adapter.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        tmp / "training_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": tokens, "saved_at": time.time()}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(checkpoint_dir.glob("step-*"), key=lambda path: int(path.name.split("-")[1]))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> tuple[int, int]:
+    """Restore a checkpoint into model, optimizer, scheduler and RNG; returns (step, tokens)."""
+    weights = load_file(str(path / "adapter.safetensors"))
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].data.copy_(value.to(params[name].device, params[name].dtype))
+    # The file holds only our own optimizer/scheduler/RNG state, written by save_checkpoint.
+    state = torch.load(path / "training_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    meta = json.loads((path / "state.json").read_text())
+    return int(meta["step"]), int(meta["tokens"])
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _split(rows: list[list[int]], pieces: int) -> list[list[list[int]]]:
+    size = math.ceil(len(rows) / pieces)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def train(
+    model: Any,
+    plan: DataPlan,
+    loss_fn: LossFunction,
+    settings: TrainingSettings,
+    checkpoint_dir: Path,
+    log_path: Path,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+) -> TrainOutcome:
+    """Train the trainable (LoRA) parameters of `model` on `plan` with `loss_fn`; see the module docstring."""
+    device = next(model.parameters()).device
+    use_bf16 = settings.bf16 if settings.bf16 is not None else device.type == "cuda"
+    autocast = (
+        (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if use_bf16 else (lambda: nullcontext())
+    )
+    params = [param for param in model.parameters() if param.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=device.type == "cuda"
+    )
+    total_steps = plan.total_steps
+    warmup = max(1, round(settings.warmup_ratio * total_steps)) if settings.warmup_ratio > 0 else 0
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    start_step, tokens_seen, resumed_from = 0, 0, None
+    latest = _latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        start_step, tokens_seen = load_checkpoint(latest, model, optimizer, scheduler)
+        resumed_from = start_step
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if resumed_from is None:
+        log_path.write_text("")
+    else:
+        # Drop what a crashed run logged after its last checkpoint: those steps are done again.
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    model.train()
+    pieces = 1
+    meter = RateMeter(total_steps - start_step)
+    loss_value: float | None = None
+    step = start_step
+    while step < total_steps:
+        if should_stop():
+            save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
+            return TrainOutcome(step, total_steps, tokens_seen, loss_value, True, resumed_from, log_path)
+        micro_batches = plan.step_micro_batches(step)
+        step_labels = sum(plan.labels(rows) for rows in micro_batches)
+        try:
+            parts_sum = {"loss": 0.0, "ce": 0.0, "div": 0.0}
+            for rows in micro_batches:
+                for piece in _split(rows, pieces):
+                    batch = plan.collate(piece).to(device)
+                    with autocast():
+                        parts = loss_fn(model, batch)
+                    weight = parts.positions / max(1, step_labels)
+                    (parts.total * weight).backward()
+                    parts_sum["loss"] += float(parts.total.detach()) * weight
+                    parts_sum["ce"] += float(parts.ce) * weight
+                    parts_sum["div"] += float(parts.divergence) * weight
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+            if not _is_oom(error):
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if settings.micro_batch_size // pieces <= 1:
+                raise OutOfMemory(
+                    f"Out of memory even with one row of {settings.seq_len} tokens per forward pass: lower "
+                    "training.seq_len (or use a smaller teacher/student, or a GPU with more memory)."
+                ) from error
+            pieces *= 2
+            logger.warning(
+                "out of memory: micro-batch %d now runs in %d pieces of %d rows (effective batch unchanged)",
+                settings.micro_batch_size,
+                pieces,
+                math.ceil(settings.micro_batch_size / pieces),
+            )
+            continue
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        step_tokens = sum(plan.tokens(rows) for rows in micro_batches)
+        tokens_seen += step_tokens
+        loss_value = parts_sum["loss"]
+        tokens_per_s, eta = meter.update(step - start_step, step_tokens)
+        record = {
+            "step": step,
+            "loss": round(loss_value, 6),
+            "ce": round(parts_sum["ce"], 6),
+            "divergence": round(parts_sum["div"], 6),
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": round(grad_norm, 4),
+            "tokens": tokens_seen,
+            "tokens_per_s": round(tokens_per_s or 0.0, 1),
+        }
+        with log_path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+        on_progress(Progress("training", step, total_steps, loss=loss_value, tokens_per_s=tokens_per_s, eta_s=eta))
+        if settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0 and step < total_steps:
+            save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
+    save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
+    model.eval()
+    return TrainOutcome(step, total_steps, tokens_seen, loss_value, False, resumed_from, log_path)
