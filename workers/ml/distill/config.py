@@ -183,6 +183,16 @@ class DistillConfig:
         if self.recipe not in ("kd", "qa"):
             raise ValueError(f"Unknown recipe {self.recipe!r}: use 'kd' or 'qa'.")
 
+    @property
+    def checkpoints(self) -> Path:
+        """Resumable checkpoints (checkpoint_dir, resolved)."""
+        return Path(self.checkpoint_dir or self.output_dir / "checkpoints")
+
+    @property
+    def work(self) -> Path:
+        """Teacher cache and scratch files (work_dir, resolved)."""
+        return Path(self.work_dir or self.output_dir / "work")
+
     @classmethod
     def for_cpu(cls, **overrides: Any) -> DistillConfig:
         """Defaults for a 2-core CPU: short rows, small batches, a modest LoRA."""

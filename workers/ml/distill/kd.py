@@ -72,7 +72,11 @@ def kd_loss(
     teacher_batch_tokens: int = 2048,
     pad_token_id: int = 0,
 ) -> LossFunction:
-    """The training loss of recipe kd, reading teacher targets from the cache or running the teacher live."""
+    """The training loss of recipe kd, reading teacher targets from the cache or running the teacher live.
+
+    A live `teacher_model` of None means the teacher is the student's own base: it then runs as the trained
+    model with its adapter disabled.
+    """
 
     def loss(model: Any, batch: PackedBatch) -> LossParts:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (B,T,V)
@@ -88,7 +92,13 @@ def kd_loss(
                 beta=settings.jsd_beta,
                 **common,
             )
-        teacher_logits = live_teacher_logits(teacher_model, teacher_segments, batch, teacher_batch_tokens, pad_token_id)
+        if teacher_model is None:
+            with model.disable_adapter():
+                teacher_logits = live_teacher_logits(model, teacher_segments, batch, teacher_batch_tokens, pad_token_id)
+        else:
+            teacher_logits = live_teacher_logits(
+                teacher_model, teacher_segments, batch, teacher_batch_tokens, pad_token_id
+            )
         return distillation_loss(
             logits, batch.labels, teacher_logits=teacher_logits.to(logits.device), beta=settings.jsd_beta, **common
         )

@@ -158,7 +158,7 @@ def test_it_names_the_setting_to_lower_when_one_row_does_not_fit(
 
         return wrapped
 
-    with pytest.raises(OutOfMemory, match="training.seq_len"):
+    with pytest.raises(OutOfMemory, match=r"training\.seq_len"):
         run(tmp_path, tiny_student, tiny_teacher, toy_corpus, kd_case, wrap_loss=always_oom)
 
 

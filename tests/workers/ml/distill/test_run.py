@@ -1,0 +1,150 @@
+"""distill() and the CLI end to end on tiny models: output, refusals, cancel and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from tests.workers.ml.distill.conftest import toy_documents
+from workers.ml.catalog import CatalogConfig, load_model
+from workers.ml.distill.__main__ import main as cli_main
+from workers.ml.distill.config import DistillConfig, KDSettings, LocalTeacherConfig, LoraSettings, TrainingSettings
+from workers.ml.distill.corpus import CorpusSnapshot
+from workers.ml.distill.errors import TokenizerMismatch
+from workers.ml.distill.progress import Progress
+from workers.ml.distill.run import distill
+
+STUDENT = "tiny:llama-2l"
+
+
+def tiny_config(tmp_path: Path, model_cache_dir: Path, **overrides: Any) -> DistillConfig:
+    settings: dict[str, Any] = {"teacher": LocalTeacherConfig(spec="tiny:llama-4l"), **overrides}
+    return DistillConfig(
+        output_dir=tmp_path / "expert",
+        model_cache_dir=model_cache_dir,
+        student=STUDENT,
+        training=TrainingSettings(
+            epochs=2, seq_len=96, micro_batch_size=2, grad_accum=2, learning_rate=5e-3, checkpoint_every=2, device="cpu"
+        ),
+        kd=KDSettings(context_chunks=1, context_max_tokens=48, cache_top_k=16),
+        lora=LoraSettings(rank=4, alpha=8),
+        signature_centroids=2,
+        **settings,
+    )
+
+
+def test_it_writes_a_complete_expert_that_plain_peft_loads(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    reports: list[Progress] = []
+    result = distill(tiny_config(tmp_path, model_cache_dir), toy_corpus, on_progress=reports.append)
+    out = result.output_dir
+    assert result.status == "succeeded"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "base.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert (out / "signature.json").is_file()
+    assert (out / "training_log.jsonl").read_text().count("\n") == result.steps
+    assert {r.stage for r in reports} >= {"loading", "teacher", "training", "evaluating", "exporting", "done"}
+    base_identity = json.loads((out / "base.json").read_text())
+    assert (
+        base_identity["content_hash"]
+        == load_model(STUDENT, CatalogConfig(cache_dir=model_cache_dir, device="cpu")).info.content_hash
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["heldout"]["expert"]["perplexity"] > 0
+    assert metrics["kl_to_teacher"]["before"] > 0
+
+    # The exported adapter holds the trained weights (the last checkpoint's), and plain peft applies them.
+    trained = load_file(str(sorted((out / "checkpoints").glob("step-*"))[-1] / "adapter.safetensors"))
+    exported = load_file(str(out / "adapter_model.safetensors"))
+    assert len(exported) == len(trained)
+    for name, tensor in trained.items():
+        short = name.replace("base_model.model.", "").replace(".default", "")
+        match = [key for key in exported if key.replace("base_model.model.", "") == short]
+        assert match, name
+        torch.testing.assert_close(exported[match[0]], tensor)
+    base = load_model(STUDENT, CatalogConfig(cache_dir=model_cache_dir, device="cpu")).model
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, out)(input_ids=ids).logits
+    assert not torch.allclose(plain, adapted)
+
+
+def test_it_refuses_kd_from_a_teacher_with_another_vocabulary(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = {word: index for index, word in enumerate(["<unk>", "</s>", "the", "code", "is"])}
+    backend = Tokenizer(WordLevel(words, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    teacher_dir = tmp_path / "models" / "word-teacher"
+    model.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    config = tiny_config(
+        tmp_path,
+        model_cache_dir,
+        teacher=LocalTeacherConfig(spec=f"hf:{teacher_dir}"),
+        model_roots=(tmp_path / "models",),
+    )
+    with pytest.raises(TokenizerMismatch, match="Use recipe 'qa'"):
+        distill(config, toy_corpus)
+    assert not (config.output_dir / "adapter_model.safetensors").exists()
+
+
+def test_it_cancels_with_a_checkpoint_and_resumes_to_the_same_expert(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    straight = distill(tiny_config(tmp_path / "a", model_cache_dir), toy_corpus)
+    steps_seen: list[int] = []
+
+    def stop_after_three_steps() -> bool:
+        return len(steps_seen) >= 3
+
+    def record(progress: Progress) -> None:
+        if progress.stage == "training":
+            steps_seen.append(progress.step)
+
+    config = tiny_config(tmp_path / "b", model_cache_dir)
+    cancelled = distill(config, toy_corpus, on_progress=record, should_stop=stop_after_three_steps)
+    assert cancelled.status == "cancelled"
+    assert cancelled.steps == 3
+    assert not (config.output_dir / "adapter_model.safetensors").exists()
+    resumed = distill(config, toy_corpus)
+    assert resumed.status == "succeeded"
+    assert resumed.resumed_from_step == 3
+    straight_log = (straight.output_dir / "training_log.jsonl").read_text().splitlines()
+    resumed_log = (resumed.output_dir / "training_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["loss"] for line in resumed_log] == pytest.approx(
+        [json.loads(line)["loss"] for line in straight_log], rel=1e-4
+    )
+
+
+def test_it_distils_from_the_command_line_and_protects_an_earlier_run(tmp_path: Path, model_cache_dir: Path) -> None:
+    corpus_dir = tmp_path / "docs"
+    corpus_dir.mkdir()
+    for name, chunks in toy_documents(6):
+        (corpus_dir / name).write_text("\n".join(chunks))
+    args = [
+        "--corpus", str(corpus_dir), "--out", str(tmp_path / "out"), "--student", STUDENT,
+        "--cache-dir", str(model_cache_dir), "--epochs", "1", "--seq-len", "128", "--heldout", "0.3",
+        "--lora-rank", "4", "--threads", "2",
+    ]  # fmt: skip
+    assert cli_main(args) == 0
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert cli_main(args) == 2  # the earlier run's checkpoint is not overwritten without --resume
+    assert cli_main([*args, "--resume"]) == 0

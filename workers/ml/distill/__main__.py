@@ -1,0 +1,209 @@
+"""Headless distillation: `python -m workers.ml.distill --corpus DIR --recipe kd --out DIR`.
+
+A directory of .txt/.md/.rst files becomes the corpus (one document per file, chunked by the student's
+tokenizer, whole documents held out deterministically). A progress bar with ETA follows each stage; Ctrl-C
+stops at the next step and saves a checkpoint; `--resume` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tqdm import tqdm
+
+from workers.ml.catalog import default_cache_dir
+from workers.ml.catalog_types import CatalogError
+from workers.ml.distill.config import (
+    DistillConfig,
+    EndpointTeacherConfig,
+    KDSettings,
+    LocalTeacherConfig,
+    LoraSettings,
+    QASettings,
+    TrainingSettings,
+)
+from workers.ml.distill.corpus import snapshot_from_directory
+from workers.ml.distill.errors import DistillError
+from workers.ml.distill.progress import Progress
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers.ml.distill", description=__doc__)
+    parser.add_argument("--corpus", type=Path, required=True, help="Directory of .txt/.md/.rst documents.")
+    parser.add_argument("--out", type=Path, required=True, help="Output directory of the expert.")
+    parser.add_argument("--recipe", choices=["kd", "qa"], default="kd")
+    parser.add_argument("--student", default="packaged:smollm2-135m-instruct", help="Catalog spec of the base.")
+    parser.add_argument("--teacher", default=None, help="Catalog spec of a local teacher (default: the student).")
+    parser.add_argument("--endpoint", default=None, help="Base URL of an OpenAI-compatible teacher instead.")
+    parser.add_argument("--endpoint-model", default=None, help="Model name at --endpoint.")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="Environment variable with the API key.")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="Model catalog cache (default: ./var/models).")
+    parser.add_argument("--model-root", type=Path, action="append", default=[], help="Allowed hf: directory.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    parser.add_argument("--gpu-defaults", action="store_true", help="Start from the GPU defaults, not the CPU ones.")
+    parser.add_argument("--chunk-tokens", type=int, default=256, help="Chunk size in student tokens.")
+    parser.add_argument("--heldout", type=float, default=0.1, help="Share of documents held out for evaluation.")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--token-budget", type=int, default=None, help="Train on this many tokens (overrides epochs).")
+    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--micro-batch", type=int, default=None)
+    parser.add_argument("--grad-accum", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--lora-rank", type=int, default=None)
+    parser.add_argument("--alpha", type=float, default=None, help="kd: weight of the cross-entropy term.")
+    parser.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"], default=None)
+    parser.add_argument("--context-chunks", type=int, default=None, help="kd: preceding chunks the teacher sees.")
+    parser.add_argument("--no-teacher-cache", action="store_true", help="kd: run the teacher at every step.")
+    parser.add_argument("--pairs-per-chunk", type=int, default=None, help="qa: pairs the teacher writes per chunk.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="Continue from the checkpoint in --out.")
+    return parser
+
+
+def _replace(settings: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(settings, **{key: value for key, value in changes.items() if value is not None})
+
+
+def build_config(args: argparse.Namespace) -> DistillConfig:
+    base = DistillConfig.for_gpu if args.gpu_defaults else DistillConfig.for_cpu
+    defaults = base(output_dir=args.out, model_cache_dir=args.cache_dir or default_cache_dir())
+    if args.endpoint:
+        if not args.endpoint_model:
+            raise DistillError("--endpoint needs --endpoint-model.")
+        teacher: Any = EndpointTeacherConfig(
+            base_url=args.endpoint, model=args.endpoint_model, api_key=os.environ.get(args.api_key_env, "")
+        )
+    else:
+        teacher = LocalTeacherConfig(spec=args.teacher or args.student)
+    training: TrainingSettings = _replace(
+        defaults.training,
+        epochs=args.epochs,
+        token_budget=args.token_budget,
+        seq_len=args.seq_len,
+        micro_batch_size=args.micro_batch,
+        grad_accum=args.grad_accum,
+        learning_rate=args.lr,
+        num_threads=args.threads if args.threads is not None else os.cpu_count() or 1,
+        device=args.device,
+        seed=args.seed,
+    )
+    lora: LoraSettings = _replace(
+        defaults.lora, rank=args.lora_rank, alpha=2 * args.lora_rank if args.lora_rank else None
+    )
+    kd: KDSettings = _replace(
+        defaults.kd,
+        alpha=args.alpha,
+        divergence=args.divergence,
+        context_chunks=args.context_chunks,
+        teacher_cache=False if args.no_teacher_cache else None,
+    )
+    qa: QASettings = _replace(defaults.qa, pairs_per_chunk=args.pairs_per_chunk)
+    return defaults.replace(
+        recipe=args.recipe,
+        student=args.student,
+        teacher=teacher,
+        model_roots=tuple(args.model_root),
+        training=training,
+        lora=lora,
+        kd=kd,
+        qa=qa,
+    )
+
+
+class ProgressBars:
+    """One tqdm bar per stage, with tokens/s and loss in its postfix."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: tqdm | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.stage != self.stage or self.bar is None:
+            self.close()
+            self.stage = progress.stage
+            self.bar = tqdm(total=progress.total_steps or None, desc=progress.stage, unit="step", dynamic_ncols=True)
+        if progress.total_steps and self.bar.total != progress.total_steps:
+            self.bar.total = progress.total_steps
+        self.bar.n = progress.step
+        postfix = {}
+        if progress.loss is not None:
+            postfix["loss"] = f"{progress.loss:.4f}"
+        if progress.tokens_per_s:
+            postfix["tok/s"] = f"{progress.tokens_per_s:,.0f}"
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        if progress.message:
+            self.bar.set_description(f"{progress.stage}: {progress.message}"[:60], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # our own bars say what is happening
+    stop_requested = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        if stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C quits at once
+        stop_requested = True
+        tqdm.write("Stopping after the current step and saving a checkpoint (Ctrl-C again to quit now)…")
+
+    try:
+        config = build_config(args)
+        if config.checkpoints.exists() and any(config.checkpoints.glob("step-*")) and not args.resume:
+            raise DistillError(
+                f"{config.checkpoints} holds a checkpoint of an earlier run: pass --resume to continue it, "
+                "or choose another --out."
+            )
+        from workers.ml.catalog import CatalogConfig, load_model
+        from workers.ml.distill.run import distill
+
+        tokenizer = load_model(config.student, CatalogConfig(cache_dir=config.model_cache_dir), progress=tqdm.write)
+        corpus = snapshot_from_directory(args.corpus, tokenizer.tokenizer, args.chunk_tokens, args.heldout, args.seed)
+        del tokenizer
+        tqdm.write(f"Corpus: {json.dumps(corpus.stats())}")
+        signal.signal(signal.SIGINT, request_stop)
+        bars = ProgressBars()
+        try:
+            result = distill(config, corpus, on_progress=bars, should_stop=lambda: stop_requested)
+        finally:
+            bars.close()
+    except (DistillError, CatalogError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.status == "cancelled":
+        print(f"Stopped at step {result.steps}/{result.total_steps}; continue with --resume.", file=sys.stderr)
+        return 130
+    heldout = result.metrics.get("heldout", {})
+    summary = {
+        "output_dir": str(result.output_dir),
+        "seconds": round(result.seconds, 1),
+        "perplexity": {name: round(scores["perplexity"], 3) for name, scores in heldout.items() if scores},
+        "teacher_gap_closed": result.metrics.get("gap_closed"),
+        "kl_to_teacher": result.metrics.get("kl_to_teacher"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""`distill()`: one teacher → one LoRA expert on the shared student base. Pure ML: paths in, a result out.
+
+1. loading     — the student base and the teacher from the model catalog (the same model object when both are
+                 the same spec: the teacher then runs with the adapter disabled).
+2. teacher     — recipe kd: the teacher's top-k targets for every training chunk, cached on disk (a retry or a
+                 resumed run reuses the finished shards); recipe qa: generated, graded Q&A pairs.
+3. training    — LoRA on the student (train.py), checkpointed, resumable, cancellable.
+4. evaluating  — held-out perplexity / bits per byte of base, expert and teacher (with its context), KL before
+                 and after, teacher gap closed, and for qa the blind-answer scores.
+5. exporting   — the expert directory (export.py) with its routing signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from peft import get_peft_model
+
+from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
+from workers.ml.catalog_types import CatalogError
+from workers.ml.device import configure_torch_threads
+from workers.ml.distill import kd as kd_recipe
+from workers.ml.distill.config import DistillConfig, LocalTeacherConfig
+from workers.ml.distill.corpus import CorpusSnapshot
+from workers.ml.distill.errors import DistillError, NoTrainingData
+from workers.ml.distill.evaluate import mean_kl, score_lm
+from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
+from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
+from workers.ml.distill.signature import compute_signature
+from workers.ml.distill.teacher_cache import TeacherCache
+from workers.ml.distill.teachers import (
+    LocalTeacher,
+    Teacher,
+    load_teacher,
+    require_same_vocabulary,
+    same_vocabulary,
+)
+from workers.ml.distill.train import DataPlan, LossFunction, train
+from workers.ml.embedder import SentenceEmbedder
+
+Status = Literal["succeeded", "cancelled"]
+TEACHER_BATCH_TOKENS_CPU = 1024
+TEACHER_BATCH_TOKENS_GPU = 16384
+
+
+@dataclass
+class DistillResult:
+    status: Status = field(metadata={"help": "succeeded, or cancelled (a checkpoint was saved)."})
+    output_dir: Path = field(metadata={"help": "The expert directory (complete only when succeeded)."})
+    base_identity: dict[str, Any] = field(metadata={"help": "Catalog spec and weights hash of the base."})
+    teacher_label: str = field(metadata={"help": "Who taught the expert."})
+    metrics: dict[str, Any] = field(default_factory=dict, metadata={"help": "metrics.json's content."})
+    steps: int = field(default=0, metadata={"help": "Optimizer steps done."})
+    total_steps: int = field(default=0, metadata={"help": "Optimizer steps planned."})
+    train_tokens: int = field(default=0, metadata={"help": "Student tokens trained on."})
+    resumed_from_step: int | None = field(default=None, metadata={"help": "Checkpoint step resumed from."})
+    teacher_usage: dict[str, int] = field(default_factory=dict, metadata={"help": "Tokens sent to/from the teacher."})
+    seconds: float = field(default=0.0, metadata={"help": "Wall time of this call."})
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output_dir"] = str(self.output_dir)
+        return data
+
+
+@dataclass
+class _Models:
+    student: LoadedModel
+    teacher: Teacher
+    shared: bool  # teacher and student are one model object (same spec)
+
+
+def _load(config: DistillConfig, on_progress: ProgressCallback) -> _Models:
+    catalog = CatalogConfig(
+        cache_dir=config.model_cache_dir, model_roots=config.model_roots, device=config.training.device
+    )
+
+    def say(message: str) -> None:
+        on_progress(Progress("loading", 0, 2, message=message))
+
+    say(f"Loading the student base {config.student}")
+    try:
+        student = load_model(config.student, catalog, progress=say)
+    except CatalogError as error:
+        raise DistillError(f"The student base could not be loaded: {error}") from error
+    if isinstance(config.teacher, LocalTeacherConfig) and config.teacher.spec == config.student:
+        return _Models(student, LocalTeacher(student), shared=True)
+    say(f"Loading the teacher {config.teacher.label}")
+    return _Models(student, load_teacher(config.teacher, catalog, progress=say), shared=False)
+
+
+def _teacher_mode(models: _Models, student_model: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A context in which the teacher's forward pass is the base model's (adapter off when they share it)."""
+    if models.shared and hasattr(student_model, "disable_adapter"):
+        return student_model.disable_adapter
+    return contextlib.nullcontext
+
+
+def _teacher_batch_tokens(models: _Models) -> int:
+    return TEACHER_BATCH_TOKENS_GPU if models.student.device.type == "cuda" else TEACHER_BATCH_TOKENS_CPU
+
+
+def _prepare_kd(
+    config: DistillConfig,
+    corpus: CorpusSnapshot,
+    models: _Models,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+) -> tuple[DataPlan, LossFunction] | None:
+    """Data and loss of recipe kd; None when cancelled during the teacher pass."""
+    teacher = models.teacher
+    if not isinstance(teacher, LocalTeacher):
+        raise DistillError(
+            "Recipe kd needs the teacher's logits, which this endpoint teacher does not provide here; "
+            "use recipe 'qa', which distils through generated text and works with any teacher."
+        )
+    require_same_vocabulary(teacher.tokenizer, models.student.tokenizer)
+    tokenizer = models.student.tokenizer
+    data = kd_recipe.build_kd_data(corpus.train, corpus, tokenizer, config.kd, config.training.seq_len)
+    if not data.segments:
+        raise NoTrainingData("No training chunk has at least two tokens: the corpus is empty.")
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    plan = DataPlan(data.segments, config.training, pad_token_id)
+    if not config.kd.teacher_cache:
+        return plan, kd_recipe.kd_loss(
+            config.kd,
+            cache=None,
+            teacher_model=None if models.shared else teacher.model,
+            teacher_segments=data.teacher_segments,
+            teacher_batch_tokens=_teacher_batch_tokens(models),
+            pad_token_id=pad_token_id,
+        )
+    fingerprint = {
+        "teacher": teacher.label,
+        "teacher_hash": teacher.loaded.info.content_hash,
+        "corpus": corpus.fingerprint,
+        "seq_len": config.training.seq_len,
+        "context_chunks": config.kd.context_chunks,
+        "context_max_tokens": config.kd.context_max_tokens,
+    }
+    started = time.perf_counter()
+
+    def report(done: int, total: int, _: int) -> None:
+        elapsed = time.perf_counter() - started
+        eta = elapsed / done * (total - done) if done else None
+        on_progress(Progress("teacher", done, total, eta_s=eta, message="Running the teacher over the corpus"))
+
+    cache = TeacherCache.open_or_build(
+        config.work / "teacher-cache",
+        fingerprint,
+        teacher.model,
+        data.teacher_segments,
+        top_k=config.kd.cache_top_k,
+        temperature=config.kd.temperature,
+        batch_tokens=_teacher_batch_tokens(models),
+        pad_token_id=pad_token_id,
+        on_progress=report,
+        should_stop=should_stop,
+    )
+    if cache is None:
+        return None
+    return plan, kd_recipe.kd_loss(config.kd, cache=cache)
+
+
+def _evaluate(
+    config: DistillConfig, corpus: CorpusSnapshot, models: _Models, expert: Any, on_progress: ProgressCallback
+) -> dict[str, Any]:
+    """Held-out scores of base, expert and teacher (seeing its context) and the KL before/after."""
+    chunks = (
+        corpus.heldout[: config.evaluation.max_heldout_chunks] or corpus.train[: config.evaluation.max_heldout_chunks]
+    )
+    texts = [chunk.text for chunk in chunks]
+    contexts = [kd_recipe.context_text(corpus, chunk, config.kd) or None for chunk in chunks]
+    tokenizer = models.student.tokenizer
+    on_progress(Progress("evaluating", 0, 3, message="Scoring the expert on held-out chunks"))
+    expert_scores = score_lm(expert, tokenizer, texts, batch_size=4)
+    with expert.disable_adapter():
+        on_progress(Progress("evaluating", 1, 3, message="Scoring the base model"))
+        base_scores = score_lm(expert, tokenizer, texts, batch_size=4)
+    teacher = models.teacher
+    teacher_scores, kl_before, kl_after = None, None, None
+    shares_vocab = isinstance(teacher, LocalTeacher) and same_vocabulary(teacher.tokenizer, tokenizer)
+    if isinstance(teacher, LocalTeacher):
+        on_progress(Progress("evaluating", 2, 3, message="Scoring the teacher with its context"))
+        with _teacher_mode(models, expert)():
+            teacher_scores = score_lm(teacher.model, teacher.tokenizer, texts, contexts=contexts, batch_size=4)
+        if shares_vocab:
+            kl_before, kl_after = _kl_before_after(models, expert, texts, contexts)
+    metrics = build_metrics(
+        base=base_scores,
+        expert=expert_scores,
+        teacher=teacher_scores,
+        teacher_shares_tokenizer=shares_vocab or not isinstance(teacher, LocalTeacher),
+        kl_before=kl_before,
+        kl_after=kl_after,
+        extra={"heldout_chunks": len(texts), "heldout_is_train": not corpus.heldout},
+    )
+    on_progress(Progress("evaluating", 3, 3, message="Evaluation done"))
+    return metrics
+
+
+def _kl_before_after(
+    models: _Models, expert: Any, texts: list[str], contexts: list[str | None]
+) -> tuple[float | None, float | None]:
+    """KL(teacher ‖ base) and KL(teacher ‖ expert) on the held-out texts, the teacher seeing its context."""
+    teacher = models.teacher
+    assert isinstance(teacher, LocalTeacher)
+    if models.shared:
+        # One model object: take the teacher's view (adapter off) as a frozen copy for the comparison.
+        return _kl_shared(expert, models.student.tokenizer, texts, contexts)
+    with expert.disable_adapter():
+        before = mean_kl(teacher.model, expert, models.student.tokenizer, texts, teacher_contexts=contexts)
+    after = mean_kl(teacher.model, expert, models.student.tokenizer, texts, teacher_contexts=contexts)
+    return before, after
+
+
+class _AdapterSwitch(torch.nn.Module):
+    """The peft model seen with the adapter on or off, so one object can play teacher and student."""
+
+    def __init__(self, peft_model: Any, adapter_on: bool) -> None:
+        super().__init__()
+        self.inner = peft_model
+        self.adapter_on = adapter_on
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.adapter_on:
+            return self.inner(*args, **kwargs)
+        with self.inner.disable_adapter():
+            return self.inner(*args, **kwargs)
+
+    @property
+    def config(self) -> Any:
+        return self.inner.config
+
+
+def _kl_shared(
+    expert: Any, tokenizer: Any, texts: list[str], contexts: list[str | None]
+) -> tuple[float | None, float | None]:
+    teacher_view = _AdapterSwitch(expert, adapter_on=False)
+    before = mean_kl(teacher_view, teacher_view, tokenizer, texts, teacher_contexts=contexts)
+    after = mean_kl(teacher_view, _AdapterSwitch(expert, adapter_on=True), tokenizer, texts, teacher_contexts=contexts)
+    return before, after
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    if count > 0:
+        configure_torch_threads(count)
+    yield
+
+
+def distill(
+    config: DistillConfig,
+    corpus: CorpusSnapshot,
+    on_progress: ProgressCallback = ignore_progress,
+    should_stop: StopCallback = never_stop,
+) -> DistillResult:
+    """Distil an expert from `corpus`; see the module docstring. Raises DistillError with a readable message."""
+    started = time.perf_counter()
+    if not corpus.train:
+        raise NoTrainingData("The corpus has no training chunks.")
+    with _torch_threads(config.training.num_threads):
+        models = _load(config, on_progress)
+        base_identity = base_identity_from_info(models.student.info)
+        teacher_label = models.teacher.label
+
+        def result(status: Status, **extra: Any) -> DistillResult:
+            return DistillResult(
+                status=status,
+                output_dir=config.output_dir,
+                base_identity=base_identity,
+                teacher_label=teacher_label,
+                teacher_usage=asdict(models.teacher.usage),
+                seconds=time.perf_counter() - started,
+                **extra,
+            )
+
+        if config.recipe == "kd":
+            prepared = _prepare_kd(config, corpus, models, on_progress, should_stop)
+        else:
+            from workers.ml.distill import qa as qa_recipe
+
+            prepared = qa_recipe.prepare(config, corpus, models.student, models.teacher, on_progress, should_stop)
+        if prepared is None:
+            return result("cancelled")
+        plan, loss_fn = prepared
+
+        torch.manual_seed(config.training.seed)  # LoRA init is part of the run's reproducibility
+        expert = get_peft_model(models.student.model, config.lora.to_peft())
+        outcome = train(
+            expert,
+            plan,
+            loss_fn,
+            config.training,
+            config.checkpoints,
+            config.work / "training_log.jsonl",
+            on_progress,
+            should_stop,
+        )
+        if outcome.cancelled:
+            return result(
+                "cancelled",
+                steps=outcome.steps_done,
+                total_steps=outcome.total_steps,
+                train_tokens=outcome.train_tokens,
+            )
+
+        metrics = _evaluate(config, corpus, models, expert, on_progress)
+        metrics["training"] = {
+            "steps": outcome.steps_done,
+            "train_tokens": outcome.train_tokens,
+            "final_loss": outcome.final_loss,
+            "resumed_from_step": outcome.resumed_from,
+        }
+
+        on_progress(Progress("exporting", 0, 2, message="Computing the routing signature"))
+        embedder = SentenceEmbedder.load(config.embedder, model_roots=config.model_roots)
+        signature = compute_signature(
+            embedder, [chunk.text for chunk in corpus.train], k=config.signature_centroids, seed=config.training.seed
+        )
+        on_progress(Progress("exporting", 1, 2, message="Writing the expert"))
+        export_expert(
+            config.output_dir,
+            expert,
+            config=config,
+            base_identity=base_identity,
+            teacher_label=teacher_label,
+            metrics=metrics,
+            data_stats={**corpus.stats(), "train_tokens": outcome.train_tokens, "steps": outcome.steps_done},
+            signature=signature,
+            training_log=outcome.log_path,
+            generated_data=config.work / "qa_data.jsonl" if config.recipe == "qa" else None,
+        )
+        (config.output_dir / "result.json").write_text(
+            json.dumps({"status": "succeeded", "teacher_usage": asdict(models.teacher.usage)}, indent=2)
+        )
+        on_progress(Progress("done", 1, 1, message="Expert ready"))
+        return result(
+            "succeeded",
+            metrics=metrics,
+            steps=outcome.steps_done,
+            total_steps=outcome.total_steps,
+            train_tokens=outcome.train_tokens,
+            resumed_from_step=outcome.resumed_from,
+        )

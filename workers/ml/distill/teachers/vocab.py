@@ -1,0 +1,51 @@
+"""Whether two tokenizers share a vocabulary, which logit distillation (recipe kd) needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.ml.distill.errors import TokenizerMismatch
+
+
+def same_vocabulary(tokenizer_a: Any, tokenizer_b: Any) -> bool:
+    """True when both tokenizers map every token to the same id and agree on the end-of-sequence token.
+
+    Cheap checks first (length, eos); the full token -> id maps are compared only when those agree.
+    """
+    if tokenizer_a is tokenizer_b:
+        return True
+    if len(tokenizer_a) != len(tokenizer_b):
+        return False
+    if (tokenizer_a.eos_token, tokenizer_a.eos_token_id) != (tokenizer_b.eos_token, tokenizer_b.eos_token_id):
+        return False
+    return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
+
+
+def _name(tokenizer: Any, given: str | None) -> str:
+    return given or str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def require_same_vocabulary(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    *,
+    recipe_hint: str = "qa",
+    teacher_name: str | None = None,
+    student_name: str | None = None,
+) -> None:
+    """Raise TokenizerMismatch, with a message that names the recipe to use instead, unless vocabularies match.
+
+    `teacher_name` / `student_name` (e.g. catalog specs) read better in the message than tokenizer paths.
+    """
+    if same_vocabulary(teacher_tokenizer, student_tokenizer):
+        return
+    teacher, student = _name(teacher_tokenizer, teacher_name), _name(student_tokenizer, student_name)
+    n_teacher, n_student = len(teacher_tokenizer), len(student_tokenizer)
+    if n_teacher == n_student:
+        sizes = f"teacher {teacher} and student {student} both have {n_teacher} tokens, but with different ids"
+    else:
+        sizes = f"teacher {teacher} has {n_teacher} tokens, student {student} has {n_student}"
+    raise TokenizerMismatch(
+        f"Recipe kd needs the teacher to share the student's vocabulary ({sizes}). "
+        f"Use recipe '{recipe_hint}', which distils through generated text and works with any teacher."
+    )
