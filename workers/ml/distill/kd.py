@@ -69,7 +69,6 @@ def kd_loss(
     cache: TeacherCache | None,
     teacher_model: Any = None,
     teacher_segments: Sequence[TeacherSegment] = (),
-    teacher_batch_tokens: int = 2048,
     pad_token_id: int = 0,
 ) -> LossFunction:
     """The training loss of recipe kd, reading teacher targets from the cache or running the teacher live.
@@ -94,11 +93,9 @@ def kd_loss(
             )
         if teacher_model is None:
             with model.disable_adapter():
-                teacher_logits = live_teacher_logits(model, teacher_segments, batch, teacher_batch_tokens, pad_token_id)
+                teacher_logits = live_teacher_logits(model, teacher_segments, batch, pad_token_id)
         else:
-            teacher_logits = live_teacher_logits(
-                teacher_model, teacher_segments, batch, teacher_batch_tokens, pad_token_id
-            )
+            teacher_logits = live_teacher_logits(teacher_model, teacher_segments, batch, pad_token_id)
         return distillation_loss(
             logits, batch.labels, teacher_logits=teacher_logits.to(logits.device), beta=settings.jsd_beta, **common
         )

@@ -30,8 +30,11 @@ from torch.utils.checkpoint import checkpoint
 from workers.ml.distill.config import Divergence
 
 IGNORE_INDEX = -100
-# Positions whose divergence is computed at once; bounds the (chunk, V) temporaries of the loss.
-DEFAULT_CHUNK_POSITIONS = 2048
+# Positions whose loss is computed at once, bounding the (chunk, V) temporaries. Past one chunk, each chunk is
+# recomputed in backward (checkpointed), which costs an extra pass over its logits: a GPU has the memory for
+# a whole micro-batch at once, a CPU machine's RAM is better spent elsewhere.
+CPU_CHUNK_POSITIONS = 2048
+GPU_CHUNK_POSITIONS = 32768
 
 
 def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -145,7 +148,7 @@ def distillation_loss(
     temperature: float = 1.0,
     kind: Divergence = "forward_kl",
     beta: float = 0.5,
-    chunk_positions: int = DEFAULT_CHUNK_POSITIONS,
+    chunk_positions: int | None = None,
 ) -> LossParts:
     """α·CE + (1 − α)·τ²·D, averaged over labelled positions.
 
@@ -157,6 +160,8 @@ def distillation_loss(
     """
     if (teacher_logits is None) == (teacher_topk_logprobs is None):
         raise ValueError("Give the teacher either as full logits or as top-k log-probs, not both.")
+    if chunk_positions is None:
+        chunk_positions = GPU_CHUNK_POSITIONS if student_logits.is_cuda else CPU_CHUNK_POSITIONS
     vocab = student_logits.shape[-1]
     logits = student_logits.reshape(-1, vocab)  # (B·T, V), a view
     flat_labels = labels.reshape(-1)  # (B·T,)
@@ -207,9 +212,13 @@ def teacher_topk(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher's k most likely next tokens at temperature τ and the log of the mass left outside them.
 
-    (..., V) -> log-probs (..., k), ids (..., k), tail (...) — the form the teacher cache stores.
+    (..., V) -> log-probs (..., k) fp32, ids (..., k), tail (...) — the form the teacher cache stores.
+    Top-k runs on the raw logits (same order as the log-probs) and only the normaliser takes a pass over the
+    vocabulary in fp32, so no (..., V) log-softmax is materialised: on a GPU that pass, not the teacher's
+    forward, would dominate the cache build.
     """
-    logprobs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (..., V)
-    values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-    tail = torch.logsumexp(logprobs.scatter(-1, ids, float("-inf")), dim=-1)  # (...), −inf when k = V
-    return values, ids, tail
+    k = min(k, teacher_logits.shape[-1])
+    ids = teacher_logits.topk(k, dim=-1).indices  # (..., k)
+    log_norm = torch.logsumexp(teacher_logits.float() / temperature, dim=-1, keepdim=True)  # (..., 1)
+    values = teacher_logits.gather(-1, ids).float() / temperature - log_norm  # (..., k)
+    return values, ids, _log_tail(values).squeeze(-1)

@@ -134,7 +134,6 @@ def _prepare_kd(
             cache=None,
             teacher_model=None if models.shared else teacher.model,
             teacher_segments=data.teacher_segments,
-            teacher_batch_tokens=_teacher_batch_tokens(models),
             pad_token_id=pad_token_id,
         )
     fingerprint = {

@@ -42,55 +42,89 @@ class TeacherSegment:
         return len(self.tokens) - self.target_offset
 
 
-def teacher_forward(
-    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], max_tokens: int, pad_token_id: int
-) -> list[tuple[int, torch.Tensor]]:
-    """Teacher logits for the target part of each segment in `indices`: [(segment index, (L, V) logits)].
+def _forward_packed(
+    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int
+) -> tuple[PackedBatch, torch.Tensor]:
+    """Run the teacher over the segments `indices`, packed (no attention across segments): (batch, logits).
 
-    Segments are packed into rows (no attention across them) of up to `max_tokens` tokens.
+    Rows are as long as the longest segment: short segments share a row, long ones get a row each, so
+    same-length segments need no block-diagonal mask and keep the fast causal attention path.
     """
     lengths = [len(segment.tokens) for segment in segments]
-    seq_len = max(max_tokens, max(lengths[i] for i in indices))
-    rows = pack_rows(lengths, indices, seq_len)
-    batch = collate([segment.tokens for segment in segments], rows, seq_len, pad_token_id)
+    seq_len = max(lengths[i] for i in indices)
+    batch = collate(
+        [segment.tokens for segment in segments], pack_rows(lengths, indices, seq_len), seq_len, pad_token_id
+    )
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(
             input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False
         ).logits  # (R, T, V)
+    return batch, logits
+
+
+def _target_span(segment: TeacherSegment, start: int) -> slice:
+    """Columns of a packed teacher row holding the segment's own tokens (after its context)."""
+    return slice(start + segment.target_offset, start + len(segment.tokens))
+
+
+def teacher_targets(
+    model: Any,
+    segments: Sequence[TeacherSegment],
+    indices: Sequence[int],
+    top_k: int,
+    temperature: float,
+    pad_token_id: int,
+) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Top-k targets of each segment in `indices`: [(segment, values (L, k) fp16, ids (L, k) int32, tail (L,))].
+
+    One log-softmax and top-k over the whole teacher batch and one copy to the CPU, instead of one per
+    segment: on a GPU the per-segment kernels and synchronisations cost more than the teacher's forward.
+    """
+    batch, logits = _forward_packed(model, segments, indices, pad_token_id)
+    with torch.inference_mode():
+        values, ids, tail = teacher_topk(logits, top_k, temperature)  # (R, T, k), (R, T, k), (R, T)
+        del logits
+        values, ids, tail = values.half().cpu(), ids.int().cpu(), tail.float().cpu()
     out = []
     for placement in batch.placements:
-        segment = segments[placement.segment]
-        begin = placement.start + segment.target_offset
-        out.append((placement.segment, logits[placement.row, begin : begin + segment.target_length]))
+        span = _target_span(segments[placement.segment], placement.start)
+        out.append(
+            (placement.segment, values[placement.row, span], ids[placement.row, span], tail[placement.row, span])
+        )
     return out
 
 
 def live_teacher_logits(
-    model: Any, segments: Sequence[TeacherSegment], batch: PackedBatch, max_tokens: int, pad_token_id: int
+    model: Any, segments: Sequence[TeacherSegment], batch: PackedBatch, pad_token_id: int
 ) -> torch.Tensor:
     """Teacher logits laid out like the student's packed batch (B, T, V), for training without a cache."""
     indices = [placement.segment for placement in batch.placements]
-    per_segment = dict(teacher_forward(model, segments, indices, max_tokens, pad_token_id))
-    some = next(iter(per_segment.values()))
+    teacher_batch, logits = _forward_packed(model, segments, indices, pad_token_id)
     rows, cols = batch.input_ids.shape
-    aligned = torch.zeros((rows, cols, some.shape[-1]), dtype=some.dtype, device=some.device)  # (B, T, V)
-    for placement in batch.placements:
-        aligned[placement.row, placement.start : placement.start + placement.length] = per_segment[placement.segment]
+    aligned = torch.zeros((rows, cols, logits.shape[-1]), dtype=logits.dtype, device=logits.device)  # (B, T, V)
+    where = {placement.segment: placement for placement in batch.placements}
+    for placement in teacher_batch.placements:
+        student = where[placement.segment]
+        span = _target_span(segments[placement.segment], placement.start)
+        aligned[student.row, student.start : student.start + student.length] = logits[placement.row, span]
     return aligned
 
 
 class TeacherCache:
     """Top-k teacher targets per segment, built once, read by every epoch."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, device: torch.device | str = "cpu") -> None:
         self.directory = directory
+        self.device = torch.device(device)
         index = json.loads((directory / "index.json").read_text())
         self.fingerprint: dict[str, Any] = index["fingerprint"]
         self._where: dict[int, tuple[int, int, int]] = {}
         self._shards: list[dict[str, torch.Tensor]] = []
         for shard_number, shard in enumerate(index["shards"]):
-            self._shards.append(load_file(str(directory / shard["file"])))
+            # On a GPU the whole cache lives in device memory (~400 MB per million tokens at k = 64), so a
+            # training step gathers its targets without host round trips.
+            self._shards.append(load_file(str(directory / shard["file"]), device=str(self.device)))
             for segment, start, length in shard["segments"]:
                 self._where[segment] = (shard_number, start, length)
 
@@ -105,19 +139,22 @@ class TeacherCache:
         return tensors["values"][rows], tensors["ids"][rows], tensors["tail"][rows]
 
     def gather(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Targets laid out like the packed batch: values (B, T, k) fp32, ids (B, T, k) int64, tail (B, T)."""
+        """Targets laid out like the packed batch: values (B, T, k) fp32, ids (B, T, k) int64, tail (B, T).
+
+        On the cache's device. Positions without a segment (row padding) get an empty target, masked anyway.
+        """
         rows, cols = batch.input_ids.shape
         k = int(self.fingerprint["top_k"])
-        values = torch.zeros((rows, cols, k), dtype=torch.float32)
-        ids = torch.zeros((rows, cols, k), dtype=torch.long)
-        tail = torch.full((rows, cols), float("-inf"), dtype=torch.float32)
+        values = torch.zeros((rows, cols, k), dtype=torch.float16, device=self.device)
+        ids = torch.zeros((rows, cols, k), dtype=torch.int32, device=self.device)
+        tail = torch.full((rows, cols), float("-inf"), dtype=torch.float32, device=self.device)
         for placement in batch.placements:
             seg_values, seg_ids, seg_tail = self.segment(placement.segment)
             span = slice(placement.start, placement.start + placement.length)
-            values[placement.row, span] = seg_values.float()
-            ids[placement.row, span] = seg_ids.long()
+            values[placement.row, span] = seg_values
+            ids[placement.row, span] = seg_ids
             tail[placement.row, span] = seg_tail
-        return values, ids, tail
+        return values.float(), ids.long(), tail
 
     @classmethod
     def open_or_build(
@@ -143,13 +180,14 @@ class TeacherCache:
         directory.mkdir(parents=True, exist_ok=True)
         index_path = directory / "index.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else None
+        device = next(model.parameters()).device
         if index is None or index["fingerprint"] != fingerprint:
             for stale in directory.glob("shard-*.safetensors"):
                 stale.unlink()
             index = {"fingerprint": fingerprint, "shards": [], "complete": False}
             _write_index(index_path, index)
         if index["complete"]:
-            return cls(directory)
+            return cls(directory, device)
 
         done = {segment for shard in index["shards"] for segment, _, _ in shard["segments"]}
         todo = [i for i in range(len(segments)) if i not in done]
@@ -167,9 +205,10 @@ class TeacherCache:
                 batch_indices.append(todo[position])
                 batch_size += len(segments[todo[position]].tokens)
                 position += 1
-            for segment_index, logits in teacher_forward(model, segments, batch_indices, batch_tokens, pad_token_id):
-                values, ids, tail = teacher_topk(logits, top_k, temperature)  # (L, k), (L, k), (L,)
-                pending.append((segment_index, values.half().cpu(), ids.int().cpu(), tail.float().cpu()))
+            for segment_index, values, ids, tail in teacher_targets(
+                model, segments, batch_indices, top_k, temperature, pad_token_id
+            ):
+                pending.append((segment_index, values, ids, tail))
                 pending_tokens += len(values)
             done_count = len(done) + position
             on_progress(done_count, len(segments), batch_size)
@@ -180,7 +219,7 @@ class TeacherCache:
             _write_shard(directory, index, pending)
         index["complete"] = True
         _write_index(index_path, index)
-        return cls(directory)
+        return cls(directory, device)
 
 
 def _write_shard(

@@ -109,7 +109,8 @@ def test_it_bounds_the_top_k_forward_kl_by_the_teacher_tail(batch, k) -> None:  
     tail_t, tail_s = p_t[tail] / r_t, p_s[tail] / p_s[tail].sum()
     gap = r_t * (tail_t * (tail_t.log() - tail_s.log())).sum()
     assert float(approx) <= float(full) + 1e-6
-    torch.testing.assert_close(full - approx, gap, rtol=1e-4, atol=1e-6)
+    # The tails come from 1 − Σ top-k in fp32, so the identity holds to ~1e-5 absolute.
+    torch.testing.assert_close(full - approx, gap, rtol=1e-3, atol=1e-5)
 
 
 def test_it_skips_positions_without_labels(batch) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,620 @@
+"""Recipe `qa`, part 1: the teacher writes grounded question–answer pairs per chunk and grades them.
+
+Prompts. A capable teacher (an endpoint, or a local model of ~1B parameters and more) is asked for strict JSON,
+`{"pairs": [{"question": …, "answer": …}]}`. Models below that size rarely keep to JSON (SmolLM2-135M writes
+"Question: … Answer: …" prose instead), so they get the simpler `Q: … / A: …` line format. The parser accepts
+every form from every teacher: a JSON object or list, a fenced ```json block, JSON inside prose, and
+`Q:`/`A:` (or `Question:`/`Answer:`) lines; anything else is *unparseable*.
+
+Reasoning (`qa.reasoning`). The teacher is asked for a `reasoning` field (JSON) or an `R:` line before the
+answer; an answer that arrives as `<think>…</think> final answer` is split the same way. The training target
+is then R1-style, `<think>\\n{reasoning}\\n</think>\\n\\n{answer}`, so the student learns to reason before it
+answers; scores compare only the text after `</think>` (`strip_reasoning`).
+
+Self-reward (`qa.self_reward`). The teacher grades each remaining pair 1–5 for groundedness in the chunk and
+usefulness (`parse_grade` reads the number from "4", "Score: 4/5", `{"score": 4}` …); pairs graded under
+`qa.reward_threshold` are dropped as *below_threshold*, and unreadable grades as *ungraded*.
+
+Every generated pair — kept or dropped, with its grade and drop reason and its chunk's doc_id/position — is
+written to `work/qa_data.jsonl`; `work/qa_state.json` records how far generation got. A retried or resumed
+run with the same teacher, corpus and settings reads them back instead of asking the teacher again (so a
+resumed training run sees exactly the data its checkpoint was trained on, and a paid teacher is paid once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.ml.distill.config import DistillConfig, QASettings
+from workers.ml.distill.corpus import Chunk
+from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback
+from workers.ml.distill.teachers import LocalTeacher, Teacher, TeacherBudgetExhausted
+
+DATA_FILE = "qa_data.jsonl"
+STATE_FILE = "qa_state.json"
+PROMPT_VERSION = 1  # part of the generation fingerprint: a new prompt means new data
+TEACHER_BATCH = 8  # conversations per teacher.chat call; cancellation is checked between calls
+SMALL_TEACHER_PARAMETERS = 1_000_000_000  # below this, a local teacher gets the simple Q:/A: line format
+RAW_KEEP_CHARS = 2000  # unparseable outputs are kept in qa_data.jsonl up to this length
+DROP_REASONS = ("unparseable", "empty", "duplicate", "below_threshold", "ungraded")
+TeacherMode = Callable[[], AbstractContextManager[Any]]
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def _document(chunk_text: str) -> str:
+    return f"Here is an excerpt of a company document:\n\n<document>\n{chunk_text.strip()}\n</document>\n\n"
+
+
+def generation_prompt(chunk_text: str, settings: QASettings, *, simple: bool) -> str:
+    """The user turn asking the teacher for `pairs_per_chunk` grounded pairs about one chunk."""
+    n = settings.pairs_per_chunk
+    if simple:
+        reasoning = "R: <how the excerpt answers it, step by step>\n" if settings.reasoning else ""
+        return (
+            f"{_document(chunk_text)}Write {n} questions about this text and answer each one using the text. "
+            f"Use this format:\nQ: <question>\n{reasoning}A: <answer>"
+        )
+    if settings.reasoning:
+        shape = '{"pairs": [{"question": "...", "reasoning": "...", "answer": "..."}]}'
+        reasoning = (
+            'Before each answer, give in "reasoning" the step-by-step reasoning from the excerpt that leads to it. '
+        )
+    else:
+        shape = '{"pairs": [{"question": "...", "answer": "..."}]}'
+        reasoning = ""
+    return (
+        f"{_document(chunk_text)}Write {n} question–answer pair{'s' if n != 1 else ''} about this excerpt. "
+        "Each question must be answerable from the excerpt alone, as someone who needs this document would ask "
+        "it; each answer must be correct according to the excerpt, self-contained, and one to three sentences "
+        f"long. {reasoning}Reply with JSON only, in exactly this shape:\n{shape}"
+    )
+
+
+def grading_prompt(chunk_text: str, question: str, answer: str) -> str:
+    return (
+        f"{_document(chunk_text)}Question: {question}\nAnswer: {answer}\n\n"
+        "Grade this question–answer pair from 1 to 5. 5: the answer is fully supported by the excerpt and the "
+        "question is useful to someone who needs this document. 1: the answer is not supported by the excerpt, "
+        "or the question is useless. Reply with the grade only, a single digit."
+    )
+
+
+def reference_prompt(chunk_text: str, question: str) -> str:
+    """The teacher answering with the chunk in view (the reference answers of evaluation)."""
+    return f"{_document(chunk_text)}Answer this question using the excerpt, in one to three sentences.\n\n{question}"
+
+
+def user_turn(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def uses_simple_prompt(teacher: Teacher) -> bool:
+    """Small local teachers get the Q:/A: line format (they rarely produce valid JSON)."""
+    if not isinstance(teacher, LocalTeacher):
+        return False
+    parameters = getattr(teacher.loaded.info, "num_parameters", None)
+    return isinstance(parameters, int) and parameters < SMALL_TEACHER_PARAMETERS
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class ParsedPair:
+    question: str
+    answer: str
+    reasoning: str = ""
+
+
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.S | re.I)
+_FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.S)
+_QUESTION_KEYS = ("question", "q", "query", "prompt")
+_ANSWER_KEYS = ("answer", "a", "response", "final_answer")
+_REASONING_KEYS = ("reasoning", "rationale", "thinking", "thoughts", "explanation")
+# A "Q:"-style label at the start of a line, after optional list markers, numbering and Markdown emphasis.
+_LINE_LABEL_RE = re.compile(
+    r"^\s*(?:[-*•>]\s*|\d+[.)]\s*|#+\s*)*[*_]{0,2}\s*"
+    r"(?P<label>question|answer|reasoning|q|a|r)\s*\d*\s*[*_]{0,2}\s*[:：.)]\s*[*_]{0,2}\s*(?P<rest>.*)$",
+    re.I,
+)
+_LABELS = {"q": "q", "question": "q", "a": "a", "answer": "a", "r": "r", "reasoning": "r"}
+
+
+def strip_reasoning(text: str) -> str:
+    """The final answer of an R1-style text: what follows the last `</think>` (the whole text if none)."""
+    closing = text.lower().rfind("</think>")
+    return text[closing + len("</think>") :].strip() if closing >= 0 else text.strip()
+
+
+def split_reasoning(answer: str) -> tuple[str, str]:
+    """(reasoning, final answer) of an answer that may open with `<think>…</think>`."""
+    match = _THINK_RE.search(answer)
+    if not match:
+        return "", answer.strip()
+    return match.group(1).strip(), strip_reasoning(answer)
+
+
+def _text_field(item: dict[str, Any], keys: Sequence[str]) -> str | None:
+    lowered = {str(key).strip().lower(): value for key, value in item.items()}
+    for key in keys:
+        if key in lowered:
+            value = lowered[key]
+            if isinstance(value, str):
+                return value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)
+            return ""
+    return None
+
+
+def _pairs_from_json(value: Any) -> list[ParsedPair] | None:
+    """Pairs in a decoded JSON value, or None when it holds nothing shaped like question–answer pairs."""
+    if isinstance(value, dict):
+        if _text_field(value, _QUESTION_KEYS) is not None or _text_field(value, _ANSWER_KEYS) is not None:
+            items: list[Any] = [value]
+        else:
+            lists = [item for item in value.values() if isinstance(item, list)]
+            if not lists:
+                return None
+            items = lists[0]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        question, answer = _text_field(item, _QUESTION_KEYS), _text_field(item, _ANSWER_KEYS)
+        if question is None and answer is None:
+            continue
+        reasoning = _text_field(item, _REASONING_KEYS) or ""
+        inline_reasoning, answer_text = split_reasoning(answer or "")
+        pairs.append(ParsedPair((question or "").strip(), answer_text, (reasoning or inline_reasoning).strip()))
+    return pairs or None
+
+
+def _json_candidates(text: str) -> list[str]:
+    candidates = [block.strip() for block in _FENCE_RE.findall(text)]
+    candidates.append(text.strip())
+    for opening, closing in (("{", "}"), ("[", "]")):
+        start, end = text.find(opening), text.rfind(closing)
+        if 0 <= start < end:
+            candidates.append(text[start : end + 1])
+    return candidates
+
+
+def _pairs_from_lines(text: str) -> list[ParsedPair] | None:
+    pairs: list[dict[str, list[str]]] = []
+    current: dict[str, list[str]] | None = None
+    field_name: str | None = None
+    for line in text.splitlines():
+        match = _LINE_LABEL_RE.match(line)
+        if match:
+            label = _LABELS[match.group("label").lower()]
+            rest = match.group("rest").strip().strip("*_").strip()
+            if label == "q" or current is None or current.get(label):
+                current = {"q": [], "r": [], "a": []}
+                pairs.append(current)
+            current[label].append(rest)
+            field_name = label
+        elif current is not None and field_name is not None and line.strip():
+            current[field_name].append(line.strip())
+    result = []
+    for item in pairs:
+        if not item["q"] and not item["a"]:
+            continue
+        inline_reasoning, answer = split_reasoning(" ".join(item["a"]))
+        reasoning = " ".join(item["r"]).strip() or inline_reasoning
+        result.append(ParsedPair(" ".join(item["q"]).strip(), answer, reasoning))
+    # A text needs at least one question line to count as this format.
+    return result if any(pair.question for pair in result) else None
+
+
+def parse_pairs(text: str) -> list[ParsedPair] | None:
+    """The question–answer pairs in a teacher's reply, or None when it is unparseable.
+
+    Accepts a JSON object (`{"pairs": [...]}`, or any object holding one list of pairs, or one pair), a JSON
+    list of pairs, either inside a fenced block or surrounded by prose, and `Q:`/`A:` (or `Question:`/`Answer:`,
+    numbered or in Markdown bold) lines. A teacher's own `<think>` preamble is skipped. Pairs with a missing
+    field come back with an empty string there (the caller drops them as empty).
+    """
+    body = _THINK_RE.sub("", text).strip()
+    if "<think>" in body.lower():  # an unterminated preamble: the reply was cut while thinking
+        return None
+    for candidate in _json_candidates(body):
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        pairs = _pairs_from_json(value)
+        if pairs is not None:
+            return pairs
+    return _pairs_from_lines(body)
+
+
+_GRADE_OUT_OF_RE = re.compile(r"(?<![\d.])([1-5](?:\.\d+)?)\s*(?:/|out\s+of)\s*5(?!\d)", re.I)
+_GRADE_LABEL_RE = re.compile(
+    r"(?:score|rating|grade|rate)\w*[\"']?\s*(?:is|of|:|=)?\s*[*_\"']*\s*([1-5](?:\.\d+)?)(?![\d])", re.I
+)
+_RANGE_RE = re.compile(r"(?<![\d.])[0-5]\s*(?:-|–|—|to)\s*(?:5|10)(?![\d.])", re.I)
+_NUMBER_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d])")
+
+
+def parse_grade(text: str) -> int | None:
+    """A 1–5 grade read from a teacher's reply, or None when there is none (or several disagreeing ones).
+
+    Tried in order: "4/5" or "4 out of 5"; a labelled number ("Score: 4", "rating of 4", `{"grade": 4}`);
+    otherwise the numbers 1–5 in the text once ranges like "1-5" or "1 to 5" are removed, when they agree
+    (or the reply opens with one). Fractions are rounded (4.5 → 5, halves up).
+    """
+    body = strip_reasoning(text)
+
+    def to_grade(value: str) -> int | None:
+        number = float(value)
+        grade = int(number + 0.5)
+        return grade if 1 <= grade <= 5 else None
+
+    for pattern in (_GRADE_OUT_OF_RE, _GRADE_LABEL_RE):
+        match = pattern.search(body)
+        if match:
+            return to_grade(match.group(1))
+    cleaned = _RANGE_RE.sub(" ", body)
+    numbers = [value for value in _NUMBER_RE.findall(cleaned) if 1 <= float(value) <= 5]
+    if not numbers:
+        return None
+    grades = {to_grade(value) for value in numbers}
+    if len(grades) == 1:
+        return grades.pop()
+    first = _NUMBER_RE.match(cleaned.strip())
+    return to_grade(first.group(1)) if first and first.group(1) in numbers else None
+
+
+# ---------------------------------------------------------------- records and stats
+
+
+@dataclass
+class QARecord:
+    """One line of qa_data.jsonl: a generated pair (kept or dropped), or a reply that did not parse."""
+
+    chunk: int  # index of the chunk in the list generated from (corpus.train for training data)
+    doc_id: str
+    position: int
+    question: str | None
+    answer: str | None
+    reasoning: str = ""
+    grade: int | None = None
+    grade_reply: str | None = None  # the grader's words, when self-reward ran
+    kept: bool = False
+    drop_reason: str | None = None
+    raw: str | None = None  # the teacher's reply, for unparseable outputs only
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QARecord:
+        names = {item for item in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass
+class GenerationStats:
+    """What the teacher produced and why pairs were dropped; goes to metrics.json and the expert card."""
+
+    chunks: int = 0
+    chunks_done: int = 0
+    pairs_per_chunk: int = 0
+    pairs_requested: int = 0  # chunks_done × pairs_per_chunk
+    outputs: int = 0  # teacher replies received
+    outputs_unparseable: int = 0
+    pairs_generated: int = 0  # pairs parsed from the replies (at most pairs_per_chunk each)
+    pairs_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    grades: dict[str, int] = field(default_factory=dict)  # histogram of the grades given, "1".."5"
+    self_reward: bool = False
+    reward_threshold: int = 0
+    budget_exhausted: bool = False  # the teacher's spend cap stopped generation early
+    prompt_format: str = "json"
+
+    @property
+    def pairs_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pairs_dropped"] = self.pairs_dropped
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationStats:
+        names = {item for item in cls.__dataclass_fields__}
+        stats = cls(**{key: value for key, value in data.items() if key in names})
+        stats.dropped = {**dict.fromkeys(DROP_REASONS, 0), **stats.dropped}
+        return stats
+
+
+@dataclass
+class Generation:
+    records: list[QARecord]
+    stats: GenerationStats
+    cancelled: bool = False
+
+    @property
+    def kept(self) -> list[QARecord]:
+        return [record for record in self.records if record.kept]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+class _PairFilter:
+    """Drops empty and duplicate pairs (duplicates by normalised question, across the whole run)."""
+
+    def __init__(self, seen: set[str] | None = None) -> None:
+        self.seen = set(seen or ())
+
+    def reason(self, pair: ParsedPair) -> str | None:
+        if not _normalise(pair.question) or not _normalise(pair.answer):
+            return "empty"
+        key = _normalise(pair.question)
+        if key in self.seen:
+            return "duplicate"
+        self.seen.add(key)
+        return None
+
+
+# ---------------------------------------------------------------- the generation pass
+
+
+def _chat(
+    teacher: Teacher, conversations: list[list[dict[str, str]]], max_new_tokens: int, mode: TeacherMode
+) -> tuple[list[str | None], bool]:
+    """(replies, budget exhausted): on the spend cap, the replies that came back and None for the rest."""
+    if not conversations:
+        return [], False
+    try:
+        with mode():
+            return list(teacher.chat(conversations, max_new_tokens=max_new_tokens)), False
+    except TeacherBudgetExhausted as exc:
+        partial = list(exc.partial_results) + [None] * len(conversations)
+        return [item if isinstance(item, str) else None for item in partial[: len(conversations)]], True
+
+
+def generate_pairs(
+    chunks: Sequence[Chunk],
+    teacher: Teacher,
+    settings: QASettings,
+    *,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+    teacher_mode: TeacherMode = nullcontext,
+    start: Generation | None = None,
+    on_batch: Callable[[Generation, list[QARecord]], None] | None = None,
+    grade: bool | None = None,
+    message: str = "The teacher is writing question–answer pairs",
+) -> Generation:
+    """Ask the teacher for pairs about each chunk (TEACHER_BATCH chunks per call), filter and grade them.
+
+    `start` continues an earlier, unfinished generation. Stops early — keeping everything received — when
+    `should_stop()` says so between teacher calls (cancelled=True) or when the teacher's spend cap is hit
+    (stats.budget_exhausted). `on_batch(generation, new records)` runs after every batch (to save progress).
+    """
+    grade = settings.self_reward if grade is None else grade
+    simple = uses_simple_prompt(teacher)
+    generation = start or Generation(
+        records=[],
+        stats=GenerationStats(
+            chunks=len(chunks),
+            pairs_per_chunk=settings.pairs_per_chunk,
+            self_reward=grade,
+            reward_threshold=settings.reward_threshold,
+            prompt_format="lines" if simple else "json",
+        ),
+    )
+    stats = generation.stats
+    pair_filter = _PairFilter(
+        {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"}
+        - {""}
+    )
+    started, done_at_start = time.perf_counter(), stats.chunks_done
+    while stats.chunks_done < len(chunks) and not stats.budget_exhausted:
+        if should_stop():
+            generation.cancelled = True
+            return generation
+        first = stats.chunks_done
+        batch = list(range(first, min(len(chunks), first + TEACHER_BATCH)))
+        conversations = [user_turn(generation_prompt(chunks[i].text, settings, simple=simple)) for i in batch]
+        replies, exhausted = _chat(teacher, conversations, settings.max_new_tokens, teacher_mode)
+        new_records: list[QARecord] = []
+        candidates: list[QARecord] = []
+        for index, reply in zip(batch, replies, strict=True):
+            if reply is None:  # the spend cap stopped this request (generation ends with this batch)
+                continue
+            chunk = chunks[index]
+            stats.chunks_done = index + 1
+            stats.outputs += 1
+            stats.pairs_requested += settings.pairs_per_chunk
+            pairs = parse_pairs(reply)
+            if pairs is None:
+                stats.outputs_unparseable += 1
+                stats.dropped["unparseable"] += settings.pairs_per_chunk
+                unparseable = QARecord(index, chunk.doc_id, chunk.position, None, None, raw=reply[:RAW_KEEP_CHARS])
+                unparseable.drop_reason = "unparseable"
+                new_records.append(unparseable)
+                continue
+            for pair in pairs[: settings.pairs_per_chunk]:
+                stats.pairs_generated += 1
+                record = QARecord(index, chunk.doc_id, chunk.position, pair.question, pair.answer, pair.reasoning)
+                reason = pair_filter.reason(pair)
+                if reason is not None:
+                    record.drop_reason = reason
+                    stats.dropped[reason] += 1
+                else:
+                    candidates.append(record)
+                new_records.append(record)
+        stats.budget_exhausted = stats.budget_exhausted or exhausted
+        if grade:
+            _grade(candidates, chunks, teacher, settings, teacher_mode, stats)
+        for record in candidates:
+            if record.drop_reason is None:
+                record.kept = True
+                stats.pairs_kept += 1
+        generation.records.extend(new_records)
+        if on_batch is not None:
+            on_batch(generation, new_records)
+        elapsed = time.perf_counter() - started
+        done_here = stats.chunks_done - done_at_start
+        eta = elapsed / done_here * (len(chunks) - stats.chunks_done) if done_here else None
+        on_progress(
+            Progress(
+                "generating",
+                stats.chunks_done,
+                len(chunks),
+                eta_s=eta,
+                message=f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped",
+            )
+        )
+    return generation
+
+
+def _grade(
+    records: list[QARecord],
+    chunks: Sequence[Chunk],
+    teacher: Teacher,
+    settings: QASettings,
+    teacher_mode: TeacherMode,
+    stats: GenerationStats,
+) -> None:
+    """Self-reward: the teacher grades each record 1–5; below the threshold or unreadable → dropped."""
+    if not records:
+        return
+    replies: list[str | None] = [None] * len(records)
+    if not stats.budget_exhausted:
+        conversations = [
+            user_turn(grading_prompt(chunks[record.chunk].text, record.question or "", record.answer or ""))
+            for record in records
+        ]
+        # A grade is a digit or a short sentence; 16 tokens leave room for "Score: 4/5".
+        replies, exhausted = _chat(teacher, conversations, min(16, settings.max_new_tokens), teacher_mode)
+        stats.budget_exhausted = stats.budget_exhausted or exhausted
+    for record, reply in zip(records, replies, strict=True):
+        record.grade_reply = None if reply is None else reply.strip()[:200]
+        record.grade = None if reply is None else parse_grade(reply)
+        if record.grade is None:
+            record.drop_reason = "ungraded"
+            stats.dropped["ungraded"] += 1
+            continue
+        stats.grades[str(record.grade)] = stats.grades.get(str(record.grade), 0) + 1
+        if record.grade < settings.reward_threshold:
+            record.drop_reason = "below_threshold"
+            stats.dropped["below_threshold"] += 1
+
+
+# ---------------------------------------------------------------- saved generation (work/qa_data.jsonl)
+
+
+def fingerprint(config: DistillConfig, teacher: Teacher, corpus_fingerprint: str) -> dict[str, Any]:
+    """What the generated data depends on; a saved generation with another fingerprint is thrown away."""
+    teacher_hash = teacher.loaded.info.content_hash if isinstance(teacher, LocalTeacher) else None
+    settings = config.qa
+    return {
+        "version": PROMPT_VERSION,
+        "teacher": teacher.label,
+        "teacher_hash": teacher_hash,
+        "budget": getattr(config.teacher, "max_tokens_budget", None),
+        "corpus": corpus_fingerprint,
+        "pairs_per_chunk": settings.pairs_per_chunk,
+        "reasoning": settings.reasoning,
+        "self_reward": settings.self_reward,
+        "reward_threshold": settings.reward_threshold,
+        "max_new_tokens": settings.max_new_tokens,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class GenerationStore:
+    """qa_data.jsonl (one record a line, appended per batch) and qa_state.json (how far generation got)."""
+
+    def __init__(self, work: Path, fingerprint: dict[str, Any]) -> None:
+        self.data_path = work / DATA_FILE
+        self.state_path = work / STATE_FILE
+        self.fingerprint = fingerprint
+
+    def load(self) -> tuple[Generation, bool] | None:
+        """(saved generation, complete) when one with the same fingerprint exists, else None."""
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            lines = self.data_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError):
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            return None
+        stats = GenerationStats.from_json(state["stats"])
+        # Lines past chunks_done were appended by a batch whose state was never written: done again.
+        records = [QARecord.from_json(json.loads(line)) for line in lines if line.strip()]
+        records = [record for record in records if record.chunk < stats.chunks_done]
+        return Generation(records, stats), bool(state.get("complete"))
+
+    def start(self) -> None:
+        self.data_path.parent.mkdir(parents=True, exist_ok=True)
+        self.data_path.write_text("", encoding="utf-8")
+        self.save_state(GenerationStats(), complete=False)
+
+    def append(self, generation: Generation, new_records: list[QARecord]) -> None:
+        with self.data_path.open("a", encoding="utf-8") as out:
+            for record in new_records:
+                out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+        self.save_state(generation.stats, complete=False)
+
+    def rewrite(self, generation: Generation, *, complete: bool) -> None:
+        text = "".join(json.dumps(record.to_json(), ensure_ascii=False) + "\n" for record in generation.records)
+        _write_atomic(self.data_path, text)
+        self.save_state(generation.stats, complete=complete)
+
+    def save_state(self, stats: GenerationStats, *, complete: bool) -> None:
+        state = {"fingerprint": self.fingerprint, "complete": complete, "stats": stats.to_json()}
+        _write_atomic(self.state_path, json.dumps(state, indent=2))
+
+
+def load_stats(work: Path) -> GenerationStats | None:
+    """The stats of the generation saved in `work` (None when there is none)."""
+    try:
+        state = json.loads((work / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return GenerationStats.from_json(state["stats"])
+
+
+def drop_summary(stats: GenerationStats) -> str:
+    """'27 of 27 teacher replies unparseable (54 pairs), 0 with an empty question or answer, …'"""
+    dropped = stats.dropped
+    parts = [
+        f"{stats.outputs_unparseable} of {stats.outputs} teacher replies unparseable "
+        f"({dropped['unparseable']} pairs)",
+        f"{dropped['empty']} with an empty question or answer",
+        f"{dropped['duplicate']} duplicates",
+    ]
+    if stats.self_reward:
+        parts += [
+            f"{dropped['below_threshold']} graded below {stats.reward_threshold}",
+            f"{dropped['ungraded']} ungraded",
+        ]
+    return ", ".join(parts)
+
