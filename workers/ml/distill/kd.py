@@ -13,9 +13,9 @@ from typing import Any
 
 from workers.ml.distill.config import KDSettings
 from workers.ml.distill.corpus import Chunk, CorpusSnapshot
-from workers.ml.distill.losses import LossParts, distillation_loss
+from workers.ml.distill.losses import LossParts, distillation_loss, log_tail_mass
 from workers.ml.distill.packing import PackedBatch
-from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, live_teacher_logits
+from workers.ml.distill.teacher_cache import Targets, TargetSource, TeacherCache, TeacherSegment, live_teacher_logits
 from workers.ml.distill.train import LossFunction
 
 CONTEXT_SEPARATOR = "\n\n"
@@ -61,6 +61,29 @@ def build_kd_data(
         segments.append(ids)
         teacher_segments.append(TeacherSegment(tokens=context + ids, target_offset=len(context)))
     return KDData(tuple(kept), tuple(segments), tuple(teacher_segments))
+
+
+# vLLM returns at most --max-logprobs (default 20) log-probs per prompt position.
+ENDPOINT_MAX_TOP_K = 20
+
+
+def endpoint_targets(teacher: Any, segments: Sequence[TeacherSegment], top_k: int) -> TargetSource:
+    """Teacher-cache targets from an OpenAI-compatible endpoint's prompt logprobs (vLLM's prompt_logprobs).
+
+    `teacher.prompt_topk_logprobs` aligns row t with token t + 1 like local logits; the rows of the segment's
+    own tokens are kept and the tail is derived from the top-k mass (the endpoint reports nothing else).
+    """
+
+    def source(indices: Sequence[int]) -> list[Targets]:
+        results = teacher.prompt_topk_logprobs([segments[i].tokens for i in indices], top_k)
+        out = []
+        for index, (values, ids) in zip(indices, results, strict=True):
+            span = slice(segments[index].target_offset, len(segments[index].tokens))
+            kept = values[span].float()  # (L, k)
+            out.append((index, kept.half(), ids[span].int(), log_tail_mass(kept)))
+        return out
+
+    return source
 
 
 def kd_loss(

@@ -221,4 +221,9 @@ def teacher_topk(
     ids = teacher_logits.topk(k, dim=-1).indices  # (..., k)
     log_norm = torch.logsumexp(teacher_logits.float() / temperature, dim=-1, keepdim=True)  # (..., 1)
     values = teacher_logits.gather(-1, ids).float() / temperature - log_norm  # (..., k)
-    return values, ids, _log_tail(values).squeeze(-1)
+    return values, ids, log_tail_mass(values)
+
+
+def log_tail_mass(topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ top-k probabilities), floored: (..., k) -> (...). For targets known only by their top-k."""
+    return _log_tail(topk_logprobs.float()).squeeze(-1)

@@ -27,9 +27,9 @@ from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
 from workers.ml.catalog_types import CatalogError
 from workers.ml.device import configure_torch_threads
 from workers.ml.distill import kd as kd_recipe
-from workers.ml.distill.config import DistillConfig, LocalTeacherConfig
+from workers.ml.distill.config import DistillConfig, EndpointTeacherConfig, LocalTeacherConfig
 from workers.ml.distill.corpus import CorpusSnapshot
-from workers.ml.distill.errors import DistillError, NoTrainingData
+from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMismatch
 from workers.ml.distill.evaluate import mean_kl, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
 from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
@@ -116,19 +116,17 @@ def _prepare_kd(
 ) -> tuple[DataPlan, LossFunction] | None:
     """Data and loss of recipe kd; None when cancelled during the teacher pass."""
     teacher = models.teacher
-    if not isinstance(teacher, LocalTeacher):
-        raise DistillError(
-            "Recipe kd needs the teacher's logits, which this endpoint teacher does not provide here; "
-            "use recipe 'qa', which distils through generated text and works with any teacher."
-        )
-    require_same_vocabulary(teacher.tokenizer, models.student.tokenizer)
+    if isinstance(teacher, LocalTeacher):
+        require_same_vocabulary(teacher.tokenizer, models.student.tokenizer)
+    else:
+        _require_endpoint_logprobs(config, teacher, models)
     tokenizer = models.student.tokenizer
     data = kd_recipe.build_kd_data(corpus.train, corpus, tokenizer, config.kd, config.training.seq_len)
     if not data.segments:
         raise NoTrainingData("No training chunk has at least two tokens: the corpus is empty.")
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     plan = DataPlan(data.segments, config.training, pad_token_id)
-    if not config.kd.teacher_cache:
+    if not config.kd.teacher_cache and isinstance(teacher, LocalTeacher):
         return plan, kd_recipe.kd_loss(
             config.kd,
             cache=None,
@@ -138,7 +136,7 @@ def _prepare_kd(
         )
     fingerprint = {
         "teacher": teacher.label,
-        "teacher_hash": teacher.loaded.info.content_hash,
+        "teacher_hash": teacher.loaded.info.content_hash if isinstance(teacher, LocalTeacher) else None,
         "corpus": corpus.fingerprint,
         "seq_len": config.training.seq_len,
         "context_chunks": config.kd.context_chunks,
@@ -151,21 +149,49 @@ def _prepare_kd(
         eta = elapsed / done * (total - done) if done else None
         on_progress(Progress("teacher", done, total, eta_s=eta, message="Running the teacher over the corpus"))
 
+    local = isinstance(teacher, LocalTeacher)
+    top_k = config.kd.cache_top_k if local else min(config.kd.cache_top_k, kd_recipe.ENDPOINT_MAX_TOP_K)
     cache = TeacherCache.open_or_build(
         config.work / "teacher-cache",
         fingerprint,
-        teacher.model,
+        teacher.model if isinstance(teacher, LocalTeacher) else None,
         data.teacher_segments,
-        top_k=config.kd.cache_top_k,
+        top_k=top_k,
         temperature=config.kd.temperature,
         batch_tokens=_teacher_batch_tokens(models),
         pad_token_id=pad_token_id,
         on_progress=report,
         should_stop=should_stop,
+        source=None if local else kd_recipe.endpoint_targets(teacher, data.teacher_segments, top_k),
     )
     if cache is None:
         return None
     return plan, kd_recipe.kd_loss(config.kd, cache=cache)
+
+
+def _require_endpoint_logprobs(config: DistillConfig, teacher: Teacher, models: _Models) -> None:
+    """kd through an endpoint: its tokenizer must be the student's and it must return prompt logprobs."""
+    teacher_config = config.teacher
+    assert isinstance(teacher_config, EndpointTeacherConfig)
+    if not teacher_config.tokenizer_spec:
+        raise TokenizerMismatch(
+            "Recipe kd through an endpoint needs the endpoint model's tokenizer (set the teacher's tokenizer spec) "
+            "to check it matches the student's; use recipe 'qa', which works with any teacher."
+        )
+    if teacher_config.tokenizer_spec != config.student:
+        catalog = CatalogConfig(cache_dir=config.model_cache_dir, model_roots=config.model_roots, device="cpu")
+        try:
+            reference = load_model(teacher_config.tokenizer_spec, catalog).tokenizer
+        except CatalogError as error:
+            raise DistillError(f"The teacher's tokenizer could not be loaded: {error}") from error
+        require_same_vocabulary(reference, models.student.tokenizer)
+    top_k = min(config.kd.cache_top_k, kd_recipe.ENDPOINT_MAX_TOP_K)
+    if not teacher.supports_prompt_logprobs(top_k):  # type: ignore[attr-defined]
+        raise DistillError(
+            f"Recipe kd needs the teacher's log-probs of the prompt tokens (top {top_k}), which "
+            f"{teacher.label} does not return (vLLM offers them as prompt_logprobs; OpenAI's API does not). "
+            "Use recipe 'qa', which distils through generated text."
+        )
 
 
 def _evaluate(
@@ -192,6 +218,17 @@ def _evaluate(
             teacher_scores = score_lm(teacher.model, teacher.tokenizer, texts, contexts=contexts, batch_size=4)
         if shares_vocab:
             kl_before, kl_after = _kl_before_after(models, expert, texts, contexts)
+    qa_metrics: dict[str, Any] = {}
+    qa_extra: dict[str, Any] = {}
+    if config.recipe == "qa":  # --- recipe qa: blind-answer scores and generation stats (qa_eval.py, qa.py)
+        from workers.ml.distill import qa as qa_recipe
+        from workers.ml.distill import qa_eval
+
+        qa_result = qa_eval.evaluate_qa(
+            config, corpus, models.student, teacher, expert, shared=models.shared, on_progress=on_progress
+        )
+        qa_metrics = {"qa": qa_result.qa, "qa_examples": qa_result.examples, "qa_source": qa_result.source}
+        qa_extra = {"qa_data": qa_recipe.generation_metrics(config), **qa_result.extra}  # --- end recipe qa
     metrics = build_metrics(
         base=base_scores,
         expert=expert_scores,
@@ -199,7 +236,8 @@ def _evaluate(
         teacher_shares_tokenizer=shares_vocab or not isinstance(teacher, LocalTeacher),
         kl_before=kl_before,
         kl_after=kl_after,
-        extra={"heldout_chunks": len(texts), "heldout_is_train": not corpus.heldout},
+        extra={"heldout_chunks": len(texts), "heldout_is_train": not corpus.heldout, **qa_extra},
+        **qa_metrics,
     )
     on_progress(Progress("evaluating", 3, 3, message="Evaluation done"))
     return metrics
@@ -248,6 +286,15 @@ def _kl_shared(
     return before, after
 
 
+def _qa_data_stats(config: DistillConfig) -> dict[str, Any]:
+    """Recipe qa: pairs kept and dropped, and whether the teacher's spend cap stopped generation (qa.py)."""
+    if config.recipe != "qa":
+        return {}
+    from workers.ml.distill import qa as qa_recipe
+
+    return qa_recipe.data_stats(config)
+
+
 @contextlib.contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     if count > 0:
@@ -286,7 +333,9 @@ def distill(
         else:
             from workers.ml.distill import qa as qa_recipe
 
-            prepared = qa_recipe.prepare(config, corpus, models.student, models.teacher, on_progress, should_stop)
+            prepared = qa_recipe.prepare(
+                config, corpus, models.student, models.teacher, on_progress, should_stop, shared=models.shared
+            )
         if prepared is None:
             return result("cancelled")
         plan, loss_fn = prepared
@@ -332,7 +381,12 @@ def distill(
             base_identity=base_identity,
             teacher_label=teacher_label,
             metrics=metrics,
-            data_stats={**corpus.stats(), "train_tokens": outcome.train_tokens, "steps": outcome.steps_done},
+            data_stats={
+                **corpus.stats(),
+                "train_tokens": outcome.train_tokens,
+                "steps": outcome.steps_done,
+                **_qa_data_stats(config),
+            },
             signature=signature,
             training_log=outcome.log_path,
             generated_data=config.work / "qa_data.jsonl" if config.recipe == "qa" else None,

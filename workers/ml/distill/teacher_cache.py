@@ -28,6 +28,10 @@ from workers.ml.distill.losses import teacher_topk
 from workers.ml.distill.packing import PackedBatch, collate, pack_rows
 
 SHARD_TOKENS = 200_000
+# (segment index, top-k log-probs (L, k) fp16, token ids (L, k) int32, log tail mass (L,) fp32)
+Targets = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]
+# Computes the targets of the given segment indices.
+TargetSource = Callable[[Sequence[int]], list[Targets]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ def teacher_targets(
     top_k: int,
     temperature: float,
     pad_token_id: int,
-) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> list[Targets]:
     """Top-k targets of each segment in `indices`: [(segment, values (L, k) fp16, ids (L, k) int32, tail (L,))].
 
     One log-softmax and top-k over the whole teacher batch and one copy to the CPU, instead of one per
@@ -170,9 +174,12 @@ class TeacherCache:
         pad_token_id: int,
         on_progress: Callable[[int, int, int], None] = lambda done, total, tokens: None,
         should_stop: Callable[[], bool] = lambda: False,
+        source: TargetSource | None = None,
     ) -> TeacherCache | None:
         """Reuse a matching cache or (re)build it, resuming from its finished shards.
 
+        The targets come from the local teacher `model` or, when given, from `source` (e.g. an endpoint's
+        prompt logprobs; `model` is then None and the cache stays on the CPU).
         Returns None when `should_stop` interrupted the build (finished shards stay for the next attempt).
         `on_progress(segments done, total, tokens in the last batch)` is called after each teacher batch.
         """
@@ -180,7 +187,12 @@ class TeacherCache:
         directory.mkdir(parents=True, exist_ok=True)
         index_path = directory / "index.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else None
-        device = next(model.parameters()).device
+        device = next(model.parameters()).device if source is None else torch.device("cpu")
+        if source is None:
+
+            def source(indices: Sequence[int]) -> list[Targets]:
+                return teacher_targets(model, segments, indices, top_k, temperature, pad_token_id)
+
         if index is None or index["fingerprint"] != fingerprint:
             for stale in directory.glob("shard-*.safetensors"):
                 stale.unlink()
@@ -205,9 +217,7 @@ class TeacherCache:
                 batch_indices.append(todo[position])
                 batch_size += len(segments[todo[position]].tokens)
                 position += 1
-            for segment_index, values, ids, tail in teacher_targets(
-                model, segments, batch_indices, top_k, temperature, pad_token_id
-            ):
+            for segment_index, values, ids, tail in source(batch_indices):
                 pending.append((segment_index, values, ids, tail))
                 pending_tokens += len(values)
             done_count = len(done) + position

@@ -148,3 +148,46 @@ def test_it_distils_from_the_command_line_and_protects_an_earlier_run(tmp_path: 
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert cli_main(args) == 2  # the earlier run's checkpoint is not overwritten without --resume
     assert cli_main([*args, "--resume"]) == 0
+
+
+def test_it_distils_kd_through_an_endpoint_that_returns_prompt_logprobs(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    from tests.workers.ml.distill.openai_stub import OpenAIStub
+    from workers.ml.distill.config import EndpointTeacherConfig
+
+    with OpenAIStub(prompt_logprobs="vllm", vocab_size=49152) as vllm:
+        teacher = EndpointTeacherConfig(base_url=vllm.base_url, model=vllm.model, tokenizer_spec=STUDENT)
+        config = tiny_config(tmp_path, model_cache_dir, teacher=teacher)
+        result = distill(config, toy_corpus)
+        scored = [r for r in vllm.requests if r.body.get("prompt_logprobs")]
+    assert result.status == "succeeded"
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
+    # One scoring request per training chunk (plus the capability probe), top-k capped at vLLM's 20.
+    assert len(scored) >= len(toy_corpus.train)
+    assert {r.body["prompt_logprobs"] for r in scored} == {16}
+    assert result.teacher_usage["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("mode", ["ignore", "reject"])
+def test_it_refuses_kd_through_an_endpoint_without_prompt_logprobs(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot, mode: str
+) -> None:
+    from tests.workers.ml.distill.openai_stub import OpenAIStub
+    from workers.ml.distill.config import EndpointTeacherConfig
+    from workers.ml.distill.errors import DistillError
+
+    with OpenAIStub(prompt_logprobs=mode) as server:  # type: ignore[arg-type]
+        teacher = EndpointTeacherConfig(base_url=server.base_url, model=server.model, tokenizer_spec=STUDENT)
+        with pytest.raises(DistillError, match="Use recipe 'qa'"):
+            distill(tiny_config(tmp_path, model_cache_dir, teacher=teacher), toy_corpus)
+
+
+def test_it_refuses_kd_through_an_endpoint_of_unknown_tokenizer(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    from workers.ml.distill.config import EndpointTeacherConfig
+
+    teacher = EndpointTeacherConfig(base_url="http://127.0.0.1:9/v1", model="closed-model")
+    with pytest.raises(TokenizerMismatch, match="tokenizer"):
+        distill(tiny_config(tmp_path, model_cache_dir, teacher=teacher), toy_corpus)

@@ -1,0 +1,177 @@
+"""Quality of recipe kd on a real manual: how much of the context-seeing teacher's advantage the expert keeps.
+
+Corpus: the Python Language Reference topics shipped with CPython (`pydoc_data.topics`, the text behind
+`help("assignment")` etc.): 79 documents, ~465k characters, installed with every Python. Whole documents are
+held out (deterministic split by document).
+
+Student: packaged SmolLM2-135M-Instruct + LoRA. Teacher: the same model, seeing the preceding chunk(s) of the
+document (context distillation). The teacher's only advantage is the text it can see; the expert must learn
+the manual well enough to do without it.
+
+Reported on held-out chunks that have a preceding chunk (where the teacher's context exists), and on all
+held-out chunks (the product's metrics.json): perplexity and bits per byte of base, expert and teacher, and
+    gap closed = (ppl_base − ppl_expert) / (ppl_base − ppl_teacher).
+
+    python bench/quality.py                  # ~20 minutes on 2 CPU cores
+    python bench/quality.py --quick          # tiny models, a smoke test of the script (< 1 minute)
+
+Writes bench/results/quality.json (or quality-quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from peft import PeftModel
+
+from workers.ml.catalog import CatalogConfig, load_model
+from workers.ml.distill.config import (
+    DistillConfig,
+    EvalSettings,
+    KDSettings,
+    LocalTeacherConfig,
+    LoraSettings,
+    TrainingSettings,
+)
+from workers.ml.distill.corpus import chunk_by_tokens, split_by_document
+from workers.ml.distill.evaluate import gap_closed, score_lm
+from workers.ml.distill.kd import context_text
+from workers.ml.distill.run import distill
+
+
+def manual_documents(tokenizer: object, chunk_tokens: int, limit: int | None) -> list[tuple[str, list[str]]]:
+    from pydoc_data.topics import topics
+
+    documents = []
+    for name in sorted(topics)[:limit]:
+        chunks = chunk_by_tokens(topics[name], tokenizer, chunk_tokens)
+        if chunks:
+            documents.append((name, chunks))
+    return documents
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Tiny models and a few documents.")
+    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DISTILLERY_MODEL_CACHE", "var/models")))
+    parser.add_argument("--work", type=Path, default=Path("var/bench/quality"))
+    parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--chunk-tokens", type=int, default=128)
+    parser.add_argument("--context-chunks", type=int, default=1)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--heldout", type=float, default=0.15)
+    parser.add_argument("--max-eval-chunks", type=int, default=80)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    spec = "tiny:llama-2l" if args.quick else "packaged:smollm2-135m-instruct"
+    catalog = CatalogConfig(cache_dir=args.cache_dir, device="cpu")
+    loaded = load_model(spec, catalog)
+    documents = manual_documents(loaded.tokenizer, args.chunk_tokens, 12 if args.quick else None)
+    corpus = split_by_document(documents, heldout_fraction=args.heldout, seed=0, name="python-reference")
+    budget = args.token_budget or (4_000 if args.quick else 240_000)
+    config = DistillConfig(
+        output_dir=args.work / ("expert-quick" if args.quick else "expert"),
+        model_cache_dir=args.cache_dir,
+        student=spec,
+        teacher=LocalTeacherConfig(spec=spec),
+        training=TrainingSettings(
+            token_budget=budget,
+            seq_len=512,
+            micro_batch_size=4,
+            grad_accum=2,
+            learning_rate=args.lr or (3e-3 if args.quick else 1e-3),
+            warmup_ratio=0.05,
+            checkpoint_every=100,
+            num_threads=os.cpu_count() or 2,
+            device="cpu",
+        ),
+        kd=KDSettings(alpha=args.alpha, context_chunks=args.context_chunks, context_max_tokens=256, cache_top_k=64),
+        lora=LoraSettings(rank=args.rank, alpha=2 * args.rank, dropout=0.0),
+        evaluation=EvalSettings(max_heldout_chunks=args.max_eval_chunks),
+    )
+    import shutil
+
+    shutil.rmtree(config.output_dir, ignore_errors=True)
+    started = time.perf_counter()
+    last_stage = [""]
+
+    def report(progress: object) -> None:
+        stage = progress.stage  # type: ignore[attr-defined]
+        if stage != last_stage[0]:
+            last_stage[0] = stage
+            print(f"[{time.perf_counter() - started:7.1f}s] {stage}", flush=True)
+
+    result = distill(config, corpus, on_progress=report)
+    distill_s = time.perf_counter() - started
+
+    # Held-out chunks that have a preceding chunk: where the teacher's context exists.
+    with_context = [chunk for chunk in corpus.heldout if chunk.position > 0][: args.max_eval_chunks]
+    texts = [chunk.text for chunk in with_context]
+    contexts = [context_text(corpus, chunk, config.kd) for chunk in with_context]
+    base = load_model(spec, catalog).model
+    scores = {"base": score_lm(base, loaded.tokenizer, texts, batch_size=4)}
+    scores["teacher"] = score_lm(base, loaded.tokenizer, texts, contexts=contexts, batch_size=4)
+    expert = PeftModel.from_pretrained(base, config.output_dir).eval()
+    scores["expert"] = score_lm(expert, loaded.tokenizer, texts, batch_size=4)
+    gap = gap_closed(scores["base"].perplexity, scores["expert"].perplexity, scores["teacher"].perplexity)
+    total_s = time.perf_counter() - started
+
+    product = result.metrics
+    summary = {
+        "corpus": "pydoc_data.topics (Python Language Reference topics)",
+        "stats": corpus.stats(),
+        "model": spec,
+        "settings": {
+            "token_budget": budget,
+            "chunk_tokens": args.chunk_tokens,
+            "context_chunks": args.context_chunks,
+            "alpha": args.alpha,
+            "learning_rate": config.training.learning_rate,
+            "lora_rank": args.rank,
+        },
+        "heldout_with_context": {
+            "chunks": len(texts),
+            **{name: {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte} for name, s in scores.items()},
+            "gap_closed": gap,
+        },
+        "heldout_all": {
+            "chunks": product.get("heldout_chunks"),
+            **product.get("heldout", {}),
+            "gap_closed": product.get("gap_closed"),
+        },
+        "kl_to_teacher": product.get("kl_to_teacher"),
+        "train_tokens": result.train_tokens,
+        "distill_seconds": round(distill_s, 1),
+        "total_seconds": round(total_s, 1),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+    }
+    print(f"\n{'held-out chunks with context':<32}{'perplexity':>12}{'bits/byte':>12}")
+    for name in ("base", "expert", "teacher"):
+        print(f"{name:<32}{scores[name].perplexity:>12.3f}{scores[name].bits_per_byte:>12.4f}")
+    print(f"gap closed: {gap:.1%}" if gap is not None else "gap closed: not applicable")
+    print(f"all held-out chunks (metrics.json): gap closed {product.get('gap_closed')}")
+    print(f"wall time {total_s:.0f} s ({result.train_tokens:,} training tokens)")
+    out = args.out or Path("bench/results") / ("quality-quick.json" if args.quick else "quality.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
