@@ -35,7 +35,7 @@ from typing import Any
 
 from workers.ml.distill.config import DistillConfig, QASettings
 from workers.ml.distill.corpus import Chunk
-from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback
+from workers.ml.distill.progress import Progress, ProgressCallback, Stage, StopCallback
 from workers.ml.distill.teachers import LocalTeacher, Teacher, TeacherBudgetExhausted
 
 DATA_FILE = "qa_data.jsonl"
@@ -117,6 +117,7 @@ class ParsedPair:
 
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.S | re.I)
+_LEADING_THINK_RE = re.compile(r"^\s*<think>.*?</think>", re.S | re.I)
 _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.S)
 _QUESTION_KEYS = ("question", "q", "query", "prompt")
 _ANSWER_KEYS = ("answer", "a", "response", "final_answer")
@@ -163,7 +164,11 @@ def _pairs_from_json(value: Any) -> list[ParsedPair] | None:
         if _text_field(value, _QUESTION_KEYS) is not None or _text_field(value, _ANSWER_KEYS) is not None:
             items: list[Any] = [value]
         else:
-            lists = [item for item in value.values() if isinstance(item, list)]
+            # {"pairs": [...]} as asked, else the first list of objects ({"questions": [...]}, {"data": [...]} …).
+            lists = [item for key, item in value.items() if str(key).lower() == "pairs" and isinstance(item, list)]
+            lists += [
+                item for item in value.values() if isinstance(item, list) and any(isinstance(x, dict) for x in item)
+            ]
             if not lists:
                 return None
             items = lists[0]
@@ -229,8 +234,8 @@ def parse_pairs(text: str) -> list[ParsedPair] | None:
     numbered or in Markdown bold) lines. A teacher's own `<think>` preamble is skipped. Pairs with a missing
     field come back with an empty string there (the caller drops them as empty).
     """
-    body = _THINK_RE.sub("", text).strip()
-    if "<think>" in body.lower():  # an unterminated preamble: the reply was cut while thinking
+    body = _LEADING_THINK_RE.sub("", text, count=1).strip()
+    if body.lower().startswith("<think>"):  # an unterminated preamble: the reply was cut while thinking
         return None
     for candidate in _json_candidates(body):
         try:
@@ -378,7 +383,7 @@ class _PairFilter:
 # ---------------------------------------------------------------- the generation pass
 
 
-def _chat(
+def chat_within_budget(
     teacher: Teacher, conversations: list[list[dict[str, str]]], max_new_tokens: int, mode: TeacherMode
 ) -> tuple[list[str | None], bool]:
     """(replies, budget exhausted): on the spend cap, the replies that came back and None for the rest."""
@@ -404,6 +409,7 @@ def generate_pairs(
     on_batch: Callable[[Generation, list[QARecord]], None] | None = None,
     grade: bool | None = None,
     message: str = "The teacher is writing question–answer pairs",
+    stage: Stage = "generating",
 ) -> Generation:
     """Ask the teacher for pairs about each chunk (TEACHER_BATCH chunks per call), filter and grade them.
 
@@ -425,8 +431,7 @@ def generate_pairs(
     )
     stats = generation.stats
     pair_filter = _PairFilter(
-        {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"}
-        - {""}
+        {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"} - {""}
     )
     started, done_at_start = time.perf_counter(), stats.chunks_done
     while stats.chunks_done < len(chunks) and not stats.budget_exhausted:
@@ -436,7 +441,7 @@ def generate_pairs(
         first = stats.chunks_done
         batch = list(range(first, min(len(chunks), first + TEACHER_BATCH)))
         conversations = [user_turn(generation_prompt(chunks[i].text, settings, simple=simple)) for i in batch]
-        replies, exhausted = _chat(teacher, conversations, settings.max_new_tokens, teacher_mode)
+        replies, exhausted = chat_within_budget(teacher, conversations, settings.max_new_tokens, teacher_mode)
         new_records: list[QARecord] = []
         candidates: list[QARecord] = []
         for index, reply in zip(batch, replies, strict=True):
@@ -479,7 +484,7 @@ def generate_pairs(
         eta = elapsed / done_here * (len(chunks) - stats.chunks_done) if done_here else None
         on_progress(
             Progress(
-                "generating",
+                stage,
                 stats.chunks_done,
                 len(chunks),
                 eta_s=eta,
@@ -507,7 +512,7 @@ def _grade(
             for record in records
         ]
         # A grade is a digit or a short sentence; 16 tokens leave room for "Score: 4/5".
-        replies, exhausted = _chat(teacher, conversations, min(16, settings.max_new_tokens), teacher_mode)
+        replies, exhausted = chat_within_budget(teacher, conversations, min(16, settings.max_new_tokens), teacher_mode)
         stats.budget_exhausted = stats.budget_exhausted or exhausted
     for record, reply in zip(records, replies, strict=True):
         record.grade_reply = None if reply is None else reply.strip()[:200]
@@ -606,8 +611,7 @@ def drop_summary(stats: GenerationStats) -> str:
     """'27 of 27 teacher replies unparseable (54 pairs), 0 with an empty question or answer, …'"""
     dropped = stats.dropped
     parts = [
-        f"{stats.outputs_unparseable} of {stats.outputs} teacher replies unparseable "
-        f"({dropped['unparseable']} pairs)",
+        f"{stats.outputs_unparseable} of {stats.outputs} teacher replies unparseable ({dropped['unparseable']} pairs)",
         f"{dropped['empty']} with an empty question or answer",
         f"{dropped['duplicate']} duplicates",
     ]
@@ -617,4 +621,3 @@ def drop_summary(stats: GenerationStats) -> str:
             f"{dropped['ungraded']} ungraded",
         ]
     return ", ".join(parts)
-

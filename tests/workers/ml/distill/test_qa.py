@@ -1,0 +1,530 @@
+"""Recipe qa: parsing teacher replies, prompt masking, answer KD, and distill() end to end with scripted teachers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.workers.ml.distill.conftest import NAMES
+from tests.workers.ml.distill.openai_stub import Messages, OpenAIStub
+from workers.ml.catalog import LoadedModel
+from workers.ml.device import THREAD_ENV_VARS
+from workers.ml.distill.config import (
+    DistillConfig,
+    EndpointTeacherConfig,
+    EvalSettings,
+    KDSettings,
+    LocalTeacherConfig,
+    LoraSettings,
+    QASettings,
+    TeacherConfig,
+    TrainingSettings,
+)
+from workers.ml.distill.corpus import Chunk, CorpusSnapshot
+from workers.ml.distill.errors import NoTrainingData
+from workers.ml.distill.losses import IGNORE_INDEX
+from workers.ml.distill.progress import Progress
+from workers.ml.distill.qa import QADataPlan, aligned_teacher_logits, build_qa_data, qa_loss, training_target
+from workers.ml.distill.qa_generate import ParsedPair, QARecord, parse_grade, parse_pairs, strip_reasoning
+from workers.ml.distill.run import distill
+from workers.ml.distill.teachers import LocalTeacher
+
+STUDENT = "tiny:llama-2l"
+TRAIN_CHUNKS = 27  # toy_corpus: 9 training documents of 3 chunks
+
+
+def qa_config(tmp_path: Path, model_cache_dir: Path, teacher: TeacherConfig, **overrides: Any) -> DistillConfig:
+    settings: dict[str, Any] = {
+        "qa": QASettings(pairs_per_chunk=2, max_new_tokens=48, reward_threshold=3),
+        "evaluation": EvalSettings(max_heldout_chunks=2, max_eval_questions=4),
+        **overrides,
+    }
+    return DistillConfig(
+        output_dir=tmp_path / "expert",
+        model_cache_dir=model_cache_dir,
+        recipe="qa",
+        student=STUDENT,
+        teacher=teacher,
+        training=TrainingSettings(
+            epochs=2,
+            seq_len=128,
+            micro_batch_size=2,
+            grad_accum=2,
+            learning_rate=5e-3,
+            checkpoint_every=0,
+            device="cpu",
+        ),
+        lora=LoraSettings(rank=4, alpha=8),
+        signature_centroids=2,
+        **settings,
+    )
+
+
+# ---------------------------------------------------------------- a scripted teacher for the toy corpus
+
+
+def _document(content: str) -> str:
+    match = re.search(r"<document>\n(.*?)\n</document>", content, re.S)
+    return match.group(1) if match else ""
+
+
+def _name(text: str) -> str:
+    match = re.search(r"the (\w+) code", text)
+    return match.group(1) if match else "unknown"
+
+
+def toy_pairs(name: str) -> list[dict[str, str]]:
+    return [
+        {"question": f"What is the {name} code?", "answer": f"The {name} code is {name}."},
+        {"question": f"What is the {name} value?", "answer": f"The {name} value is {name}."},
+    ]
+
+
+def scripted_reply(grade: Callable[[str], str] = lambda question: "5") -> Callable[[Messages], str]:
+    """Good pairs for generation prompts (JSON, or Q:/A: lines when asked for those), `grade(question)` for
+    grading prompts, the chunk's fact for reference prompts (the teacher sees the chunk), and "I do not know."
+    for blind questions."""
+
+    def reply(messages: Messages) -> str:
+        content = str(messages[-1]["content"])
+        name = _name(_document(content))
+        if "Reply with JSON only" in content:
+            return json.dumps({"pairs": toy_pairs(name)})
+        if "Use this format:\nQ: <question>" in content:  # the simple format small local teachers are given
+            return "\n".join(f"Q: {pair['question']}\nA: {pair['answer']}" for pair in toy_pairs(name))
+        if "Grade this question–answer pair" in content:
+            question = re.search(r"Question: (.*)\n", content)
+            return grade(question.group(1) if question else "")
+        if "Answer this question using the excerpt" in content:
+            return f"The {name} code is {name}."
+        return "I do not know."
+
+    return reply
+
+
+def stub_teacher(stub: OpenAIStub, **settings: Any) -> EndpointTeacherConfig:
+    return EndpointTeacherConfig(base_url=stub.base_url, model=stub.model, **settings)
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def lora_b_weights(expert_dir: Path) -> dict[str, torch.Tensor]:
+    return {
+        name: tensor
+        for name, tensor in load_file(str(expert_dir / "adapter_model.safetensors")).items()
+        if "lora_B" in name
+    }
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        pytest.param(
+            '{"pairs": [{"question": "What is X?", "answer": "X is 1."}, {"question": "Y?", "answer": "Y is 2."}]}',
+            [("What is X?", "X is 1."), ("Y?", "Y is 2.")],
+            id="json-object",
+        ),
+        pytest.param('[{"question": "What is X?", "answer": "X is 1."}]', [("What is X?", "X is 1.")], id="json-list"),
+        pytest.param(
+            'Here you are:\n```json\n{"pairs": [{"Question": "What is X?", "Answer": "X is 1."}]}\n```\nEnjoy!',
+            [("What is X?", "X is 1.")],
+            id="fenced-block",
+        ),
+        pytest.param(
+            "Q: What is X?\nA: X is 1.\nQ: What is Y?\nA: Y is\n2.",
+            [("What is X?", "X is 1."), ("What is Y?", "Y is 2.")],
+            id="q-a-lines",
+        ),
+        pytest.param(
+            "1. **Question:** What is X?\n   **Answer:** X is 1.\n\nQuestion: What is Y?",
+            [("What is X?", "X is 1."), ("What is Y?", "")],
+            id="question-answer-lines-cut-short",
+        ),
+        pytest.param(
+            '<think>The text says X.</think>\n[{"q": "What is X?", "a": "1"}]', [("What is X?", "1")], id="r1"
+        ),
+    ],
+)
+def test_it_parses_the_reply_formats_a_teacher_may_use(reply: str, expected: list[tuple[str, str]]) -> None:
+    pairs = parse_pairs(reply)
+    assert pairs is not None
+    assert [(pair.question, pair.answer) for pair in pairs] == expected
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["", "I cannot help with that.", "Here is a text about X. Answer: nothing", '{"note": "no pairs"}', "<think>hmm"],
+)
+def test_it_calls_anything_else_unparseable(reply: str) -> None:
+    assert parse_pairs(reply) is None
+
+
+def test_it_keeps_reasoning_apart_from_the_final_answer() -> None:
+    as_field = parse_pairs('{"pairs": [{"question": "Q?", "reasoning": "Step 1. Step 2.", "answer": "42."}]}')
+    inline = parse_pairs("Q: Q?\nA: <think>Step 1.</think> 42.")
+    as_line = parse_pairs("Q: Q?\nR: Step 1.\nA: 42.")
+    assert as_field == [ParsedPair("Q?", "42.", "Step 1. Step 2.")]
+    assert inline == [ParsedPair("Q?", "42.", "Step 1.")]
+    assert as_line == [ParsedPair("Q?", "42.", "Step 1.")]
+    target = training_target("42.", "Step 1.")
+    assert target == "<think>\nStep 1.\n</think>\n\n42."
+    assert strip_reasoning(target) == "42."
+
+
+@pytest.mark.parametrize(
+    ("reply", "grade"),
+    [
+        ("5", 5),
+        ("Score: 4/5", 4),
+        ("I would rate this pair 3 out of 5.", 3),
+        ('{"score": 2}', 2),
+        ("On a scale of 1 to 5, I give it a 4.", 4),
+        ("Rating: **5**", 5),
+        ("4. The answer is grounded in the excerpt.", 4),
+        ("<think>Grounded, useful.</think> 5", 5),
+        ("The answer is correct.", None),
+        ("10", None),
+        ("", None),
+    ],
+)
+def test_it_reads_a_grade_from_what_the_teacher_replies(reply: str, grade: int | None) -> None:
+    assert parse_grade(reply) == grade
+
+
+# ---------------------------------------------------------------- training data and loss
+
+
+def toy_records(chunks: tuple[Chunk, ...], count: int) -> list[QARecord]:
+    records = []
+    for index, chunk in enumerate(chunks[:count]):
+        pair = toy_pairs(_name(chunk.text))[index % 2]
+        records.append(QARecord(index, chunk.doc_id, chunk.position, pair["question"], pair["answer"], kept=True))
+    return records
+
+
+def test_it_masks_the_prompt_and_trains_only_on_the_answer_tokens(
+    tiny_student: LoadedModel, toy_corpus: CorpusSnapshot
+) -> None:
+    tokenizer = tiny_student.tokenizer
+    records = toy_records(toy_corpus.train, 6)
+    data = build_qa_data(records, toy_corpus.train, tokenizer, seq_len=128)
+    plan = QADataPlan(data, TrainingSettings(seq_len=128, micro_batch_size=2, grad_accum=1, device="cpu"), 2)
+    rows = plan.epoch(0)[0]
+    batch = plan.collate(rows)
+    assert batch.label_count == plan.labels(rows) > 0
+    assert len(batch.placements) > 1  # several pairs packed in a row
+    for placement in batch.placements:
+        record, prompt = data.records[placement.segment], data.prompt_lengths[placement.segment]
+        start, end = placement.start, placement.start + placement.length
+        labels, tokens = batch.labels[placement.row], batch.input_ids[placement.row]
+        prompt_text = tokenizer.decode(tokens[start : start + prompt])
+        assert prompt_text.endswith(f"<|im_start|>user\n{record.question}<|im_end|>\n<|im_start|>assistant\n")
+        assert (labels[start : start + prompt - 1] == IGNORE_INDEX).all()  # system and user turn: no loss
+        answer_labels = labels[start + prompt - 1 : end - 1]
+        assert (answer_labels != IGNORE_INDEX).all()
+        assert tokenizer.decode(answer_labels) == f"{record.answer}<|im_end|>"
+        assert labels[end - 1] == IGNORE_INDEX  # nothing predicted across the segment boundary
+
+
+def test_it_gives_the_student_the_teachers_logits_for_the_same_answer_tokens_seen_with_the_chunk(
+    tiny_student: LoadedModel, tiny_teacher: LoadedModel, toy_corpus: CorpusSnapshot
+) -> None:
+    records = toy_records(toy_corpus.train, 4)
+    data = build_qa_data(
+        records, toy_corpus.train, tiny_student.tokenizer, seq_len=128, teacher_tokenizer=tiny_teacher.tokenizer
+    )
+    plan = QADataPlan(data, TrainingSettings(seq_len=128, micro_batch_size=2, grad_accum=1, device="cpu"), 2)
+    batch = plan.collate(plan.epoch(0)[0])
+    aligned = aligned_teacher_logits(tiny_teacher.model, data, batch, pad_token_id=2)
+    assert data.teacher_segments is not None
+    for placement in batch.placements:
+        segment = data.teacher_segments[placement.segment]
+        prompt = data.prompt_lengths[placement.segment]
+        answer_length = placement.length - prompt
+        teacher_text = tiny_teacher.tokenizer.decode(list(segment.tokens))
+        assert toy_corpus.train[data.records[placement.segment].chunk].text in teacher_text  # it sees the chunk
+        assert segment.tokens[-answer_length:] == data.segments[placement.segment][prompt:]  # the same answer
+        with torch.no_grad():
+            alone = tiny_teacher.model(input_ids=torch.tensor([segment.tokens])).logits[0]
+        begin = placement.start + prompt - 1
+        torch.testing.assert_close(
+            aligned[placement.row, begin : begin + answer_length],
+            alone[segment.target_offset : segment.target_offset + answer_length],
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    with torch.no_grad():
+        parts = qa_loss(data, kd=KDSettings(alpha=0.5), teacher_model=tiny_teacher.model, pad_token_id=2)(
+            tiny_student.model, batch
+        )
+    assert parts.positions == batch.label_count
+    assert float(parts.divergence) > 0
+
+
+# ---------------------------------------------------------------- distill() end to end
+
+
+def test_it_distils_an_expert_from_an_openai_compatible_teacher(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot, tiny_student: LoadedModel
+) -> None:
+    reports: list[Progress] = []
+    with OpenAIStub(reply=scripted_reply()) as stub:
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub))
+        result = distill(config, toy_corpus, on_progress=reports.append)
+    out = result.output_dir
+    assert result.status == "succeeded"
+    records = records_of(out / "qa_data.jsonl")
+    distinct = 2 * len({_name(chunk.text) for chunk in toy_corpus.train})
+    assert len(records) == 2 * TRAIN_CHUNKS
+    assert sum(record["kept"] for record in records) == distinct  # every other pair repeats a question
+    assert all(record["grade"] == 5 for record in records if record["kept"])
+    assert {record["drop_reason"] for record in records if not record["kept"]} == {"duplicate"}
+    assert {(record["doc_id"], record["position"]) for record in records} == {
+        (chunk.doc_id, chunk.position) for chunk in toy_corpus.train
+    }
+    assert any(b.abs().sum() > 0 for b in lora_b_weights(out).values())  # LoRA B starts at zero: it was trained
+    # The pairs as trained: the system and user turns carry no label.
+    kept = [QARecord.from_json(record) for record in records if record["kept"]]
+    data = build_qa_data(kept, toy_corpus.train, tiny_student.tokenizer, config.training.seq_len)
+    plan = QADataPlan(data, config.training, pad_token_id=2)
+    batch = plan.collate(plan.epoch(0)[0])
+    for placement in batch.placements:
+        prompt = data.prompt_lengths[placement.segment]
+        assert (batch.labels[placement.row, placement.start : placement.start + prompt - 1] == IGNORE_INDEX).all()
+    assert batch.label_count == plan.labels(plan.epoch(0)[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["qa_data"]["pairs_kept"] == distinct
+    assert metrics["qa_data"]["dropped"]["duplicate"] == 2 * TRAIN_CHUNKS - distinct
+    assert metrics["qa_data"]["budget_exhausted"] is False
+    assert set(metrics["qa"]["rouge_l"]) == {"base", "expert", "teacher_blind"}
+    assert metrics["qa"]["rouge_l"]["teacher_blind"] == 0.0  # "I do not know." shares no word with a reference
+    assert metrics["qa"]["source"].startswith("questions the teacher wrote from 2 held-out chunk(s)")
+    assert 0 < len(metrics["qa"]["examples"]) <= 4
+    assert "generating" in {report.stage for report in reports}
+    card = (out / "README.md").read_text()
+    assert "Question answering" in card
+    assert f"qa pairs kept: {distinct}" in card
+
+
+def test_it_drops_pairs_the_teacher_grades_below_the_threshold_and_counts_why(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    def grade(question: str) -> str:
+        if "omega" in question or "sigma" in question:
+            return "It is a fine question."  # no number: ungraded
+        return "Score: 4/5" if "code" in question else "2"
+
+    with OpenAIStub(reply=scripted_reply(grade)) as stub:
+        result = distill(qa_config(tmp_path, model_cache_dir, stub_teacher(stub)), toy_corpus)
+    records = records_of(result.output_dir / "qa_data.jsonl")
+    graded = [record for record in records if record["drop_reason"] != "duplicate"]
+    names = {_name(chunk.text) for chunk in toy_corpus.train}
+    ungraded_names = names & {"omega", "sigma"}
+    assert {record["question"] for record in records if record["kept"]} == {
+        f"What is the {name} code?" for name in names - ungraded_names
+    }
+    dropped = result.metrics["qa_data"]["dropped"]
+    assert dropped["below_threshold"] == len(names - ungraded_names)
+    assert dropped["ungraded"] == 2 * len(ungraded_names)
+    assert dropped["duplicate"] == 2 * TRAIN_CHUNKS - len(graded)
+    assert dropped["unparseable"] == dropped["empty"] == 0
+    assert all(record["grade"] == 2 for record in records if record["drop_reason"] == "below_threshold")
+    assert all(record["grade"] is None for record in records if record["drop_reason"] == "ungraded")
+    assert result.metrics["qa_data"]["grades"] == {"4": len(names - ungraded_names), "2": len(names - ungraded_names)}
+
+
+def test_it_trains_nothing_when_a_tiny_local_teacher_writes_nothing_parseable(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    config = qa_config(
+        tmp_path,
+        model_cache_dir,
+        LocalTeacherConfig(spec="tiny:llama-2l"),
+        qa=QASettings(pairs_per_chunk=2, max_new_tokens=12),
+    )
+    with pytest.raises(NoTrainingData) as raised:
+        distill(config, toy_corpus)
+    message = str(raised.value)
+    assert "asked for 54 pairs from 27 chunks, 54 were dropped and none kept" in message
+    assert "27 of 27 teacher replies unparseable (54 pairs)" in message
+    assert "larger teacher" in message
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert not (config.output_dir / "adapter_model.safetensors").exists()
+    records = records_of(config.work / "qa_data.jsonl")  # what the teacher wrote is kept for inspection
+    assert len(records) == 27
+    assert all(record["drop_reason"] == "unparseable" for record in records)
+
+
+def test_it_stops_at_the_teachers_spend_cap_and_trains_on_what_was_kept(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    with OpenAIStub(reply=scripted_reply()) as stub:
+        # One request at a time: the first one is sent (0 tokens used), every later one finds the budget spent.
+        teacher = stub_teacher(stub, max_tokens_budget=1, max_concurrency=1)
+        config = qa_config(tmp_path, model_cache_dir, teacher, qa=QASettings(pairs_per_chunk=2, self_reward=False))
+        result = distill(config, toy_corpus)
+        requests = len(stub.requests)
+    assert result.status == "succeeded"
+    assert requests == 1
+    stats = result.metrics["qa_data"]
+    assert stats["budget_exhausted"] is True
+    assert (stats["chunks_done"], stats["pairs_kept"]) == (1, 2)
+    assert result.train_tokens > 0
+    assert len(records_of(result.output_dir / "qa_data.jsonl")) == 2
+    assert result.metrics["qa"] is None
+    assert "budget" in result.metrics["qa_evaluation"]["heldout"]["skipped"]
+    assert "qa teacher budget exhausted: yes" in (result.output_dir / "README.md").read_text()
+
+
+def test_it_resumes_generation_after_a_cancel_without_asking_again(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    generation_prompts: list[str] = []
+    reply = scripted_reply()
+
+    def counting(messages: Messages) -> str:
+        if "Reply with JSON only" in str(messages[-1]["content"]):
+            generation_prompts.append(str(messages[-1]["content"]))
+        return reply(messages)
+
+    def stop_after_first_batch(progress: Progress) -> None:
+        if progress.stage == "generating":
+            stopping.append(True)
+
+    stopping: list[bool] = []
+    with OpenAIStub(reply=counting) as stub:
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub), evaluation=EvalSettings(max_heldout_chunks=1))
+        cancelled = distill(config, toy_corpus, on_progress=stop_after_first_batch, should_stop=lambda: bool(stopping))
+        assert cancelled.status == "cancelled"
+        assert len(generation_prompts) == 8  # one teacher batch
+        finished = distill(config, toy_corpus)
+    assert finished.status == "succeeded"
+    assert len(generation_prompts) == TRAIN_CHUNKS + 1  # the other 19 chunks, then one held-out chunk
+    assert len(records_of(finished.output_dir / "qa_data.jsonl")) == 2 * TRAIN_CHUNKS
+
+
+def test_it_adds_answer_kd_from_a_local_teacher_that_is_the_students_own_base(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny random model writes no pairs, so its chat is scripted; its logits are its own."""
+    reply = scripted_reply()
+
+    def scripted_chat(self: LocalTeacher, conversations: Any, *, max_new_tokens: int, temperature: float = 0.0) -> Any:
+        return [reply(list(conversation)) for conversation in conversations]
+
+    monkeypatch.setattr(LocalTeacher, "chat", scripted_chat)
+    config = qa_config(tmp_path, model_cache_dir, LocalTeacherConfig(spec=STUDENT), kd=KDSettings(alpha=0.5))
+    result = distill(config, toy_corpus)
+    assert result.status == "succeeded"
+    log = records_of(result.output_dir / "training_log.jsonl")
+    assert all(entry["divergence"] > 0 for entry in log)  # the teacher saw the chunk, the student did not
+    assert result.metrics["qa"]["rouge_l"]["teacher_blind"] == result.metrics["qa"]["rouge_l"]["base"]
+    assert result.metrics["kl_to_teacher"]["before"] is not None
+
+
+def test_it_scores_a_user_supplied_eval_set_for_base_expert_and_teacher(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    eval_set = tmp_path / "eval.jsonl"
+    eval_set.write_text(
+        "".join(json.dumps({"question": f"What is the {name} code?", "answer": f"The {name} code is {name}."}) + "\n"
+                for name in NAMES[:3])
+    )  # fmt: skip
+    with OpenAIStub(reply=scripted_reply()) as stub:
+        config = qa_config(
+            tmp_path,
+            model_cache_dir,
+            stub_teacher(stub),
+            evaluation=EvalSettings(max_heldout_chunks=1, eval_set=eval_set),
+        )
+        result = distill(config, toy_corpus)
+    qa = result.metrics["qa"]
+    assert qa["source"] == "eval set eval.jsonl"
+    assert set(qa["rouge_l"]) == {"base", "expert", "teacher_blind"}
+    assert qa["rouge_l"]["teacher_blind"] == 0.0
+    assert len(qa["examples"]) == 3
+    assert result.metrics["qa_evaluation"]["heldout"]["questions"] > 0  # held-out scores are kept as well
+
+
+# ---------------------------------------------------------------- the real packaged model
+
+
+@pytest.fixture
+def torch_threads_restored() -> Iterator[None]:
+    """The run below caps torch at one thread; the tests after it get the process's setting back."""
+    threads, environment = torch.get_num_threads(), {name: os.environ.get(name) for name in THREAD_ENV_VARS}
+    yield
+    torch.set_num_threads(threads)
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.mark.realmodel
+@pytest.mark.usefixtures("torch_threads_restored")
+def test_it_distils_qa_with_smollm2_as_its_own_teacher(tmp_path: Path, model_cache_dir: Path) -> None:
+    corpus = CorpusSnapshot(
+        train=(
+            Chunk(
+                "returns.txt",
+                0,
+                "Acme customers can return any product within 30 days of purchase. Refunds go back to the original "
+                "payment method within 5 business days. Items must be unused and in their original packaging.",
+            ),
+            Chunk(
+                "office.txt",
+                0,
+                "The Lyon office opens at 8 am and closes at 6 pm on weekdays. On Saturdays it is open from 9 am to "
+                "noon. It is closed on Sundays and public holidays.",
+            ),
+        ),
+        heldout=(
+            Chunk(
+                "support.txt",
+                0,
+                "Acme support answers by phone from 9 am to 5 pm on weekdays. Email requests are answered within "
+                "two business days.",
+            ),
+        ),
+        name="acme",
+    )
+    spec = "packaged:smollm2-135m-instruct"
+    config = DistillConfig(
+        output_dir=tmp_path / "expert",
+        model_cache_dir=model_cache_dir,
+        recipe="qa",
+        student=spec,
+        teacher=LocalTeacherConfig(spec=spec),
+        training=TrainingSettings(
+            epochs=1, seq_len=256, micro_batch_size=4, grad_accum=1, checkpoint_every=0, num_threads=1, device="cpu"
+        ),  # one thread: ~50 s even with other work on the 2 cores, where 2 threads can take 5+ minutes
+        qa=QASettings(pairs_per_chunk=2, self_reward=False, max_new_tokens=96),
+        evaluation=EvalSettings(max_heldout_chunks=1, max_eval_questions=2),
+        lora=LoraSettings(rank=4, alpha=8),
+        signature_centroids=1,
+    )
+    result = distill(config, corpus)
+    assert result.status == "succeeded"
+    records = records_of(result.output_dir / "qa_data.jsonl")
+    kept = [record for record in records if record["kept"]]
+    print("SmolLM2-135M wrote:", json.dumps(records, indent=1, ensure_ascii=False))
+    assert kept, records
+    assert result.metrics["qa_data"]["pairs_kept"] == len(kept)
+    assert result.metrics["qa"] is not None, result.metrics["qa_evaluation"]
+    assert set(result.metrics["qa"]["rouge_l"]) == {"base", "expert", "teacher_blind"}

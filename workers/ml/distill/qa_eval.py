@@ -1,0 +1,271 @@
+"""Recipe `qa`, evaluation: base, expert and teacher answer questions blind and are scored against references.
+
+Held-out questions: the teacher writes pairs from held-out chunks exactly as for training (qa_generate, with
+self-reward when it is on), then — seeing the chunk — writes the reference answer to each question. Base and
+expert (the peft model with its adapter off and on, through the student's chat template) and the teacher
+(`teacher.chat`, without the chunk) answer each question blind; ROUGE-L F1 (evaluate.score_qa) against the
+references says how much of the chunks' content each carries. `<think>` reasoning is removed before scoring.
+When the teacher is the student's own base, its blind answers are the base's (same weights, same template,
+greedy) and are not generated twice.
+
+A user-supplied eval set (`evaluation.eval_set`, JSONL of question/answer) is scored the same way for base,
+expert and teacher, and is then the headline QA score of metrics.json (the company's own yardstick); the
+held-out scores stay under `qa_evaluation`. The five best and five worst expert answers are kept as examples.
+
+A spent teacher budget skips what needs the teacher (questions, references, its blind answers) and says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.ml.catalog_types import LoadedModel
+from workers.ml.distill.config import DistillConfig
+from workers.ml.distill.corpus import CorpusSnapshot
+from workers.ml.distill.errors import DistillError
+from workers.ml.distill.evaluate import QAExample, best_and_worst, load_eval_set, score_qa
+from workers.ml.distill.progress import Progress, ProgressCallback, never_stop
+from workers.ml.distill.qa import prompt_ids
+from workers.ml.distill.qa_generate import (
+    TeacherMode,
+    chat_within_budget,
+    generate_pairs,
+    reference_prompt,
+    strip_reasoning,
+    user_turn,
+)
+from workers.ml.distill.teachers import Teacher
+
+EVAL_BATCH = 8
+EXAMPLES_EACH_WAY = 5
+BUDGET_SPENT = "the teacher's token budget was spent"
+# Teacher-as-judge (the teacher grading each blind answer against the reference) is not run: ROUGE-L needs no
+# extra teacher calls, and a small teacher — the 135M–270M models this platform ships — judges no better than
+# chance (SmolLM2-135M gives the same grade to right and wrong answers). A large endpoint teacher could be added
+# here as an optional judge.
+
+
+@dataclass
+class QAEvaluation:
+    """What build_metrics takes for the QA section (qa, qa_examples, qa_source) and extra metrics."""
+
+    qa: dict[str, float | None] | None = None
+    examples: list[QAExample] = field(default_factory=list)
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(item) for item in value)
+    return sorted(ids)
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = EVAL_BATCH
+) -> list[str]:
+    """Greedy answers of `model` (e.g. the peft model, adapter on or off) to each question in its chat template."""
+    if not questions:
+        return []
+    prompts = [prompt_ids(tokenizer, question) for question in questions]
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
+    config.update(max_new_tokens=max_new_tokens, pad_token_id=pad_id, num_beams=1, num_return_sequences=1)
+    if eos_ids:
+        config.update(eos_token_id=eos_ids)
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
+    answers = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(prompts[index]) for index in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):  # left padding: every prompt ends where its answer starts
+                input_ids[row, width - len(prompts[index]) :] = torch.tensor(prompts[index], dtype=torch.long)
+                attention_mask[row, width - len(prompts[index]) :] = 1
+            with torch.no_grad():
+                output = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                )
+            texts = tokenizer.batch_decode(output[:, width:].cpu(), skip_special_tokens=True)
+            for index, text in zip(batch, texts, strict=True):
+                answers[index] = text.strip()
+    finally:
+        model.train(was_training)
+    return answers
+
+
+@dataclass
+class _Block:
+    """One question set scored: mean ROUGE-L per model and the expert's examples, best first."""
+
+    source: str
+    questions: int
+    rouge_l: dict[str, float | None]
+    expert_examples: list[QAExample]
+    notes: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        best, worst = best_and_worst(self.expert_examples, EXAMPLES_EACH_WAY)
+        return {
+            "source": self.source,
+            "questions": self.questions,
+            "rouge_l": self.rouge_l,
+            "examples": [example.to_json() for example in best + worst],
+            "notes": self.notes,
+        }
+
+
+class _Answerers:
+    """Blind answers of base, expert and teacher to a list of questions."""
+
+    def __init__(
+        self, config: DistillConfig, student: LoadedModel, teacher: Teacher, expert: Any, shared: bool
+    ) -> None:
+        self.student, self.teacher, self.expert, self.shared = student, teacher, expert, shared
+        self.max_new_tokens = config.qa.max_new_tokens
+        self.teacher_mode: TeacherMode = expert.disable_adapter if shared else nullcontext
+
+    def student_answers(self, questions: list[str], adapter_on: bool) -> list[str]:
+        context = nullcontext() if adapter_on else self.expert.disable_adapter()
+        with context:
+            return generate_answers(self.expert, self.student.tokenizer, questions, max_new_tokens=self.max_new_tokens)
+
+    def teacher_answers(self, questions: list[str]) -> list[str] | None:
+        """The teacher's blind answers, or None when its budget ran out before all came back."""
+        replies, _ = chat_within_budget(
+            self.teacher, [user_turn(question) for question in questions], self.max_new_tokens, self.teacher_mode
+        )
+        if any(reply is None for reply in replies):
+            return None
+        return [reply or "" for reply in replies]
+
+    def score(self, source: str, questions: list[str], references: list[str], say: Any) -> _Block:
+        notes: list[str] = []
+        say(f"Base and expert answer {len(questions)} question(s) ({source})")
+        answers: dict[str, list[str] | None] = {
+            "base": self.student_answers(questions, adapter_on=False),
+            "expert": self.student_answers(questions, adapter_on=True),
+        }
+        if self.shared:
+            answers["teacher_blind"] = answers["base"]
+            notes.append("the teacher is the student's base: its blind answers are the base's")
+        else:
+            say(f"The teacher answers {len(questions)} question(s) without the documents ({source})")
+            answers["teacher_blind"] = self.teacher_answers(questions)
+            if answers["teacher_blind"] is None:
+                notes.append(f"teacher not scored: {BUDGET_SPENT}")
+        rouge: dict[str, float | None] = {}
+        expert_examples: list[QAExample] = []
+        for name, given in answers.items():
+            if given is None:
+                rouge[name] = None
+                continue
+            final = [strip_reasoning(answer) for answer in given]
+            mean, examples = score_qa(lambda _, final=final: final, questions, references)
+            rouge[name] = mean
+            if name == "expert":
+                expert_examples = examples
+        return _Block(source, len(questions), rouge, expert_examples, notes)
+
+
+def _heldout_block(
+    config: DistillConfig, corpus: CorpusSnapshot, answerers: _Answerers, say: Any, on_progress: ProgressCallback
+) -> _Block | str:
+    """Scores on questions the teacher wrote from held-out chunks, or why there are none."""
+    settings = config.evaluation
+    wanted_chunks = math.ceil(settings.max_eval_questions / max(1, config.qa.pairs_per_chunk))
+    limit = min(settings.max_heldout_chunks, wanted_chunks)
+    chunks = list(corpus.heldout[:limit] or corpus.train[:limit])
+    if not chunks or settings.max_eval_questions <= 0:
+        return "no chunk to write questions from"
+    say(f"The teacher writes questions from {len(chunks)} held-out chunk(s)")
+    generation = generate_pairs(
+        chunks,
+        answerers.teacher,
+        config.qa,
+        on_progress=on_progress,
+        should_stop=never_stop,
+        teacher_mode=answerers.teacher_mode,
+        message="The teacher is writing held-out questions",
+        stage="evaluating",
+    )
+    kept = generation.kept[: settings.max_eval_questions]
+    if not kept:
+        reason = BUDGET_SPENT if generation.stats.budget_exhausted else "the teacher wrote no usable question"
+        return f"no held-out question: {reason}"
+    say(f"The teacher writes reference answers to {len(kept)} question(s), seeing their chunks")
+    conversations = [user_turn(reference_prompt(chunks[record.chunk].text, record.question or "")) for record in kept]
+    replies, _ = chat_within_budget(answerers.teacher, conversations, config.qa.max_new_tokens, answerers.teacher_mode)
+    pairs = [
+        (record.question or "", strip_reasoning(reply))
+        for record, reply in zip(kept, replies, strict=True)
+        if reply is not None and strip_reasoning(reply)
+    ]
+    if not pairs:
+        return f"no reference answer: {BUDGET_SPENT}" if any(r is None for r in replies) else "no reference answer"
+    source = f"questions the teacher wrote from {len(chunks)} held-out chunk(s)"
+    if not corpus.heldout:
+        source = f"questions the teacher wrote from {len(chunks)} training chunk(s) (no held-out chunk)"
+    block = answerers.score(source, [q for q, _ in pairs], [a for _, a in pairs], say)
+    if len(pairs) < len(kept):
+        block.notes.append(f"{len(kept) - len(pairs)} question(s) without a reference answer left out")
+    return block
+
+
+def evaluate_qa(
+    config: DistillConfig,
+    corpus: CorpusSnapshot,
+    student: LoadedModel,
+    teacher: Teacher,
+    expert: Any,
+    *,
+    shared: bool,
+    on_progress: ProgressCallback,
+) -> QAEvaluation:
+    """QA scores of base, expert and teacher (see the module docstring) for build_metrics."""
+
+    def say(message: str) -> None:
+        on_progress(Progress("evaluating", 0, 0, message=message))
+
+    answerers = _Answerers(config, student, teacher, expert, shared)
+    heldout = _heldout_block(config, corpus, answerers, say, on_progress)
+    eval_set: _Block | str | None = None
+    if config.evaluation.eval_set is not None:
+        path = Path(config.evaluation.eval_set)
+        try:
+            pairs = load_eval_set(path)[: config.evaluation.max_eval_questions]
+        except DistillError as error:  # a broken eval set should not cost the trained expert
+            eval_set = str(error)
+        else:
+            eval_set = answerers.score(f"eval set {path.name}", [q for q, _ in pairs], [a for _, a in pairs], say)
+    summary: dict[str, Any] = {
+        "heldout": heldout.summary() if isinstance(heldout, _Block) else {"skipped": heldout},
+        "eval_set": eval_set.summary() if isinstance(eval_set, _Block) else {"skipped": eval_set} if eval_set else None,
+        "teacher_judge": "not run (ROUGE-L only; see qa_eval.py)",
+    }
+    primary = eval_set if isinstance(eval_set, _Block) else heldout if isinstance(heldout, _Block) else None
+    if primary is None:
+        return QAEvaluation(extra={"qa_evaluation": summary})
+    best, worst = best_and_worst(primary.expert_examples, EXAMPLES_EACH_WAY)
+    return QAEvaluation(
+        qa=primary.rouge_l, examples=best + worst, source=primary.source, extra={"qa_evaluation": summary}
+    )
