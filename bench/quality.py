@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--heldout", type=float, default=0.15)
     parser.add_argument("--max-eval-chunks", type=int, default=80)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads.")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -94,7 +95,7 @@ def main() -> int:
             learning_rate=args.lr or (3e-3 if args.quick else 1e-3),
             warmup_ratio=0.05,
             checkpoint_every=100,
-            num_threads=os.cpu_count() or 2,
+            num_threads=args.threads,
             device="cpu",
         ),
         kd=KDSettings(alpha=args.alpha, context_chunks=args.context_chunks, context_max_tokens=256, cache_top_k=64),

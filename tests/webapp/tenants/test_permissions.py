@@ -12,7 +12,8 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "architecture.md"
 
 def documented_table() -> dict[str, set[str]]:
     rows: dict[str, set[str]] = {}
-    for line in DOC.read_text().splitlines():
+    section = DOC.read_text().split("## Tenants and permissions", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
         match = re.match(r"\|\s*`([a-z_.]+)`\s*\|(.*)\|\s*$", line)
         if match:
             cells = [cell.strip() for cell in match.group(2).split("|")]
