@@ -122,7 +122,9 @@ def synthetic_documents(count: int, seed: int = 0) -> list[tuple[str, list[str]]
         for _ in range(3):
             name = rng.choice(names)
             sentences = rng.randint(1, 4)
-            chunks.append(" ".join(f"the {name} code is {name} and the {name} value is {name}." for _ in range(sentences)))
+            chunks.append(
+                " ".join(f"the {name} code is {name} and the {name} value is {name}." for _ in range(sentences))
+            )
         documents.append((f"doc-{number}.txt", chunks))
     return documents
 
@@ -160,15 +162,50 @@ def build_corpus(settings: Settings, tokenizer: Any) -> list[tuple[str, list[str
         # A deterministic spread over the package rather than its first modules alphabetically.
         documents.sort(key=lambda doc: hashlib.sha256(f"{settings.seed}:{doc[0]}".encode()).hexdigest())
         candidates = [(doc_id, chunk_by_tokens(text, tokenizer, settings.seq_len)) for doc_id, text in documents]
-    corpus, total = [], 0
-    for doc_id, chunks in candidates:
-        taken = chunks[: settings.max_chunks - total]
+    return first_chunks(candidates, settings.max_chunks)
+
+
+def first_chunks(documents: list[tuple[str, list[str]]], count: int) -> list[tuple[str, list[str]]]:
+    """The documents cut down to their first `count` chunks in all."""
+    kept, total = [], 0
+    for doc_id, chunks in documents:
+        taken = chunks[: count - total]
         if taken:
-            corpus.append((doc_id, taken))
+            kept.append((doc_id, taken))
             total += len(taken)
-        if total >= settings.max_chunks:
-            break
-    return corpus
+    return kept
+
+
+def covers_exact_epochs(segments: Any, settings: Settings, pad_token_id: int) -> bool:
+    """Whether our DataPlan trains every segment exactly `epochs` times (GKD's Trainer always does).
+
+    It may not: the plan takes its micro-batches per epoch from epoch 0's packing, while each epoch packs a new
+    shuffle into a possibly different number of rows, and a last step may reach into the next epoch.
+    """
+    from collections import Counter
+
+    from workers.ml.distill.config import TrainingSettings
+    from workers.ml.distill.train import DataPlan
+
+    training = TrainingSettings(
+        epochs=settings.epochs,
+        seq_len=settings.seq_len,
+        micro_batch_size=settings.micro_batch_size,
+        grad_accum=settings.grad_accum,
+        seed=settings.seed,
+    )
+    plan = DataPlan(segments, training, pad_token_id)
+    try:
+        seen = Counter(
+            index
+            for step in range(plan.total_steps)
+            for rows in plan.step_micro_batches(step)
+            for row in rows
+            for index in row
+        )
+    except IndexError:
+        return False
+    return seen == Counter({index: settings.epochs for index in range(len(segments))})
 
 
 def snapshot(documents: list[tuple[str, list[str]]]) -> Any:
@@ -182,6 +219,12 @@ def snapshot(documents: list[tuple[str, list[str]]]) -> Any:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far: the clock that other load on the machine moves least."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _kd_settings(settings: Settings) -> Any:
@@ -213,7 +256,10 @@ def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cach
         teacher=LocalTeacherConfig(spec=settings.teacher),
         student=settings.student,
         lora=LoraSettings(
-            rank=settings.lora_rank, alpha=settings.lora_alpha, dropout=settings.lora_dropout, target_modules="all-linear"
+            rank=settings.lora_rank,
+            alpha=settings.lora_alpha,
+            dropout=settings.lora_dropout,
+            target_modules="all-linear",
         ),
         training=TrainingSettings(
             epochs=settings.epochs,
@@ -234,10 +280,12 @@ def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cach
     with distill_run._torch_threads(config.training.num_threads):
         loading = time.perf_counter()
         models = distill_run._load(config, ignore_progress)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_s()
+        rss_loaded = _peak_rss_mb()
         prepared = distill_run._prepare_kd(config, corpus, models, ignore_progress, never_stop)
         assert prepared is not None
         teacher_done = time.perf_counter()
+        rss_after_teacher = _peak_rss_mb()
         plan, loss_fn = prepared
         torch.manual_seed(config.training.seed)
         expert = get_peft_model(models.student.model, config.lora.to_peft())
@@ -251,11 +299,16 @@ def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cach
             ignore_progress,
             never_stop,
         )
-        finished = time.perf_counter()
+        finished, cpu_finished = time.perf_counter(), _cpu_s()
+    if outcome.train_tokens != plan.tokens([list(range(len(plan.segments)))]) * settings.epochs:
+        raise RuntimeError(f"ours trained {outcome.train_tokens} tokens, not exactly {settings.epochs} epochs")
     return {
         "load_s": started - loading,
         "wall_s": finished - started,
+        "cpu_s": cpu_finished - cpu_started,
         "teacher_pass_s": teacher_done - started,
+        "peak_rss_after_loading_mb": rss_loaded,
+        "peak_rss_after_teacher_pass_mb": rss_after_teacher,
         "train_s": finished - teacher_done,
         "steps": outcome.steps_done,
         "rows_per_epoch": sum(len(mb) for mb in plan.epoch(0)),
@@ -294,12 +347,19 @@ def worker_trl(settings: Settings, documents: list[tuple[str, list[str]]], cache
     loading = time.perf_counter()
     student = load_model(settings.student, catalog, progress=_quiet)
     teacher = load_model(settings.teacher, catalog, progress=_quiet)  # a frozen copy even when the spec is the same
-    started = time.perf_counter()
+    loaded = time.perf_counter()
     tokenizer = student.tokenizer
     records = chat_records(documents)
     prompt = tokenizer.apply_chat_template(records[0]["messages"][:-1], tokenize=False, add_generation_prompt=True)
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     max_length = settings.seq_len + prompt_tokens + 8  # room for the prompt and <|im_end|>\n: no chunk token cut
+    # The bench's own check, outside the clock: GKD's collator would silently drop tokens from a longer record.
+    rendered = (tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records)
+    longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered)
+    if longest > max_length:
+        raise RuntimeError(f"a chat record has {longest} tokens > max_length {max_length}: GKD would truncate it")
+    started, cpu_started = time.perf_counter(), _cpu_s()
+    rss_loaded = _peak_rss_mb()
     dataset = Dataset.from_list(records)
     args = GKDConfig(
         output_dir=str(work / "trl"),
@@ -346,16 +406,14 @@ def worker_trl(settings: Settings, documents: list[tuple[str, list[str]]], cache
     )
     init_done = time.perf_counter()
     output = trainer.train()
-    finished = time.perf_counter()
+    finished, cpu_finished = time.perf_counter(), _cpu_s()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    rendered = (tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records)
-    longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered)
-    if longest > max_length:
-        raise RuntimeError(f"a chat record has {longest} tokens > max_length {max_length}: GKD would truncate it")
     return {
-        "load_s": started - loading,
+        "load_s": loaded - loading,
         "wall_s": finished - started,
+        "cpu_s": cpu_finished - cpu_started,
         "init_s": init_done - started,
+        "peak_rss_after_loading_mb": rss_loaded,
         "train_s": finished - init_done,
         "steps": trainer.state.global_step,
         "final_loss": losses[-1] if losses else output.training_loss,
@@ -405,16 +463,13 @@ def _child(kind: str, job_path: Path, threads: int) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    import torch
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        import trl
-
-        trl_version = trl.__version__
-    except ImportError:
-        trl_version = None
-    import peft
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)  # without importing it: importing trl alone takes seconds
+        except PackageNotFoundError:
+            return None
 
     cpu_model = platform.processor()
     try:
@@ -431,17 +486,78 @@ def _machine() -> dict[str, Any]:
         "load_average_at_start": list(os.getloadavg()),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "trl": trl_version,
+        **{name: installed(name) for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate")},
     }
 
 
-def _print_profile(path: Path, kind: str, limit: int = 22) -> None:
-    print(f"\n-- cProfile of the {kind} worker (cumulative s), {path}")
-    stats = pstats.Stats(str(path))
-    stats.sort_stats("cumulative").print_stats(limit)
+# Phases of each worker, as (label, file suffix, function): the outermost matching function's cumulative time.
+PHASES = {
+    "ours": [
+        ("worker (loading + prepare_kd + get_peft_model + train)", "bench/distill.py", "worker_ours"),
+        ("  loading (catalog load_model)", "workers/ml/catalog.py", "load_model"),
+        ("  tokenise chunks (build_kd_data)", "distill/kd.py", "build_kd_data"),
+        ("  teacher pass into the cache (open_or_build)", "distill/teacher_cache.py", "open_or_build"),
+        ("    teacher forward", "distill/teacher_cache.py", "teacher_forward|_forward_packed"),
+        ("    top-k of the teacher logits", "distill/losses.py", "teacher_topk"),
+        ("    cache shard writes", "distill/teacher_cache.py", "_write_shard"),
+        ("  get_peft_model", "peft/mapping_func.py", "get_peft_model"),
+        ("  train()", "distill/train.py", "train"),
+        ("    collate packed rows", "distill/train.py", "collate"),
+        ("    gather cached targets", "distill/teacher_cache.py", "gather"),
+        ("    student forward (LoRA)", "peft/peft_model.py", "forward"),
+        ("    loss (distillation_loss)", "distill/losses.py", "distillation_loss"),
+        ("    backward", "", "run_backward"),
+        ("    clip_grad_norm_", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
+        ("    optimizer step", "torch/optim/adam.py", "step"),
+        ("    checkpoint", "distill/train.py", "save_checkpoint"),
+    ],
+    "trl": [
+        ("worker (loading + dataset + GKDTrainer + train)", "bench/distill.py", "worker_trl"),
+        ("  loading (catalog load_model)", "workers/ml/catalog.py", "load_model"),
+        ("  GKDTrainer.__init__", "gkd/gkd_trainer.py", "__init__"),
+        ("  trainer.train()", "transformers/trainer.py", "train"),
+        ("    collator (chat template + tokenise)", "trl/experimental/utils.py", "__call__"),
+        ("    compute_loss", "gkd/gkd_trainer.py", "compute_loss"),
+        ("      student forward (LoRA)", "peft/peft_model.py", "forward"),
+        ("      student + teacher forward", "llama/modeling_llama.py", "forward"),
+        ("      loss (generalized_jsd_loss)", "gkd/gkd_trainer.py", "generalized_jsd_loss"),
+        ("    backward", "", "run_backward"),
+        ("    clip_grad_norm_", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
+        ("    optimizer step", "torch/optim/adam.py", "step"),
+    ],
+}
+
+
+def profile_phases(path: Path, kind: str) -> list[dict[str, Any]]:
+    """Cumulative seconds and call counts of each phase of PHASES[kind] in a worker's cProfile.
+
+    A phase names a function by file suffix and name ("|" separates alternatives; an empty suffix matches
+    built-ins by substring, e.g. autograd's run_backward); the outermost match (largest cumulative time) counts.
+    """
+    table = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    rows = []
+    for label, suffix, functions in PHASES[kind]:
+        names = functions.split("|")
+        found = []
+        for (filename, _, name), (_, calls, _, cumulative, _) in table.items():
+            if suffix:
+                hit = name in names and filename.replace(os.sep, "/").endswith(suffix)
+            else:
+                hit = any(wanted in name for wanted in names) and filename == "~"
+            if hit:
+                found.append((cumulative, calls))
+        if found:
+            cumulative, calls = max(found)
+            rows.append({"phase": label, "seconds": round(cumulative, 2), "calls": calls})
+    return rows
+
+
+def _print_profile(path: Path, kind: str) -> list[dict[str, Any]]:
+    rows = profile_phases(path, kind)
+    print(f"\n-- {kind} worker under cProfile ({path}; includes loading; cProfile adds overhead)")
+    for row in rows:
+        print(f"  {row['phase']:<52}{row['seconds']:>9.2f} s{row['calls']:>7} calls")
+    return rows
 
 
 def run(settings: Settings, cache_dir: Path, repeats: int, profile_dir: Path | None) -> dict[str, Any]:
@@ -453,11 +569,20 @@ def run(settings: Settings, cache_dir: Path, repeats: int, profile_dir: Path | N
     tokenizer = load_model(settings.student, catalog, progress=print).tokenizer
     if settings.teacher != settings.student:
         load_model(settings.teacher, catalog, progress=print)
-    documents = build_corpus(settings, tokenizer)
-    corpus = snapshot(documents)
-    data = build_kd_data(corpus.train, corpus, tokenizer, _kd_settings(settings), settings.seq_len)
+    candidates = build_corpus(settings, tokenizer)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # The largest corpus (<= max_chunks chunks) that our plan trains for exactly `epochs` epochs, as GKD does.
+    for count in range(sum(len(chunks) for _, chunks in candidates), 0, -1):
+        documents = first_chunks(candidates, count)
+        corpus = snapshot(documents)
+        data = build_kd_data(corpus.train, corpus, tokenizer, _kd_settings(settings), settings.seq_len)
+        if covers_exact_epochs(data.segments, settings, pad_token_id):
+            break
+    else:
+        raise SystemExit("no corpus size gives exact epochs")
     chunk_tokens = data.tokens
     lengths = sorted(len(segment) for segment in data.segments)
+    machine = _machine()
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as scratch:
         for attempt in range(repeats):
@@ -473,15 +598,22 @@ def run(settings: Settings, cache_dir: Path, repeats: int, profile_dir: Path | N
                 }
                 job_path = work / "job.json"
                 job_path.write_text(json.dumps(job))
+                load_before = os.getloadavg()[0]
                 result = _child(kind, job_path, settings.threads)
+                result["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
                 result["tokens"] = chunk_tokens * settings.epochs
                 result["tokens_per_s"] = result["tokens"] / result["wall_s"]
                 runs[kind].append(result)
-                print(f"  {kind} run {attempt + 1}: {result['wall_s']:.1f} s, {result['tokens_per_s']:.1f} tokens/s")
+                print(
+                    f"  {kind} run {attempt + 1}: {result['wall_s']:.1f} s ({result['cpu_s']:.0f} CPU s), "
+                    f"{result['tokens_per_s']:.1f} tokens/s "
+                    f"(1-min load average before/after: {result['load_average_1min']})"
+                )
     best = {kind: min(results, key=lambda r: r["wall_s"]) for kind, results in runs.items()}
+    profiles = {}
     if profile_dir:
         for kind in ("ours", "trl"):
-            _print_profile(profile_dir / f"distill-profile-{kind}.pstats", kind)
+            profiles[kind] = _print_profile(profile_dir / f"distill-profile-{kind}.pstats", kind)
     ours, trl = best["ours"], best["trl"]
     return {
         "benchmark": "distill",
@@ -495,12 +627,13 @@ def run(settings: Settings, cache_dir: Path, repeats: int, profile_dir: Path | N
             "ours": "recipe kd: context_chunks=0, teacher cache on (top-k), packing on",
             "trl": f"trl.experimental.gkd.GKDTrainer, chat record: empty system turn, user {USER_TURN!r}, "
             "assistant = the chunk",
+            "chunks_requested": settings.max_chunks,
             "chunks": len(data.segments),
             "documents": len(documents),
             "chunk_tokens": chunk_tokens,
             "chunk_tokens_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
         },
-        "machine": _machine(),
+        "machine": machine,
         "repeats": repeats,
         "runs": runs,
         "ours_tokens_per_s": round(ours["tokens_per_s"], 2),
@@ -508,9 +641,13 @@ def run(settings: Settings, cache_dir: Path, repeats: int, profile_dir: Path | N
         "ratio": round(ours["tokens_per_s"] / trl["tokens_per_s"], 2),
         "ours_wall_s": round(ours["wall_s"], 2),
         "trl_wall_s": round(trl["wall_s"], 2),
+        "ours_cpu_s": round(ours["cpu_s"], 1),
+        "trl_cpu_s": round(trl["cpu_s"], 1),
+        "cpu_ratio": round(trl["cpu_s"] / ours["cpu_s"], 2),
         "ours_peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "trl_peak_rss_mb": round(trl["peak_rss_mb"], 1),
         "tokens": chunk_tokens * settings.epochs,
+        **({"profile_phases": profiles} if profiles else {}),
     }
 
 
@@ -519,16 +656,17 @@ def _print_table(report: dict[str, Any]) -> None:
         ("ours (kd: teacher cache + packing)", "ours"),
         (f"TRL {report['machine']['trl']} GKDTrainer", "trl"),
     ]
-    print(f"\n{'method':<38}{'tokens':>9}{'wall s':>9}{'tokens/s':>10}{'peak RSS MB':>13}{'steps':>7}")
+    print(f"\n{'method':<38}{'tokens':>9}{'wall s':>9}{'tokens/s':>10}{'peak RSS MB':>13}{'CPU s':>8}{'steps':>7}")
     for label, kind in rows:
         best = min(report["runs"][kind], key=lambda r: r["wall_s"])
         print(
             f"{label:<38}{report['tokens']:>9}{best['wall_s']:>9.1f}{best['tokens_per_s']:>10.1f}"
-            f"{best['peak_rss_mb']:>13.0f}{best['steps']:>7}"
+            f"{best['peak_rss_mb']:>13.0f}{best['cpu_s']:>8.0f}{best['steps']:>7}"
         )
     ours = min(report["runs"]["ours"], key=lambda r: r["wall_s"])
     print(
-        f"ratio ours/TRL: {report['ratio']}x  (ours: teacher pass {ours['teacher_pass_s']:.1f} s, "
+        f"ratio ours/TRL: {report['ratio']}x tokens/s, {report['cpu_ratio']}x less CPU time "
+        f"(ours: teacher pass {ours['teacher_pass_s']:.1f} s, "
         f"training {ours['train_s']:.1f} s; {report['machine']['usable_cores']} cores, "
         f"{report['machine']['cpu_model']})"
     )
@@ -539,12 +677,18 @@ def main() -> None:
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="tiny models and a synthetic corpus (< 1 min)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="model cache (default var/models; --quick: "
-                        "var/test-model-cache)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="model cache (default var/models; --quick: var/test-model-cache)"
+    )
     parser.add_argument("--chunks", type=int, default=None, help="training chunks (default 16 quick, 24 full)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the faster one is reported")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="cProfile each worker into DIR/distill-profile-{ours,trl}.pstats and print the top")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cProfile each worker into DIR/distill-profile-{ours,trl}.pstats and print the top",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     if args.worker:
