@@ -241,13 +241,10 @@ def _kd_settings(settings: Settings) -> Any:
 
 
 def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cache_dir: Path, work: Path) -> dict:
-    import torch
-    from peft import get_peft_model
 
     from workers.ml.distill import run as distill_run
     from workers.ml.distill.config import DistillConfig, LocalTeacherConfig, LoraSettings, TrainingSettings
     from workers.ml.distill.progress import ignore_progress, never_stop
-    from workers.ml.distill.train import train
 
     config = DistillConfig(
         output_dir=work / "expert",
@@ -287,18 +284,7 @@ def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cach
         teacher_done = time.perf_counter()
         rss_after_teacher = _peak_rss_mb()
         plan, loss_fn = prepared
-        torch.manual_seed(config.training.seed)
-        expert = get_peft_model(models.student.model, config.lora.to_peft())
-        outcome = train(
-            expert,
-            plan,
-            loss_fn,
-            config.training,
-            config.checkpoints,
-            config.work / "training_log.jsonl",
-            ignore_progress,
-            never_stop,
-        )
+        _expert, outcome = distill_run.train_expert(config, models, plan, loss_fn, ignore_progress, never_stop)
         finished, cpu_finished = time.perf_counter(), _cpu_s()
     if outcome.train_tokens != plan.tokens([list(range(len(plan.segments)))]) * settings.epochs:
         raise RuntimeError(f"ours trained {outcome.train_tokens} tokens, not exactly {settings.epochs} epochs")

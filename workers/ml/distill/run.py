@@ -42,7 +42,7 @@ from workers.ml.distill.teachers import (
     require_same_vocabulary,
     same_vocabulary,
 )
-from workers.ml.distill.train import DataPlan, LossFunction, train
+from workers.ml.distill.train import DataPlan, LossFunction, TrainOutcome, train
 from workers.ml.embedder import SentenceEmbedder
 
 Status = Literal["succeeded", "cancelled"]
@@ -295,6 +295,30 @@ def _qa_data_stats(config: DistillConfig) -> dict[str, Any]:
     return qa_recipe.data_stats(config)
 
 
+def train_expert(
+    config: DistillConfig,
+    models: _Models,
+    plan: DataPlan,
+    loss_fn: LossFunction,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+) -> tuple[Any, TrainOutcome]:
+    """Wrap the student in a fresh, seeded LoRA adapter and train it (resuming from a checkpoint if any)."""
+    torch.manual_seed(config.training.seed)  # LoRA init is part of the run's reproducibility
+    expert = get_peft_model(models.student.model, config.lora.to_peft())
+    outcome = train(
+        expert,
+        plan,
+        loss_fn,
+        config.training,
+        config.checkpoints,
+        config.work / "training_log.jsonl",
+        on_progress,
+        should_stop,
+    )
+    return expert, outcome
+
+
 @contextlib.contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     if count > 0:
@@ -340,18 +364,7 @@ def distill(
             return result("cancelled")
         plan, loss_fn = prepared
 
-        torch.manual_seed(config.training.seed)  # LoRA init is part of the run's reproducibility
-        expert = get_peft_model(models.student.model, config.lora.to_peft())
-        outcome = train(
-            expert,
-            plan,
-            loss_fn,
-            config.training,
-            config.checkpoints,
-            config.work / "training_log.jsonl",
-            on_progress,
-            should_stop,
-        )
+        expert, outcome = train_expert(config, models, plan, loss_fn, on_progress, should_stop)
         if outcome.cancelled:
             return result(
                 "cancelled",
