@@ -177,10 +177,9 @@ def first_chunks(documents: list[tuple[str, list[str]]], count: int) -> list[tup
 
 
 def covers_exact_epochs(segments: Any, settings: Settings, pad_token_id: int) -> bool:
-    """Whether our DataPlan trains every segment exactly `epochs` times (GKD's Trainer always does).
+    """Whether our DataPlan trains every segment exactly `epochs` times, as GKD's Trainer does.
 
-    It may not: the plan takes its micro-batches per epoch from epoch 0's packing, while each epoch packs a new
-    shuffle into a possibly different number of rows, and a last step may reach into the next epoch.
+    A guard: runs recorded before the plan counted each epoch's own packing had to pick a corpus size for it.
     """
     from collections import Counter
 

@@ -4,8 +4,8 @@ A plain loop rather than transformers' Trainer: distillation needs the teacher's
 micro-batch and a loss over them, OOM back-off, and cooperative cancellation between steps — each a callback
 in Trainer. The loop stays small enough to read:
 
-1. The data order is a pure function of (seed, epoch): `packing.epoch_rows`. Step s covers micro-batches
-   [s·A, (s+1)·A) of the epoch sequence, so the data position of a checkpoint is just its step.
+1. The data order is a pure function of (seed, epoch): `packing.epoch_rows`. Each epoch is cut into steps of
+   A micro-batches (its last step may be shorter), so the data position of a checkpoint is just its step.
 2. Each step accumulates A micro-batches; each micro-batch's loss is weighted by its share of the step's
    labelled tokens, so the step's loss is the mean over its tokens whatever the packing.
 3. Every `checkpoint_every` steps, on cancel and at the end: adapter weights, optimizer, scheduler and RNG
@@ -55,32 +55,52 @@ class TrainOutcome:
 
 
 class DataPlan:
-    """Which packed rows make up each micro-batch of the run, over as many epochs as needed."""
+    """Which packed rows make up each optimizer step of the run, over as many epochs as needed.
+
+    Each epoch packs its own shuffle, so epochs can differ in their number of rows: the plan counts every
+    epoch's micro-batches separately, and a step never crosses an epoch boundary (an epoch's last step may hold
+    fewer than `grad_accum` micro-batches, as in transformers' Trainer). With `epochs=N` every segment is trained
+    exactly N times.
+    """
 
     def __init__(self, segments: Sequence[Sequence[int]], settings: TrainingSettings, pad_token_id: int) -> None:
         self.segments = segments
         self.settings = settings
         self.pad_token_id = pad_token_id
         self.lengths = [len(segment) for segment in segments]
-        self._epochs: dict[int, list[list[list[int]]]] = {}
-        self.micro_batches_per_epoch = len(self.epoch(0))
+        self._cached_epoch: tuple[int, list[list[list[int]]]] | None = None
+        # _epoch_first_step[e] is the global index of epoch e's first step; grown lazily as epochs are counted.
+        self._epoch_first_step: list[int] = [0]
         self.total_steps = self._count_steps()
 
     def epoch(self, number: int) -> list[list[list[int]]]:
-        """The micro-batches (lists of rows of segment indices) of one epoch."""
-        if number not in self._epochs:
+        """The micro-batches (lists of rows of segment indices) of one epoch (only the latest one is kept)."""
+        if self._cached_epoch is None or self._cached_epoch[0] != number:
             rows = epoch_rows(self.lengths, self.settings.seq_len, self.settings.seed, number)
             size = self.settings.micro_batch_size
-            self._epochs = {number: [rows[i : i + size] for i in range(0, len(rows), size)]}
-        return self._epochs[number]
+            self._cached_epoch = (number, [rows[i : i + size] for i in range(0, len(rows), size)])
+        return self._cached_epoch[1]
 
-    def micro_batch(self, global_index: int) -> list[list[int]]:
-        epoch, offset = divmod(global_index, self.micro_batches_per_epoch)
-        return self.epoch(epoch)[offset]
+    def steps_in_epoch(self, number: int) -> int:
+        return math.ceil(len(self.epoch(number)) / self.settings.grad_accum)
+
+    def _first_step(self, epoch: int) -> int:
+        while len(self._epoch_first_step) <= epoch:
+            counted = len(self._epoch_first_step) - 1
+            self._epoch_first_step.append(self._epoch_first_step[-1] + self.steps_in_epoch(counted))
+        return self._epoch_first_step[epoch]
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, step within that epoch) of a global step."""
+        epoch = 0
+        while self._first_step(epoch + 1) <= step:
+            epoch += 1
+        return epoch, step - self._first_step(epoch)
 
     def step_micro_batches(self, step: int) -> list[list[list[int]]]:
+        epoch, offset = self.locate(step)
         accum = self.settings.grad_accum
-        return [self.micro_batch(step * accum + i) for i in range(accum)]
+        return self.epoch(epoch)[offset * accum : (offset + 1) * accum]
 
     def tokens(self, rows: list[list[int]]) -> int:
         return sum(self.lengths[index] for row in rows for index in row)
@@ -90,14 +110,28 @@ class DataPlan:
         return sum(self.lengths[index] - 1 for row in rows for index in row)
 
     def _count_steps(self) -> int:
-        accum = self.settings.grad_accum
         if self.settings.token_budget is None:
-            micro_batches = math.ceil(self.settings.epochs * self.micro_batches_per_epoch)
-            return max(1, math.ceil(micro_batches / accum))
-        # A token budget: as many whole steps as it takes to reach it (at least one).
-        tokens_per_epoch = sum(self.lengths)
-        steps_per_epoch = self.micro_batches_per_epoch / accum
-        return max(1, math.ceil(self.settings.token_budget / tokens_per_epoch * steps_per_epoch))
+            whole_epochs, fraction = divmod(self.settings.epochs, 1)
+            steps = self._first_step(int(whole_epochs))
+            if fraction > 0:
+                steps += math.ceil(fraction * self.steps_in_epoch(int(whole_epochs)))
+            return max(1, steps)
+        # A token budget: whole steps until it is reached (at least one). Every epoch holds all the tokens.
+        tokens_per_epoch = max(1, sum(self.lengths))
+        whole_epochs, remainder = divmod(self.settings.token_budget, tokens_per_epoch)
+        steps = self._first_step(int(whole_epochs))
+        if remainder > 0:
+            seen = 0
+            for rows in self._epoch_steps(int(whole_epochs)):
+                steps += 1
+                seen += sum(self.tokens(micro_batch) for micro_batch in rows)
+                if seen >= remainder:
+                    break
+        return max(1, steps)
+
+    def _epoch_steps(self, number: int) -> list[list[list[list[int]]]]:
+        micro_batches, accum = self.epoch(number), self.settings.grad_accum
+        return [micro_batches[i : i + accum] for i in range(0, len(micro_batches), accum)]
 
     def collate(self, rows: list[list[int]]) -> PackedBatch:
         return collate(self.segments, rows, self.settings.seq_len, self.pad_token_id)

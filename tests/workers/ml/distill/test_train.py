@@ -12,10 +12,11 @@ import torch
 
 from tests.workers.ml.distill.conftest import KDCase, peft_student
 from workers.ml.catalog import LoadedModel
+from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.kd import build_kd_data, kd_loss
-from workers.ml.distill.packing import PackedBatch
+from workers.ml.distill.packing import PackedBatch, epoch_rows
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.teacher_cache import TeacherCache
 from workers.ml.distill.train import DataPlan, TrainOutcome, train
@@ -78,6 +79,57 @@ def heldout_kd_loss(
     with torch.no_grad():
         parts = [loss_fn(model, plan.collate(rows)) for rows in plan.epoch(0)]
     return sum(float(p.total) * p.positions for p in parts) / sum(p.positions for p in parts)
+
+
+# Segment lengths whose seeded shuffles pack into 12 rows in some epochs and 13 in others (seq_len 256).
+UNEVEN_LENGTHS = [228, 141, 164, 130, 202, 105, 173, 36, 106, 172, 250, 183, 205, 85, 140, 213, 253, 104, 90, 229, 55,
+                  234, 227, 117, 179, 213, 148, 73, 254, 58, 29, 228, 68, 31, 75, 184, 117, 199, 67, 136, 174, 75, 230,
+                  18]  # fmt: skip
+
+
+def uneven_plan(**training: Any) -> DataPlan:
+    settings = TrainingSettings(seq_len=256, micro_batch_size=4, grad_accum=2, seed=0, device="cpu", **training)
+    return DataPlan([[1] * length for length in UNEVEN_LENGTHS], settings, pad_token_id=0)
+
+
+def trained_counts(plan: DataPlan) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for step in range(plan.total_steps):
+        for rows in plan.step_micro_batches(step):
+            for row in rows:
+                for index in row:
+                    counts[index] = counts.get(index, 0) + 1
+    return counts
+
+
+def test_it_trains_every_segment_exactly_once_per_epoch_when_epochs_pack_into_different_row_counts() -> None:
+    plan = uneven_plan(epochs=3)
+    rows_per_epoch = {len(epoch_rows(plan.lengths, 256, 0, epoch)) for epoch in range(3)}
+    assert len(rows_per_epoch) > 1, "the lengths no longer exercise uneven epochs"
+
+    counts = trained_counts(plan)
+
+    assert counts == dict.fromkeys(range(len(UNEVEN_LENGTHS)), 3)
+    assert plan.total_steps == sum(plan.steps_in_epoch(epoch) for epoch in range(3))
+
+
+def test_it_never_lets_a_step_reach_into_the_next_epoch() -> None:
+    plan = uneven_plan(epochs=3)
+    for step in range(plan.total_steps):
+        epoch, offset = plan.locate(step)
+        epoch_segments = {index for rows in plan.epoch(epoch) for row in rows for index in row}
+        step_segments = [index for rows in plan.step_micro_batches(step) for row in rows for index in row]
+        assert step_segments and set(step_segments) <= epoch_segments
+        assert len(step_segments) == len(set(step_segments)), f"step {step} trains a segment twice"
+
+
+def test_it_stops_a_token_budget_at_the_first_step_that_reaches_it() -> None:
+    epoch_tokens = sum(UNEVEN_LENGTHS)
+    plan = uneven_plan(token_budget=epoch_tokens + 1000)
+
+    tokens = [sum(plan.tokens(rows) for rows in plan.step_micro_batches(step)) for step in range(plan.total_steps)]
+
+    assert sum(tokens) >= epoch_tokens + 1000 > sum(tokens[:-1])
 
 
 def test_it_trains_the_lora_weights_and_lowers_the_heldout_loss(
