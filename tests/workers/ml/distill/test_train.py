@@ -116,10 +116,11 @@ def test_it_trains_every_segment_exactly_once_per_epoch_when_epochs_pack_into_di
 def test_it_never_lets_a_step_reach_into_the_next_epoch() -> None:
     plan = uneven_plan(epochs=3)
     for step in range(plan.total_steps):
-        epoch, offset = plan.locate(step)
+        epoch, _offset = plan.locate(step)
         epoch_segments = {index for rows in plan.epoch(epoch) for row in rows for index in row}
         step_segments = [index for rows in plan.step_micro_batches(step) for row in rows for index in row]
-        assert step_segments and set(step_segments) <= epoch_segments
+        assert step_segments
+        assert set(step_segments) <= epoch_segments
         assert len(step_segments) == len(set(step_segments)), f"step {step} trains a segment twice"
 
 
