@@ -32,9 +32,13 @@ app.conf.task_routes = {
 app.conf.beat_schedule = {
     # Lets the health page tell whether beat (the periodic sweeps) is alive.
     "beat-heartbeat": {"task": "distillery.system.beat_heartbeat", "schedule": 30.0},
+    # Stalled uploads become failed (to be sent again); ingests of dead workers or lost messages run again.
+    "sweep-corpora": {"task": "distillery.ingest.sweep", "schedule": 60.0},
 }
 
-app.autodiscover_tasks(["workers.tasks"], related_name=None, force=True)
+# Lazy: the task modules import Django models, so they load once Django is set up (worker start, first use).
+TASK_MODULES = ["workers.tasks.system", "workers.tasks.ingest"]
+app.autodiscover_tasks(lambda: TASK_MODULES, related_name=None)
 
 
 @worker_init.connect  # solo pool: the main process runs the tasks

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "webapp.core",
     "webapp.accounts",
     "webapp.tenants",
+    "webapp.corpora",
     "webapp.api",
 ]
 
@@ -171,6 +172,28 @@ TORCH_THREADS = TORCH_THREADS_BY_ROLE.get(PROCESS_ROLE, 1)
 MODEL_ROOTS = [Path(p) for p in env.list("MODEL_ROOTS", default=[])]
 # The one shared student base of the mixture of experts.
 MOE_BASE_MODEL = env.str("MOE_BASE_MODEL", default="packaged:smollm2-135m-instruct")
+
+# ------------------------------------------------------------------ corpora: upload limits and ingest
+# Shown on the upload page with current usage. The org limit can be raised per organization by its owner.
+CORPUS_MAX_FILE_BYTES = env.int("CORPUS_MAX_FILE_BYTES", default=512 * 2**20)
+CORPUS_MAX_BYTES = env.int("CORPUS_MAX_BYTES", default=4 * 2**30)
+CORPUS_MAX_FILES = env.int("CORPUS_MAX_FILES", default=2_000)
+ORG_STORAGE_QUOTA_BYTES = env.int("ORG_STORAGE_QUOTA_BYTES", default=20 * 2**30)
+# An upload that has sent nothing for this long (browser closed, server restarted) is marked failed.
+UPLOAD_STALL_SECONDS = env.int("UPLOAD_STALL_SECONDS", default=15 * 60)
+# Archives: a zip member expanding more than this ratio, or an archive expanding past the total, is a zip bomb.
+ARCHIVE_MAX_RATIO = env.float("ARCHIVE_MAX_RATIO", default=200.0)
+ARCHIVE_MAX_TOTAL_BYTES = env.int("ARCHIVE_MAX_TOTAL_BYTES", default=4 * 2**30)
+ARCHIVE_MAX_MEMBERS = env.int("ARCHIVE_MAX_MEMBERS", default=20_000)
+ARCHIVE_MAX_DEPTH = env.int("ARCHIVE_MAX_DEPTH", default=2)
+# Chunking by tokens of the shared student's tokenizer, and the train/held-out split by document.
+INGEST_CHUNK_TOKENS = env.int("INGEST_CHUNK_TOKENS", default=256)
+INGEST_OVERLAP_TOKENS = env.int("INGEST_OVERLAP_TOKENS", default=32)
+INGEST_HELDOUT_FRACTION = env.float("INGEST_HELDOUT_FRACTION", default=0.1)
+# A worker renews its lease on an ingest while it makes progress; an expired lease lets another take over.
+INGEST_LEASE_SECONDS = env.int("INGEST_LEASE_SECONDS", default=10 * 60)
+# Multipart uploads (the no-JavaScript form, the API's multipart POST) spool to disk above this size.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1 * 2**20
 
 # ------------------------------------------------------------------ auth
 AUTH_PASSWORD_VALIDATORS = [

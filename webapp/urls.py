@@ -5,6 +5,7 @@ urlpatterns = [
     path("", include("webapp.core.urls")),
     path("accounts/", include("webapp.accounts.urls")),
     path("org/", include("webapp.tenants.urls")),
+    path("corpora/", include("webapp.corpora.urls")),
     path("api/v1/", include("webapp.api.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,10 +1,17 @@
 from django.urls import path
 
-from webapp.api import views
+from webapp.api import corpora, views
 
 app_name = "api"
 urlpatterns = [
     path("organization", views.organization, name="organization"),
     path("tokens", views.token_list, name="tokens"),
     path("tokens/<int:token_id>", views.token_detail, name="token"),
+    path("corpora", corpora.corpus_list, name="corpora"),
+    path("corpora/<int:corpus_id>", corpora.corpus_detail, name="corpus"),
+    path("corpora/<int:corpus_id>/files", corpora.file_list, name="corpus-files"),
+    path("corpora/<int:corpus_id>/files/<int:file_id>", corpora.file_detail, name="corpus-file"),
+    path("corpora/<int:corpus_id>/files/<int:file_id>/content", corpora.file_content, name="corpus-file-content"),
+    path("corpora/<int:corpus_id>/ingest", corpora.corpus_ingest, name="corpus-ingest"),
+    path("corpora/<int:corpus_id>/versions/<int:number>", corpora.version_detail, name="corpus-version"),
 ]

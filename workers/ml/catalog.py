@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -110,6 +110,18 @@ def load_model(spec: str, config: CatalogConfig, *, progress: ProgressCallback =
         model = _named(tiny.TINY_MODELS, prefix, value, spec)
         return tiny.load(model, config.cache_dir, config.seed, device, dtype, progress)
     return hub.load(value, config.model_roots, config.cache_dir, device, dtype, progress)
+
+
+def load_tokenizer(spec: str, config: CatalogConfig, *, progress: ProgressCallback = print_progress) -> Any:
+    """The tokenizer of `spec` (ingest chunks by the shared student's tokens), without its weights when possible.
+
+    SmolLM2 and the tiny models share one tokenizer, extracted once into the cache (a fraction of a second
+    afterwards); other specs load through load_model.
+    """
+    prefix, value = _split(spec)
+    if prefix == tiny.PREFIX or (prefix == packaged.PREFIX and value == "smollm2-135m-instruct"):
+        return tiny.load_tokenizer(config.cache_dir, progress)
+    return load_model(spec, config, progress=progress).tokenizer
 
 
 def prepare_model(spec: str, config: CatalogConfig, *, progress: ProgressCallback = print_progress) -> ModelInfo:

@@ -4,6 +4,6 @@ A task receives IDs, claims its database row with a conditional update, calls th
 workers/ml or workers/moe with dataclass configs and callbacks, and writes progress and outcome back.
 """
 
-from workers.tasks import system
 
-__all__ = ["system"]
+# The Celery app lists the task modules (webapp/celery.py, TASK_MODULES); importing this package loads none of
+# them, so the web process can read a constant from one without pulling in the others.
