@@ -93,7 +93,7 @@ def main() -> int:
     names = sorted(topics)[:12] if args.quick else sorted(topics) if args.all_topics else list(TOPICS)
     documents = manual_documents(loaded.tokenizer, args.chunk_tokens, names)
     corpus = split_by_document(documents, heldout_fraction=args.heldout, seed=0, name="python-reference")
-    budget = args.token_budget or (4_000 if args.quick else 16_000)
+    budget = args.token_budget or (4_000 if args.quick else 48_000)
     config = DistillConfig(
         output_dir=args.work / ("expert-quick" if args.quick else "expert"),
         model_cache_dir=args.cache_dir,

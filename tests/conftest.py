@@ -25,17 +25,20 @@ WORKER_HOSTNAMES = {CPU_QUEUE: "cpu-test@distillery", GPU_QUEUE: "gpu-test@disti
 WORKER_START_TIMEOUT_S = 60.0
 
 
-def _start_worker(queue: str, log_dir: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    queue: str, log_dir: Path, extra_env: dict[str, str] | None = None, hostname: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DISTILLERY_PROCESS_ROLE": f"worker-{queue}",
         "DJANGO_SETTINGS_MODULE": "tests.settings",
+        **(extra_env or {}),
     }
     log = (log_dir / f"worker-{queue}.log").open("wb")
     command = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--queues", queue]
     command += [
         "--hostname",
-        WORKER_HOSTNAMES[queue],
+        hostname or WORKER_HOSTNAMES[queue],
         "--concurrency",
         "1",
         "--pool",

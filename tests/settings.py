@@ -12,6 +12,10 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:54
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("DATA_DIR", str(_REPO / "var" / "test"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The ingest task's tokenizer comes from the same cache the ML tests use (converted once per machine).
+os.environ.setdefault(
+    "MODEL_CACHE_DIR", os.environ.get("DISTILLERY_TEST_MODEL_CACHE") or str(_REPO / "var" / "test-model-cache")
+)
 
 from webapp.settings import *  # noqa: E402, F403
 
