@@ -66,22 +66,31 @@ def create_database() -> None:
 # ---------------------------------------------------------------- generated text
 
 
-def word_list(rng: random.Random, count: int = 6000) -> list[str]:
-    letters = "etaoinshrdlucmfwypvbgkjqxz"
-    weights = [12, 9, 8, 8, 7, 7, 6, 6, 6, 4, 4, 3, 3, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
-    return ["".join(rng.choices(letters, weights, k=rng.randint(2, 10))) for _ in range(count)]
+def english_words() -> tuple[list[str], list[float]]:
+    """Real English words with their frequencies, from the Python Language Reference shipped with CPython."""
+    import re
+    from collections import Counter
+    from pydoc_data.topics import topics
+
+    counts = Counter(word for text in topics.values() for word in re.findall(r"[a-z]+", text.lower()))
+    words = [word for word, _ in counts.most_common()]
+    cumulative, total = [], 0.0
+    for word in words:
+        total += counts[word]
+        cumulative.append(total)
+    return words, cumulative
 
 
 def unique_text(size: int, seed: int) -> str:
-    """`size` bytes of prose-like text (sentences, paragraphs, Zipf-ish word frequencies), never repeating."""
+    """`size` bytes of prose-like text: real English words at their real frequencies, in random sentences and
+    paragraphs of 2-6 sentences (so chunking has paragraph boundaries to respect), never repeating."""
     rng = random.Random(seed)
-    words = word_list(rng)
-    ranks = [1 / (rank + 1) for rank in range(len(words))]
+    words, cumulative = english_words()
     paragraphs, total = [], 0
     while total < size:
         sentences = []
-        for _ in range(rng.randint(3, 8)):
-            picked = rng.choices(words, ranks, k=rng.randint(6, 22))
+        for _ in range(rng.randint(2, 6)):
+            picked = rng.choices(words, cum_weights=cumulative, k=rng.randint(6, 22))
             sentences.append(" ".join(picked).capitalize() + ".")
         paragraph = " ".join(sentences)
         paragraphs.append(paragraph)

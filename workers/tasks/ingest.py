@@ -27,7 +27,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from webapp.corpora.models import Chunk, Corpus, CorpusVersion, Document, Example, VersionFile
@@ -37,6 +37,7 @@ from workers.ml.ingest import (
     FileReport,
     FileStatus,
     IngestLimits,
+    TextChunk,
     chunk_documents,
     detect_languages,
     extract_file,
@@ -165,23 +166,22 @@ def _store_file(
         kept.append((document, text))
     chunked = chunk_documents([text for _, text in kept], tokenizer, chunking) if kept else []
     dropped = 0
-    with transaction.atomic():
-        _hold(version, attempt)
-        chunk_rows: list[Chunk] = []
-        example_rows: list[Example] = []
-        chunk_total = 0
-        for (document, text), chunks in zip(kept, chunked, strict=True):
-            fresh = []
-            for chunk in chunks:
-                digest = hashlib.blake2b(chunk.text.encode(), digest_size=16).digest()
-                if digest in seen_chunks:
-                    dropped += 1
-                    continue
-                seen_chunks.add(digest)
-                fresh.append(chunk)
-            if not fresh:
+    documents: list[Document] = []
+    fresh_chunks: list[list[TextChunk]] = []
+    examples: list[list[Any]] = []
+    for (document, text), chunks in zip(kept, chunked, strict=True):
+        fresh = []
+        for chunk in chunks:
+            digest = hashlib.blake2b(chunk.text.encode(), digest_size=16).digest()
+            if digest in seen_chunks:
+                dropped += 1
                 continue
-            row = Document.objects.create(
+            seen_chunks.add(digest)
+            fresh.append(chunk)
+        if not fresh:
+            continue
+        documents.append(
+            Document(
                 version=version,
                 file=entry.file,
                 name=document.name[:1000],
@@ -190,20 +190,23 @@ def _store_file(
                 tokens=sum(chunk.n_tokens for chunk in fresh),
                 chunk_count=len(fresh),
             )
-            chunk_rows += [
-                Chunk(version=version, document=row, position=index, text=chunk.text, tokens=chunk.n_tokens)
-                for index, chunk in enumerate(fresh)
-            ]
-            example_rows += [
+        )
+        fresh_chunks.append(fresh)
+        examples.append(document.examples)
+    chunk_total = sum(len(fresh) for fresh in fresh_chunks)
+    with transaction.atomic():
+        _hold(version, attempt)
+        # One INSERT … RETURNING for the documents gives the ids their chunks point to.
+        Document.objects.bulk_create(documents, batch_size=BATCH_ROWS)
+        _write_chunks(version, documents, fresh_chunks)
+        Example.objects.bulk_create(
+            (
                 Example(version=version, document=row, kind=e.kind, prompt=e.prompt, response=e.response)
-                for e in document.examples
-            ]
-            chunk_total += len(fresh)
-            if len(chunk_rows) >= BATCH_ROWS:
-                Chunk.objects.bulk_create(chunk_rows, batch_size=BATCH_ROWS)
-                chunk_rows = []
-        Chunk.objects.bulk_create(chunk_rows, batch_size=BATCH_ROWS)
-        Example.objects.bulk_create(example_rows, batch_size=BATCH_ROWS)
+                for row, found in zip(documents, examples, strict=True)
+                for e in found
+            ),
+            batch_size=BATCH_ROWS,
+        )
         message = report.message
         if repeated:
             first = repeated[0]
@@ -224,6 +227,28 @@ def _store_file(
             chunks=chunk_total,
         )
     return dropped
+
+
+def _write_chunks(version: CorpusVersion, documents: list[Document], chunks: list[list[TextChunk]]) -> None:
+    """Insert the chunk rows: PostgreSQL's COPY (several times faster than INSERTs for megabytes of text),
+    bulk INSERTs on SQLite (the embedded single-machine mode)."""
+    rows = (
+        (version.pk, document.pk, position, chunk.text, chunk.n_tokens, Document.Split.TRAIN)
+        for document, fresh in zip(documents, chunks, strict=True)
+        for position, chunk in enumerate(fresh)
+    )
+    if connection.vendor != "postgresql":
+        Chunk.objects.bulk_create(
+            (Chunk(version_id=v, document_id=d, position=p, text=t, tokens=n, split=s) for v, d, p, t, n, s in rows),
+            batch_size=BATCH_ROWS,
+        )
+        return
+    table = Chunk._meta.db_table
+    with connection.cursor() as cursor:
+        copy_sql = f"COPY {table} (version_id, document_id, position, text, tokens, split) FROM STDIN"
+        with cursor.cursor.copy(copy_sql) as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 def _member(report: FileReport) -> dict[str, Any]:
