@@ -34,10 +34,12 @@ app.conf.beat_schedule = {
     "beat-heartbeat": {"task": "distillery.system.beat_heartbeat", "schedule": 30.0},
     # Stalled uploads become failed (to be sent again); ingests of dead workers or lost messages run again.
     "sweep-corpora": {"task": "distillery.ingest.sweep", "schedule": 60.0},
+    # Jobs whose worker died (lease expired) or whose message was lost are sent again; they resume.
+    "sweep-jobs": {"task": "distillery.jobs.sweep", "schedule": 60.0},
 }
 
 # Lazy: the task modules import Django models, so they load once Django is set up (worker start, first use).
-TASK_MODULES = ["workers.tasks.system", "workers.tasks.ingest"]
+TASK_MODULES = ["workers.tasks.system", "workers.tasks.ingest", "workers.tasks.jobs"]
 app.autodiscover_tasks(lambda: TASK_MODULES, related_name=None)
 
 

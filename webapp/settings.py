@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "webapp.accounts",
     "webapp.tenants",
     "webapp.corpora",
+    "webapp.jobs",
     "webapp.api",
 ]
 
@@ -194,6 +195,30 @@ INGEST_HELDOUT_FRACTION = env.float("INGEST_HELDOUT_FRACTION", default=0.1)
 INGEST_LEASE_SECONDS = env.int("INGEST_LEASE_SECONDS", default=10 * 60)
 # Multipart uploads (the no-JavaScript form, the API's multipart POST) spool to disk above this size.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1 * 2**20
+
+# ------------------------------------------------------------------ distillation jobs
+# A job's worker renews its lease every JOB_HEARTBEAT_SECONDS from a background thread; a lease not renewed
+# for JOB_LEASE_SECONDS means the worker is gone, and beat's sweep sends the job again (it resumes from its
+# latest checkpoint). After JOB_MAX_ATTEMPTS starts the job fails with the likely reason.
+JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=15.0)
+JOB_LEASE_SECONDS = env.int("JOB_LEASE_SECONDS", default=120)
+JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
+JOB_CHECKPOINT_EVERY = env.int("JOB_CHECKPOINT_EVERY", default=20)
+# The class of the workers that run jobs ("cpu" or "gpu"): picks the tokens/s the first ETA estimate uses.
+JOB_WORKER_CLASS = env.str("JOB_WORKER_CLASS", default="cpu")
+# A queued job's message is re-sent when the last one is older than this (a Redis restart lost it).
+JOB_QUEUED_RESEND_SECONDS = env.int("JOB_QUEUED_RESEND_SECONDS", default=30 * 60)
+# Fairness: jobs an org may have queued or running at once, and compute seconds per calendar month.
+ORG_MAX_ACTIVE_JOBS = env.int("ORG_MAX_ACTIVE_JOBS", default=2)
+ORG_MONTHLY_COMPUTE_SECONDS = env.int("ORG_MONTHLY_COMPUTE_SECONDS", default=200 * 3600)
+# Teachers every org may use, besides its own: "name=spec" entries.
+GLOBAL_TEACHERS = env.list(
+    "GLOBAL_TEACHERS", default=["SmolLM2-135M-Instruct (packaged)=packaged:smollm2-135m-instruct"]
+)
+# Endpoint teachers: hosts a tenant may point at. By default any public host; link-local and cloud metadata
+# addresses are always refused, private ranges only when the operator allows them.
+TEACHER_ENDPOINT_ALLOWED_HOSTS = env.list("TEACHER_ENDPOINT_ALLOWED_HOSTS", default=[])
+TEACHER_ENDPOINT_ALLOW_PRIVATE = env.bool("TEACHER_ENDPOINT_ALLOW_PRIVATE", default=False)
 
 # ------------------------------------------------------------------ auth
 AUTH_PASSWORD_VALIDATORS = [

@@ -72,10 +72,11 @@ class Corpus(TenantOwnedModel):
 
         The jobs app registers its query here once it exists; until then no job can use a corpus.
         """
-        return [describe(self) for describe in CORPUS_USERS]
+        return [description for users_of in CORPUS_USERS for description in users_of(self)]
 
 
-# Callables `(corpus) -> str` ... registered by apps whose running work reads a corpus (jobs).
+# Callables `(corpus) -> list[str]`, registered by apps whose running work reads a corpus (jobs): each returns
+# descriptions of the queued or running work that uses the corpus, empty when none does.
 CORPUS_USERS: list[Any] = []
 
 

@@ -337,8 +337,8 @@ def test_it_deletes_a_corpus_and_its_files(corpus: Corpus, api: Api, media_root:
 
 
 def test_it_refuses_to_delete_a_corpus_a_job_uses(corpus: Corpus, api: Api) -> None:
-    def describe(corpus: Corpus) -> str:
-        return "job 7"
+    def describe(corpus: Corpus) -> list[str]:
+        return ["job 7"]
 
     corpora_models.CORPUS_USERS.append(describe)
     try:

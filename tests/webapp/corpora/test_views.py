@@ -700,8 +700,8 @@ def test_it_sweeps_a_stalled_upload_to_failed(cast: Cast, corpus: Corpus, settin
 # ------------------------------------------------------------------ deletion
 @pytest.fixture
 def blocking_job() -> Iterator[None]:
-    def describe(corpus: Corpus) -> str:
-        return f"job 7 distilling from {corpus.name}"
+    def describe(corpus: Corpus) -> list[str]:
+        return [f"job 7 distilling from {corpus.name}"]
 
     corpora_models.CORPUS_USERS.append(describe)
     yield

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.conftest import _start_worker
-from tests.webapp.conftest import Cast, cast  # noqa: F401 - the cast fixture of the web tests
+from tests.webapp.conftest import Cast
 from tests.workers.ml.ingest.files import pdf_bytes, zip_bytes
 from webapp.corpora import services
 from webapp.corpora.models import Chunk, Corpus, CorpusFile, CorpusVersion, Document, Example, VersionFile
@@ -60,7 +60,8 @@ def test_it_ingests_mixed_files_into_a_ready_version_with_per_file_verdicts(
 ) -> None:
     add(corpus, "policies/leave.md", document("Leave"))
     add(corpus, "policies/travel.txt", document("Travel"))
-    add(corpus, "faq.jsonl", b'{"question": "How many days?", "answer": "25."}\nnot json\n{"question": "Q2", "answer": "A2"}\n')
+    faq = b'{"question": "How many days?", "answer": "25."}\nnot json\n{"question": "Q2", "answer": "A2"}\n'
+    add(corpus, "faq.jsonl", faq)
     add(corpus, "scan.pdf", pdf_bytes([None, None]))
     add(corpus, "bundle.zip", zip_bytes({"inner/expenses.txt": document("Expenses"), "../evil.txt": b"escape"}))
     version = queue_ingest(corpus, django_capture_on_commit_callbacks)

@@ -1,0 +1,319 @@
+"""The job rules: which teachers an org may use, endpoint safety, estimates, limits, and the job lifecycle
+(create → enqueue on commit, cancel, retry from the last checkpoint, clone, notify at the end)."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Sum
+from django.urls import reverse
+from django.utils import timezone
+
+from webapp.corpora.models import Corpus
+from webapp.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, DistillationJob, JobStatus, Notification, Teacher
+from webapp.tenants.models import Organization
+
+logger = logging.getLogger(__name__)
+# Cloud metadata services: never a teacher, whatever the operator allows.
+METADATA_HOSTS = {"169.254.169.254", "fd00:ec2::254", "metadata.google.internal", "100.100.100.200"}
+# Tokenizer families of the catalog specs the web process knows without loading anything (kd needs the same).
+TOKENIZER_FAMILIES = {
+    "packaged:smollm2-135m-instruct": "smollm2",
+    "packaged:gemma3-270m-it": "gemma3",
+}
+# Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
+DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
+
+
+class JobError(Exception):
+    """A request the rules refuse; the message is shown to the user as is."""
+
+
+# ---------------------------------------------------------------- teachers
+
+
+@dataclass(frozen=True)
+class TeacherChoice:
+    value: str  # "global:<n>" or "org:<pk>"
+    label: str
+    snapshot: dict[str, Any]
+    teacher: Teacher | None
+
+
+def global_teachers() -> list[TeacherChoice]:
+    choices = []
+    for index, entry in enumerate(settings.GLOBAL_TEACHERS):
+        name, _, spec = entry.partition("=")
+        spec = spec or name
+        snapshot = {"source": "global", "name": name, "kind": "catalog", "spec": spec}
+        choices.append(TeacherChoice(f"global:{index}", f"{name} (shared)", snapshot, None))
+    return choices
+
+
+def teacher_choices(organization: Organization) -> list[TeacherChoice]:
+    own = [
+        TeacherChoice(f"org:{teacher.pk}", teacher.label, teacher.snapshot(), teacher)
+        for teacher in Teacher.objects.for_org(organization)
+    ]
+    return global_teachers() + own
+
+
+def resolve_teacher(organization: Organization, value: str) -> TeacherChoice:
+    for choice in teacher_choices(organization):
+        if choice.value == value:
+            return choice
+    raise JobError("Choose one of the listed teachers.")
+
+
+def tokenizer_family(spec: str) -> str | None:
+    if spec.startswith("tiny:"):
+        return "smollm2"  # the tiny test models use SmolLM2's tokenizer
+    return TOKENIZER_FAMILIES.get(spec)
+
+
+def cross_tokenizer_kd_available() -> bool:
+    """Whether recipe kd can distil across tokenizers here (TRL's ULD loss, the `gold` extra)."""
+    return importlib.util.find_spec("trl") is not None
+
+
+def kd_refusal(teacher: dict[str, Any], student: str) -> str | None:
+    """Why recipe kd cannot use this teacher with this student, or None (unknown families are checked at run)."""
+    if teacher.get("kind") == "endpoint":
+        return None  # the engine checks prompt logprobs and the tokenizer when the run starts
+    teacher_family, student_family = tokenizer_family(teacher.get("spec", "")), tokenizer_family(student)
+    if teacher_family and student_family and teacher_family != student_family:
+        if cross_tokenizer_kd_available():
+            return None
+        return (
+            f"Recipe kd needs a teacher with the student's tokenizer: {teacher.get('name')} uses {teacher_family}, "
+            f"the student {student_family}. Choose recipe qa for this teacher."
+        )
+    return None
+
+
+def check_endpoint_url(url: str) -> None:
+    """Refuse endpoints that would make the server probe its own network (SSRF); see the settings."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JobError("The endpoint must be an http(s) URL with a host.")
+    host = parts.hostname.lower()
+    allowed = [h.lower() for h in settings.TEACHER_ENDPOINT_ALLOWED_HOSTS]
+    if allowed and host not in allowed:
+        raise JobError(f"{host} is not on this server's list of allowed teacher hosts.")
+    if host in METADATA_HOSTS:
+        raise JobError("Cloud metadata addresses cannot be teachers.")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)}
+    except OSError as error:
+        raise JobError(f"The host {host} cannot be resolved.") from error
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if str(ip) in METADATA_HOSTS or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            raise JobError(f"{host} resolves to {ip}, a link-local or reserved address: refused.")
+        if (ip.is_private or ip.is_loopback) and not settings.TEACHER_ENDPOINT_ALLOW_PRIVATE and host not in allowed:
+            raise JobError(
+                f"{host} resolves to the private address {ip}: the operator must allow private endpoints "
+                "(TEACHER_ENDPOINT_ALLOW_PRIVATE) or list the host (TEACHER_ENDPOINT_ALLOWED_HOSTS)."
+            )
+
+
+# ---------------------------------------------------------------- estimates and limits
+
+
+def worker_class() -> str:
+    return "gpu" if settings.JOB_WORKER_CLASS == "gpu" else "cpu"
+
+
+def measured_tokens_per_s() -> float:
+    return float(cache.get(f"jobs:tokens-per-s:{worker_class()}") or DEFAULT_TOKENS_PER_S[worker_class()])
+
+
+def record_tokens_per_s(value: float) -> None:
+    """A moving average of training speed on this worker class, refined by every finished job."""
+    key = f"jobs:tokens-per-s:{worker_class()}"
+    previous = cache.get(key)
+    cache.set(key, value if previous is None else 0.7 * float(previous) + 0.3 * value, timeout=None)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    training_tokens: int
+    eta_seconds: float
+    teacher_tokens: int | None
+    cost_usd: float | None
+
+
+def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict[str, Any]) -> Estimate | None:
+    version = corpus.current_version
+    if version is None:
+        return None
+    train_tokens = int(version.stats.get("tokens", 0) * (1 - version.stats.get("heldout_share", 0.0)))
+    budget = options.get("token_budget") or int(train_tokens * float(options.get("epochs") or 1))
+    # The teacher pass reads every chunk once (with its context for kd): roughly a third of a training pass.
+    eta = budget / measured_tokens_per_s() + train_tokens / (3 * measured_tokens_per_s())
+    teacher_tokens = cost = None
+    if teacher.get("kind") == "endpoint":
+        pairs = int(options.get("pairs_per_chunk", 2))
+        chunks = int(version.stats.get("chunks", 0))
+        teacher_tokens = train_tokens * 2 if recipe == "kd" else train_tokens + chunks * pairs * 200
+        price_in = teacher.get("price_input_per_million") or 0
+        price_out = teacher.get("price_output_per_million") or 0
+        if price_in or price_out:
+            cost = teacher_tokens * max(price_in, price_out) / 1_000_000
+    return Estimate(budget, eta, teacher_tokens, cost)
+
+
+def month_compute_seconds(organization: Organization) -> float:
+    start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    jobs = DistillationJob.objects.for_org(organization).filter(created_at__gte=start)
+    used = jobs.aggregate(s=Sum("compute_seconds"))
+    return float(used["s"] or 0.0)
+
+
+def limit_refusal(organization: Organization) -> str | None:
+    active = DistillationJob.objects.for_org(organization).filter(status__in=ACTIVE_STATUSES).count()
+    if active >= settings.ORG_MAX_ACTIVE_JOBS:
+        return (
+            f"Your organization already has {active} job(s) queued or running, the most allowed at once "
+            f"({settings.ORG_MAX_ACTIVE_JOBS}): wait for one to finish or cancel one."
+        )
+    used = month_compute_seconds(organization)
+    if used >= settings.ORG_MONTHLY_COMPUTE_SECONDS:
+        return (
+            f"Your organization used {used / 3600:.1f} of its {settings.ORG_MONTHLY_COMPUTE_SECONDS / 3600:.0f} "
+            "compute hours this month."
+        )
+    return None
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def enqueue(job: DistillationJob) -> None:
+    def send() -> None:
+        from workers.tasks.jobs import run_job
+
+        DistillationJob.objects.filter(pk=job.pk).update(enqueued_at=timezone.now())
+        run_job.delay(job.pk)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def create_job(
+    organization: Organization,
+    user: Any,
+    *,
+    name: str,
+    corpus: Corpus,
+    teacher_value: str,
+    recipe: str,
+    options: dict[str, Any],
+    eval_set_name: str = "",
+    spend_cap_usd: Any = None,
+) -> DistillationJob:
+    # Lock the org: two concurrent submissions cannot both pass the limit on active jobs.
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    if corpus.organization_id != organization.pk:
+        raise JobError("Choose one of your corpora.")
+    if corpus.current_version is None:
+        raise JobError("The corpus has no ready version yet: ingest it first.")
+    choice = resolve_teacher(organization, teacher_value)
+    student = settings.MOE_BASE_MODEL
+    if recipe == DistillationJob.Recipe.KD:
+        refusal = kd_refusal(choice.snapshot, student)
+        if refusal:
+            raise JobError(refusal)
+    refusal = limit_refusal(organization)
+    if refusal:
+        raise JobError(refusal)
+    job = DistillationJob.objects.create(
+        organization=organization,
+        name=name,
+        corpus=corpus,
+        corpus_version=corpus.current_version,
+        teacher=choice.teacher,
+        teacher_snapshot=choice.snapshot,
+        student=student,
+        recipe=recipe,
+        options=options,
+        eval_set_name=eval_set_name,
+        spend_cap_usd=spend_cap_usd,
+        max_attempts=settings.JOB_MAX_ATTEMPTS,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )
+    enqueue(job)
+    return job
+
+
+@transaction.atomic
+def cancel_job(job: DistillationJob) -> None:
+    """Queued: cancelled at once. Running: the worker finishes its step, saves a checkpoint and stops."""
+    job = DistillationJob.objects.select_for_update().get(pk=job.pk)
+    if job.is_final:
+        raise JobError(f"The job already ended ({job.get_status_display().lower()}).")
+    if job.status == JobStatus.QUEUED:
+        job.status, job.finished_at = JobStatus.CANCELLED, timezone.now()
+        job.save(update_fields=["status", "finished_at"])
+        return
+    job.cancel_requested = True
+    job.save(update_fields=["cancel_requested"])
+
+
+@transaction.atomic
+def retry_job(job: DistillationJob) -> DistillationJob:
+    """Queue a failed or cancelled job again: it resumes from its last checkpoint when one exists."""
+    job = DistillationJob.objects.select_for_update().get(pk=job.pk)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise JobError("Only a failed or cancelled job can be retried.")
+    refusal = limit_refusal(job.organization)
+    if refusal:
+        raise JobError(refusal)
+    job.status = JobStatus.QUEUED
+    job.cancel_requested = False
+    job.error = job.traceback = ""
+    job.finished_at = None
+    # A retry gets a fresh allowance of attempts on top of those already spent.
+    job.max_attempts = job.attempt + settings.JOB_MAX_ATTEMPTS
+    job.save()
+    enqueue(job)
+    return job
+
+
+def notify_job_ended(job_id: int) -> None:
+    """In the app for the job's creator, and by email when the deployment sends email."""
+    job = DistillationJob.objects.select_related("created_by").get(pk=job_id)
+    if job.created_by is None:
+        return
+    url = reverse("jobs:detail", args=[job.pk])
+    message = f"Job “{job.name}” {job.get_status_display().lower()}."
+    if job.status == JobStatus.FAILED and job.error:
+        message += f" {job.error[:200]}"
+    Notification.objects.create(organization=job.organization, recipient=job.created_by, message=message, url=url)
+    if job.status == JobStatus.SUCCEEDED and job.step and job.compute_seconds:
+        training_tokens = (job.metrics.get("training") or {}).get("train_tokens")
+        if training_tokens:
+            record_tokens_per_s(training_tokens / max(1.0, job.compute_seconds))
+    if job.created_by.email and not settings.EMAIL_BACKEND.endswith("console.EmailBackend"):
+        try:
+            send_mail(f"[Distillery] {message[:120]}", f"{message}\n\n{url}", None, [job.created_by.email])
+        except Exception:  # mail is a courtesy: never fail the job over it
+            logger.warning("could not email the end of job %s", job.pk, exc_info=True)
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=settings.JOB_LEASE_SECONDS)
+
+
+__all__ = ["FINAL_STATUSES", "JobError"]
