@@ -10,7 +10,7 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_SPEC=torch==2.13.0
 # Optional extras of pyproject.toml to install as well, comma-separated (e.g. "s3" once it exists).
-ARG DISTILLERY_EXTRAS=""
+ARG DISTILLERY_EXTRAS="gold"
 
 # Static files live in the image (STATIC_ROOT), so each image serves exactly the files it was built with.
 ENV PYTHONDONTWRITEBYTECODE=1 \

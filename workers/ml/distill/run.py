@@ -3,7 +3,8 @@
 1. loading     — the student base and the teacher from the model catalog (the same model object when both are
                  the same spec: the teacher then runs with the adapter disabled).
 2. teacher     — recipe kd: the teacher's top-k targets for every training chunk, cached on disk (a retry or a
-                 resumed run reuses the finished shards); recipe qa: generated, graded Q&A pairs.
+                 resumed run reuses the finished shards), or, for a local teacher of another tokenizer, the
+                 teacher run live under TRL's ULD loss (cross_tokenizer.py); recipe qa: generated, graded Q&A pairs.
 3. training    — LoRA on the student (train.py), checkpointed, resumable, cancellable.
 4. evaluating  — held-out perplexity / bits per byte of base, expert and teacher (with its context), KL before
                  and after, teacher gap closed, and for qa the blind-answer scores.
@@ -117,7 +118,10 @@ def _prepare_kd(
     """Data and loss of recipe kd; None when cancelled during the teacher pass."""
     teacher = models.teacher
     if isinstance(teacher, LocalTeacher):
-        require_same_vocabulary(teacher.tokenizer, models.student.tokenizer)
+        if not same_vocabulary(teacher.tokenizer, models.student.tokenizer):
+            from workers.ml.distill import cross_tokenizer  # TRL's ULD loss, an optional dependency
+
+            return cross_tokenizer.prepare(config, corpus, models.student, teacher, on_progress)
     else:
         _require_endpoint_logprobs(config, teacher, models)
     tokenizer = models.student.tokenizer
@@ -184,7 +188,14 @@ def _require_endpoint_logprobs(config: DistillConfig, teacher: Teacher, models: 
             reference = load_model(teacher_config.tokenizer_spec, catalog).tokenizer
         except CatalogError as error:
             raise DistillError(f"The teacher's tokenizer could not be loaded: {error}") from error
-        require_same_vocabulary(reference, models.student.tokenizer)
+        require_same_vocabulary(
+            reference,
+            models.student.tokenizer,
+            teacher_name=teacher_config.tokenizer_spec,
+            student_name=config.student,
+            detail="Across vocabularies kd needs a local teacher: ULD compares whole distributions, and an endpoint "
+            "returns only the top log-probs of its own tokens.",
+        )
     top_k = min(config.kd.cache_top_k, kd_recipe.ENDPOINT_MAX_TOP_K)
     if not teacher.supports_prompt_logprobs(top_k):  # type: ignore[attr-defined]
         raise DistillError(

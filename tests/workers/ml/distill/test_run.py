@@ -77,9 +77,12 @@ def test_it_writes_a_complete_expert_that_plain_peft_loads(
     assert not torch.allclose(plain, adapted)
 
 
-def test_it_refuses_kd_from_a_teacher_with_another_vocabulary(
-    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+def test_without_trl_it_refuses_kd_from_a_teacher_with_another_vocabulary(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Across vocabularies kd needs TRL's ULD loss (test_cross_tokenizer.py); without TRL it says how to get it."""
+    import sys
+
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
@@ -101,8 +104,12 @@ def test_it_refuses_kd_from_a_teacher_with_another_vocabulary(
         teacher=LocalTeacherConfig(spec=f"hf:{teacher_dir}"),
         model_roots=(tmp_path / "models",),
     )
-    with pytest.raises(TokenizerMismatch, match="Use recipe 'qa'"):
+    for name in ["trl", *(name for name in sys.modules if name.startswith("trl."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import trl…` now fails as if TRL were not installed
+    with pytest.raises(TokenizerMismatch) as raised:
         distill(config, toy_corpus)
+    assert "pip install 'distillery[gold]'" in str(raised.value)
+    assert "use recipe 'qa'" in str(raised.value)
     assert not (config.output_dir / "adapter_model.safetensors").exists()
 
 

@@ -1,4 +1,7 @@
-"""Whether two tokenizers share a vocabulary, which logit distillation (recipe kd) needs."""
+"""Whether two tokenizers share a vocabulary, which token-level logit distillation (recipe kd) needs.
+
+A local teacher of another vocabulary goes through cross_tokenizer.py (TRL's ULD loss) instead.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,17 @@ def _name(tokenizer: Any, given: str | None) -> str:
     return given or str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
+def vocabulary_sizes(
+    teacher_tokenizer: Any, student_tokenizer: Any, *, teacher_name: str | None = None, student_name: str | None = None
+) -> str:
+    """How two vocabularies differ, for error messages: their sizes, or that equal sizes map tokens differently."""
+    teacher, student = _name(teacher_tokenizer, teacher_name), _name(student_tokenizer, student_name)
+    n_teacher, n_student = len(teacher_tokenizer), len(student_tokenizer)
+    if n_teacher == n_student:
+        return f"teacher {teacher} and student {student} both have {n_teacher} tokens, but with different ids"
+    return f"teacher {teacher} has {n_teacher} tokens, student {student} has {n_student}"
+
+
 def require_same_vocabulary(
     teacher_tokenizer: Any,
     student_tokenizer: Any,
@@ -32,20 +46,18 @@ def require_same_vocabulary(
     recipe_hint: str = "qa",
     teacher_name: str | None = None,
     student_name: str | None = None,
+    detail: str = "",
 ) -> None:
     """Raise TokenizerMismatch, with a message that names the recipe to use instead, unless vocabularies match.
 
-    `teacher_name` / `student_name` (e.g. catalog specs) read better in the message than tokenizer paths.
+    `teacher_name` / `student_name` (e.g. catalog specs) read better in the message than tokenizer paths;
+    `detail` is a sentence put before the suggestion (e.g. why another way does not apply).
     """
     if same_vocabulary(teacher_tokenizer, student_tokenizer):
         return
-    teacher, student = _name(teacher_tokenizer, teacher_name), _name(student_tokenizer, student_name)
-    n_teacher, n_student = len(teacher_tokenizer), len(student_tokenizer)
-    if n_teacher == n_student:
-        sizes = f"teacher {teacher} and student {student} both have {n_teacher} tokens, but with different ids"
-    else:
-        sizes = f"teacher {teacher} has {n_teacher} tokens, student {student} has {n_student}"
+    sizes = vocabulary_sizes(teacher_tokenizer, student_tokenizer, teacher_name=teacher_name, student_name=student_name)
     raise TokenizerMismatch(
         f"Recipe kd needs the teacher to share the student's vocabulary ({sizes}). "
-        f"Use recipe '{recipe_hint}', which distils through generated text and works with any teacher."
+        + (f"{detail} " if detail else "")
+        + f"Use recipe '{recipe_hint}', which distils through generated text and works with any teacher."
     )

@@ -1,0 +1,419 @@
+"""Recipe kd across tokenizers: TRL's Universal Logit Distillation (GOLD's `ULDLoss`) for a teacher whose
+vocabulary differs from the student's.
+
+Token-level KD compares p_teacher(v) with p_student(v) for the same token v; when the ids of the two vocabularies
+mean different strings there is no such v. ULD (Boizard et al., 2024) compares the two distributions *sorted*
+(an L1 distance between the probability vectors in descending order, the shorter one padded with zeros), which
+needs no token correspondence, only pairs of positions that predict the same text. TRL's extended ULD finds those
+pairs from byte offsets: both tokenizations of the same text are walked together and cut into groups wherever both
+have a token boundary at the same byte, and a word one side splits into several tokens is merged by the chain rule.
+
+Design, and why it differs from the same-vocabulary path (kd.py):
+
+- Same text, two tokenizations. A training chunk is tokenised by the student (truncated to `seq_len`) and, for the
+  same text, by the teacher, each token with its UTF-8 byte span in the chunk text; both sets of offsets are
+  relative to the chunk's first byte, the shared coordinate system ULD aligns on.
+- Context distillation as in kd.py: the teacher reads the preceding chunk(s) (its own tokens, capped at
+  `context_max_tokens`) before the chunk. Only the chunk's tokens carry teacher labels, so the loss covers the
+  target text only.
+- Unpacked rows. ULDLoss reads a row's answer as the one contiguous run of labelled tokens, so a micro-batch row
+  holds one chunk, right-padded to the longest row of the micro-batch, instead of several packed ones.
+- "bayesian" token merging: the distribution at position k is the one that predicts token k (logits shifted by
+  one), so a group of split tokens becomes p(last token | prefix) · Π p(earlier actual tokens) — the probability
+  of the group's text. TRL's default, "observed", pairs each token's byte span with the distribution of the *next*
+  token and multiplies probabilities read off by one position.
+- TRL's merge is replaced by a vectorised one with the same result (`merge_aligned_probabilities`): TRL's
+  backward grows as groups² × vocabulary, which makes a CPU run with 256-token rows unusable.
+- No teacher cache: the cache keeps, per student token, the teacher's top-k targets as ids of the shared
+  vocabulary. Across tokenizers there is no per-student-token target, the ids would be the teacher's, and ULDLoss
+  takes the teacher's full logits over the teacher's own tokens (the sort compares whole distributions, the merge
+  reads the actual tokens' probabilities). The teacher runs live, without gradients, on each micro-batch instead:
+  one teacher forward per micro-batch and epoch.
+- loss = α·CE + (1 − α)·ULD. ULDLoss's own cross-entropy is off (`uld_crossentropy_weight=0`); ours is the CE of
+  every kd run, on the student's next tokens, so α means the same with or without a shared vocabulary. ULD is
+  averaged per row over its aligned groups, and rows are weighted by their labelled tokens like the CE, so a
+  micro-batch's loss is a mean over tokens as the training loop expects. The temperature softens both
+  distributions; there is no τ² factor (it offsets the 1/τ² of KL gradients, which an L1 between probabilities
+  does not have); the training log's `divergence` is this ULD distance. `divergence`, `jsd_beta`, `teacher_cache`
+  and `cache_top_k` of the settings do not apply here.
+- TRL is an optional dependency (`pip install 'distillery[gold]'`), imported only when a run needs it.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from workers.ml.catalog_types import LoadedModel
+from workers.ml.distill import kd as kd_recipe
+from workers.ml.distill.config import DistillConfig, KDSettings
+from workers.ml.distill.corpus import Chunk, CorpusSnapshot
+from workers.ml.distill.errors import NoTrainingData, TokenizerMismatch
+from workers.ml.distill.losses import IGNORE_INDEX, LossParts
+from workers.ml.distill.packing import PackedBatch, collate
+from workers.ml.distill.progress import Progress, ProgressCallback
+from workers.ml.distill.teachers import LocalTeacher
+from workers.ml.distill.teachers.vocab import vocabulary_sizes
+from workers.ml.distill.train import DataPlan, LossFunction
+
+GOLD_EXTRA = "pip install 'distillery[gold]'"
+QA_SUGGESTION = "use recipe 'qa', which distils through generated text and works with any teacher"
+# ULD merges split tokens by the chain rule over the actual tokens; see the module docstring.
+MERGE_STRATEGY = "bayesian"
+MERGE_EPS = 1e-8  # TRL's floor of a merged token's probability
+
+Offsets = tuple[tuple[int, int], ...]
+
+
+# ---------------------------------------------------------------- byte offsets
+
+
+def token_byte_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The tokens of `text` (no special tokens) and each one's UTF-8 byte span (start, end) in `text`.
+
+    From a fast tokenizer's character offsets, which give every byte-level piece of a multi-byte character (and
+    every SentencePiece byte-fallback token) the whole character's span, so spans overlap. A token is cut where the
+    next one starts: the shared character then belongs to its last piece, and the earlier pieces end before it
+    (zero width when they hold nothing else). ULD groups tokens by where they end, so the pieces of a character
+    join the group that ends with it. Ends never decrease, as ULD's alignment walk needs.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TokenizerMismatch(
+            f"Cross-tokenizer kd needs a fast tokenizer (with character offsets); "
+            f"{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)} is not one. Instead, {QA_SUGGESTION}."
+        )
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    char_to_byte = [0]
+    for char in text:
+        char_to_byte.append(char_to_byte[-1] + len(char.encode("utf-8")))
+    spans = [(char_to_byte[start], char_to_byte[end]) for start, end in encoding["offset_mapping"]]
+    offsets: list[tuple[int, int]] = []
+    cursor = 0
+    for index, (start, end) in enumerate(spans):
+        if index + 1 < len(spans) and spans[index + 1][0] < end:
+            end = max(start, spans[index + 1][0])  # the overlap belongs to the next piece
+        start = max(start, cursor)
+        end = max(end, start)
+        offsets.append((start, end))
+        cursor = end
+    return list(encoding["input_ids"]), offsets
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class CrossRow:
+    """One training chunk as both models read it."""
+
+    student_ids: tuple[int, ...]
+    student_offsets: Offsets  # byte span of each student token in the chunk text
+    teacher_ids: tuple[int, ...]  # context tokens, then the chunk's tokens
+    teacher_offsets: Offsets  # byte span of each of the teacher's chunk tokens (not the context's)
+    target_offset: int  # index in teacher_ids where the chunk begins
+
+
+@dataclass(frozen=True)
+class CrossData:
+    chunks: tuple[Chunk, ...]  # the chunks kept, in row order
+    rows: tuple[CrossRow, ...]
+
+    @property
+    def segments(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(row.student_ids for row in self.rows)
+
+
+def build_cross_data(
+    chunks: Sequence[Chunk],
+    corpus: CorpusSnapshot,
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    settings: KDSettings,
+    seq_len: int,
+) -> CrossData:
+    """Tokenise each chunk for the student (truncated to seq_len) and the same text for the teacher, context first."""
+    kept, rows = [], []
+    for chunk in chunks:
+        student_ids, student_offsets = token_byte_offsets(student_tokenizer, chunk.text)
+        if len(student_ids) < 2:  # nothing to predict
+            continue
+        text = chunk.text
+        if len(student_ids) > seq_len:
+            student_ids, student_offsets = student_ids[:seq_len], student_offsets[:seq_len]
+            # The teacher reads the text the student's tokens cover (a character cut in two is left out).
+            text = text.encode("utf-8")[: student_offsets[-1][1]].decode("utf-8", errors="ignore")
+        teacher_ids, teacher_offsets = token_byte_offsets(teacher_tokenizer, text)
+        context = kd_recipe.context_tokens(
+            teacher_tokenizer, kd_recipe.context_text(corpus, chunk, settings), settings.context_max_tokens
+        )
+        kept.append(chunk)
+        rows.append(
+            CrossRow(
+                student_ids=tuple(student_ids),
+                student_offsets=tuple(student_offsets),
+                teacher_ids=context + tuple(teacher_ids),
+                teacher_offsets=tuple(teacher_offsets),
+                target_offset=len(context),
+            )
+        )
+    return CrossData(tuple(kept), tuple(rows))
+
+
+class UnpackedPlan(DataPlan):
+    """A DataPlan with one chunk per row (ULD needs each row's answer region), rows padded to the longest.
+
+    The epoch's order is the same seeded shuffle packing uses, so a run stays reproducible and resumable.
+    """
+
+    def epoch(self, number: int) -> list[list[list[int]]]:
+        if self._cached_epoch is None or self._cached_epoch[0] != number:
+            order = list(range(len(self.lengths)))
+            random.Random(f"{self.settings.seed}:{number}").shuffle(order)  # noqa: S311 - data order, not security
+            size = self.settings.micro_batch_size
+            rows = [[index] for index in order]
+            self._cached_epoch = (number, [rows[i : i + size] for i in range(0, len(rows), size)])
+        return self._cached_epoch[1]
+
+    def collate(self, rows: list[list[int]]) -> PackedBatch:
+        width = max(self.lengths[index] for row in rows for index in row)
+        return collate(self.segments, rows, width, self.pad_token_id)
+
+
+# ---------------------------------------------------------------- TRL's ULD loss
+
+
+def _missing_trl_message(
+    teacher_tokenizer: Any, student_tokenizer: Any, names: tuple[str, str], error: Exception
+) -> str:
+    sizes = vocabulary_sizes(teacher_tokenizer, student_tokenizer, teacher_name=names[0], student_name=names[1])
+    if (error_name := getattr(error, "name", None)) and error_name.split(".")[0] == "trl":
+        problem = "TRL's cross-tokenizer GOLD (ULD) loss, which is not installed"
+    else:
+        problem = f"TRL's cross-tokenizer GOLD (ULD) loss, which does not import here ({error})"
+    return (
+        f"The teacher's vocabulary differs from the student's ({sizes}): recipe kd then needs {problem}. "
+        f"Enable it with `{GOLD_EXTRA}`, or {QA_SUGGESTION}."
+    )
+
+
+def merge_aligned_probabilities(
+    probs: torch.Tensor, groups: Sequence[Sequence[int]], token_ids: Sequence[int] | None, strategy: str
+) -> torch.Tensor:
+    """ULDLoss's merge of split tokens, vectorised: (n, V) probabilities -> (G, V), one row per alignment group.
+
+    The same result as TRL 1.16's `ULDLoss._merge_probabilities_with_alignment_groups` (tested against it): a group
+    of one token keeps its distribution; a longer one takes the distribution at its base position (the last for
+    "bayesian", the first for "observed") times the probabilities, floored at 1e-8, of the actual tokens at its
+    other positions; an empty group is zero. TRL writes each group into a zero tensor in place, which autograd
+    undoes with one copy of the whole (G, V) gradient per group: backward grows as G²·V, half a minute for one
+    256-token row on a CPU. A gather and an index_add keep forward and backward at O(G·V).
+    """
+    if not groups:
+        return probs
+    if token_ids is None and any(len(group) > 1 for group in groups):
+        raise ValueError("token_ids must be provided when merging multi-token groups.")
+    bayesian = strategy == "bayesian"
+    base, owners, positions = [], [], []
+    for number, group in enumerate(groups):
+        base.append((group[-1] if bayesian else group[0]) if group else 0)
+        for position in group[:-1] if bayesian else group[1:]:
+            owners.append(number)
+            positions.append(position)
+    device = probs.device
+    merged = probs[torch.tensor(base, device=device)]  # (G, V)
+    if positions:
+        assert token_ids is not None
+        picked = torch.tensor(positions, device=device)  # (S,)
+        actual = torch.tensor([token_ids[position] for position in positions], device=device)  # (S,)
+        log_scalars = probs[picked, actual].clamp_min(MERGE_EPS).log()  # (S,)
+        factor = probs.new_zeros(len(groups)).index_add(0, torch.tensor(owners, device=device), log_scalars).exp()
+        merged = merged * factor.unsqueeze(-1)  # (G, V)
+    empty = [number for number, group in enumerate(groups) if not group]
+    if empty:
+        keep = torch.ones(len(groups), 1, dtype=probs.dtype, device=device)
+        keep[torch.tensor(empty, device=device)] = 0
+        merged = merged * keep
+    return merged
+
+
+def load_uld_loss(
+    settings: KDSettings,
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    device: torch.device,
+    *,
+    teacher_name: str | None = None,
+    student_name: str | None = None,
+) -> Any:
+    """TRL's ULDLoss (merge vectorised) for these tokenizers, without its own CE.
+
+    Raises TokenizerMismatch, saying how to enable it and suggesting recipe qa, when TRL cannot be imported.
+    """
+    try:
+        with warnings.catch_warnings():
+            # trl.experimental warns once on import that its API may change: this module pins the TRL version.
+            warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+            from trl.experimental.gold.gold_config import GOLDConfig
+            from trl.experimental.gold.gold_trainer import ULDLoss
+    except ImportError as error:
+        names = (teacher_name or "", student_name or "")
+        raise TokenizerMismatch(_missing_trl_message(teacher_tokenizer, student_tokenizer, names, error)) from error
+    with warnings.catch_warnings():
+        # GOLDConfig is a TrainingArguments: its deprecation notices concern the trainer, which is not used here.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        gold = GOLDConfig(
+            output_dir="gold-unused",  # GOLDConfig is a TrainingArguments; nothing is written there
+            report_to="none",
+            bf16=False,  # its default asks TrainingArguments for a bf16 device; our loop does the autocast
+            use_uld_loss=True,
+            use_extended_uld=True,
+            uld_token_merge_strategy=MERGE_STRATEGY,
+            uld_crossentropy_weight=0.0,
+            uld_distillation_weight=1.0,
+            uld_student_temperature=settings.temperature,
+            uld_teacher_temperature=settings.temperature,
+            # Chunks carry no end-of-sequence token, so there is none to skip.
+            uld_skip_student_eos=False,
+            uld_skip_teacher_eos=False,
+        )
+
+    class VectorisedULDLoss(ULDLoss):  # type: ignore[misc, valid-type]
+        """TRL's ULDLoss with its split-token merge vectorised (see merge_aligned_probabilities)."""
+
+        def _merge_probabilities_with_alignment_groups(
+            self, probs: torch.Tensor, alignment_groups: Any, token_ids: Any = None
+        ) -> torch.Tensor:
+            return merge_aligned_probabilities(probs, alignment_groups, token_ids, self.token_merge_strategy)
+
+    return VectorisedULDLoss(
+        gold, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer, device=device
+    )
+
+
+@dataclass
+class _RowTensors:
+    """One micro-batch's ULD inputs besides the logits, on the CPU (ULDLoss reads them as Python lists)."""
+
+    student_labels: torch.Tensor  # (B, T): the chunk's token ids (the answer region), -100 on padding
+    student_offsets: torch.Tensor  # (B, T, 2) byte spans, (0, 0) on padding
+    teacher_ids: torch.Tensor  # (B, Tt)
+    teacher_mask: torch.Tensor  # (B, Tt): 1 on real tokens
+    teacher_labels: torch.Tensor  # (B, Tt): the chunk's teacher tokens, -100 on context and padding
+    teacher_offsets: torch.Tensor  # (B, Tt, 2) byte spans of the chunk's tokens, (0, 0) elsewhere
+
+
+def _row_tensors(rows: Sequence[CrossRow], batch: PackedBatch, teacher_pad_id: int) -> _RowTensors:
+    count, width = batch.input_ids.shape
+    teacher_width = max(len(rows[placement.segment].teacher_ids) for placement in batch.placements)
+    out = _RowTensors(
+        student_labels=torch.full((count, width), IGNORE_INDEX, dtype=torch.long),
+        student_offsets=torch.zeros((count, width, 2), dtype=torch.long),
+        teacher_ids=torch.full((count, teacher_width), teacher_pad_id, dtype=torch.long),
+        teacher_mask=torch.zeros((count, teacher_width), dtype=torch.long),
+        teacher_labels=torch.full((count, teacher_width), IGNORE_INDEX, dtype=torch.long),
+        teacher_offsets=torch.zeros((count, teacher_width, 2), dtype=torch.long),
+    )
+    for placement in batch.placements:
+        row, item = placement.row, rows[placement.segment]
+        student = slice(placement.start, placement.start + placement.length)
+        out.student_labels[row, student] = torch.tensor(item.student_ids)
+        out.student_offsets[row, student] = torch.tensor(item.student_offsets, dtype=torch.long).reshape(-1, 2)
+        length = len(item.teacher_ids)
+        out.teacher_ids[row, :length] = torch.tensor(item.teacher_ids)
+        out.teacher_mask[row, :length] = 1
+        target = slice(item.target_offset, length)
+        out.teacher_labels[row, target] = out.teacher_ids[row, target]
+        out.teacher_offsets[row, target] = torch.tensor(item.teacher_offsets, dtype=torch.long).reshape(-1, 2)
+    return out
+
+
+def cross_tokenizer_loss(
+    settings: KDSettings, uld: Any, teacher: LocalTeacher, rows: Sequence[CrossRow], teacher_pad_id: int
+) -> LossFunction:
+    """α·CE + (1 − α)·ULD on unpacked rows, running the teacher live on each micro-batch."""
+    alpha = settings.alpha
+
+    def loss(model: Any, batch: PackedBatch) -> LossParts:
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (B,T,V)
+        weights = (batch.labels != IGNORE_INDEX).sum(-1).tolist()  # labelled positions per row
+        positions = sum(weights)
+        if positions == 0:
+            zero = logits.sum() * 0.0
+            return LossParts(zero, zero.detach(), zero.detach(), 0)
+        tensors = _row_tensors(rows, batch, teacher_pad_id) if alpha < 1 else None
+        teacher_logits = None
+        if tensors is not None:
+            # Without gradients; on the teacher's device, then beside the student's logits.
+            teacher_logits = teacher.logits(tensors.teacher_ids, attention_mask=tensors.teacher_mask)  # (B, Tt, Vt)
+            teacher_logits = teacher_logits.to(logits.device)
+        input_ids = batch.input_ids.cpu()  # (B, T)
+        total_ce = logits.new_zeros((), dtype=torch.float32)
+        total_uld = logits.new_zeros((), dtype=torch.float32)
+        for row, weight in enumerate(weights):
+            if weight == 0:
+                continue
+            row_logits = logits[row : row + 1].float()  # (1, T, V); one row's fp32 copy at a time
+            if alpha > 0:
+                total_ce = total_ce + F.cross_entropy(row_logits[0], batch.labels[row], reduction="sum")
+            if tensors is not None and teacher_logits is not None:
+                uld_row = uld(
+                    student_logits=row_logits,
+                    teacher_logits=teacher_logits[row : row + 1],  # (1, Tt, Vt)
+                    student_labels=tensors.student_labels[row : row + 1],
+                    teacher_labels=tensors.teacher_labels[row : row + 1],
+                    student_input_ids=input_ids[row : row + 1],
+                    teacher_input_ids=tensors.teacher_ids[row : row + 1],
+                    student_byte_offsets=tensors.student_offsets[row : row + 1],
+                    teacher_byte_offsets=tensors.teacher_offsets[row : row + 1],
+                )
+                # ULD is a mean over the row's aligned groups: weigh rows by their tokens, like the CE.
+                total_uld = total_uld + uld_row.sum() * weight
+        ce_mean, uld_mean = total_ce / positions, total_uld / positions
+        total = alpha * ce_mean + (1 - alpha) * uld_mean
+        return LossParts(total=total, ce=ce_mean.detach(), divergence=uld_mean.detach(), positions=positions)
+
+    return loss
+
+
+# ---------------------------------------------------------------- recipe kd's entry point
+
+
+def prepare(
+    config: DistillConfig,
+    corpus: CorpusSnapshot,
+    student: LoadedModel,
+    teacher: LocalTeacher,
+    on_progress: ProgressCallback,
+) -> tuple[DataPlan, LossFunction]:
+    """Data and loss of recipe kd for a local teacher of another vocabulary (see the module docstring)."""
+    uld = load_uld_loss(
+        config.kd,
+        student.tokenizer,
+        teacher.tokenizer,
+        student.device,
+        teacher_name=teacher.label,
+        student_name=config.student,
+    )
+    data = build_cross_data(
+        corpus.train, corpus, student.tokenizer, teacher.tokenizer, config.kd, config.training.seq_len
+    )
+    if not data.rows:
+        raise NoTrainingData("No training chunk has at least two tokens: the corpus is empty.")
+    pad_token_id = student.tokenizer.pad_token_id if student.tokenizer.pad_token_id is not None else 0
+    teacher_pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
+    on_progress(
+        Progress(
+            "teacher",
+            1,
+            1,
+            message="Teacher and student tokenizers differ: cross-tokenizer kd (TRL's ULD), teacher run live each step",
+        )
+    )
+    plan = UnpackedPlan(data.segments, config.training, pad_token_id)
+    return plan, cross_tokenizer_loss(config.kd, uld, teacher, data.rows, teacher_pad_id)
