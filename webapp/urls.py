@@ -6,6 +6,7 @@ urlpatterns = [
     path("accounts/", include("webapp.accounts.urls")),
     path("org/", include("webapp.tenants.urls")),
     path("corpora/", include("webapp.corpora.urls")),
+    path("jobs/", include("webapp.jobs.urls")),
     path("api/v1/", include("webapp.api.urls")),
     path("admin/", admin.site.urls),
 ]

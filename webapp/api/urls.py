@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webapp.api import corpora, views
+from webapp.api import corpora, jobs, views
 
 app_name = "api"
 urlpatterns = [
@@ -14,4 +14,9 @@ urlpatterns = [
     path("corpora/<int:corpus_id>/files/<int:file_id>/content", corpora.file_content, name="corpus-file-content"),
     path("corpora/<int:corpus_id>/ingest", corpora.corpus_ingest, name="corpus-ingest"),
     path("corpora/<int:corpus_id>/versions/<int:number>", corpora.version_detail, name="corpus-version"),
+    path("jobs", jobs.job_list, name="jobs"),
+    path("jobs/<int:job_id>", jobs.job_detail, name="job"),
+    path("jobs/<int:job_id>/cancel", jobs.job_cancel, name="job-cancel"),
+    path("jobs/<int:job_id>/retry", jobs.job_retry, name="job-retry"),
+    path("teachers", jobs.teacher_list, name="teachers"),
 ]

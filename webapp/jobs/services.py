@@ -119,6 +119,8 @@ def check_endpoint_url(url: str) -> None:
         raise JobError(f"The host {host} cannot be resolved.") from error
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 reaches 169.254.169.254: judge the IPv4 address
         if str(ip) in METADATA_HOSTS or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
             raise JobError(f"{host} resolves to {ip}, a link-local or reserved address: refused.")
         if (ip.is_private or ip.is_loopback) and not settings.TEACHER_ENDPOINT_ALLOW_PRIVATE and host not in allowed:

@@ -1,0 +1,271 @@
+"""The job task on the real PostgreSQL with tiny models: outcome, cancel and resume, fencing, attempts, sweep,
+and a worker killed with SIGKILL whose job the sweep hands to a new worker that resumes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from tests.conftest import _start_worker
+from tests.webapp.conftest import Cast
+from tests.workers.ml.distill.conftest import toy_documents
+from webapp.corpora.models import Chunk, Corpus, CorpusVersion, Document
+from webapp.jobs import services
+from webapp.jobs.models import DistillationJob, JobStatus, Notification
+from workers.tasks import jobs as job_tasks
+from workers.tasks.jobs import JobRunner, LeaseLost, run_job, sweep_jobs
+
+TINY_OPTIONS = {"epochs": 2, "lora_rank": 4, "seq_len": 64, "alpha": 0.5, "checkpoint_every": 2}
+
+
+@pytest.fixture(autouse=True)
+def tiny_world(settings: Any, tmp_path: Path) -> None:
+    """Tiny student and teacher, files under the test's folder, a fast lease."""
+    settings.MOE_BASE_MODEL = "tiny:llama-2l"
+    settings.GLOBAL_TEACHERS = ["Tiny teacher=tiny:llama-2l"]
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.CHECKPOINTS_DIR = tmp_path / "checkpoints"
+    settings.ORG_MAX_ACTIVE_JOBS = 10
+
+
+def ready_corpus(cast: Cast, documents: int = 12) -> Corpus:
+    """A corpus with a ready version made of the toy language the distillation tests use."""
+    corpus = Corpus.objects.create(organization=cast.org, name="Toy")
+    version = CorpusVersion.objects.create(
+        organization=cast.org, corpus=corpus, number=1, status=CorpusVersion.Status.READY, stats={"tokens": 4000}
+    )
+    for number, (name, chunks) in enumerate(toy_documents(documents)):
+        split = "heldout" if number % 4 == 0 else "train"
+        document = Document.objects.create(version=version, name=name, kind="text", split=split)
+        Chunk.objects.bulk_create(
+            Chunk(version=version, document=document, position=i, text=text, tokens=40, split=split)
+            for i, text in enumerate(chunks)
+        )
+    corpus.current_version = version
+    corpus.status = Corpus.Status.READY
+    corpus.save()
+    return corpus
+
+
+def new_job(cast: Cast, capture: Any, **options: Any) -> DistillationJob:
+    corpus = ready_corpus(cast)
+    with capture(execute=False):
+        return services.create_job(
+            cast.org,
+            cast.member,
+            name="toy expert",
+            corpus=corpus,
+            teacher_value="global:0",
+            recipe="kd",
+            options={**TINY_OPTIONS, **options},
+        )
+
+
+def test_it_runs_a_job_to_an_expert_with_metrics(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
+    job = new_job(cast, django_capture_on_commit_callbacks)
+
+    run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.attempt == 1
+    assert job.step == job.total_steps > 0
+    assert (Path(job.artifact_dir) / "adapter_model.safetensors").exists()
+    assert job.metrics["heldout"]["expert"]["perplexity"] > 0
+    assert [step for step, _ in job.loss_history] == sorted(step for step, _ in job.loss_history)
+    assert job.compute_seconds > 0
+    assert job.finished_at is not None
+    assert Notification.objects.get(recipient=cast.member).message == "Job “toy expert” succeeded."
+
+
+def test_it_cancels_with_a_checkpoint_and_a_retry_resumes_from_it(
+    cast: Cast, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = new_job(cast, django_capture_on_commit_callbacks, epochs=4)
+    original = JobRunner.on_progress
+
+    def cancel_after_step_four(self: JobRunner, progress: Any) -> None:
+        original(self, progress)
+        if progress.stage == "training" and progress.step >= 4:
+            DistillationJob.objects.filter(pk=self.job.pk).update(cancel_requested=True)
+
+    monkeypatch.setattr(JobRunner, "on_progress", cancel_after_step_four)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    stopped_at = job.step
+    assert stopped_at >= 4
+    assert list((Path(job_tasks.job_dirs(job)["checkpoints"])).glob("step-*"))
+
+    monkeypatch.setattr(JobRunner, "on_progress", original)
+    with django_capture_on_commit_callbacks(execute=False):
+        services.retry_job(job)
+    run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.attempt == 2
+    assert job.metrics["training"]["resumed_from_step"] == stopped_at
+    steps = [step for step, _ in job.loss_history]
+    assert steps == sorted(steps)
+    assert steps[-1] == job.total_steps
+
+
+def test_two_workers_never_hold_the_same_job(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
+    job = new_job(cast, django_capture_on_commit_callbacks)
+
+    first = DistillationJob.claim(job.pk, "worker-a", lease_seconds=60)
+    second = DistillationJob.claim(job.pk, "worker-b", lease_seconds=60)
+
+    assert (first, second) == (1, None)
+    # Once the first worker's lease has expired, another may take over, with the next attempt number.
+    DistillationJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert DistillationJob.claim(job.pk, "worker-b", lease_seconds=60) == 2
+
+
+def test_a_worker_that_lost_its_lease_cannot_write_progress_or_outcome(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = new_job(cast, django_capture_on_commit_callbacks)
+    attempt = DistillationJob.claim(job.pk, "worker-a", lease_seconds=60)
+    assert attempt == 1
+    slow = JobRunner(DistillationJob.objects.get(pk=job.pk), attempt)
+    DistillationJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert DistillationJob.claim(job.pk, "worker-b", lease_seconds=60) == 2
+
+    with pytest.raises(LeaseLost):
+        slow.write(step=99, loss=1.0)
+    assert slow.should_stop()
+    job_tasks._finish(slow, JobStatus.SUCCEEDED, metrics={"forged": True})
+
+    job.refresh_from_db()
+    assert (job.step, job.status, job.metrics) == (0, JobStatus.PREPARING, {})
+
+
+def test_it_fails_a_job_that_keeps_dying_after_the_attempt_limit(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = new_job(cast, django_capture_on_commit_callbacks)
+    DistillationJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.TRAINING, attempt=3, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("The job was started 3 times and its worker stopped each time without a word")
+    assert "Lower the sequence length or the micro-batch" in job.error
+
+
+def test_the_sweep_sends_again_expired_and_long_queued_jobs(
+    cast: Cast, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = new_job(cast, django_capture_on_commit_callbacks)
+    waiting = new_job(cast, django_capture_on_commit_callbacks)
+    alive = new_job(cast, django_capture_on_commit_callbacks)
+    now = timezone.now()
+    DistillationJob.objects.filter(pk=dead.pk).update(status=JobStatus.TRAINING, lease_expires_at=now - timedelta(1))
+    DistillationJob.objects.filter(pk=waiting.pk).update(enqueued_at=now - timedelta(hours=2))
+    DistillationJob.objects.filter(pk=alive.pk).update(status=JobStatus.TRAINING, lease_expires_at=now + timedelta(1))
+    sent: list[int] = []
+    monkeypatch.setattr(run_job, "delay", sent.append)
+
+    counts = sweep_jobs()
+
+    assert sorted(sent) == sorted([dead.pk, waiting.pk])
+    assert counts == {"expired": 1, "requeued": 1}
+    assert sweep_jobs() == {"expired": 1, "requeued": 0}  # a queued job's message is not re-sent every minute
+
+
+# ---------------------------------------------------------------- a real worker, killed with SIGKILL
+
+
+@pytest.fixture
+def gpu_worker_factory(tmp_path: Path) -> Iterator[Any]:
+    """Starts gpu-queue worker processes on the test database with a 3 s lease; stops them at the end."""
+    from webapp.core.health import workers_by_queue
+
+    db = connection.settings_dict
+    env = {
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "JOB_LEASE_SECONDS": "3",
+        "JOB_HEARTBEAT_SECONDS": "0.5",
+        "TORCH_THREADS_WORKER_GPU": "2",
+    }
+    started: list[Any] = []
+
+    def start(name: str) -> Any:
+        logs = tmp_path / name
+        logs.mkdir()
+        hostname = f"{name}@distillery"
+        process = _start_worker("gpu", logs, env, hostname=hostname)
+        started.append(process)
+        deadline = time.monotonic() + 60
+        while hostname not in workers_by_queue(timeout=1.0).get("gpu", []):
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"worker did not start: {(logs / 'worker-gpu.log').read_text()[-3000:]}")
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def wait_for(job: DistillationJob, condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(job):
+        assert time.monotonic() < deadline, f"{what}: job is {job.status} at step {job.step} ({job.error})"
+        time.sleep(0.3)
+        job.refresh_from_db()
+
+
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+def test_a_job_whose_worker_is_killed_resumes_on_a_new_worker_through_the_sweep(
+    cast: Cast, gpu_worker_factory: Any, settings: Any
+) -> None:
+    settings.JOB_LEASE_SECONDS = 3
+    first = gpu_worker_factory("gpu-first")
+    job = new_job(cast, lambda execute: _immediately(), epochs=8, checkpoint_every=3)  # sent on commit
+    wait_for(job, lambda j: j.status == JobStatus.TRAINING and j.step >= 7, 120, "training did not get going")
+
+    os.kill(first.pid, signal.SIGKILL)  # no goodbye: the message stays unacknowledged, the lease stops renewing
+    first.wait(timeout=10)
+    killed_at = job.step
+    time.sleep(3.5)  # the lease (3 s) runs out
+    gpu_worker_factory("gpu-second")
+    # The broker would re-deliver the unacknowledged message only after its visibility timeout (hours):
+    # the sweep is the path that brings the job back.
+    assert sweep_jobs()["expired"] == 1
+    wait_for(job, lambda j: j.status == JobStatus.SUCCEEDED, 180, "the job did not finish on the second worker")
+
+    assert job.attempt == 2
+    resumed = job.metrics["training"]["resumed_from_step"]
+    assert resumed is not None
+    # Only the steps since the last checkpoint are lost (the row's step lags the worker's by up to a second).
+    assert resumed % 3 == 0
+    assert resumed >= killed_at - 3
+    assert job.step == job.total_steps
+
+
+class _immediately:
+    """`django_capture_on_commit_callbacks` stand-in for a transactional test: commits run callbacks at once."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: Any) -> None:
+        return None

@@ -1,0 +1,148 @@
+"""REST API for distillation jobs and teachers.
+
+    curl -H "Authorization: Bearer $TOKEN" https://host/api/v1/teachers
+    curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+         -d '{"name": "Handbook expert", "corpus": 1, "teacher": "global:0", "recipe": "kd",
+              "options": {"epochs": 2, "lora_rank": 16}}' https://host/api/v1/jobs
+    curl -H "Authorization: Bearer $TOKEN" https://host/api/v1/jobs/7
+    curl -H "Authorization: Bearer $TOKEN" -X POST https://host/api/v1/jobs/7/cancel
+
+Every lookup is scoped to the token's org: another org's ids answer 404, like ids that do not exist. No answer
+ever holds a teacher's API key: teachers show its last 4 characters only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from webapp.api.auth import ApiRequest, api_error, api_token_required, not_found
+from webapp.jobs import services
+from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
+from webapp.jobs.models import DistillationJob
+from webapp.jobs.presenters import job_json, status_filter, teacher_json
+
+
+def _job(request: ApiRequest, job_id: int) -> DistillationJob | None:
+    jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus_version")
+    return jobs.filter(pk=job_id).first()
+
+
+def _invalid(message: str, code: str = "invalid") -> JsonResponse:
+    return api_error(message, status=400, error_type="invalid_request_error", code=code)
+
+
+def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
+    """The new-job form's fields from the JSON body (options default as on the page), or what is wrong."""
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        return "options: must be an object."
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        return f"options: unknown key(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_OPTIONS)}."
+    teacher = body.get("teacher")
+    if isinstance(teacher, int) and not isinstance(teacher, bool):
+        teacher = f"org:{teacher}"  # a teacher row's id, as the teachers list also names it "org:<id>"
+    merged = {**DEFAULT_OPTIONS, **options}
+    data = {key: value for key, value in merged.items() if value is not None}
+    data.update(
+        name=body.get("name"),
+        corpus=body.get("corpus"),
+        teacher=teacher,
+        recipe=body.get("recipe") or DistillationJob.Recipe.KD,
+    )
+    if body.get("spend_cap_usd") is not None:
+        data["spend_cap_usd"] = body["spend_cap_usd"]
+    # A form treats a missing checkbox as off; here a false value must stay false.
+    if not merged.get("context"):
+        data.pop("context", None)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+@require_http_methods(["GET", "POST"])
+@api_token_required
+def job_list(request: ApiRequest) -> JsonResponse:
+    if request.method == "POST":
+        return _create(request)
+    jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus_version")
+    _, statuses = status_filter(request.GET.get("status"))
+    if statuses:
+        jobs = jobs.filter(status__in=statuses)
+    return JsonResponse({"object": "list", "data": [job_json(job) for job in jobs[:200]]})
+
+
+def _create(request: ApiRequest) -> JsonResponse:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return _invalid("The body must be a JSON object.")
+    if not isinstance(body, dict):
+        return _invalid("The body must be a JSON object.")
+    data = _form_data(body)
+    if isinstance(data, str):
+        return _invalid(data)
+    form = JobForm(data, organization=request.organization)
+    if not form.is_valid():
+        field, errors = next(iter(form.errors.items()))
+        return _invalid(f"{field}: {errors[0]}")
+    try:
+        job = services.create_job(
+            request.organization,
+            request.api_token.created_by,
+            name=form.cleaned_data["name"],
+            corpus=form.cleaned_data["corpus"],
+            teacher_value=form.cleaned_data["teacher"],
+            recipe=form.cleaned_data["recipe"],
+            options=form.options(),
+            spend_cap_usd=form.cleaned_data.get("spend_cap_usd"),
+        )
+    except services.JobError as error:
+        return _invalid(str(error), code="job_refused")
+    return JsonResponse(job_json(job, detail=True), status=201)
+
+
+@require_GET
+@api_token_required
+def job_detail(request: ApiRequest, job_id: int) -> JsonResponse:
+    job = _job(request, job_id)
+    if job is None:
+        return not_found("job")
+    return JsonResponse(job_json(job, detail=True))
+
+
+@require_POST
+@api_token_required
+def job_cancel(request: ApiRequest, job_id: int) -> JsonResponse:
+    """Queued: cancelled at once. Running: `cancel_requested` until the worker stops after its step."""
+    job = _job(request, job_id)
+    if job is None:
+        return not_found("job")
+    try:
+        services.cancel_job(job)
+    except services.JobError as error:
+        return api_error(str(error), status=409, error_type="invalid_request_error", code="job_ended")
+    job.refresh_from_db()
+    return JsonResponse(job_json(job, detail=True))
+
+
+@require_POST
+@api_token_required
+def job_retry(request: ApiRequest, job_id: int) -> JsonResponse:
+    job = _job(request, job_id)
+    if job is None:
+        return not_found("job")
+    try:
+        job = services.retry_job(job)
+    except services.JobError as error:
+        return api_error(str(error), status=409, error_type="invalid_request_error", code="cannot_retry")
+    return JsonResponse(job_json(job, detail=True))
+
+
+@require_GET
+@api_token_required
+def teacher_list(request: ApiRequest) -> JsonResponse:
+    choices = services.teacher_choices(request.organization)
+    return JsonResponse({"object": "list", "data": [teacher_json(choice) for choice in choices]})
