@@ -680,3 +680,26 @@ def test_the_jobs_pages_and_api_import_neither_torch_nor_transformers() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "heavy: []" in result.stdout
+
+
+@pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.TRAINING])
+def test_it_refuses_to_delete_a_corpus_that_an_active_job_reads(cast: Cast, corpus: Corpus, status: str) -> None:
+    make_job(corpus, status=status, name="Leave expert")
+
+    response = cast.client_for("owner").post(reverse("corpora:delete", args=[corpus.pk]), {"confirm": corpus.name})
+
+    assert Corpus.objects.filter(pk=corpus.pk).exists()
+    messages = [str(m) for m in response.wsgi_request._messages]
+    assert messages == [
+        "This corpus is used by a queued or running job (job “Leave expert”): cancel it or wait for it to finish."
+    ]
+
+
+def test_it_deletes_a_corpus_whose_jobs_have_ended(cast: Cast, corpus: Corpus) -> None:
+    job = make_job(corpus, status=JobStatus.SUCCEEDED)
+
+    cast.client_for("owner").post(reverse("corpora:delete", args=[corpus.pk]), {"confirm": corpus.name})
+
+    assert not Corpus.objects.filter(pk=corpus.pk).exists()
+    job.refresh_from_db()
+    assert job.corpus is None  # the job's record (and its expert) outlive the corpus
