@@ -9,6 +9,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -240,6 +241,10 @@ def create_job(
     refusal = limit_refusal(organization)
     if refusal:
         raise JobError(refusal)
+    if spend_cap_usd is not None:
+        spend_cap_usd = Decimal(str(spend_cap_usd))
+        if spend_cap_usd < Decimal("0.01") or spend_cap_usd != spend_cap_usd.quantize(Decimal("0.01")):
+            raise JobError("The spend cap is in dollars and cents: at least 0.01 USD, at most two decimals.")
     job = DistillationJob.objects.create(
         organization=organization,
         name=name,

@@ -184,10 +184,10 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
     teacher: Any
     if snapshot.get("kind") == "endpoint":
         cap = None
-        if job.spend_cap_usd and snapshot.get("price_input_per_million"):
-            # A token cap from the money cap at the input price (the dearer side decides in practice).
-            price = max(snapshot.get("price_input_per_million") or 0, snapshot.get("price_output_per_million") or 0)
-            cap = int(float(job.spend_cap_usd) / price * 1_000_000) if price else None
+        price = max(snapshot.get("price_input_per_million") or 0, snapshot.get("price_output_per_million") or 0)
+        if job.spend_cap_usd is not None and price:
+            # The money cap as a token cap at the dearer of the two prices, so the cap is never overspent.
+            cap = int(Decimal(job.spend_cap_usd) * 1_000_000 / Decimal(str(price)))
         teacher = EndpointTeacherConfig(
             base_url=snapshot["base_url"],
             model=snapshot["model_name"],
@@ -294,7 +294,7 @@ def _run(job: DistillationJob, runner: JobRunner) -> None:
     except LeaseLost:
         raise
     except DistillError as error:
-        _finish(runner, JobStatus.FAILED, error=str(error))
+        _finish(runner, JobStatus.FAILED, error=str(error), usage=getattr(error, "teacher_usage", None))
         return
     except Exception as error:
         logger.exception("job %s failed", job.pk)

@@ -35,6 +35,9 @@ def tiny_world(settings: Any, tmp_path: Path) -> None:
     settings.ARTIFACTS_DIR = tmp_path / "artifacts"
     settings.CHECKPOINTS_DIR = tmp_path / "checkpoints"
     settings.ORG_MAX_ACTIVE_JOBS = 10
+    # In-process runs live inside the test's transaction, which the heartbeat thread's own connection cannot
+    # see: its renewal would find no row and stop the run. The real-worker test below exercises the heartbeat.
+    settings.JOB_HEARTBEAT_SECONDS = 3600
 
 
 def ready_corpus(cast: Cast, documents: int = 12) -> Corpus:
@@ -269,3 +272,60 @@ class _immediately:
 
     def __exit__(self, *_: Any) -> None:
         return None
+
+
+def test_a_spend_cap_stops_the_teacher_pass_cleanly_and_the_key_never_reaches_logs_or_files(
+    cast: Cast, django_capture_on_commit_callbacks: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from decimal import Decimal
+
+    from tests.workers.ml.distill.openai_stub import OpenAIStub
+    from tests.workers.ml.distill.test_qa import scripted_reply
+    from webapp.jobs.models import Teacher
+
+    secret = "sk-job-SECRET-1234"
+    corpus = ready_corpus(cast)
+    with OpenAIStub(reply=scripted_reply(), api_key=secret) as stub:
+        teacher = Teacher(
+            organization=cast.org,
+            name="Stub GPT",
+            kind=Teacher.Kind.ENDPOINT,
+            base_url=stub.base_url,
+            model_name=stub.model,
+            price_input_per_million=Decimal("1000"),
+            price_output_per_million=Decimal("1000"),
+        )
+        teacher.set_api_key(secret)
+        teacher.save()
+        with django_capture_on_commit_callbacks(execute=False):
+            job = services.create_job(
+                cast.org,
+                cast.member,
+                name="capped",
+                corpus=corpus,
+                teacher_value=f"org:{teacher.pk}",
+                recipe="qa",
+                options={**TINY_OPTIONS, "pairs_per_chunk": 2},
+                spend_cap_usd=Decimal("4.00"),  # 4,000 tokens at 1,000 USD per million: some chunks, not all
+            )
+        with caplog.at_level("DEBUG"):
+            run_job(job.pk)
+        sent = len(stub.requests)
+
+    job.refresh_from_db()
+    # The cap ends the teacher pass early; the expert is trained on the pairs written and graded before it.
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    qa_data = job.metrics["qa_data"]
+    assert qa_data["budget_exhausted"] is True
+    assert 0 < qa_data["chunks_done"] < qa_data["chunks"]
+    assert qa_data["pairs_kept"] > 0
+    assert sent < 27 * 3  # under one generation and two gradings per training chunk: the cap stopped the pass
+    assert job.teacher_tokens_in + job.teacher_tokens_out > 0
+    # Accounted at the endpoint's prices; the cap is checked before each request, so it may be overrun by the
+    # requests already in flight (at most `max_concurrency` of them), never by more.
+    assert job.teacher_cost_usd == (job.teacher_tokens_in + job.teacher_tokens_out) * Decimal("0.001")
+    row = DistillationJob.objects.filter(pk=job.pk).values().get()
+    assert secret not in repr(row)
+    assert "SECRET" not in caplog.text
+    written = [path for root in job_tasks.job_dirs(job).values() if root.exists() for path in root.rglob("*")]
+    assert not any("SECRET" in path.read_text(errors="ignore") for path in written if path.is_file())

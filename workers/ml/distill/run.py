@@ -349,81 +349,98 @@ def distill(
         raise NoTrainingData("The corpus has no training chunks.")
     with _torch_threads(config.training.num_threads):
         models = _load(config, on_progress)
-        base_identity = base_identity_from_info(models.student.info)
-        teacher_label = models.teacher.label
+        try:
+            return _distill_loaded(config, corpus, models, on_progress, should_stop, started)
+        except DistillError as error:
+            # The tokens a closed teacher already used are paid for whatever happens next: the caller accounts them.
+            error.teacher_usage = asdict(models.teacher.usage)  # type: ignore[attr-defined]
+            raise
 
-        def result(status: Status, **extra: Any) -> DistillResult:
-            return DistillResult(
-                status=status,
-                output_dir=config.output_dir,
-                base_identity=base_identity,
-                teacher_label=teacher_label,
-                teacher_usage=asdict(models.teacher.usage),
-                seconds=time.perf_counter() - started,
-                **extra,
-            )
 
-        if config.recipe == "kd":
-            prepared = _prepare_kd(config, corpus, models, on_progress, should_stop)
-        else:
-            from workers.ml.distill import qa as qa_recipe
+def _distill_loaded(
+    config: DistillConfig,
+    corpus: CorpusSnapshot,
+    models: _Models,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+    started: float,
+) -> DistillResult:
+    """distill() once the models are loaded."""
+    base_identity = base_identity_from_info(models.student.info)
+    teacher_label = models.teacher.label
 
-            prepared = qa_recipe.prepare(
-                config, corpus, models.student, models.teacher, on_progress, should_stop, shared=models.shared
-            )
-        if prepared is None:
-            return result("cancelled")
-        plan, loss_fn = prepared
-
-        expert, outcome = train_expert(config, models, plan, loss_fn, on_progress, should_stop)
-        if outcome.cancelled:
-            return result(
-                "cancelled",
-                steps=outcome.steps_done,
-                total_steps=outcome.total_steps,
-                train_tokens=outcome.train_tokens,
-            )
-
-        metrics = _evaluate(config, corpus, models, expert, on_progress)
-        metrics["training"] = {
-            "steps": outcome.steps_done,
-            "train_tokens": outcome.train_tokens,
-            "final_loss": outcome.final_loss,
-            "resumed_from_step": outcome.resumed_from,
-        }
-
-        on_progress(Progress("exporting", 0, 2, message="Computing the routing signature"))
-        embedder = SentenceEmbedder.load(config.embedder, model_roots=config.model_roots)
-        signature = compute_signature(
-            embedder, [chunk.text for chunk in corpus.train], k=config.signature_centroids, seed=config.training.seed
-        )
-        on_progress(Progress("exporting", 1, 2, message="Writing the expert"))
-        export_expert(
-            config.output_dir,
-            expert,
-            config=config,
+    def result(status: Status, **extra: Any) -> DistillResult:
+        return DistillResult(
+            status=status,
+            output_dir=config.output_dir,
             base_identity=base_identity,
             teacher_label=teacher_label,
-            metrics=metrics,
-            data_stats={
-                **corpus.stats(),
-                "train_tokens": outcome.train_tokens,
-                "steps": outcome.steps_done,
-                **_qa_data_stats(config),
-            },
-            signature=signature,
-            training_log=outcome.log_path,
-            generated_data=config.work / "qa_data.jsonl" if config.recipe == "qa" else None,
+            teacher_usage=asdict(models.teacher.usage),
+            seconds=time.perf_counter() - started,
+            **extra,
         )
-        (config.output_dir / "result.json").write_text(
-            json.dumps({"status": "succeeded", "teacher_usage": asdict(models.teacher.usage)}, indent=2)
+
+    if config.recipe == "kd":
+        prepared = _prepare_kd(config, corpus, models, on_progress, should_stop)
+    else:
+        from workers.ml.distill import qa as qa_recipe
+
+        prepared = qa_recipe.prepare(
+            config, corpus, models.student, models.teacher, on_progress, should_stop, shared=models.shared
         )
-        on_progress(Progress("done", 1, 1, message="Expert ready"))
+    if prepared is None:
+        return result("cancelled")
+    plan, loss_fn = prepared
+
+    expert, outcome = train_expert(config, models, plan, loss_fn, on_progress, should_stop)
+    if outcome.cancelled:
         return result(
-            "succeeded",
-            metrics=metrics,
+            "cancelled",
             steps=outcome.steps_done,
             total_steps=outcome.total_steps,
             train_tokens=outcome.train_tokens,
-            resumed_from_step=outcome.resumed_from,
         )
+
+    metrics = _evaluate(config, corpus, models, expert, on_progress)
+    metrics["training"] = {
+        "steps": outcome.steps_done,
+        "train_tokens": outcome.train_tokens,
+        "final_loss": outcome.final_loss,
+        "resumed_from_step": outcome.resumed_from,
+    }
+
+    on_progress(Progress("exporting", 0, 2, message="Computing the routing signature"))
+    embedder = SentenceEmbedder.load(config.embedder, model_roots=config.model_roots)
+    signature = compute_signature(
+        embedder, [chunk.text for chunk in corpus.train], k=config.signature_centroids, seed=config.training.seed
+    )
+    on_progress(Progress("exporting", 1, 2, message="Writing the expert"))
+    export_expert(
+        config.output_dir,
+        expert,
+        config=config,
+        base_identity=base_identity,
+        teacher_label=teacher_label,
+        metrics=metrics,
+        data_stats={
+            **corpus.stats(),
+            "train_tokens": outcome.train_tokens,
+            "steps": outcome.steps_done,
+            **_qa_data_stats(config),
+        },
+        signature=signature,
+        training_log=outcome.log_path,
+        generated_data=config.work / "qa_data.jsonl" if config.recipe == "qa" else None,
+    )
+    (config.output_dir / "result.json").write_text(
+        json.dumps({"status": "succeeded", "teacher_usage": asdict(models.teacher.usage)}, indent=2)
+    )
+    on_progress(Progress("done", 1, 1, message="Expert ready"))
+    return result(
+        "succeeded",
+        metrics=metrics,
+        steps=outcome.steps_done,
+        total_steps=outcome.total_steps,
+        train_tokens=outcome.train_tokens,
+        resumed_from_step=outcome.resumed_from,
+    )
