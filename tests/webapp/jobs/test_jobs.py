@@ -703,3 +703,20 @@ def test_it_deletes_a_corpus_whose_jobs_have_ended(cast: Cast, corpus: Corpus) -
     assert not Corpus.objects.filter(pk=corpus.pk).exists()
     job.refresh_from_db()
     assert job.corpus is None  # the job's record (and its expert) outlive the corpus
+
+
+def test_the_org_page_shows_this_months_compute_and_teacher_usage(cast: Cast, corpus: Corpus) -> None:
+    make_job(
+        corpus,
+        status=JobStatus.SUCCEEDED,
+        compute_seconds=5400,
+        teacher_tokens_in=1200,
+        teacher_tokens_out=300,
+        teacher_cost_usd=Decimal("1.25"),
+    )
+
+    page = cast.client_for("member").get(reverse("tenants:settings")).content.decode()
+
+    assert "1.5 of" in page  # 5,400 s = 1.5 compute hours
+    assert "1200 in, 300 out" in page
+    assert "$1.25" in page

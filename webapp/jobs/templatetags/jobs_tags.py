@@ -1,4 +1,4 @@
-"""The top bar's count of unread notifications (the base layout loads it on every page)."""
+"""The top bar's count of unread notifications, and the usage card the org page shows."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def unread_notification_count(context: Any) -> int:
     if request is None or organization is None or not request.user.is_authenticated:
         return 0
     return Notification.objects.for_org(organization).filter(recipient=request.user, read_at__isnull=True).count()
+
+
+@register.inclusion_tag("jobs/_usage.html", takes_context=True)
+def org_usage(context: Any) -> dict[str, Any]:
+    """The current org's compute hours against its monthly limit, active jobs and teacher tokens and cost."""
+    from webapp.jobs.presenters import usage
+
+    organization = getattr(context.get("request"), "organization", None)
+    return {"usage": usage(organization) if organization is not None else None}
