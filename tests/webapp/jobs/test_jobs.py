@@ -720,3 +720,18 @@ def test_the_org_page_shows_this_months_compute_and_teacher_usage(cast: Cast, co
     assert "1.5 of" in page  # 5,400 s = 1.5 compute hours
     assert "1200 in, 300 out" in page
     assert "$1.25" in page
+
+
+def test_a_job_end_is_emailed_to_its_creator_when_the_deployment_sends_email(
+    cast: Cast, corpus: Corpus, mailoutbox: list[Any]
+) -> None:
+    from webapp.jobs.services import notify_job_ended
+
+    job = make_job(corpus, status=JobStatus.FAILED, created_by=cast.member, error="Out of memory: lower seq_len.")
+
+    notify_job_ended(job.pk)
+
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].to == [cast.member.email]
+    assert mailoutbox[0].subject == "[Distillery] Job “Leave expert” failed. Out of memory: lower seq_len."
+    assert reverse("jobs:detail", args=[job.pk]) in mailoutbox[0].body

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -363,3 +364,21 @@ def test_it_deletes_a_teacher_but_not_while_a_job_needs_it(cast: Cast, corpus: C
     job.refresh_from_db()
     assert (job.teacher, job.teacher_snapshot["name"]) == (None, "Big model")
     assert AuditEvent.objects.filter(action=AuditEvent.Action.DELETED, target="teacher “Big model”").exists()
+
+
+def test_rotate_secrets_re_encrypts_keys_so_the_old_key_can_go(cast: Cast, settings: Any) -> None:
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    teacher = make_endpoint_teacher(cast.org)
+    stored_before = Teacher.objects.get(pk=teacher.pk).api_key_encrypted
+
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    call_command("rotate_secrets", stdout=io.StringIO())
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]  # the old key is gone
+
+    rotated = Teacher.objects.get(pk=teacher.pk)
+    assert rotated.api_key_encrypted != stored_before
+    assert rotated.api_key() == SECRET_KEY
