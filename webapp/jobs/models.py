@@ -140,6 +140,8 @@ class DistillationJob(TenantOwnedModel):
     stage_message = models.CharField(max_length=300, blank=True)
     # [[step, loss], ...] for the loss curve (throttled copy of the training log) and the held-out points.
     loss_history = models.JSONField(default=list, blank=True)
+    # [[step, held-out loss], ...]: the student's mean NLL on held-out chunks at evaluation points.
+    heldout_history = models.JSONField(default=list, blank=True)
     log_tail = models.JSONField(default=list, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     artifact_dir = models.CharField(max_length=700, blank=True)

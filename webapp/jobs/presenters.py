@@ -60,25 +60,37 @@ def duration_seconds(job: DistillationJob, now: datetime | None = None) -> float
 # ---------------------------------------------------------------- the job page
 
 
-def loss_curve(history: list[list[float]]) -> dict[str, Any] | None:
-    """The SVG polyline of the training loss (server-side points: the page needs no charting script)."""
-    rows = [(float(step), float(loss)) for step, loss, *_ in history if loss is not None and math.isfinite(loss)]
+def _finite(history: list[list[float]]) -> list[tuple[float, float]]:
+    return [(float(step), float(loss)) for step, loss, *_ in history if loss is not None and math.isfinite(loss)]
+
+
+def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = None) -> dict[str, Any] | None:
+    """SVG polylines of the training loss and the held-out loss at evaluation points, on shared axes
+    (server-side points: the page needs no charting script)."""
+    rows = _finite(history)
+    held = _finite(heldout or [])
     if len(rows) < 2:
         return None
     if len(rows) > LOSS_MAX_POINTS:  # keep the first and the last, evenly thinned between
         stride = (len(rows) - 1) / (LOSS_MAX_POINTS - 1)
         rows = [rows[round(index * stride)] for index in range(LOSS_MAX_POINTS)]
-    first_step, last_step = rows[0][0], rows[-1][0]
-    low, high = min(loss for _, loss in rows), max(loss for _, loss in rows)
+    first_step, last_step = rows[0][0], max(rows[-1][0], held[-1][0] if held else 0.0)
+    values = [loss for _, loss in rows] + [loss for _, loss in held]
+    low, high = min(values), max(values)
     step_span, loss_span = (last_step - first_step) or 1.0, (high - low) or 1.0
     inner_w, inner_h = LOSS_WIDTH - 2 * LOSS_PAD, LOSS_HEIGHT - 2 * LOSS_PAD
-    points = " ".join(
-        f"{LOSS_PAD + (step - first_step) / step_span * inner_w:.1f},"
-        f"{LOSS_PAD + (high - loss) / loss_span * inner_h:.1f}"
-        for step, loss in rows
-    )
+
+    def points(series: list[tuple[float, float]]) -> str:
+        return " ".join(
+            f"{LOSS_PAD + (step - first_step) / step_span * inner_w:.1f},"
+            f"{LOSS_PAD + (high - loss) / loss_span * inner_h:.1f}"
+            for step, loss in series
+        )
+
     return {
-        "points": points,
+        "points": points(rows),
+        "heldout_points": points(held) if held else "",
+        "heldout_last": round(held[-1][1], 4) if held else None,
         "width": LOSS_WIDTH,
         "height": LOSS_HEIGHT,
         "first_step": int(first_step),
@@ -186,7 +198,7 @@ def job_context(job: DistillationJob) -> dict[str, Any]:
         "eta": humanize_seconds(job.eta_s) if job.eta_s is not None else None,
         "duration": humanize_seconds(duration_seconds(job)),
         "compute": humanize_seconds(job.compute_seconds),
-        "curve": loss_curve(job.loss_history or []),
+        "curve": loss_curve(job.loss_history or [], job.heldout_history or []),
         "log_lines": list(job.log_tail or [])[-20:],
         "metrics": metrics_view(job.metrics) if job.status == JobStatus.SUCCEEDED else None,
         "queue_position": job.queue_position(),

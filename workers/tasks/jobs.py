@@ -92,6 +92,7 @@ class JobRunner:
         self._last_write = 0.0
         self._loss_history: list[list[float]] = list(job.loss_history or [])
         self._log_tail: list[str] = list(job.log_tail or [])
+        self._heldout_history: list[list[float]] = list(job.heldout_history or [])
         self._status = JobStatus.PREPARING
         self._started = time.monotonic()
         self._heartbeat = threading.Thread(target=self._beat, name=f"job-{job.pk}-heartbeat", daemon=True)
@@ -128,6 +129,9 @@ class JobRunner:
     def on_progress(self, progress: Progress) -> None:
         if progress.stage == "training" and progress.loss is not None:
             self._loss_history.append([progress.step, round(progress.loss, 5)])
+        heldout_point = progress.heldout_loss is not None
+        if heldout_point:
+            self._heldout_history.append([progress.step, round(float(progress.heldout_loss or 0.0), 5)])
         if progress.message:
             line = f"{timezone.now():%H:%M:%S} {progress.stage}: {progress.message}"
             if not self._log_tail or self._log_tail[-1][9:] != line[9:]:
@@ -135,7 +139,11 @@ class JobRunner:
         status = STAGE_STATUS.get(progress.stage, self._status)
         now = time.monotonic()
         finished_stage = progress.step >= progress.total_steps
-        if status == self._status and now - self._last_write < PROGRESS_EVERY_S and not finished_stage:
+        if (
+            status == self._status
+            and now - self._last_write < PROGRESS_EVERY_S
+            and not (finished_stage or heldout_point)
+        ):
             return
         self._status, self._last_write = status, now
         self.write(
@@ -147,6 +155,7 @@ class JobRunner:
             eta_s=progress.eta_s,
             stage_message=progress.message[:300],
             loss_history=self._loss_history,
+            heldout_history=self._heldout_history,
             log_tail=self._log_tail,
         )
 
@@ -204,6 +213,8 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
             "token_budget": options.get("token_budget") or None,
             "learning_rate": float(options.get("learning_rate") or training.learning_rate),
             "checkpoint_every": int(options.get("checkpoint_every") or settings.JOB_CHECKPOINT_EVERY),
+            # Held-out points of the job page's loss curve, at every checkpoint.
+            "eval_every": int(options.get("checkpoint_every") or settings.JOB_CHECKPOINT_EVERY),
             "num_threads": settings.TORCH_THREADS if not on_gpu else training.num_threads,
             "seq_len": int(options.get("seq_len") or training.seq_len),
         }

@@ -459,6 +459,20 @@ def test_it_draws_the_loss_curve_from_the_history(cast: Cast, corpus: Corpus) ->
     assert "steps 0–100 (between 2.0 and 4.0; last 2.0)" in page
 
 
+def test_it_draws_the_heldout_points_on_the_same_axes(cast: Cast, corpus: Corpus) -> None:
+    job = make_job(
+        corpus,
+        JobStatus.TRAINING,
+        loss_history=[[0, 4.0], [50, 3.0], [100, 2.0]],
+        heldout_history=[[50, 3.5], [100, 1.0]],
+    )
+    page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    # The held-out loss reaches 1.0, below the training loss: the shared axes now span 1.0 to 4.0.
+    assert '<polyline points="4.0,4.0 240.0,54.7 476.0,105.3" class="loss-line"' in page
+    assert '<polyline points="240.0,29.3 476.0,156.0" class="heldout-line"' in page
+    assert "dashed: held-out loss at evaluation points (last 1.0)" in page
+
+
 def test_it_thins_a_long_loss_history_and_skips_a_single_point() -> None:
     assert loss_curve([[1, 2.0]]) is None
     assert loss_curve([]) is None

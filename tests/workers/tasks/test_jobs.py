@@ -85,6 +85,10 @@ def test_it_runs_a_job_to_an_expert_with_metrics(cast: Cast, django_capture_on_c
     assert (Path(job.artifact_dir) / "adapter_model.safetensors").exists()
     assert job.metrics["heldout"]["expert"]["perplexity"] > 0
     assert [step for step, _ in job.loss_history] == sorted(step for step, _ in job.loss_history)
+    # Held-out points at every checkpoint (2 steps) and at the end, for the job page's curve.
+    assert [step for step, _ in job.heldout_history] == [
+        s for s in range(1, job.total_steps + 1) if s % 2 == 0 or s == job.total_steps
+    ]
     assert job.compute_seconds > 0
     assert job.finished_at is not None
     assert Notification.objects.get(recipient=cast.member).message == "Job “toy expert” succeeded."

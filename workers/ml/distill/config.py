@@ -95,6 +95,11 @@ class TrainingSettings:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     seed: int = field(default=0, metadata={"help": "Seed of LoRA init, data order and dropout."})
     checkpoint_every: int = field(default=50, metadata={"help": "Save a resumable checkpoint every N steps."})
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "Score the student on held-out chunks every N steps (the held-out curve); 0: off."},
+    )
+    eval_chunks: int = field(default=16, metadata={"help": "Held-out chunks scored at each evaluation point."})
     num_threads: int = field(default=0, metadata={"help": "torch threads; 0 keeps the process setting."})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda' or 'cuda:N'."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None: on for CUDA, off on CPU."})

@@ -18,6 +18,9 @@ class Progress:
     loss: float | None = field(default=None, metadata={"help": "Latest training loss."})
     tokens_per_s: float | None = field(default=None, metadata={"help": "Recent throughput of this stage."})
     eta_s: float | None = field(default=None, metadata={"help": "Estimated seconds left in this stage."})
+    heldout_loss: float | None = field(
+        default=None, metadata={"help": "Student's mean NLL on held-out chunks, at evaluation points of training."}
+    )
     message: str = field(default="", metadata={"help": "One line for humans."})
 
     @property

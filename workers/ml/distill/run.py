@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -313,10 +313,20 @@ def train_expert(
     loss_fn: LossFunction,
     on_progress: ProgressCallback,
     should_stop: StopCallback,
+    heldout_texts: Sequence[str] = (),
 ) -> tuple[Any, TrainOutcome]:
-    """Wrap the student in a fresh, seeded LoRA adapter and train it (resuming from a checkpoint if any)."""
+    """Wrap the student in a fresh, seeded LoRA adapter and train it (resuming from a checkpoint if any).
+
+    With `heldout_texts` and `training.eval_every`, the student's held-out NLL is scored at evaluation points.
+    """
     torch.manual_seed(config.training.seed)  # LoRA init is part of the run's reproducibility
     expert = get_peft_model(models.student.model, config.lora.to_peft())
+    texts = list(heldout_texts)[: config.training.eval_chunks]
+    tokenizer = models.student.tokenizer
+
+    def heldout_nll(model: Any) -> float:
+        return score_lm(model, tokenizer, texts, batch_size=4).mean_nll
+
     outcome = train(
         expert,
         plan,
@@ -326,6 +336,7 @@ def train_expert(
         config.work / "training_log.jsonl",
         on_progress,
         should_stop,
+        evaluate=heldout_nll if texts and config.training.eval_every > 0 else None,
     )
     return expert, outcome
 
@@ -392,7 +403,8 @@ def _distill_loaded(
         return result("cancelled")
     plan, loss_fn = prepared
 
-    expert, outcome = train_expert(config, models, plan, loss_fn, on_progress, should_stop)
+    heldout = [chunk.text for chunk in corpus.heldout]
+    expert, outcome = train_expert(config, models, plan, loss_fn, on_progress, should_stop, heldout_texts=heldout)
     if outcome.cancelled:
         return result(
             "cancelled",

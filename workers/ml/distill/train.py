@@ -208,8 +208,13 @@ def train(
     log_path: Path,
     on_progress: ProgressCallback,
     should_stop: StopCallback,
+    evaluate: Callable[[Any], float] | None = None,
 ) -> TrainOutcome:
-    """Train the trainable (LoRA) parameters of `model` on `plan` with `loss_fn`; see the module docstring."""
+    """Train the trainable (LoRA) parameters of `model` on `plan` with `loss_fn`; see the module docstring.
+
+    `evaluate(model) -> loss`, when given, runs every `settings.eval_every` steps and at the end (eval mode, no
+    grad, no random numbers drawn, so resuming stays exact); its value is logged and reported as `heldout_loss`.
+    """
     device = next(model.parameters()).device
     use_bf16 = settings.bf16 if settings.bf16 is not None else device.type == "cuda"
     autocast = (
@@ -304,7 +309,26 @@ def train(
         }
         with log_path.open("a") as log:
             log.write(json.dumps(record) + "\n")
-        on_progress(Progress("training", step, total_steps, loss=loss_value, tokens_per_s=tokens_per_s, eta_s=eta))
+        heldout_loss = None
+        at_point = settings.eval_every > 0 and (step % settings.eval_every == 0 or step == total_steps)
+        if evaluate is not None and at_point:
+            model.eval()
+            with torch.no_grad():
+                heldout_loss = float(evaluate(model))
+            model.train()
+            with log_path.open("a") as log:
+                log.write(json.dumps({"step": step, "heldout_loss": round(heldout_loss, 6)}) + "\n")
+        on_progress(
+            Progress(
+                "training",
+                step,
+                total_steps,
+                loss=loss_value,
+                tokens_per_s=tokens_per_s,
+                eta_s=eta,
+                heldout_loss=heldout_loss,
+            )
+        )
         if settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0 and step < total_steps:
             save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
     save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,31 @@ def test_it_refuses_kd_through_an_endpoint_of_unknown_tokenizer(
     teacher = EndpointTeacherConfig(base_url="http://127.0.0.1:9/v1", model="closed-model")
     with pytest.raises(TokenizerMismatch, match="tokenizer"):
         distill(tiny_config(tmp_path, model_cache_dir, teacher=teacher), toy_corpus)
+
+
+def test_it_scores_the_heldout_chunks_at_evaluation_points_without_changing_the_training(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    plain = distill(tiny_config(tmp_path / "plain", model_cache_dir), toy_corpus)
+    config = tiny_config(tmp_path / "scored", model_cache_dir)
+    config = config.replace(training=dataclasses.replace(config.training, eval_every=2, eval_chunks=4))
+    reports: list[Progress] = []
+
+    scored = distill(config, toy_corpus, on_progress=reports.append)
+
+    points = [(r.step, r.heldout_loss) for r in reports if r.stage == "training" and r.heldout_loss is not None]
+    assert [step for step, _ in points] == [
+        s for s in range(1, scored.total_steps + 1) if s % 2 == 0 or s == scored.total_steps
+    ]
+    assert points[-1][1] < points[0][1]  # the toy language is learnable: the held-out loss falls
+    log = [json.loads(line) for line in (config.output_dir / "training_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log if "heldout_loss" in entry] == [step for step, _ in points]
+    # Scoring draws no random numbers and leaves the adapter in training mode: the losses are those of a run
+    # without evaluation points.
+    plain_log = [
+        json.loads(line) for line in (tmp_path / "plain" / "expert" / "training_log.jsonl").read_text().splitlines()
+    ]
+    assert [e["loss"] for e in log if "loss" in e] == pytest.approx([e["loss"] for e in plain_log], rel=1e-5)
+    assert scored.metrics["heldout"]["expert"]["perplexity"] == pytest.approx(
+        plain.metrics["heldout"]["expert"]["perplexity"], rel=1e-5
+    )
