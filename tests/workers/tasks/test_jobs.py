@@ -333,3 +333,28 @@ def test_a_spend_cap_stops_the_teacher_pass_cleanly_and_the_key_never_reaches_lo
     assert "SECRET" not in caplog.text
     written = [path for root in job_tasks.job_dirs(job).values() if root.exists() for path in root.rglob("*")]
     assert not any("SECRET" in path.read_text(errors="ignore") for path in written if path.is_file())
+
+
+def test_a_queued_job_whose_message_redis_lost_is_sent_again_from_its_row(
+    cast: Cast, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    import base64
+    import json
+
+    import redis
+
+    from webapp.celery import app as celery_app
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    celery_app.control.purge()  # Redis restarted empty: the job's message is gone, its row is not
+    job = new_job(cast, django_capture_on_commit_callbacks)
+    DistillationJob.objects.filter(pk=job.pk).update(enqueued_at=timezone.now() - timedelta(hours=2))
+    assert broker.llen("gpu") == 0
+
+    sweep_jobs()
+
+    messages = [json.loads(raw) for raw in broker.lrange("gpu", 0, -1)]
+    celery_app.control.purge()
+    bodies = [json.loads(base64.b64decode(message["body"])) for message in messages]
+    assert [message["headers"]["task"] for message in messages] == ["distillery.gpu.run_job"]
+    assert bodies[0][0] == [job.pk]
