@@ -40,6 +40,7 @@ from workers.ml.distill.progress import Progress
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
+CANCEL_CHECK_EVERY_S = 1.0  # the cancel flag costs a query; steps can be much shorter than a second
 LOG_TAIL_LINES = 20
 # Which job status each engine stage belongs to.
 STAGE_STATUS = {
@@ -90,6 +91,8 @@ class JobRunner:
         self.lost = threading.Event()
         self._stop_heartbeat = threading.Event()
         self._last_write = 0.0
+        self._cancel_checked_at = float("-inf")
+        self._cancel_requested = False
         self._loss_history: list[list[float]] = list(job.loss_history or [])
         self._log_tail: list[str] = list(job.log_tail or [])
         self._heldout_history: list[list[float]] = list(job.heldout_history or [])
@@ -122,9 +125,16 @@ class JobRunner:
 
     # ---------------------------------------------------------------- callbacks for the engine
     def should_stop(self) -> bool:
+        """Called between steps: a lost lease stops at once; the cancel flag is read at most once a second."""
         if self.lost.is_set():
             return True
-        return bool(DistillationJob.objects.filter(pk=self.job.pk).values_list("cancel_requested", flat=True).first())
+        now = time.monotonic()
+        if now - self._cancel_checked_at >= CANCEL_CHECK_EVERY_S:
+            self._cancel_checked_at = now
+            self._cancel_requested = bool(
+                DistillationJob.objects.filter(pk=self.job.pk).values_list("cancel_requested", flat=True).first()
+            )
+        return self._cancel_requested
 
     def on_progress(self, progress: Progress) -> None:
         if progress.stage == "training" and progress.loss is not None:
