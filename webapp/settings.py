@@ -208,6 +208,12 @@ JOB_CHECKPOINT_EVERY = env.int("JOB_CHECKPOINT_EVERY", default=20)
 JOB_WORKER_CLASS = env.str("JOB_WORKER_CLASS", default="cpu")
 # A queued job's message is re-sent when the last one is older than this (a Redis restart lost it).
 JOB_QUEUED_RESEND_SECONDS = env.int("JOB_QUEUED_RESEND_SECONDS", default=30 * 60)
+# Copy each job checkpoint to the storage API (and fetch the latest before a run) so a worker on another host,
+# with its own DATA_DIR, resumes where the last one stopped. On by default with S3 storage; a shared DATA_DIR
+# (one machine, or NFS) needs no copy.
+JOB_SYNC_CHECKPOINTS = env.bool(
+    "JOB_SYNC_CHECKPOINTS", default=env.str("STORAGE_BACKEND", default="filesystem") == "s3"
+)
 # Fairness: jobs an org may have queued or running at once, and compute seconds per calendar month.
 ORG_MAX_ACTIVE_JOBS = env.int("ORG_MAX_ACTIVE_JOBS", default=2)
 ORG_MONTHLY_COMPUTE_SECONDS = env.int("ORG_MONTHLY_COMPUTE_SECONDS", default=200 * 3600)

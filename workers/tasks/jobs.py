@@ -37,6 +37,7 @@ from webapp.jobs.models import FINAL_STATUSES, RUNNING_STATUSES, DistillationJob
 from workers.ml.distill.corpus import Chunk as SnapshotChunk
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.progress import Progress
+from workers.tasks.checkpoint_sync import CheckpointSync
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -92,6 +93,7 @@ class JobRunner:
         self._stop_heartbeat = threading.Event()
         self._last_write = 0.0
         self._cancel_checked_at = float("-inf")
+        self.checkpoint_sync: CheckpointSync | None = None
         self._cancel_requested = False
         self._loss_history: list[list[float]] = list(job.loss_history or [])
         self._log_tail: list[str] = list(job.log_tail or [])
@@ -137,6 +139,8 @@ class JobRunner:
         return self._cancel_requested
 
     def on_progress(self, progress: Progress) -> None:
+        if progress.stage == "training" and self.checkpoint_sync is not None:
+            self.checkpoint_sync.push()  # a checkpoint the engine saved after the previous step goes to storage
         if progress.stage == "training" and progress.loss is not None:
             self._loss_history.append([progress.step, round(progress.loss, 5)])
         heldout_point = progress.heldout_loss is not None
@@ -310,8 +314,12 @@ def _run(job: DistillationJob, runner: JobRunner) -> None:
     try:
         config = build_config(job, dirs)
         snapshot = corpus_snapshot(job)
-        runner.write(status=JobStatus.PREPARING, stage_message="Loading the student and the teacher")
+        runner.checkpoint_sync = CheckpointSync(job.organization_id, job.pk, dirs["checkpoints"])
+        fetched = runner.checkpoint_sync.pull()
+        message = f"Resuming from {fetched} (copied from storage)" if fetched else "Loading the student and the teacher"
+        runner.write(status=JobStatus.PREPARING, stage_message=message)
         result = distill(config, snapshot, on_progress=runner.on_progress, should_stop=runner.should_stop)
+        runner.checkpoint_sync.push()  # the checkpoint a cancel or the end of training saved
     except LeaseLost:
         raise
     except DistillError as error:

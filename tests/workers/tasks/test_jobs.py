@@ -358,3 +358,41 @@ def test_a_queued_job_whose_message_redis_lost_is_sent_again_from_its_row(
     bodies = [json.loads(base64.b64decode(message["body"])) for message in messages]
     assert [message["headers"]["task"] for message in messages] == ["distillery.gpu.run_job"]
     assert bodies[0][0] == [job.pk]
+
+
+def test_a_job_resumes_on_another_host_from_the_checkpoint_copied_to_storage(
+    cast: Cast,
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    settings.JOB_SYNC_CHECKPOINTS = True
+    settings.MEDIA_ROOT = tmp_path / "object-store"  # stands in for S3: the storage API, not the worker's disk
+    job = new_job(cast, django_capture_on_commit_callbacks, epochs=4)
+    original = JobRunner.on_progress
+
+    def cancel_after_step_four(self: JobRunner, progress: Any) -> None:
+        original(self, progress)
+        if progress.stage == "training" and progress.step >= 4:
+            DistillationJob.objects.filter(pk=self.job.pk).update(cancel_requested=True)
+
+    monkeypatch.setattr(JobRunner, "on_progress", cancel_after_step_four)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    stored = sorted(path.parent.name for path in (tmp_path / "object-store").rglob("state.json"))
+    assert stored[-1] == f"step-{job.step:06d}"
+
+    # The next attempt runs on another host: its DATA_DIR has neither the checkpoints nor the teacher cache.
+    shutil.rmtree(settings.CHECKPOINTS_DIR)
+    monkeypatch.setattr(JobRunner, "on_progress", original)
+    with django_capture_on_commit_callbacks(execute=False):
+        services.retry_job(job)
+    run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.metrics["training"]["resumed_from_step"] == int(stored[-1].split("-")[1])

@@ -240,7 +240,8 @@ def train(
         start_step, tokens_seen = load_checkpoint(latest, model, optimizer, scheduler)
         resumed_from = start_step
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    if resumed_from is None:
+    if resumed_from is None or not log_path.exists():
+        # A fresh run, or a resume on a host that has the checkpoint but not the log: start the log afresh.
         log_path.write_text("")
     else:
         # Drop what a crashed run logged after its last checkpoint: those steps are done again.
