@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
@@ -19,6 +21,16 @@ from webapp.jobs.models import DistillationJob, Teacher
 from webapp.tenants.models import Organization
 
 CATALOG_PREFIXES = ("packaged:", "hf:")
+
+
+def _local_path_allowed(value: str) -> bool:
+    """A hub id (owner/name) is fine here; a local path must lie under one of the operator's MODEL_ROOTS."""
+    if not value.startswith(("/", ".", "~")):
+        return True
+    path = Path(value).expanduser().resolve()
+    return any(path.is_relative_to(Path(root).resolve()) for root in settings.MODEL_ROOTS)
+
+
 EVAL_SET_MAX_BYTES = 20 * 2**20
 EVAL_SET_MAX_LINES = 5_000
 
@@ -105,6 +117,9 @@ class TeacherForm(forms.ModelForm):
                 self.add_error("spec", "A catalog teacher needs a model spec.")
             elif not spec.startswith(CATALOG_PREFIXES) or spec in CATALOG_PREFIXES:
                 self.add_error("spec", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m-it).")
+            elif spec.startswith("hf:") and not _local_path_allowed(spec[3:]):
+                roots = ", ".join(str(root) for root in settings.MODEL_ROOTS) or "none configured"
+                self.add_error("spec", f"A local model must be under a directory the operator allows ({roots}).")
             cleaned["spec"] = spec
             # A catalog teacher has no endpoint: whatever the endpoint fields held is dropped (the key too).
             cleaned.update(base_url="", model_name="", price_input_per_million=None, price_output_per_million=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,6 +73,22 @@ def test_it_refuses_a_catalog_spec_without_a_known_prefix(cast: Cast, spec: str,
     assert response.status_code == 200
     assert errors_of(response) == {"spec": [error]}
     assert not Teacher.objects.exists()
+
+
+def test_it_takes_local_models_only_from_the_operators_model_roots(cast: Cast, settings: Any, tmp_path: Path) -> None:
+    settings.MODEL_ROOTS = [tmp_path / "models"]
+    client = cast.client_for("owner")
+    url = reverse("jobs:teacher-create")
+
+    outside = client.post(url, {"name": "Etc", "kind": "catalog", "spec": "hf:/etc/secrets"})
+    escape = client.post(url, {"name": "Up", "kind": "catalog", "spec": f"hf:{tmp_path}/models/../other"})
+    inside = client.post(url, {"name": "Ok", "kind": "catalog", "spec": f"hf:{tmp_path}/models/llama"})
+
+    refusal = f"A local model must be under a directory the operator allows ({tmp_path / 'models'})."
+    assert errors_of(outside) == {"spec": [refusal]}
+    assert errors_of(escape) == {"spec": [refusal]}
+    assert inside.status_code == 302
+    assert list(Teacher.objects.values_list("name", flat=True)) == ["Ok"]
 
 
 def test_it_needs_a_base_url_and_model_for_an_endpoint_teacher(cast: Cast) -> None:
