@@ -259,7 +259,9 @@ def train(
         micro_batches = plan.step_micro_batches(step)
         step_labels = sum(plan.labels(rows) for rows in micro_batches)
         try:
-            parts_sum = {"loss": 0.0, "ce": 0.0, "div": 0.0}
+            # (loss, ce, divergence) summed on the device: the host waits for the GPU once per step (below),
+            # not three times per micro-batch, so the next micro-batch's kernels queue behind this one's.
+            step_parts = torch.zeros(3, device=device)
             for rows in micro_batches:
                 for piece in _split(rows, pieces):
                     batch = plan.collate(piece).to(device)
@@ -267,9 +269,8 @@ def train(
                         parts = loss_fn(model, batch)
                     weight = parts.positions / max(1, step_labels)
                     (parts.total * weight).backward()
-                    parts_sum["loss"] += float(parts.total.detach()) * weight
-                    parts_sum["ce"] += float(parts.ce) * weight
-                    parts_sum["div"] += float(parts.divergence) * weight
+                    measured = torch.stack([parts.total.detach(), parts.ce, parts.divergence]).float()
+                    step_parts += measured.to(device) * weight
         except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
             if not _is_oom(error):
                 raise
@@ -289,6 +290,7 @@ def train(
                 math.ceil(settings.micro_batch_size / pieces),
             )
             continue
+        loss_sum, ce_sum, divergence_sum = step_parts.tolist()  # the step's one sync with the device
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
         optimizer.step()
         scheduler.step()
@@ -296,13 +298,13 @@ def train(
         step += 1
         step_tokens = sum(plan.tokens(rows) for rows in micro_batches)
         tokens_seen += step_tokens
-        loss_value = parts_sum["loss"]
+        loss_value = loss_sum
         tokens_per_s, eta = meter.update(step - start_step, step_tokens)
         record = {
             "step": step,
             "loss": round(loss_value, 6),
-            "ce": round(parts_sum["ce"], 6),
-            "divergence": round(parts_sum["div"], 6),
+            "ce": round(ce_sum, 6),
+            "divergence": round(divergence_sum, 6),
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": round(grad_norm, 4),
             "tokens": tokens_seen,
