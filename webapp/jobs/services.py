@@ -8,7 +8,6 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from webapp.corpora.models import Corpus
-from webapp.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, DistillationJob, JobStatus, Notification, Teacher
+from webapp.jobs.models import ACTIVE_STATUSES, DistillationJob, JobStatus, Notification, Teacher
 from webapp.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -317,10 +316,3 @@ def notify_job_ended(job_id: int) -> None:
             send_mail(f"[Distillery] {message[:120]}", f"{message}\n\n{url}", None, [job.created_by.email])
         except Exception:  # mail is a courtesy: never fail the job over it
             logger.warning("could not email the end of job %s", job.pk, exc_info=True)
-
-
-def stale_after() -> timedelta:
-    return timedelta(seconds=settings.JOB_LEASE_SECONDS)
-
-
-__all__ = ["FINAL_STATUSES", "JobError"]
