@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 
-APP_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "beat", "flower")
+APP_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "beat", "flower", "engine")
 # Every process that reads or writes uploads, the model cache, artifacts or checkpoints.
-DATA_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "beat")
-LONG_RUNNING = ("postgres", "redis", "web", "worker-cpu", "worker-gpu", "beat", "flower")
+DATA_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "beat", "engine")
+LONG_RUNNING = ("postgres", "redis", "web", "worker-cpu", "worker-gpu", "beat", "flower", "engine")
 REQUIRED_SECRETS = ("SECRET_KEY", "FIELD_ENCRYPTION_KEYS", "POSTGRES_PASSWORD")
 
 _REQUIRED_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):\?[^}]*\}")
@@ -121,7 +121,7 @@ def test_each_app_service_builds_from_the_dockerfile(services: dict[str, Any], n
 def test_the_cpu_services_share_one_image_and_the_gpu_worker_gets_a_cuda_build(
     services: dict[str, Any],
 ) -> None:
-    cpu_images = {interpolate(services[name]["image"]) for name in APP_SERVICES if name != "worker-gpu"}
+    cpu_images = {interpolate(services[name]["image"]) for name in APP_SERVICES if name not in {"worker-gpu", "engine"}}
     assert len(cpu_images) == 1
     assert interpolate(services["worker-gpu"]["image"]) not in cpu_images
     cpu_index = interpolate(services["web"]["build"]["args"]["TORCH_INDEX_URL"])
@@ -157,7 +157,7 @@ def test_it_reserves_one_nvidia_gpu_for_the_gpu_worker(services: dict[str, Any])
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
 
-@pytest.mark.parametrize("name", [name for name in APP_SERVICES if name != "worker-gpu"])
+@pytest.mark.parametrize("name", [name for name in APP_SERVICES if name not in {"worker-gpu", "engine"}])
 def test_no_other_service_reserves_a_gpu(services: dict[str, Any], name: str) -> None:
     assert "devices" not in (services[name].get("deploy") or {}).get("resources", {}).get("reservations", {})
 
@@ -207,7 +207,10 @@ def test_migrate_migrates_then_prepares_the_packaged_model(services: dict[str, A
     assert services["migrate"].get("restart", "no") == "no", "a one-shot must not be restarted after it succeeds"
 
 
-@pytest.mark.parametrize("module_path", ["manage.py", "webapp/asgi.py", "webapp/celery.py", "workers/ml/catalog.py"])
+@pytest.mark.parametrize(
+    "module_path",
+    ["manage.py", "webapp/asgi.py", "webapp/celery.py", "workers/ml/catalog.py", "workers/moe/__main__.py"],
+)
 def test_the_modules_the_commands_name_exist(services: dict[str, Any], module_path: str) -> None:
     commands = " ".join(" ".join(argv(service)) for service in services.values() if "command" in service)
     named = {
@@ -215,6 +218,7 @@ def test_the_modules_the_commands_name_exist(services: dict[str, Any], module_pa
         "webapp/asgi.py": "webapp.asgi:application",
         "webapp/celery.py": "-A webapp",
         "workers/ml/catalog.py": "-m workers.ml.catalog",
+        "workers/moe/__main__.py": "-m workers.moe",
     }[module_path]
     assert named in commands
     assert (REPO / module_path).is_file()
@@ -300,8 +304,26 @@ def test_long_running_services_restart_unless_stopped(services: dict[str, Any], 
     assert services[name]["restart"] == "unless-stopped"
 
 
-def test_it_marks_where_the_inference_engine_joins() -> None:
-    assert re.search(r"#.*inference engine", COMPOSE_FILE.read_text(), re.IGNORECASE)
+def test_the_engine_runs_the_moe_module_on_a_private_port(services: dict[str, Any]) -> None:
+    engine = services["engine"]
+    args = argv(engine)
+    assert args[:3] == ["python", "-m", "workers.moe"]
+    assert option(args, "--port") == "8700"
+    assert "ports" not in engine, "the engine trusts its caller: never publish it"
+    assert "8700" in [str(port) for port in engine.get("expose", [])]
+    assert "8700/health" in " ".join(engine["healthcheck"]["test"])
+
+
+def test_the_web_service_reaches_the_engine_by_its_service_name(services: dict[str, Any]) -> None:
+    assert environment(services["web"])["INFERENCE_URL"] == "http://engine:8700"
+
+
+def test_the_engine_gets_the_cuda_image_and_one_gpu(services: dict[str, Any]) -> None:
+    engine = services["engine"]
+    assert interpolate(engine["image"]) == interpolate(services["worker-gpu"]["image"])
+    devices = engine["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert interpolate(environment(engine)["INFERENCE_BACKEND"] or "") == "local"
 
 
 # ---------------------------------------------------------------- Dockerfile

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "webapp.tenants",
     "webapp.corpora",
     "webapp.jobs",
+    "webapp.experts",
     "webapp.api",
 ]
 
@@ -174,6 +175,16 @@ MODEL_ROOTS = [Path(p) for p in env.list("MODEL_ROOTS", default=[])]
 # The one shared student base of the mixture of experts.
 MOE_BASE_MODEL = env.str("MOE_BASE_MODEL", default="packaged:smollm2-135m-instruct")
 
+# ------------------------------------------------------------------ the mixture: inference engine and API
+# The resident inference engine (`python -m workers.moe`): the web process only talks HTTP to it.
+INFERENCE_URL = env.str("INFERENCE_URL", default="http://127.0.0.1:8700")
+# Seconds to wait for the engine to answer (a streamed answer may take longer between its first and last token).
+INFERENCE_TIMEOUT_SECONDS = env.float("INFERENCE_TIMEOUT_SECONDS", default=120.0)
+# OpenAI-compatible API: requests per minute per org (429 with Retry-After above it); 0 turns the limit off.
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=600)
+# The most tokens one API request may ask to generate.
+API_MAX_TOKENS = env.int("API_MAX_TOKENS", default=1024)
+
 # ------------------------------------------------------------------ corpora: upload limits and ingest
 # Shown on the upload page with current usage. The org limit can be raised per organization by its owner.
 CORPUS_MAX_FILE_BYTES = env.int("CORPUS_MAX_FILE_BYTES", default=512 * 2**20)
@@ -248,7 +259,9 @@ STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "webapp" / "static"]
 # Uploads and artifacts go through Django's storage API; STORAGE_BACKEND=s3 switches to any S3-compatible
 # store via django-storages (AWS_* settings from the environment, `pip install 'distillery[s3]'`).
-if env.str("STORAGE_BACKEND", default="filesystem") == "s3":
+STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="filesystem")
+AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
+if STORAGE_BACKEND == "s3":
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {

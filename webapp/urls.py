@@ -7,6 +7,8 @@ urlpatterns = [
     path("org/", include("webapp.tenants.urls")),
     path("corpora/", include("webapp.corpora.urls")),
     path("jobs/", include("webapp.jobs.urls")),
+    path("experts/", include("webapp.experts.urls")),
     path("api/v1/", include("webapp.api.urls")),
+    path("v1/", include("webapp.api.openai_urls")),
     path("admin/", admin.site.urls),
 ]

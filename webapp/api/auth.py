@@ -29,6 +29,33 @@ def not_found(what: str = "object") -> JsonResponse:
 ApiView = Callable[..., JsonResponse]
 
 
+def authenticate_request(request: HttpRequest) -> JsonResponse | None:
+    """Check `Authorization: Bearer dst_…` and set `request.api_token` / `request.organization`.
+
+    None when the token is good; otherwise the 401 to answer.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, plaintext = header.partition(" ")
+    if scheme.lower() != "bearer" or not plaintext.strip():
+        return api_error(
+            "Missing API token: send `Authorization: Bearer <token>` (create one under Org → API tokens).",
+            status=401,
+            error_type="authentication_error",
+            code="missing_api_key",
+        )
+    token = ApiToken.authenticate(plaintext.strip())
+    if token is None:
+        return api_error(
+            "Invalid or revoked API token.",
+            status=401,
+            error_type="authentication_error",
+            code="invalid_api_key",
+        )
+    request.api_token = token  # type: ignore[attr-defined]
+    request.organization = token.organization  # type: ignore[attr-defined]
+    return None
+
+
 def api_token_required(view: ApiView) -> ApiView:
     """Authenticate `Authorization: Bearer dst_…`; the token's org becomes `request.organization`.
 
@@ -39,25 +66,9 @@ def api_token_required(view: ApiView) -> ApiView:
     @csrf_exempt
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, plaintext = header.partition(" ")
-        if scheme.lower() != "bearer" or not plaintext.strip():
-            return api_error(
-                "Missing API token: send `Authorization: Bearer <token>` (create one under Org → API tokens).",
-                status=401,
-                error_type="authentication_error",
-                code="missing_api_key",
-            )
-        token = ApiToken.authenticate(plaintext.strip())
-        if token is None:
-            return api_error(
-                "Invalid or revoked API token.",
-                status=401,
-                error_type="authentication_error",
-                code="invalid_api_key",
-            )
-        request.api_token = token  # type: ignore[attr-defined]
-        request.organization = token.organization  # type: ignore[attr-defined]
+        refused = authenticate_request(request)
+        if refused is not None:
+            return refused
         return view(request, *args, **kwargs)
 
     return wrapped

@@ -190,6 +190,9 @@ class AuditEvent(models.Model):
         SECRET_CHANGED = "secret.changed", "Changed a secret"
         EXPERT_PUBLISHED = "expert.published", "Published an expert"
         EXPERT_WITHDRAWN = "expert.withdrawn", "Withdrew a shared expert"
+        EXPERT_REGISTERED = "expert.registered", "Registered an expert version"
+        EXPERT_CHANGED = "expert.changed", "Changed an expert"
+        EXPERT_DELETED = "expert.deleted", "Deleted an expert"
         DELETED = "object.deleted", "Deleted an object"
 
     organization = models.ForeignKey(

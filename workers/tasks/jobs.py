@@ -335,6 +335,15 @@ def _run(job: DistillationJob, runner: JobRunner) -> None:
     if result.status == "cancelled":
         _finish(runner, JobStatus.CANCELLED, usage=usage, step=result.steps, total_steps=result.total_steps)
         return
+    runner.write(status=JobStatus.REGISTERING, stage_message="Registering the expert in the mixture")
+    try:
+        version = _register_expert(job, runner, result)
+    except LeaseLost:
+        raise
+    except Exception as error:
+        logger.exception("job %s: the expert could not be registered", job.pk)
+        _finish(runner, JobStatus.FAILED, usage=usage, error=f"The expert could not be registered: {error}")
+        return
     _finish(
         runner,
         JobStatus.SUCCEEDED,
@@ -343,7 +352,22 @@ def _run(job: DistillationJob, runner: JobRunner) -> None:
         artifact_dir=str(result.output_dir),
         step=result.steps,
         total_steps=result.total_steps,
+        expert_id=version.expert_id,
     )
+
+
+def _register_expert(job: DistillationJob, runner: JobRunner, result: Any) -> Any:
+    """The expert version of the finished job, registered while this attempt still holds the job (fenced)."""
+    from django.db import transaction
+
+    from webapp.experts.services import register_from_job
+
+    with transaction.atomic():
+        if not list(job.fenced(runner.attempt).select_for_update().values_list("pk", flat=True)):
+            raise LeaseLost
+        job.artifact_dir = str(result.output_dir)
+        job.metrics = result.metrics
+        return register_from_job(job)
 
 
 def _finish(

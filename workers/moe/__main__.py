@@ -1,0 +1,118 @@
+"""The resident inference engine: `python -m workers.moe [--port 8700]`.
+
+One process holds the shared base model, the experts' LoRA weights and the router's embedder, and serves the
+web app over a small HTTP API (workers/moe/server.py). The base and the embedder load in the background, so
+/health answers at once ("loading" → "ok"). Every option also reads an environment variable, so the Procfile
+and docker-compose start it with the same settings as the web app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from workers.moe.service import InferenceService, LocalBackend, RoutingService, ServiceConfig, VllmBackend
+
+logger = logging.getLogger("workers.moe")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _parser() -> argparse.ArgumentParser:
+    data_dir = Path(_env("DATA_DIR", "var"))
+    parser = argparse.ArgumentParser(prog="python -m workers.moe", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=_env("INFERENCE_HOST", "127.0.0.1"), help="Bind address (private!).")
+    parser.add_argument("--port", type=int, default=int(_env("INFERENCE_PORT", "8700")))
+    parser.add_argument("--base", default=_env("MOE_BASE_MODEL", "packaged:smollm2-135m-instruct"))
+    parser.add_argument("--model-cache-dir", default=_env("MODEL_CACHE_DIR", str(data_dir / "models")))
+    parser.add_argument("--model-roots", default=_env("MODEL_ROOTS", ""), help="Comma-separated hf: directories.")
+    parser.add_argument("--device", default=_env("INFERENCE_DEVICE", "auto"))
+    parser.add_argument("--embedder", default=_env("MOE_EMBEDDER", "packaged:all-minilm-l6-v2"))
+    parser.add_argument("--backend", choices=["local", "vllm"], default=_env("INFERENCE_BACKEND", "local"))
+    parser.add_argument("--max-batch-size", type=int, default=int(_env("ENGINE_MAX_BATCH_SIZE", "16")))
+    parser.add_argument(
+        "--adapter-memory-mb", type=int, default=int(_env("ENGINE_ADAPTER_MEMORY_MB", "1024")),
+        help="Memory for loaded experts' LoRA weights; the least recently used are evicted beyond it.",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=int(_env("TORCH_THREADS_ENGINE", "1")))
+    parser.add_argument("--vllm-url", default=_env("VLLM_URL", ""))
+    parser.add_argument("--vllm-model", default=_env("VLLM_MODEL", ""))
+    parser.add_argument("--log-level", default=_env("INFERENCE_LOG_LEVEL", "info"))
+    return parser
+
+
+def build_service(args: argparse.Namespace) -> tuple[InferenceService, list[threading.Thread]]:
+    """The service with its slow parts (base model, embedder) loading in background threads."""
+    config = ServiceConfig(
+        backend=args.backend,
+        embedder=args.embedder,
+        vllm_url=args.vllm_url,
+        vllm_model=args.vllm_model,
+        vllm_api_key=_env("VLLM_API_KEY", "EMPTY"),
+        s3_cache_dir=Path(args.model_cache_dir) / "experts",
+    )
+    loaders: list[threading.Thread] = []
+    if config.backend == "vllm":
+        backend: LocalBackend | VllmBackend = VllmBackend(config)
+    else:
+
+        def make_engine() -> object:
+            from workers.moe.engine import Engine, EngineConfig
+
+            roots = tuple(Path(root) for root in args.model_roots.split(",") if root.strip())
+            return Engine(
+                EngineConfig(
+                    base_spec=args.base,
+                    model_cache_dir=Path(args.model_cache_dir),
+                    model_roots=roots,
+                    device=args.device,
+                    max_batch_size=args.max_batch_size,
+                    adapter_memory_bytes=args.adapter_memory_mb * 2**20,
+                    expert_cache_dir=Path(args.model_cache_dir) / "experts",
+                )
+            )
+
+        backend = LocalBackend(make_engine)
+        loaders.append(threading.Thread(target=backend.load, name="load-base", daemon=True))
+    service = InferenceService(None, backend)
+
+    def load_router() -> None:
+        try:
+            from workers.moe.query_embedder import QueryEmbedder
+            from workers.moe.router import Router
+
+            service.routing = RoutingService(Router(QueryEmbedder.load(config.embedder)))
+        except Exception:
+            logger.exception("the router's embedder %s could not be loaded", config.embedder)
+
+    loaders.append(threading.Thread(target=load_router, name="load-router", daemon=True))
+    return service, loaders
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from workers.ml.device import configure_torch_threads
+
+    configure_torch_threads(args.threads)
+    import uvicorn
+
+    from workers.moe.server import create_app
+
+    service, loaders = build_service(args)
+    for loader in loaders:
+        loader.start()
+    logger.info("inference engine on http://%s:%s (backend %s, base %s)", args.host, args.port, args.backend, args.base)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
