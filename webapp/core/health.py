@@ -106,5 +106,24 @@ def check_beat() -> Check:
     return Check("beat", "ok", f"Beat ticked {age:.0f} s ago")
 
 
+def check_engine() -> Check:
+    """The inference engine: a warning, not a failure, when it is away — only queries wait for it."""
+    from webapp.experts import engine
+
+    try:
+        report = engine.health()
+    except engine.EngineUnavailable as error:
+        return Check("engine", "warn", f"{error} Start it with `python -m workers.moe` (INFERENCE_URL).")
+    except engine.EngineRejected as error:
+        return Check("engine", "warn", f"The inference engine answered: {error}")
+    base = (report.get("base") or {}).get("spec", "")
+    loaded = len(report.get("experts_loaded") or [])
+    return Check(
+        "engine",
+        "ok",
+        f"Inference engine ({report.get('backend')}) serves {base or 'its base'}; {loaded} expert(s) loaded",
+    )
+
+
 def run_checks(inspect_timeout: float = 1.0) -> HealthReport:
-    return HealthReport([check_database(), check_redis(), *check_queues(inspect_timeout), check_beat()])
+    return HealthReport([check_database(), check_redis(), *check_queues(inspect_timeout), check_beat(), check_engine()])

@@ -230,7 +230,8 @@ def exclude_shared(organization: Organization, expert: Expert) -> None:
 
 def visible_experts(organization: Organization) -> QuerySet[Expert]:
     """Experts an org may look at: its own, and every shared one (the catalog's cards)."""
-    return Expert.objects.filter(Q(organization=organization) | Q(shared=True)).select_related(
+    servable_shared = Q(shared=True, status=Expert.Status.ACTIVE, active_version__isnull=False)
+    return Expert.objects.filter(Q(organization=organization) | servable_shared).select_related(
         "organization", "active_version"
     )
 

@@ -111,10 +111,19 @@ class RoutingService:
         except (TypeError, ValueError) as error:
             raise RequestError(f"Bad router settings: {error}") from error
         ids = self._ensure(candidates)
-        decision = self.router.route(query, ids, router_settings).to_json()
-        decision["threshold"] = router_settings.threshold
-        decision["unusable"] = {expert_id: self._refused[expert_id] for expert_id in ids if expert_id in self._refused}
-        return decision
+        decision = self.router.route(query, ids, router_settings)
+        # The wire format of the engine's API (server.py): pairs, best first, and the timings at the top level.
+        return {
+            "experts": [[expert_id, weight] for expert_id, weight in decision.experts],
+            "scores": [[expert_id, score] for expert_id, score in decision.scores],
+            "fallback": decision.fallback,
+            "best_score": decision.best_score,
+            "threshold": router_settings.threshold,
+            "embed_ms": round(decision.embed_ms, 3),
+            "score_ms": round(decision.score_ms, 3),
+            "unknown": list(decision.unknown),
+            "unusable": {expert_id: self._refused[expert_id] for expert_id in ids if expert_id in self._refused},
+        }
 
 
 # ---------------------------------------------------------------- generation backends
