@@ -30,8 +30,16 @@ from webapp.tenants.permissions import Perm
 class AskForm(forms.Form):
     model = forms.CharField(max_length=200, initial="moe")
     message = forms.CharField(max_length=8000, widget=forms.Textarea(attrs={"rows": 3}))
-    max_tokens = forms.IntegerField(min_value=1, max_value=1024, initial=200)
-    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.3)
+    max_tokens = forms.IntegerField(min_value=1, max_value=1024, initial=200, required=False)
+    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.3, required=False)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        # Left empty: the initial values (a question is all a user has to type).
+        for name in ("max_tokens", "temperature"):
+            if data.get(name) is None:
+                data[name] = self.fields[name].initial
+        return data
 
 
 def model_choices(organization: Organization) -> list[tuple[str, str]]:

@@ -16,6 +16,13 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from tests.webapp.api.live_stack import (  # noqa: F401 - fixtures of the in-process engine (test_serving.py)
+    engine_service,
+    engine_url,
+    expert_dirs,
+    live_engine,
+    model_cache_dir,
+)
 from tests.webapp.jobs.conftest import make_corpus, make_job
 from webapp.experts import services
 from webapp.experts.models import Expert, ExpertVersion
