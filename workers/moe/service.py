@@ -56,13 +56,12 @@ class ServiceConfig:
 # ---------------------------------------------------------------- locations
 
 
-def read_signature_json(location: str) -> dict[str, Any]:
-    """signature.json of the expert at `location` (a directory, or s3://bucket/key)."""
-    if location.startswith("s3://"):
-        from workers.moe.adapters import fetch_file  # boto3 is optional: only S3 deployments need it
+def read_signature_json(expert_id: str, location: str, cache_dir: Path | None = None) -> dict[str, Any]:
+    """signature.json of the expert at `location` (a directory, or s3://bucket/key fetched into `cache_dir`)."""
+    from workers.moe.adapters import ExpertRef, fetch_expert_dir
 
-        return dict(json.loads(fetch_file(location, "signature.json").decode("utf-8")))
-    return dict(json.loads((Path(location) / "signature.json").read_text(encoding="utf-8")))
+    directory = fetch_expert_dir(ExpertRef(id=expert_id, location=location), cache_dir)
+    return dict(json.loads((directory / "signature.json").read_text(encoding="utf-8")))
 
 
 # ---------------------------------------------------------------- routing
@@ -71,13 +70,15 @@ def read_signature_json(location: str) -> dict[str, Any]:
 class RoutingService:
     """The router plus the signatures it learnt, read from candidates' locations on first sight."""
 
-    def __init__(self, router: Any) -> None:
+    def __init__(self, router: Any, cache_dir: Path | None = None) -> None:
         self.router = router
+        self.cache_dir = cache_dir  # where experts on s3:// are fetched to
         self._lock = threading.Lock()
         self._refused: dict[str, str] = {}  # expert id -> why its signature could not be used
 
     def _ensure(self, candidates: list[dict[str, Any]]) -> list[str]:
         from workers.ml.distill.signature import RoutingSignature
+        from workers.moe.adapters import ExpertError
         from workers.moe.router import SignatureMismatch
 
         ids = []
@@ -92,9 +93,10 @@ class RoutingService:
                 if self.router.known(expert_id):
                     continue
                 try:
-                    signature = RoutingSignature.from_json(read_signature_json(str(candidate.get("location", ""))))
+                    location = str(candidate.get("location", ""))
+                    signature = RoutingSignature.from_json(read_signature_json(expert_id, location, self.cache_dir))
                     self.router.register(expert_id, signature)
-                except (OSError, ValueError, KeyError, SignatureMismatch) as error:
+                except (OSError, ValueError, KeyError, SignatureMismatch, ExpertError) as error:
                     # No usable signature (none computed, another embedder): the expert is never routed to, and
                     # the decision says so; its id is retried after a restart (signatures can be recomputed).
                     self._refused[expert_id] = str(error)
