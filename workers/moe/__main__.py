@@ -104,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_torch_threads(args.threads)
     import uvicorn
 
+    # Import the heavy modules here, before the loader threads start: transformers' lazy module is not safe to
+    # import from two threads at once (one of them gets an ImportError for a name that exists).
+    import workers.moe.engine
+    import workers.moe.query_embedder
+    import workers.moe.router  # noqa: F401
     from workers.moe.server import create_app
 
     service, loaders = build_service(args)

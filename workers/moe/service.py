@@ -367,8 +367,10 @@ class InferenceService:
         return decision, self.backend.open(body, experts)
 
     def health(self) -> dict[str, Any]:
+        failed = getattr(self.backend, "error", None)
+        ready = self.backend.ready() and self.routing is not None
         return {
-            "status": "ok" if self.backend.ready() and self.routing is not None else "loading",
+            "status": "ok" if ready else "failed" if failed else "loading",
             "uptime_s": round(time.time() - self.started, 1),
             "router": None if self.routing is None else {"experts": len(self.routing.router.ids())},
             **self.backend.health(),
