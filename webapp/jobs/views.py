@@ -30,7 +30,7 @@ from webapp.tenants.permissions import Perm
 
 
 def _job(request: OrgRequest, job_id: int) -> DistillationJob:
-    jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus", "corpus_version")
+    jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus", "corpus_version", "expert")
     return get_object_or_404(jobs, pk=job_id)
 
 
