@@ -39,7 +39,7 @@ app.conf.beat_schedule = {
 }
 
 # Lazy: the task modules import Django models, so they load once Django is set up (worker start, first use).
-TASK_MODULES = ["workers.tasks.system", "workers.tasks.ingest", "workers.tasks.jobs"]
+TASK_MODULES = ["workers.tasks.system", "workers.tasks.ingest", "workers.tasks.jobs", "workers.tasks.experts"]
 app.autodiscover_tasks(lambda: TASK_MODULES, related_name=None)
 
 

@@ -176,6 +176,9 @@ MODEL_ROOTS = [Path(p) for p in env.list("MODEL_ROOTS", default=[])]
 MOE_BASE_MODEL = env.str("MOE_BASE_MODEL", default="packaged:smollm2-135m-instruct")
 
 # ------------------------------------------------------------------ the mixture: inference engine and API
+# The platform embedder: it computes every expert's routing signature and the router embeds queries with it.
+# Changing it needs `manage.py recompute_signatures` (and the engine restarted with the same MOE_EMBEDDER).
+MOE_EMBEDDER = env.str("MOE_EMBEDDER", default="packaged:all-minilm-l6-v2")
 # The resident inference engine (`python -m workers.moe`): the web process only talks HTTP to it.
 INFERENCE_URL = env.str("INFERENCE_URL", default="http://127.0.0.1:8700")
 # Seconds to wait for the engine to answer (a streamed answer may take longer between its first and last token).

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from django.conf import settings
@@ -94,6 +96,8 @@ class ExpertVersion(TenantOwnedModel):
     metrics = models.JSONField(default=dict, blank=True)
     # The routing signature (embedder, dim, centroids, counts) as signature.json holds it.
     signature = models.JSONField(default=dict, blank=True)
+    # Changes whenever the signature does: the engine re-reads a signature whose fingerprint it has not seen.
+    signature_hash = models.CharField(max_length=64, blank=True)
     artifact_location = models.CharField(max_length=700, help_text="Directory path, or s3://bucket/key.")
     size_bytes = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -111,7 +115,17 @@ class ExpertVersion(TenantOwnedModel):
         return f"ev{self.pk}"
 
     def engine_ref(self, weight: float = 1.0) -> dict[str, Any]:
-        return {"id": self.engine_id, "location": self.artifact_location, "weight": weight}
+        return {
+            "id": self.engine_id,
+            "location": self.artifact_location,
+            "weight": weight,
+            "signature": self.signature_hash,
+        }
+
+    def set_signature(self, signature: dict[str, Any]) -> None:
+        self.signature = signature
+        encoded = json.dumps(signature, sort_keys=True, separators=(",", ":")).encode()
+        self.signature_hash = hashlib.sha256(encoded).hexdigest()[:16] if signature else ""
 
     @property
     def signature_embedder(self) -> str:

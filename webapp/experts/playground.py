@@ -141,4 +141,3 @@ def playground_stream(request: OrgRequest) -> HttpResponse | StreamingHttpRespon
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
-

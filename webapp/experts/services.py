@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
@@ -120,14 +121,14 @@ def register_from_job(job: Any) -> ExpertVersion:
         teacher_label=str(job.teacher_snapshot.get("name") or ""),
         recipe=job.recipe,
         metrics=_read_json(source / "metrics.json") or dict(job.metrics or {}),
-        signature=_read_json(source / "signature.json"),
         artifact_location="",
     )
+    version.set_signature(_read_json(source / "signature.json"))
     prefix = storage_prefix(version)
     size = _copy_to_storage(source, prefix)
     version.artifact_location = artifact_location(prefix)
     version.size_bytes = size
-    version.save(update_fields=["artifact_location", "size_bytes"])
+    version.save(update_fields=["artifact_location", "size_bytes", "signature", "signature_hash"])
     expert.active_version = version
     expert.save(update_fields=["active_version", "updated_at"])
     AuditEvent.record(expert.organization, job.created_by, AuditEvent.Action.EXPERT_REGISTERED, target=str(version))
@@ -375,6 +376,16 @@ class _ZipSink(io.RawIOBase):
         data = b"".join(self._chunks)
         self._chunks.clear()
         return data
+
+
+def store_signature(version: ExpertVersion, signature: dict[str, Any]) -> None:
+    """Replace a version's routing signature (recomputed with another embedder): row and stored file."""
+    name = f"{storage_prefix(version)}/signature.json"
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    default_storage.save(name, ContentFile((json.dumps(signature) + "\n").encode()))
+    version.set_signature(signature)
+    version.save(update_fields=["signature", "signature_hash"])
 
 
 def read_stored_json(version: ExpertVersion, name: str) -> Any:

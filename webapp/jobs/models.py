@@ -159,9 +159,7 @@ class DistillationJob(TenantOwnedModel):
     finished_at = models.DateTimeField(null=True, blank=True)
     retry_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # The expert this job re-distils (a new version of it), or the one its success registered.
-    expert = models.ForeignKey(
-        "experts.Expert", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
-    )
+    expert = models.ForeignKey("experts.Expert", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs")
 
     class Meta:
         ordering = ["-created_at"]

@@ -87,7 +87,7 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, list[thre
             from workers.moe.query_embedder import QueryEmbedder
             from workers.moe.router import Router
 
-            service.routing = RoutingService(Router(QueryEmbedder.load(config.embedder)), config.s3_cache_dir)
+            service.routing = RoutingService(Router(QueryEmbedder.load(config.embedder)))
         except Exception:
             logger.exception("the router's embedder %s could not be loaded", config.embedder)
 

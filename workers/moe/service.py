@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,12 +57,25 @@ class ServiceConfig:
 # ---------------------------------------------------------------- locations
 
 
-def read_signature_json(expert_id: str, location: str, cache_dir: Path | None = None) -> dict[str, Any]:
-    """signature.json of the expert at `location` (a directory, or s3://bucket/key fetched into `cache_dir`)."""
-    from workers.moe.adapters import ExpertRef, fetch_expert_dir
+def read_signature_json(location: str) -> dict[str, Any]:
+    """signature.json of the expert at `location` (a directory, or s3://bucket/key).
 
-    directory = fetch_expert_dir(ExpertRef(id=expert_id, location=location), cache_dir)
-    return dict(json.loads((directory / "signature.json").read_text(encoding="utf-8")))
+    Read afresh each time (not from the adapter download cache): a signature can be recomputed after the fact.
+    """
+    if location.startswith("s3://"):
+        try:
+            import boto3  # only S3 deployments need it
+        except ImportError as error:
+            raise OSError("The expert is on S3 but boto3 is not installed (pip install boto3).") from error
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        client = boto3.client("s3", endpoint_url=os.environ.get("AWS_S3_ENDPOINT_URL") or None)
+        key = f"{prefix.rstrip('/')}/signature.json" if prefix else "signature.json"
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as error:
+            raise OSError(f"could not read s3://{bucket}/{key}: {error}") from error
+        return dict(json.loads(body.decode("utf-8")))
+    return dict(json.loads((Path(location) / "signature.json").read_text(encoding="utf-8")))
 
 
 # ---------------------------------------------------------------- routing
@@ -70,15 +84,14 @@ def read_signature_json(expert_id: str, location: str, cache_dir: Path | None = 
 class RoutingService:
     """The router plus the signatures it learnt, read from candidates' locations on first sight."""
 
-    def __init__(self, router: Any, cache_dir: Path | None = None) -> None:
+    def __init__(self, router: Any) -> None:
         self.router = router
-        self.cache_dir = cache_dir  # where experts on s3:// are fetched to
         self._lock = threading.Lock()
         self._refused: dict[str, str] = {}  # expert id -> why its signature could not be used
+        self._fingerprints: dict[str, str] = {}  # expert id -> fingerprint of the signature registered for it
 
     def _ensure(self, candidates: list[dict[str, Any]]) -> list[str]:
         from workers.ml.distill.signature import RoutingSignature
-        from workers.moe.adapters import ExpertError
         from workers.moe.router import SignatureMismatch
 
         ids = []
@@ -87,19 +100,25 @@ class RoutingService:
             if not expert_id:
                 raise RequestError("Every candidate needs an id.")
             ids.append(expert_id)
-            if self.router.known(expert_id) or expert_id in self._refused:
+            # A changed fingerprint means the signature was recomputed (another embedder): read it again.
+            fingerprint = str(candidate.get("signature") or "")
+            if self._fingerprints.get(expert_id) == fingerprint and (
+                self.router.known(expert_id) or expert_id in self._refused
+            ):
                 continue
             with self._lock:
-                if self.router.known(expert_id):
+                if self._fingerprints.get(expert_id) == fingerprint and self.router.known(expert_id):
                     continue
+                self._fingerprints[expert_id] = fingerprint
+                self._refused.pop(expert_id, None)
                 try:
-                    location = str(candidate.get("location", ""))
-                    signature = RoutingSignature.from_json(read_signature_json(expert_id, location, self.cache_dir))
+                    signature = RoutingSignature.from_json(read_signature_json(str(candidate.get("location", ""))))
                     self.router.register(expert_id, signature)
-                except (OSError, ValueError, KeyError, SignatureMismatch, ExpertError) as error:
+                except (OSError, ValueError, KeyError, SignatureMismatch) as error:
                     # No usable signature (none computed, another embedder): the expert is never routed to, and
                     # the decision says so; its id is retried after a restart (signatures can be recomputed).
                     self._refused[expert_id] = str(error)
+                    self.router.unregister(expert_id)
                     logger.warning("expert %s has no usable routing signature: %s", expert_id, error)
         return ids
 

@@ -246,6 +246,7 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
         model_roots=tuple(settings.MODEL_ROOTS),
         checkpoint_dir=dirs["checkpoints"],
         work_dir=dirs["work"],
+        embedder=settings.MOE_EMBEDDER,
         lora=LoraSettings(rank=rank, alpha=2 * rank),
         training=training,
         kd=KDSettings(

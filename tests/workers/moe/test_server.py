@@ -189,3 +189,19 @@ def test_a_body_that_is_not_json_is_400(client: TestClient) -> None:
     assert client.post("/generate", content=b"{", headers={"content-type": "application/json"}).status_code == 400
     assert client.post("/route", json=[1, 2]).status_code == 400
     assert client.post("/route", json={"query": "x", "settings": {"top_k": 0}}).status_code == 400
+
+
+def test_a_recomputed_signature_is_read_again_when_its_fingerprint_changes(
+    client: TestClient, make_expert: Any
+) -> None:
+    expert = make_expert(105)
+    signature_along(0).save(Path(expert.location))
+    candidate = {"id": expert.id, "location": expert.location, "signature": "first"}
+    body = {"query": "bread", "candidates": [candidate], "settings": ROUTER}
+    assert client.post("/route", json=body).json()["experts"] == [[expert.id, 1.0]]
+
+    signature_along(1).save(Path(expert.location))  # recomputed: now it knows VPNs, not bread
+    assert client.post("/route", json=body).json()["experts"] == [[expert.id, 1.0]], "same fingerprint: cached"
+    body["candidates"] = [{**candidate, "signature": "second"}]
+    assert client.post("/route", json=body).json()["experts"] == []
+    assert client.post("/route", json={**body, "query": "vpn"}).json()["experts"] == [[expert.id, 1.0]]
