@@ -1,0 +1,314 @@
+"""The MoE router: candidates, threshold fallback, top-k weights, the registry, vectorised scoring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from workers.ml.distill.signature import RoutingSignature, compute_signature
+from workers.moe.router import Router, RouterSettings, RoutingDecision, SignatureMismatch
+
+DIM = 8
+FAKE = "fake:axes"
+
+
+class FakeEmbedder:
+    """Maps each known text to a fixed unit vector: routing tests need geometry, not a language model."""
+
+    name = FAKE
+    dim = DIM
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = {text: torch.nn.functional.normalize(torch.tensor(v), dim=0) for text, v in vectors.items()}
+        self.calls = 0
+
+    def embed_one(self, text: str) -> torch.Tensor:
+        self.calls += 1
+        return self.vectors[text]
+
+
+def axis(index: int, *extra: tuple[int, float]) -> list[float]:
+    vector = [0.0] * DIM
+    vector[index] = 1.0
+    for position, value in extra:
+        vector[position] = value
+    return vector
+
+
+def signature(*centroids: list[float], embedder: str = FAKE, dim: int = DIM) -> RoutingSignature:
+    units = [torch.nn.functional.normalize(torch.tensor(c), dim=0).tolist() for c in centroids]
+    return RoutingSignature(embedder=embedder, dim=dim, centroids=units, counts=[1] * len(units))
+
+
+@pytest.fixture
+def router() -> Router:
+    embedder = FakeEmbedder(
+        {
+            "cooking": axis(0),
+            "networking": axis(1),
+            "tax": axis(2),
+            "between cooking and networking": axis(0, (1, 0.9)),
+            "off topic": axis(7, (0, 0.2)),
+        }
+    )
+    router = Router(embedder)
+    router.register("chef", signature(axis(0), axis(3)))
+    router.register("netops", signature(axis(1)))
+    router.register("accountant", signature(axis(2), axis(4), axis(5)))
+    return router
+
+
+LOW = RouterSettings(threshold=0.5)
+
+
+def test_it_picks_the_expert_whose_centroid_is_closest(router: Router) -> None:
+    candidates = ["chef", "netops", "accountant"]
+
+    for query, expected in [("cooking", "chef"), ("networking", "netops"), ("tax", "accountant")]:
+        decision = router.route(query, candidates, LOW)
+
+        assert decision.experts == [(expected, 1.0)]
+        assert not decision.fallback
+        assert decision.best_score == pytest.approx(1.0)
+        assert decision.scores[0][0] == expected
+        assert len(decision.scores) == 3
+
+
+def test_it_never_chooses_an_expert_outside_the_candidates(router: Router) -> None:
+    decision = router.route("cooking", ["netops", "accountant"], RouterSettings(threshold=-1.0, top_k=2))
+
+    assert "chef" not in [expert_id for expert_id, _ in decision.experts]
+    assert "chef" not in [expert_id for expert_id, _ in decision.scores]
+    assert {expert_id for expert_id, _ in decision.experts} == {"netops", "accountant"}
+
+
+def test_it_falls_back_to_the_base_below_the_threshold(router: Router) -> None:
+    decision = router.route("off topic", ["chef", "netops", "accountant"], LOW)
+
+    assert decision.fallback
+    assert decision.experts == []
+    # The scores are still reported (the UI draws the bars under the threshold line).
+    assert decision.best_score == pytest.approx(0.2 / math.sqrt(1.04), abs=1e-5)
+    assert decision.scores[0][0] == "chef"
+    assert decision.threshold == 0.5
+
+
+def test_it_answers_with_the_best_expert_anyway_without_fallback(router: Router) -> None:
+    decision = router.route("off topic", ["chef", "netops"], RouterSettings(threshold=0.5, fallback_to_base=False))
+
+    assert not decision.fallback
+    assert decision.experts == [("chef", 1.0)]
+
+
+def test_it_weights_the_top_k_by_a_softmax_of_their_cosines(router: Router) -> None:
+    settings = RouterSettings(top_k=2, temperature=0.1, threshold=0.1)
+
+    decision = router.route("between cooking and networking", ["chef", "netops", "accountant"], settings)
+
+    (first, w1), (second, w2) = decision.experts
+    cosines = dict(decision.scores)
+    assert (first, second) == ("chef", "netops")
+    assert w1 + w2 == pytest.approx(1.0)
+    expected = torch.softmax(torch.tensor([cosines["chef"], cosines["netops"]]) / 0.1, dim=0)
+    assert [w1, w2] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert w1 > w2
+    # top_k larger than the candidates: every candidate, still summing to 1.
+    every = router.route("cooking", ["chef", "netops"], RouterSettings(top_k=5, threshold=0.1))
+    assert len(every.experts) == 2
+    assert sum(weight for _, weight in every.experts) == pytest.approx(1.0)
+
+
+def test_it_reports_unknown_candidate_ids_and_ignores_them(router: Router) -> None:
+    decision = router.route("networking", ["ghost", "netops", "ghost", "gone"], LOW)
+
+    assert decision.unknown == ["ghost", "gone"]
+    assert decision.experts == [("netops", 1.0)]
+    assert [expert_id for expert_id, _ in decision.scores] == ["netops"]
+
+
+def test_it_falls_back_without_embedding_when_no_candidate_is_known(router: Router) -> None:
+    embedder = router.embedder
+    assert isinstance(embedder, FakeEmbedder)
+
+    for candidates in ([], ["ghost"]):
+        decision = router.route("cooking", candidates, LOW)
+
+        assert decision.fallback
+        assert decision.experts == []
+        assert decision.scores == []
+        assert decision.best_score is None
+    assert embedder.calls == 0
+
+
+def test_it_rejects_a_signature_of_another_embedder(router: Router) -> None:
+    with pytest.raises(SignatureMismatch, match="packaged:other"):
+        router.register("stranger", signature(axis(0), embedder="packaged:other"))
+    with pytest.raises(SignatureMismatch, match="dimension"):
+        router.register("short", signature([1.0, 0.0], dim=2))
+    assert isinstance(SignatureMismatch("x"), ValueError)
+    assert not router.known("stranger")
+    assert not router.known("short")
+
+
+def test_it_replaces_a_signature_registered_again(router: Router) -> None:
+    assert router.route("tax", ["chef", "netops"], RouterSettings(threshold=-1.0)).experts[0][0] in {"chef", "netops"}
+
+    router.register("netops", signature(axis(2)))  # netops now covers tax law
+
+    decision = router.route("tax", ["chef", "netops"], LOW)
+    assert decision.experts == [("netops", 1.0)]
+    assert router.route("networking", ["netops"], LOW).fallback
+    assert sorted(router.ids()) == ["accountant", "chef", "netops"]
+
+
+def test_it_forgets_an_unregistered_expert(router: Router) -> None:
+    router.unregister("chef")
+    router.unregister("chef")  # idempotent
+
+    assert not router.known("chef")
+    decision = router.route("cooking", ["chef", "netops"], LOW)
+    assert decision.unknown == ["chef"]
+    assert decision.fallback
+
+
+def test_it_serialises_a_decision_for_the_api() -> None:
+    decision = RoutingDecision(
+        experts=[("a", 0.75), ("b", 0.25)],
+        fallback=False,
+        best_score=0.61,
+        scores=[("a", 0.61), ("b", 0.55)],
+        unknown=["c"],
+        threshold=0.3,
+        embed_ms=3.2,
+        score_ms=0.1,
+    )
+
+    assert decision.to_json() == {
+        "experts": [{"id": "a", "weight": 0.75}, {"id": "b", "weight": 0.25}],
+        "fallback": False,
+        "best_score": 0.61,
+        "threshold": 0.3,
+        "scores": [{"id": "a", "score": 0.61}, {"id": "b", "score": 0.55}],
+        "unknown": ["c"],
+        "timing_ms": {"embed": 3.2, "score": 0.1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"fallback_to_base": "yes"}, "fallback_to_base"),
+    ],
+)
+def test_it_rejects_invalid_settings(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RouterSettings(**options)  # type: ignore[arg-type]
+
+
+def test_it_documents_every_setting() -> None:
+    import dataclasses
+
+    assert all(spec.metadata.get("help") for spec in dataclasses.fields(RouterSettings))
+
+
+def test_it_scores_1000_experts_as_a_naive_loop_does() -> None:
+    generator = torch.Generator().manual_seed(0)
+    dim = 32
+
+    class Random:
+        name, dim = "fake:random", 32
+
+        def embed_one(self, text: str) -> torch.Tensor:
+            raise AssertionError("route_embedding only")
+
+    router = Router(Random())
+    signatures = {}
+    for index in range(1000):
+        k = int(torch.randint(1, 5, (1,), generator=generator))
+        centroids = torch.nn.functional.normalize(torch.randn(k, dim, generator=generator), dim=-1)
+        signatures[f"e{index}"] = RoutingSignature("fake:random", dim, centroids.tolist(), [1] * k)
+        router.register(f"e{index}", signatures[f"e{index}"])
+    settings = RouterSettings(top_k=3, threshold=-1.0)
+
+    for trial in range(5):
+        query = torch.nn.functional.normalize(torch.randn(dim, generator=generator), dim=0)
+        # Every expert, then a random half (the gather path), then a handful, in a shuffled order.
+        count = [1000, 500, 7, 300, 1][trial]
+        candidates = [f"e{int(i)}" for i in torch.randperm(1000, generator=generator)[:count]]
+
+        decision = router.route_embedding(query, candidates, settings)
+
+        naive = {eid: max(float(torch.tensor(c) @ query) for c in signatures[eid].centroids) for eid in candidates}
+        assert dict(decision.scores) == pytest.approx(naive, abs=1e-5)
+        assert [eid for eid, _ in decision.scores] == sorted(naive, key=lambda eid: -naive[eid])
+        assert [eid for eid, _ in decision.experts] == sorted(naive, key=lambda eid: -naive[eid])[:3]
+
+
+@pytest.fixture(scope="module")
+def minilm_router() -> Router:
+    from workers.ml.embedder import shared_embedder
+
+    embedder = shared_embedder()
+    corpora = {
+        "cooking": [
+            "Whisk the eggs with sugar until pale, then fold in the flour gently.",
+            "Roast the chicken at 200 degrees for an hour and baste it with butter.",
+            "Simmer the tomato sauce with garlic, basil and olive oil for twenty minutes.",
+            "Knead the bread dough for ten minutes and let it rise until doubled.",
+            "Season the steak with salt and pepper and sear it in a hot cast iron pan.",
+        ],
+        "networking": [
+            "Configure the router's DHCP server to hand out addresses in the 10.0.0.0/24 subnet.",
+            "A TCP handshake exchanges SYN, SYN-ACK and ACK packets before data flows.",
+            "Set the VLAN tag on the switch port and trunk it to the core switch.",
+            "DNS resolves host names to IP addresses; check the resolver with dig.",
+            "The firewall drops inbound packets on port 22 except from the VPN range.",
+        ],
+        "tax": [
+            "Capital gains on shares held over a year are taxed at the long-term rate.",
+            "Self-employed taxpayers may deduct home office expenses under section 280A.",
+            "VAT is charged on the supply of goods and services and reclaimed as input tax.",
+            "An estate above the exemption threshold owes inheritance tax within six months.",
+            "File the annual income tax return by April 15 or request an extension.",
+        ],
+    }
+    router = Router(embedder)
+    for name, texts in corpora.items():
+        router.register(name, compute_signature(embedder, texts, k=2))
+    return router
+
+
+@pytest.mark.realmodel
+def test_it_routes_questions_to_the_right_toy_corpus_with_minilm(minilm_router: Router) -> None:
+    settings = RouterSettings()
+    questions = {
+        "How long should I let pizza dough proof before baking?": "cooking",
+        "Why does my laptop get no IP address from the wifi router?": "networking",
+        "Can I deduct the cost of my home office from my taxes?": "tax",
+        "What temperature should I cook a pork roast at?": "cooking",
+        "How do I open a port in the firewall for SSH?": "networking",
+    }
+
+    for question, expected in questions.items():
+        decision = minilm_router.route(question, ["cooking", "networking", "tax"], settings)
+
+        assert decision.experts == [(expected, 1.0)], (question, decision.scores)
+        assert decision.embed_ms > 0
+
+
+@pytest.mark.realmodel
+def test_it_falls_back_on_an_off_topic_question_with_minilm(minilm_router: Router) -> None:
+    decision = minilm_router.route(
+        "Who won the football world cup in 1998?", ["cooking", "networking", "tax"], RouterSettings()
+    )
+
+    assert decision.fallback, decision.scores
+    assert decision.best_score is not None
+    assert decision.best_score < RouterSettings().threshold

@@ -1,0 +1,263 @@
+"""The MoE router: which of a tenant's experts should answer a query, and with what weights.
+
+Each expert is known by its routing signature (workers/ml/distill/signature.py): a few unit centroids of its
+training text in the sentence embedder's space. A query's score for an expert is the cosine to that expert's
+nearest centroid. The caller (the web app, from its database) names the candidate experts; only they can be
+chosen, whatever else is registered.
+
+Routing a query:
+1. Embed it with the embedder the signatures were computed with (QueryEmbedder: 3-6 ms on 2 cores).
+2. Score every candidate: one matrix-vector product over the candidates' stacked centroids, then a segment max
+   per expert (scatter_reduce amax). The stack is rebuilt lazily after a registration, never per query.
+3. If the best cosine is below `threshold` and `fallback_to_base`, the base model answers alone (the question is
+   off every expert's topic). Otherwise the `top_k` best experts answer, weighted by a softmax of their cosines
+   at `temperature`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from workers.moe.query_embedder import QueryEmbedder
+
+if TYPE_CHECKING:
+    from workers.ml.distill.signature import RoutingSignature
+    from workers.ml.embedder import SentenceEmbedder
+
+__all__ = ["QueryEncoder", "Router", "RouterSettings", "RoutingDecision", "SignatureMismatch"]
+
+
+class SignatureMismatch(ValueError):
+    """A signature computed with another embedder (or dimension) than the router's: its cosines would mean nothing."""
+
+
+class QueryEncoder(Protocol):
+    """What the router needs of an embedder: QueryEmbedder, or a test's fake."""
+
+    name: str
+    dim: int
+
+    def embed_one(self, text: str) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    top_k: int = field(default=1, metadata={"help": "How many experts answer a query (at most the candidates)."})
+    temperature: float = field(
+        default=0.05,
+        metadata={
+            "help": "Softmax temperature over the chosen experts' cosines. Cosines of related topics differ by a "
+            "few hundredths, so 0.05 turns a 0.05 lead into weights of ~0.73/0.27; larger values even out."
+        },
+    )
+    threshold: float = field(
+        default=0.2,
+        metadata={
+            "help": "Below this best cosine the query is off every expert's topic and the base answers. MiniLM "
+            "cosines of questions to documentation signatures are low: in bench/route.py, off-topic questions "
+            "score at most ~0.17, on-topic ones mostly 0.2-0.6 (a tenth of them lower)."
+        },
+    )
+    fallback_to_base: bool = field(
+        default=True,
+        metadata={"help": "Below the threshold, let the base model answer alone; False: the best experts anyway."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be a whole number of at least 1, not {self.top_k!r}.")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, not {self.temperature!r}.")
+        if not math.isfinite(self.threshold) or not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a cosine: it must lie between -1 and 1, not {self.threshold!r}.")
+        if not isinstance(self.fallback_to_base, bool):
+            raise ValueError(f"fallback_to_base must be true or false, not {self.fallback_to_base!r}.")
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    experts: list[tuple[str, float]]  # chosen ids with weights summing to 1, best first; empty when falling back
+    fallback: bool  # the base model answers alone
+    best_score: float | None  # best candidate cosine; None without known candidates
+    scores: list[tuple[str, float]]  # every known candidate's cosine, best first
+    unknown: list[str] = field(default_factory=list)  # candidate ids the router has no signature for
+    threshold: float = 0.0  # the threshold the decision used (the UI draws it over the bars)
+    embed_ms: float = 0.0
+    score_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "experts": [{"id": expert_id, "weight": round(weight, 6)} for expert_id, weight in self.experts],
+            "fallback": self.fallback,
+            "best_score": None if self.best_score is None else round(self.best_score, 6),
+            "threshold": self.threshold,
+            "scores": [{"id": expert_id, "score": round(score, 6)} for expert_id, score in self.scores],
+            "unknown": list(self.unknown),
+            "timing_ms": {"embed": round(self.embed_ms, 3), "score": round(self.score_ms, 3)},
+        }
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """An immutable snapshot of the registry: queries read it without a lock while registrations build the next."""
+
+    ids: list[str]  # expert ids, in row-block order
+    index: dict[str, int]  # expert id -> position in ids
+    centroids: torch.Tensor  # (C, D) every expert's centroids, one contiguous block of rows per expert
+    starts: torch.Tensor  # (E,) first row of each expert's block
+    counts: torch.Tensor  # (E,) rows in each expert's block
+
+
+class Router:
+    """A registry of expert signatures and the scoring of queries against a caller-chosen subset of them."""
+
+    def __init__(self, embedder: QueryEncoder | SentenceEmbedder) -> None:
+        # A corpus embedder (SentenceEmbedder) gets the fast single-query path in front of it.
+        self.embedder: QueryEncoder = embedder if hasattr(embedder, "embed_one") else QueryEmbedder(embedder)
+        self._signatures: dict[str, torch.Tensor] = {}  # id -> (k, D) unit centroids
+        self._lock = threading.Lock()
+        self._stack: _Stack | None = None  # None: rebuild before the next query
+
+    @classmethod
+    def load(cls, spec: str | None = None) -> Router:
+        """A router over the embedder `spec` (the platform default when None)."""
+        return cls(QueryEmbedder.load(spec))
+
+    # ------------------------------------------------------------ registry
+
+    def register(self, expert_id: str, signature: RoutingSignature) -> None:
+        """Add (or replace) an expert. Raises SignatureMismatch for another embedder's signature."""
+        if not isinstance(expert_id, str) or not expert_id:
+            raise ValueError("An expert id must be a non-empty string.")
+        if signature.embedder != self.embedder.name:
+            raise SignatureMismatch(
+                f"Expert {expert_id!r} was signed with the embedder {signature.embedder!r}, but this router embeds "
+                f"queries with {self.embedder.name!r}; recompute its signature with {self.embedder.name!r}."
+            )
+        if signature.dim != self.embedder.dim:
+            raise SignatureMismatch(
+                f"Expert {expert_id!r} has {signature.dim}-dimensional centroids; the router's embedder has "
+                f"{self.embedder.dim} dimensions."
+            )
+        centroids = signature.centroid_tensor()  # (k, D)
+        if centroids.shape[0] == 0:
+            raise ValueError(f"Expert {expert_id!r} has a signature without centroids.")
+        # Signatures are unit already; normalising again keeps a hand-edited file from skewing cosines.
+        centroids = torch.nn.functional.normalize(centroids, p=2, dim=-1)
+        with self._lock:
+            self._signatures[expert_id] = centroids
+            self._stack = None
+
+    def unregister(self, expert_id: str) -> None:
+        """Forget an expert; unknown ids are ignored (unregistering is idempotent)."""
+        with self._lock:
+            if self._signatures.pop(expert_id, None) is not None:
+                self._stack = None
+
+    def known(self, expert_id: str) -> bool:
+        return expert_id in self._signatures
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._signatures)
+
+    def __len__(self) -> int:
+        return len(self._signatures)
+
+    def _snapshot(self) -> _Stack:
+        with self._lock:
+            if self._stack is None:
+                ids = list(self._signatures)
+                blocks = [self._signatures[expert_id] for expert_id in ids]
+                counts = torch.tensor([block.shape[0] for block in blocks], dtype=torch.long)  # (E,)
+                self._stack = _Stack(
+                    ids=ids,
+                    index={expert_id: position for position, expert_id in enumerate(ids)},
+                    centroids=torch.cat(blocks) if blocks else torch.empty((0, self.embedder.dim)),  # (C, D)
+                    starts=torch.cumsum(counts, 0) - counts,  # (E,)
+                    counts=counts,
+                )
+            return self._stack
+
+    # ------------------------------------------------------------ routing
+
+    def route(self, query: str, candidates: Sequence[str], settings: RouterSettings) -> RoutingDecision:
+        """Embed `query` and route it among `candidates` (ids the caller allows; unknown ones are reported)."""
+        if not any(self.known(expert_id) for expert_id in candidates):
+            return self.route_embedding(None, candidates, settings)  # no embedding needed to fall back
+        started = time.perf_counter()
+        embedding = self.embedder.embed_one(query)  # (D,)
+        embed_ms = (time.perf_counter() - started) * 1000
+        decision = self.route_embedding(embedding, candidates, settings)
+        return dataclasses.replace(decision, embed_ms=embed_ms)
+
+    def route_embedding(
+        self, embedding: torch.Tensor | None, candidates: Sequence[str], settings: RouterSettings
+    ) -> RoutingDecision:
+        """Route an already embedded query: (D,) unit vector from this router's embedder."""
+        started = time.perf_counter()
+        if isinstance(candidates, str):
+            raise TypeError("candidates is a sequence of expert ids, not one string.")
+        stack = self._snapshot()
+        chosen: list[str] = []
+        unknown: list[str] = []
+        for expert_id in dict.fromkeys(candidates):  # de-duplicated, caller's order kept for ties
+            (chosen if expert_id in stack.index else unknown).append(expert_id)
+        if not chosen:
+            return RoutingDecision(
+                experts=[], fallback=True, best_score=None, scores=[], unknown=unknown, threshold=settings.threshold
+            )
+        if embedding is None:
+            raise ValueError("An embedding is needed to route among known candidates.")
+        query = embedding.reshape(-1).float()  # (D,)
+        if query.shape[0] != stack.centroids.shape[1]:
+            raise ValueError(
+                f"The query embedding has {query.shape[0]} values; the signatures have {stack.centroids.shape[1]}."
+            )
+
+        scores = self._scores(stack, torch.tensor([stack.index[expert_id] for expert_id in chosen]), query)  # (E_c,)
+        # Best first; a stable sort keeps the caller's order between equal scores.
+        order = torch.sort(scores, descending=True, stable=True).indices  # (E_c,)
+        # One tolist() for all scores: indexing a tensor per element costs ~2 us each, 2 ms at 1,000 experts.
+        ranked = list(zip([chosen[position] for position in order.tolist()], scores[order].tolist(), strict=True))
+        best = ranked[0][1]
+        if best < settings.threshold and settings.fallback_to_base:
+            experts: list[tuple[str, float]] = []
+        else:
+            top = order[: settings.top_k]  # (K,)
+            weights = torch.softmax(scores[top].double() / settings.temperature, dim=0)  # (K,)
+            experts = [
+                (chosen[position], float(weight))
+                for position, weight in zip(top.tolist(), weights.tolist(), strict=True)
+            ]
+        return RoutingDecision(
+            experts=experts,
+            fallback=not experts,
+            best_score=best,
+            scores=ranked,
+            unknown=unknown,
+            threshold=settings.threshold,
+            score_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    @staticmethod
+    def _scores(stack: _Stack, experts: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Max cosine over each of `experts`' centroids: (E_c,) expert positions, (D,) query -> (E_c,)."""
+        counts = stack.counts[experts]  # (E_c,)
+        owner = torch.repeat_interleave(torch.arange(experts.shape[0]), counts)  # (R,) candidate of each row
+        first_of_block = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)  # (R,)
+        rows = torch.repeat_interleave(stack.starts[experts], counts) + (torch.arange(owner.shape[0]) - first_of_block)
+        if rows.shape[0] * 2 < stack.centroids.shape[0]:
+            cosines = stack.centroids.index_select(0, rows) @ query  # (R, D) @ (D,) -> (R,): a few of many experts
+        else:
+            cosines = (stack.centroids @ query).index_select(0, rows)  # (C,) -> (R,): no copy of most rows
+        best = torch.full((experts.shape[0],), -math.inf)  # (E_c,)
+        return best.scatter_reduce(0, owner, cosines, reduce="amax", include_self=True)
