@@ -1,4 +1,9 @@
-"""The MoE router: candidates, threshold fallback, top-k weights, the registry, vectorised scoring."""
+"""The MoE router: candidates, threshold fallback, top-k weights, the registry, vectorised scoring.
+
+Ranking scores are a count-weighted soft maximum over each expert's centroids (`centroid_temperature`); the
+fallback threshold is compared with the plain max cosine. Most geometric tests use one centroid per expert, or
+equal counts, where noted.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +42,19 @@ def axis(index: int, *extra: tuple[int, float]) -> list[float]:
     return vector
 
 
-def signature(*centroids: list[float], embedder: str = FAKE, dim: int = DIM) -> RoutingSignature:
+def signature(
+    *centroids: list[float], embedder: str = FAKE, dim: int = DIM, counts: list[int] | None = None
+) -> RoutingSignature:
     units = [torch.nn.functional.normalize(torch.tensor(c), dim=0).tolist() for c in centroids]
-    return RoutingSignature(embedder=embedder, dim=dim, centroids=units, counts=[1] * len(units))
+    return RoutingSignature(
+        embedder=embedder, dim=dim, centroids=units, counts=counts if counts is not None else [1] * len(units)
+    )
+
+
+def soft_max_score(cosines: list[float], counts: list[int], tau: float) -> float:
+    """The ranking score written out: tau * log sum_c (n_c / N) * exp(cos_c / tau), in float64."""
+    total = sum(counts)
+    return tau * math.log(sum(n / total * math.exp(c / tau) for c, n in zip(cosines, counts, strict=True)))
 
 
 @pytest.fixture
@@ -61,6 +76,7 @@ def router() -> Router:
 
 
 LOW = RouterSettings(threshold=0.5)
+PLAIN = RouterSettings(threshold=0.5, centroid_temperature=0.0)
 
 
 def test_it_picks_the_expert_whose_centroid_is_closest(router: Router) -> None:
@@ -71,9 +87,12 @@ def test_it_picks_the_expert_whose_centroid_is_closest(router: Router) -> None:
 
         assert decision.experts == [(expected, 1.0)]
         assert not decision.fallback
-        assert decision.best_score == pytest.approx(1.0)
+        assert decision.best_score == pytest.approx(1.0)  # the plain max cosine
         assert decision.scores[0][0] == expected
         assert len(decision.scores) == 3
+        # The ranking score of a multi-centroid expert is a count-weighted soft max: below its max cosine.
+        assert decision.scores[0][1] <= 1.0 + 1e-6
+        assert router.route(query, candidates, PLAIN).scores[0][1] == pytest.approx(1.0)
 
 
 def test_it_never_chooses_an_expert_outside_the_candidates(router: Router) -> None:
@@ -90,8 +109,11 @@ def test_it_falls_back_to_the_base_below_the_threshold(router: Router) -> None:
     assert decision.fallback
     assert decision.experts == []
     # The scores are still reported (the UI draws the bars under the threshold line).
-    assert decision.best_score == pytest.approx(0.2 / math.sqrt(1.04), abs=1e-5)
+    cosine = 0.2 / math.sqrt(1.04)
+    assert decision.best_score == pytest.approx(cosine, abs=1e-5)
     assert decision.scores[0][0] == "chef"
+    # chef: centroids on axes 0 and 3 (cosines 0.196 and 0), one text each.
+    assert decision.scores[0][1] == pytest.approx(soft_max_score([cosine, 0.0], [1, 1], 0.1), abs=1e-5)
     assert decision.threshold == 0.5
 
 
@@ -205,6 +227,10 @@ def test_it_serialises_a_decision_for_the_api() -> None:
         ({"temperature": float("nan")}, "temperature"),
         ({"threshold": 1.5}, "threshold"),
         ({"fallback_to_base": "yes"}, "fallback_to_base"),
+        ({"centroid_temperature": -0.1}, "centroid_temperature"),
+        ({"centroid_temperature": float("inf")}, "centroid_temperature"),
+        ({"centroid_temperature": float("nan")}, "centroid_temperature"),
+        ({"centroid_temperature": "0.1"}, "centroid_temperature"),
     ],
 )
 def test_it_rejects_invalid_settings(options: dict[str, object], message: str) -> None:
@@ -218,27 +244,33 @@ def test_it_documents_every_setting() -> None:
     assert all(spec.metadata.get("help") for spec in dataclasses.fields(RouterSettings))
 
 
-def test_it_scores_1000_experts_as_a_naive_loop_does() -> None:
-    generator = torch.Generator().manual_seed(0)
-    dim = 32
+class RandomEncoder:
+    name, dim = "fake:random", 32
 
-    class Random:
-        name, dim = "fake:random", 32
+    def embed_one(self, text: str) -> torch.Tensor:
+        raise AssertionError("route_embedding only")
 
-        def embed_one(self, text: str) -> torch.Tensor:
-            raise AssertionError("route_embedding only")
 
-    router = Router(Random())
+def random_router(k_max: int, seed: int = 0) -> tuple[Router, dict[str, RoutingSignature], torch.Generator]:
+    """1,000 experts of 1..k_max random unit centroids with random counts (1..999 texts each)."""
+    generator = torch.Generator().manual_seed(seed)
+    router = Router(RandomEncoder())
     signatures = {}
     for index in range(1000):
-        k = int(torch.randint(1, 5, (1,), generator=generator))
-        centroids = torch.nn.functional.normalize(torch.randn(k, dim, generator=generator), dim=-1)
-        signatures[f"e{index}"] = RoutingSignature("fake:random", dim, centroids.tolist(), [1] * k)
+        k = int(torch.randint(1, k_max + 1, (1,), generator=generator))
+        centroids = torch.nn.functional.normalize(torch.randn(k, RandomEncoder.dim, generator=generator), dim=-1)
+        counts = torch.randint(1, 1000, (k,), generator=generator).tolist()
+        signatures[f"e{index}"] = RoutingSignature("fake:random", RandomEncoder.dim, centroids.tolist(), counts)
         router.register(f"e{index}", signatures[f"e{index}"])
-    settings = RouterSettings(top_k=3, threshold=-1.0)
+    return router, signatures, generator
+
+
+def test_it_scores_1000_experts_by_max_cosine_as_a_naive_loop_does_at_centroid_temperature_0() -> None:
+    router, signatures, generator = random_router(k_max=4)
+    settings = RouterSettings(top_k=3, threshold=-1.0, centroid_temperature=0.0)
 
     for trial in range(5):
-        query = torch.nn.functional.normalize(torch.randn(dim, generator=generator), dim=0)
+        query = torch.nn.functional.normalize(torch.randn(RandomEncoder.dim, generator=generator), dim=0)
         # Every expert, then a random half (the gather path), then a handful, in a shuffled order.
         count = [1000, 500, 7, 300, 1][trial]
         candidates = [f"e{int(i)}" for i in torch.randperm(1000, generator=generator)[:count]]
@@ -247,8 +279,145 @@ def test_it_scores_1000_experts_as_a_naive_loop_does() -> None:
 
         naive = {eid: max(float(torch.tensor(c) @ query) for c in signatures[eid].centroids) for eid in candidates}
         assert dict(decision.scores) == pytest.approx(naive, abs=1e-5)
+        assert decision.best_score == pytest.approx(max(naive.values()), abs=1e-5)
         assert [eid for eid, _ in decision.scores] == sorted(naive, key=lambda eid: -naive[eid])
         assert [eid for eid, _ in decision.experts] == sorted(naive, key=lambda eid: -naive[eid])[:3]
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.02, 1.0])
+def test_it_scores_1000_experts_by_the_soft_maximum_as_a_naive_loop_does(tau: float) -> None:
+    router, signatures, generator = random_router(k_max=16, seed=1)
+    settings = RouterSettings(top_k=3, threshold=-1.0, centroid_temperature=tau)
+
+    for count in (1000, 500, 7, 1):
+        query = torch.nn.functional.normalize(torch.randn(RandomEncoder.dim, generator=generator), dim=0)
+        candidates = [f"e{int(i)}" for i in torch.randperm(1000, generator=generator)[:count]]
+
+        decision = router.route_embedding(query, candidates, settings)
+
+        cosines = {eid: [float(torch.tensor(c) @ query) for c in signatures[eid].centroids] for eid in candidates}
+        naive = {eid: soft_max_score(cosines[eid], signatures[eid].counts, tau) for eid in candidates}
+        assert dict(decision.scores) == pytest.approx(naive, abs=1e-5)
+        ranked = sorted(naive, key=lambda eid: -naive[eid])
+        assert [eid for eid, _ in decision.scores[:10]] == ranked[:10]
+        assert [eid for eid, _ in decision.experts] == ranked[:3]
+        # The threshold's number is the plain max cosine, whatever ranks first.
+        assert decision.best_score == pytest.approx(max(max(values) for values in cosines.values()), abs=1e-5)
+        # The weights are a softmax of the ranking scores at `temperature`.
+        top = torch.tensor([naive[eid] for eid in ranked[:3]], dtype=torch.float64)
+        expected = torch.softmax(top / settings.temperature, dim=0).tolist()
+        assert [weight for _, weight in decision.experts] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_soft_maximum_is_stable_at_a_tiny_centroid_temperature() -> None:
+    router, signatures, generator = random_router(k_max=16, seed=2)
+    query = torch.nn.functional.normalize(torch.randn(RandomEncoder.dim, generator=generator), dim=0)
+    ids = list(signatures)
+
+    tiny = router.route_embedding(query, ids, RouterSettings(threshold=-1.0, centroid_temperature=1e-6))
+    plain = router.route_embedding(query, ids, RouterSettings(threshold=-1.0, centroid_temperature=0.0))
+
+    assert all(math.isfinite(score) for _, score in tiny.scores)
+    # tau * log(n_c / N) vanishes with tau: the plain max in the limit.
+    assert dict(tiny.scores) == pytest.approx(dict(plain.scores), abs=1e-4)
+
+
+def test_centroid_temperature_0_ranks_by_the_plain_max_cosine() -> None:
+    router = Router(FakeEmbedder({"q": axis(0, (1, 1.0))}))  # cos 0.707 to axes 0 and 1
+    # big: one centroid right on the query's side, many texts elsewhere; small: a single, slightly closer centroid.
+    router.register("big", signature(axis(0, (1, 0.8)), axis(5), counts=[1, 99]))
+    router.register("small", signature(axis(0, (1, 0.9)), counts=[3]))
+
+    plain = router.route("q", ["big", "small"], RouterSettings(threshold=0.5, centroid_temperature=0.0))
+    soft = router.route("q", ["big", "small"], RouterSettings(threshold=0.5, centroid_temperature=0.1))
+
+    cos_big, cos_small = 1.8 / math.sqrt(2 * 1.64), 1.9 / math.sqrt(2 * 1.81)
+    assert dict(plain.scores) == pytest.approx({"big": cos_big, "small": cos_small}, abs=1e-5)
+    assert plain.experts[0][0] == "small"
+    # At 0.1, big's matching centroid stands for 1% of its texts: its score drops by 0.1 * log(100) = 0.46.
+    assert soft.experts[0][0] == "small"
+    assert dict(soft.scores)["big"] == pytest.approx(soft_max_score([cos_big, 0.0], [1, 99], 0.1), abs=1e-5)
+    assert plain.best_score == soft.best_score == pytest.approx(cos_small, abs=1e-5)
+
+
+def test_a_big_cluster_outweighs_a_tiny_one_at_equal_cosine() -> None:
+    router = Router(FakeEmbedder({"q": axis(0)}))
+    # Both experts have a centroid at cosine 0.6 to the query; for "broad" it holds 90 of 100 texts, for
+    # "niche" 1 of 100 (the rest of each lies orthogonal to the query).
+    near = axis(0, (1, 4 / 3))  # cosine 0.6
+    router.register("niche", signature(near, axis(2), counts=[1, 99]))
+    router.register("broad", signature(near, axis(3), counts=[90, 10]))
+
+    decision = router.route("q", ["niche", "broad"], RouterSettings(threshold=0.5, top_k=2))
+
+    assert [expert_id for expert_id, _ in decision.scores] == ["broad", "niche"]
+    scores = dict(decision.scores)
+    assert scores["broad"] == pytest.approx(soft_max_score([0.6, 0.0], [90, 10], 0.1), abs=1e-5)
+    assert scores["niche"] == pytest.approx(soft_max_score([0.6, 0.0], [1, 99], 0.1), abs=1e-5)
+    assert decision.experts[0][0] == "broad"
+    assert decision.experts[0][1] > 0.99  # a lead of ~0.45 at temperature 0.05
+    assert decision.best_score == pytest.approx(0.6, abs=1e-5)
+    # The plain max cannot tell them apart: a tie, kept in the caller's order.
+    plain = router.route("q", ["niche", "broad"], RouterSettings(threshold=0.5, centroid_temperature=0.0))
+    assert [expert_id for expert_id, _ in plain.scores] == ["niche", "broad"]
+
+
+def test_the_fallback_compares_the_plain_max_cosine_not_the_ranking_score() -> None:
+    router = Router(FakeEmbedder({"q": axis(0)}))
+    # The expert's nearest centroid (cosine 0.6) holds 1 of its 1,000 texts: its ranking score is
+    # 0.6 + 0.1 * log(1/1000 + 999/1000 * exp(-6)) ~ 0.03, below the threshold; its best centroid is above.
+    router.register("specialist", signature(axis(0, (1, 4 / 3)), axis(1), counts=[1, 999]))
+    settings = RouterSettings(threshold=0.3)
+
+    decision = router.route("q", ["specialist"], settings)
+
+    ((_, score),) = decision.scores
+    assert score < settings.threshold
+    assert decision.best_score == pytest.approx(0.6, abs=1e-5)
+    assert not decision.fallback
+    assert decision.experts == [("specialist", 1.0)]
+    # Above the best cosine it does fall back.
+    assert router.route("q", ["specialist"], RouterSettings(threshold=0.65)).fallback
+
+
+def test_the_threshold_uses_the_best_cosine_of_any_candidate_not_only_of_the_top_ranked() -> None:
+    router = Router(FakeEmbedder({"q": axis(0)}))
+    router.register("broad", signature(axis(0, (1, 1.0)), counts=[50]))  # cosine 0.707, score 0.707
+    router.register("niche", signature(axis(0, (1, 0.5)), axis(4), counts=[1, 999]))  # cosine 0.894, score ~0.2
+
+    decision = router.route("q", ["broad", "niche"], RouterSettings(threshold=0.8))
+
+    assert decision.scores[0][0] == "broad"
+    assert decision.best_score == pytest.approx(2 / math.sqrt(5), abs=1e-5)
+    assert not decision.fallback
+    assert decision.experts == [("broad", 1.0)]
+
+
+def test_it_treats_missing_counts_as_equal_and_rejects_negative_ones() -> None:
+    router = Router(FakeEmbedder({"q": axis(0)}))
+    router.register("zeros", signature(axis(0), axis(1), counts=[0, 0]))
+    router.register("ones", signature(axis(0), axis(1), counts=[1, 1]))
+
+    decision = router.route("q", ["zeros", "ones"], RouterSettings(threshold=0.5))
+
+    assert dict(decision.scores)["zeros"] == pytest.approx(dict(decision.scores)["ones"], abs=1e-6)
+    with pytest.raises(ValueError, match="negative"):
+        router.register("bad", signature(axis(0), axis(1), counts=[3, -1]))
+    assert not router.known("bad")
+
+
+def test_it_scores_1000_experts_of_16_centroids_in_a_few_milliseconds() -> None:
+    router, signatures, generator = random_router(k_max=16, seed=3)
+    ids = list(signatures)
+    settings = RouterSettings(top_k=3)
+    query = torch.nn.functional.normalize(torch.randn(RandomEncoder.dim, generator=generator), dim=0)
+    for _ in range(3):
+        router.route_embedding(query, ids, settings)  # warm-up
+
+    timings = sorted(router.route_embedding(query, ids, settings).score_ms for _ in range(15))
+
+    # ~1 ms on 2 shared cores; a generous bound that a per-expert Python loop (tens of ms) would not meet.
+    assert timings[len(timings) // 2] < 15.0
 
 
 @pytest.fixture(scope="module")
