@@ -150,3 +150,19 @@ def test_a_downloaded_zip_reproduces_the_engine_s_logits_in_plain_peft(
     served = engine.logits([ids], [[ExpertRef(version.engine_id, version.artifact_location)]])
     served_last = served[0, -1] if served.dim() == 3 else served[0]
     assert torch.allclose(served_last, expected, atol=1e-4)
+
+
+def test_the_mixture_page_tries_a_query_on_the_real_router(cast: Cast, experts: dict[str, Expert]) -> None:
+    client = cast.client_for("member")
+    url = reverse("experts:mixture-try")
+    partial = client.post(url, {"query": "How do I set up the office VPN?"}, headers={"HX-Request": "true"})
+    assert partial.status_code == 200
+    decision = partial.context["decision"]
+    assert [pick["name"] for pick in decision["chosen"]] == ["networking"]
+    assert [row["name"] for row in decision["scores"]] == ["networking", "cooking"]
+    assert b'class="score-bar"' in partial.content
+    assert b"<html" not in partial.content
+    page = client.post(url, {"query": "Who won the 1966 world cup?"})
+    assert page.status_code == 200
+    assert page.context["decision"]["fallback"] is True
+    assert b"Falls back to the base model" in page.content
