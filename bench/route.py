@@ -6,16 +6,18 @@
    deterministically (sha256 of the module name, 1 in 5 held out); each expert's signature is `compute_signature`
    on its training modules' chunks. The questions in bench/route_questions/*.json were written by hand about the
    held-out modules (the script checks that each names a held-out module), as a user would ask them, mostly
-   without naming the library. Reported: top-1 accuracy among all five experts; the best cosine of on-topic and
-   of off-topic questions (offtopic.json: cooking, sport, history...) and, at the router's threshold, the share
-   of off-topic questions that fall back to the base (should be ~1) and of on-topic ones (should be ~0).
+   without naming the library. Reported: top-1 accuracy among all five experts (ranked by the router's
+   count-weighted soft maximum over centroids at --centroid-temperature); the best plain max cosine of on-topic
+   and of off-topic questions (offtopic.json: cooking, sport, history...) and, at the router's threshold (compared
+   with that plain max cosine), the share of off-topic questions that fall back to the base (should be ~1) and of
+   on-topic ones (should be ~0), with a sweep of thresholds.
    The naive path's decisions (SentenceEmbedder.embed) are compared with the fast path's (QueryEmbedder).
-2. Latency. Synthetic signatures (1-4 random unit centroids each) for 10, 100 and 1,000 experts, all of them
+2. Latency. Synthetic signatures (1-k random unit centroids each, k = --k) for 10, 100 and 1,000 experts, all of them
    candidates; every question routed once per scale, timed end to end (embedding + scoring), no cache hits:
    - naive: `SentenceEmbedder.embed([q])`, then a Python loop over the experts (`signature.similarity`);
    - ours: `Router.route` (QueryEmbedder + vectorised scoring).
 
-    .venv/bin/python bench/route.py              # ~5 minutes on 2 cores (embedding the corpora dominates)
+    .venv/bin/python bench/route.py --k 16       # ~10 minutes on 2 cores (embedding the corpora dominates)
     .venv/bin/python bench/route.py --quick      # 300 chunks per corpus, fewer timed queries (< 1 minute)
 
 Writes bench/results/route.json (route-quick.json with --quick).
@@ -42,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402 - after the path set-up above
 
+from workers.ml.distill.config import DistillConfig  # noqa: E402
 from workers.ml.distill.signature import RoutingSignature, compute_signature  # noqa: E402
 from workers.ml.embedder import SentenceEmbedder, shared_embedder  # noqa: E402
 from workers.moe.query_embedder import QueryEmbedder  # noqa: E402
@@ -126,7 +129,12 @@ def load_questions(name: str) -> list[dict[str, Any]]:
 
 
 def accuracy(
-    embedder: SentenceEmbedder, fast: QueryEmbedder, k: int, max_texts: int, threshold: float
+    embedder: SentenceEmbedder,
+    fast: QueryEmbedder,
+    k: int,
+    max_texts: int,
+    threshold: float,
+    centroid_temperature: float,
 ) -> dict[str, Any]:
     signatures: dict[str, RoutingSignature] = {}
     sizes: dict[str, dict[str, int]] = {}
@@ -152,10 +160,12 @@ def accuracy(
     router = Router(fast)
     for name, signature in signatures.items():
         router.register(name, signature)
-    everything = RouterSettings(threshold=-1.0)  # never fall back: the top-1 and best score of every question
+    # Never fall back: the top-1 expert (by ranking score) and the best plain max cosine of every question.
+    everything = RouterSettings(threshold=-1.0, centroid_temperature=centroid_temperature)
 
     def decide(embeddings: torch.Tensor) -> list[tuple[str, float]]:
-        return [router.route_embedding(row, CORPORA, everything).scores[0] for row in embeddings]
+        decisions = [router.route_embedding(row, CORPORA, everything) for row in embeddings]
+        return [(decision.scores[0][0], float(decision.best_score or 0.0)) for decision in decisions]
 
     questions = [question for question, _ in on_topic] + off_topic
     ours_vectors = fast.embed(questions)  # (Q, D)
@@ -163,6 +173,10 @@ def accuracy(
     ours, naive = decide(ours_vectors), decide(naive_vectors)
     n_on = len(on_topic)
     correct = [ours[index][0] == expected for index, (_, expected) in enumerate(on_topic)]
+    # The same signatures ranked by the plain max cosine (centroid_temperature 0), for comparison.
+    plain = RouterSettings(threshold=-1.0, centroid_temperature=0.0)
+    plain_top1 = [router.route_embedding(row, CORPORA, plain).scores[0][0] for row in ours_vectors[:n_on]]
+    plain_correct = [chosen == expected for chosen, (_, expected) in zip(plain_top1, on_topic, strict=True)]
     on_best = [score for _, score in ours[:n_on]]
     off_best = [score for _, score in ours[n_on:]]
     per_corpus = {
@@ -182,15 +196,21 @@ def accuracy(
             "offtopic_fallback_rate": sum(score < value for score in off_best) / len(off_best),
             "ontopic_fallback_rate": sum(score < value for score in on_best) / len(on_best),
         }
-        for value in [step / 100 for step in range(10, 55, 5)]
+        for value in [step / 100 for step in range(10, 51)]
     ]
+    # The lowest threshold that still sends >= 95% of the off-topic questions to the base: RouterSettings.threshold.
+    suggested = min(
+        (row for row in sweep if row["offtopic_fallback_rate"] >= 0.95), key=lambda row: row["threshold"], default=None
+    )
     return {
         "corpora": sizes,
         "k": k,
+        "centroid_temperature": centroid_temperature,
         "questions_on_topic": n_on,
         "questions_off_topic": len(off_topic),
         "top1_accuracy": sum(correct) / n_on,
         "top1_accuracy_per_corpus": per_corpus,
+        "top1_accuracy_plain_max": sum(plain_correct) / n_on,
         "misses": misses,
         "threshold": threshold,
         "offtopic_fallback_rate": sum(score < threshold for score in off_best) / len(off_best),
@@ -198,6 +218,7 @@ def accuracy(
         "ontopic_best_cosine": summary(on_best),
         "offtopic_best_cosine": summary(off_best),
         "threshold_sweep": sweep,
+        "suggested_threshold": suggested,
         "naive_vs_ours_top1_agreement": sum(a[0] == b[0] for a, b in zip(ours, naive, strict=True)) / len(questions),
         "naive_vs_ours_min_cosine": float((ours_vectors * naive_vectors).sum(dim=-1).min()),
     }
@@ -216,13 +237,14 @@ def summary(values: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- latency
 
 
-def random_signatures(count: int, name: str, dim: int, seed: int = 0) -> dict[str, RoutingSignature]:
+def random_signatures(count: int, name: str, dim: int, k_max: int, seed: int = 0) -> dict[str, RoutingSignature]:
     generator = torch.Generator().manual_seed(seed)
     signatures = {}
     for index in range(count):
-        k = int(torch.randint(1, 5, (1,), generator=generator))
+        k = int(torch.randint(1, k_max + 1, (1,), generator=generator))
         centroids = torch.nn.functional.normalize(torch.randn(k, dim, generator=generator), dim=-1)  # (k, D)
-        signatures[f"expert-{index}"] = RoutingSignature(name, dim, centroids.tolist(), [1] * k)
+        counts = torch.randint(1, 500, (k,), generator=generator).tolist()
+        signatures[f"expert-{index}"] = RoutingSignature(name, dim, centroids.tolist(), counts)
     return signatures
 
 
@@ -231,11 +253,14 @@ def percentiles(samples_ms: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
-def latency(embedder: SentenceEmbedder, fast: QueryEmbedder, queries: list[str]) -> dict[str, Any]:
+def latency(
+    embedder: SentenceEmbedder, fast: QueryEmbedder, queries: list[str], k: int, centroid_temperature: float
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    settings = RouterSettings()
+    settings = RouterSettings(centroid_temperature=centroid_temperature)
+    score_ms: dict[str, list[float]] = {}
     for count in SCALES:
-        signatures = random_signatures(count, embedder.name, embedder.dim)
+        signatures = random_signatures(count, embedder.name, embedder.dim, k)
         router = Router(fast)
         for expert_id, signature in signatures.items():
             router.register(expert_id, signature)
@@ -247,8 +272,11 @@ def latency(embedder: SentenceEmbedder, fast: QueryEmbedder, queries: list[str])
             scores = {expert_id: float((block @ vector).max()) for expert_id, block in centroids.items()}
             return max(scores, key=scores.__getitem__)
 
-        def ours(query: str, router: Router = router, ids: list[str] = ids) -> str:
+        scoring = score_ms.setdefault(str(count), [])
+
+        def ours(query: str, router: Router = router, ids: list[str] = ids, scoring: list[float] = scoring) -> str:
             decision = router.route(query, ids, settings)
+            scoring.append(decision.score_ms)
             return decision.scores[0][0]
 
         row = {}
@@ -269,6 +297,8 @@ def latency(embedder: SentenceEmbedder, fast: QueryEmbedder, queries: list[str])
                 # pollution (the embedding reads ~21 MB of weights per query).
                 cpu_p50, cpu_p99 = percentiles(cpu_samples)
                 row[label] |= {"thread_cpu_p50_ms": round(cpu_p50, 3), "thread_cpu_p99_ms": round(cpu_p99, 3)}
+        score_p50, score_p99 = percentiles(scoring[5:])  # the router's own scoring time, embedding left out
+        row["ours"] |= {"score_p50_ms": round(score_p50, 3), "score_p99_ms": round(score_p99, 3)}
         results[str(count)] = row
         print(
             f"  {count:>5} experts: naive p50 {row['naive']['p50_ms']:.2f} ms, ours p50 {row['ours']['p50_ms']:.2f} ms",
@@ -283,9 +313,20 @@ def latency(embedder: SentenceEmbedder, fast: QueryEmbedder, queries: list[str])
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="300 chunks per corpus, 40 timed queries per scale")
-    parser.add_argument("--k", type=int, default=4, help="centroids per signature (compute_signature's k)")
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=DistillConfig.__dataclass_fields__["signature_centroids"].default,
+        help="centroids per signature (compute_signature's k; the latency part's random signatures have 1-k)",
+    )
     parser.add_argument("--max-texts", type=int, default=2000, help="chunks embedded per signature")
     parser.add_argument("--threshold", type=float, default=RouterSettings().threshold, help="fallback threshold")
+    parser.add_argument(
+        "--centroid-temperature",
+        type=float,
+        default=RouterSettings().centroid_temperature,
+        help="soft maximum over an expert's centroids that ranks the experts (0: plain max)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the deployment's 2 cores)")
     parser.add_argument(
         "--latency-only",
@@ -304,15 +345,15 @@ def main() -> int:
     out = RESULTS / ("route-quick.json" if args.quick else "route.json")
     if args.latency_only:
         previous = json.loads(out.read_text(encoding="utf-8"))
-        timing_keys = {"latency", "machine", "wall_s", "p50_ms_at_1000", "p99_ms_at_1000"}
+        timing_keys = {"latency", "machine", "wall_s", "p50_ms_at_1000", "p99_ms_at_1000", "score_p50_ms_at_1000"}
         quality = {key: value for key, value in previous.items() if key not in timing_keys}
     else:
         print("accuracy", flush=True)
-        quality = accuracy(embedder, fast, args.k, max_texts, args.threshold)
+        quality = accuracy(embedder, fast, args.k, max_texts, args.threshold, args.centroid_temperature)
     queries = [item["question"] for name in (*CORPORA, "offtopic") for item in load_questions(name)]
     print("latency", flush=True)
     load_before = os.getloadavg()[0]
-    timings = latency(embedder, fast, queries[:40] if args.quick else queries)
+    timings = latency(embedder, fast, queries[:40] if args.quick else queries, args.k, args.centroid_temperature)
     load_after = os.getloadavg()[0]
 
     print(f"\n{'experts':>8}{'naive p50':>12}{'naive p99':>12}{'ours p50':>12}{'ours p99':>12}   (ms per query, wall)")
@@ -337,10 +378,12 @@ def main() -> int:
             f"{quality['top1_accuracy_per_corpus'][name]:>8.0%}"
         )
     print(
-        f"top-1 accuracy {quality['top1_accuracy']:.1%} on {quality['questions_on_topic']} held-out questions; "
+        f"top-1 accuracy {quality['top1_accuracy']:.1%} on {quality['questions_on_topic']} held-out questions "
+        f"(plain max: {quality.get('top1_accuracy_plain_max', float('nan')):.1%}); "
         f"at threshold {quality['threshold']}: off-topic fallback {quality['offtopic_fallback_rate']:.0%} "
         f"({quality['questions_off_topic']} questions), on-topic fallback {quality['ontopic_fallback_rate']:.0%}"
     )
+    print(f"suggested threshold (off-topic fallback >= 95%): {quality.get('suggested_threshold')}")
     print(f"best cosine on-topic {quality['ontopic_best_cosine']}, off-topic {quality['offtopic_best_cosine']}")
     print(
         f"naive vs fast query path: top-1 agreement {quality['naive_vs_ours_top1_agreement']:.0%}, "
@@ -353,6 +396,7 @@ def main() -> int:
     result = {
         "p50_ms_at_1000": at_1000["p50_ms"],
         "p99_ms_at_1000": at_1000["p99_ms"],
+        "score_p50_ms_at_1000": at_1000["score_p50_ms"],
         "latency": timings,
         **quality,
         "quick": args.quick,

@@ -12,7 +12,7 @@ import argparse
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from workers.moe.service import InferenceService, LocalBackend, RoutingService, ServiceConfig, VllmBackend
@@ -47,8 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_service(args: argparse.Namespace) -> tuple[InferenceService, list[threading.Thread]]:
-    """The service with its slow parts (base model, embedder) loading in background threads."""
+def build_service(args: argparse.Namespace) -> tuple[InferenceService, threading.Thread]:
+    """The service, and the one background thread that loads its slow parts (embedder, then base model).
+
+    One thread, one model after the other: transformers builds a model under a process-wide "empty weights"
+    patch of torch, so two models loading at once in two threads can corrupt each other ("Cannot copy out of
+    meta tensor").
+    """
     config = ServiceConfig(
         backend=args.backend,
         embedder=args.embedder,
@@ -57,7 +62,7 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, list[thre
         vllm_api_key=_env("VLLM_API_KEY", "EMPTY"),
         s3_cache_dir=Path(args.model_cache_dir) / "experts",
     )
-    loaders: list[threading.Thread] = []
+    loaders: list[Callable[[], None]] = []
     if config.backend == "vllm":
         backend: LocalBackend | VllmBackend = VllmBackend(config)
     else:
@@ -79,7 +84,7 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, list[thre
             )
 
         backend = LocalBackend(make_engine)
-        loaders.append(threading.Thread(target=backend.load, name="load-base", daemon=True))
+        loaders.append(backend.load)
     service = InferenceService(None, backend)
 
     def load_router() -> None:
@@ -91,8 +96,13 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, list[thre
         except Exception:
             logger.exception("the router's embedder %s could not be loaded", config.embedder)
 
-    loaders.append(threading.Thread(target=load_router, name="load-router", daemon=True))
-    return service, loaders
+    loaders.insert(0, load_router)  # the router first: it loads in about a second
+
+    def load_all() -> None:
+        for load in loaders:
+            load()
+
+    return service, threading.Thread(target=load_all, name="load-models", daemon=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,16 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_torch_threads(args.threads)
     import uvicorn
 
-    # Import the heavy modules here, before the loader threads start: transformers' lazy module is not safe to
-    # import from two threads at once (one of them gets an ImportError for a name that exists).
+    # Import the heavy modules here, before the loader thread starts: transformers' lazy module is not safe to
+    # import from two threads at once (uvicorn's and the loader's; one gets an ImportError for a name that exists).
     import workers.moe.engine
     import workers.moe.query_embedder
     import workers.moe.router  # noqa: F401
     from workers.moe.server import create_app
 
-    service, loaders = build_service(args)
-    for loader in loaders:
-        loader.start()
+    service, loader = build_service(args)
+    loader.start()
     logger.info("inference engine on http://%s:%s (backend %s, base %s)", args.host, args.port, args.backend, args.base)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

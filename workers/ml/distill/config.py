@@ -172,7 +172,14 @@ class DistillConfig:
     embedder: str = field(
         default="packaged:all-minilm-l6-v2", metadata={"help": "Sentence embedder of the routing signature."}
     )
-    signature_centroids: int = field(default=4, metadata={"help": "k-means centroids in the routing signature."})
+    signature_centroids: int = field(
+        default=16,
+        metadata={
+            "help": "k-means centroids in the routing signature. 16, not 4: a documentation corpus mixes many "
+            "topics, and with the router's count-weighted soft maximum over centroids, 16 route 95% of held-out "
+            "questions to the right expert in bench/route.py (4 centroids: 87%; 16 ranked by the plain max: 88%)."
+        },
+    )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapter shape."})
     training: TrainingSettings = field(default_factory=TrainingSettings, metadata={"help": "Optimisation."})
     kd: KDSettings = field(default_factory=KDSettings, metadata={"help": "Logit distillation (recipe kd)."})
