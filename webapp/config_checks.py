@@ -12,6 +12,8 @@ from cryptography.fernet import Fernet
 # Django's startproject template key prefix: a key starting with it was copied from a tutorial.
 INSECURE_SECRET_PREFIX = "django-insecure"  # noqa: S105 (a prefix to refuse, not a secret)
 MIN_SECRET_KEY_LENGTH = 50
+# Django's own floor (check --deploy's security.W009): a long key of few distinct characters is not random.
+MIN_SECRET_KEY_UNIQUE_CHARS = 5
 
 
 def production_problems(
@@ -28,7 +30,11 @@ def production_problems(
         problems.append("DEBUG must be off in production (it leaks settings and source in error pages).")
     if not secret_key:
         problems.append("SECRET_KEY must be set in production.")
-    elif secret_key.startswith(INSECURE_SECRET_PREFIX) or len(secret_key) < MIN_SECRET_KEY_LENGTH:
+    elif (
+        secret_key.startswith(INSECURE_SECRET_PREFIX)
+        or len(secret_key) < MIN_SECRET_KEY_LENGTH
+        or len(set(secret_key)) < MIN_SECRET_KEY_UNIQUE_CHARS
+    ):
         problems.append(
             f"SECRET_KEY must be a random value of at least {MIN_SECRET_KEY_LENGTH} characters, "
             "not a default or example key."

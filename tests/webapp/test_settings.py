@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from webapp.local_secrets import load_or_create_local_secrets
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAFE = {
     "debug": False,
-    "secret_key": "x" * 64,
+    "secret_key": secrets.token_urlsafe(64),
     "field_encryption_keys": [Fernet.generate_key().decode()],
     "allowed_hosts": ["distillery.example.com"],
     "database_engine": "django.db.backends.postgresql",
@@ -35,6 +36,7 @@ def test_it_accepts_a_safe_production_configuration() -> None:
         ({"secret_key": ""}, "SECRET_KEY must be set"),
         ({"secret_key": "django-insecure-" + "x" * 60}, "not a default"),
         ({"secret_key": "short"}, "at least 50"),
+        ({"secret_key": "x" * 64}, "random value"),
         ({"field_encryption_keys": []}, "FIELD_ENCRYPTION_KEYS must be set"),
         ({"field_encryption_keys": ["not-a-key"]}, "is not a Fernet key"),
         ({"allowed_hosts": ["*"]}, "ALLOWED_HOSTS"),
@@ -78,7 +80,7 @@ def test_it_starts_production_when_configured_safely(tmp_path: Path) -> None:
     result = _import_settings(
         {
             "DISTILLERY_ENV": "production",
-            "SECRET_KEY": "k" * 64,
+            "SECRET_KEY": secrets.token_urlsafe(64),
             "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
             "ALLOWED_HOSTS": "distillery.example.com",
             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/distillery",

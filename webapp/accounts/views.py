@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
@@ -11,6 +13,7 @@ from django.urls import reverse_lazy
 from django.views.decorators.http import require_http_methods
 
 from webapp.accounts.forms import SignUpForm
+from webapp.accounts.throttle import LoginThrottle
 from webapp.core.http import client_ip
 from webapp.tenants.current import set_current_organization
 from webapp.tenants.models import AuditEvent, Organization
@@ -29,6 +32,40 @@ def signup(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"Welcome to Distillery. You own {org.name}.")
         return redirect("core:home")
     return render(request, "accounts/signup.html", {"form": form})
+
+
+class LoginView(auth_views.LoginView):
+    """Django's sign-in, refused with 429 while the username or the client's address has too many failures.
+
+    The refusal comes before the form is validated, so a locked-out attempt never reaches the password check
+    (nor the failed-login audit: the guesses it stops were already audited up to the limit).
+    """
+
+    template_name = "accounts/login.html"
+
+    def _throttle(self) -> LoginThrottle:
+        return LoginThrottle.for_attempt(str(self.request.POST.get("username", "")), client_ip(self.request))
+
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        retry_after = self._throttle().retry_after()
+        if retry_after is None:
+            return super().post(request, *args, **kwargs)
+        # An unbound form: rendering a bound one would validate it, and so try the password.
+        form = self.get_form_class()(request, initial={"username": request.POST.get("username", "")})
+        context = self.get_context_data(form=form, locked_minutes=math.ceil(retry_after / 60))
+        response = self.render_to_response(context, status=429)
+        response["Retry-After"] = str(retry_after)
+        return response
+
+    def form_valid(self, form):  # type: ignore[no-untyped-def]
+        self._throttle().clear_username()
+        return super().form_valid(form)
+
+    def form_invalid(self, form):  # type: ignore[no-untyped-def]
+        # Only attempts that reached the password check count; an empty field is a typo, not a guess.
+        if form.data.get("username") and form.data.get("password"):
+            self._throttle().record_failure()
+        return super().form_invalid(form)
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
