@@ -106,3 +106,12 @@ ensure_postgres() {
     runuser -u postgres -- psql -q -c "ALTER ROLE postgres PASSWORD 'postgres'" >/dev/null 2>&1 || true
   fi
 }
+
+CHROMIUM="${DISTILLERY_CHROMIUM:-/usr/bin/chromium}"
+
+ensure_chromium() {
+  # Debian's chromium for the browser tests (tests/browser/): Playwright drives it through executable_path, so no
+  # browser download (`playwright install`) is needed.
+  if [ -x "$CHROMIUM" ]; then return 0; fi
+  apt_install chromium || die "Chromium ($CHROMIUM) is missing and cannot be installed here (needs root and apt-get). Install Debian's chromium package, set DISTILLERY_CHROMIUM to another Chromium, or skip the tier: scripts/test.sh -m 'not browser'."
+}

@@ -13,6 +13,7 @@ if [ "${1:-}" = "--fast" ]; then fast=1; shift; fi
 ensure_venv
 ensure_postgres
 ensure_redis
+ensure_chromium
 
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/distillery}"
 # A Redis database of its own, so tests never see a running dev stack's queues.
