@@ -47,6 +47,7 @@ def _fail_open(default: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
 
     return decorate
 
+
 KEY_PREFIX = "login-fail"
 
 

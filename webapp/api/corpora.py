@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
@@ -32,6 +34,20 @@ def _payload(request: HttpRequest) -> dict[str, Any]:
             return {}
         return data if isinstance(data, dict) else {}
     return request.POST.dict()
+
+
+# What reading a form or multipart body can raise; Django would answer its HTML 400 page, not the API's JSON.
+UNREADABLE_BODY = (MultiPartParserError, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent)
+
+
+def _unreadable(error: Exception) -> JsonResponse:
+    return api_error(
+        f"The request body could not be read ({error or type(error).__name__}): send a JSON object, a form or "
+        "multipart/form-data with its boundary.",
+        status=400,
+        error_type="invalid_request_error",
+        code="invalid_body",
+    )
 
 
 def _invalid(errors: Any) -> JsonResponse:
@@ -73,7 +89,10 @@ def _corpus(request: ApiRequest, corpus_id: int) -> Corpus | None:
 @api_token_required
 def corpus_list(request: ApiRequest) -> JsonResponse:
     if request.method == "POST":
-        form = CorpusForm(_payload(request))
+        try:
+            form = CorpusForm(_payload(request))
+        except UNREADABLE_BODY as error:
+            return _unreadable(error)
         if not form.is_valid():
             return _invalid(form.errors)
         corpus = form.save(commit=False)
@@ -110,14 +129,18 @@ def file_list(request: ApiRequest, corpus_id: int) -> JsonResponse:
     if request.method == "GET":
         return JsonResponse({"object": "list", "data": [file_json(file) for file in corpus.live_files]})
     user = request.api_token.created_by
-    uploaded = request.FILES.getlist("files") if request.content_type == "multipart/form-data" else []
+    try:
+        uploaded = request.FILES.getlist("files") if request.content_type == "multipart/form-data" else []
+        payload = {} if uploaded else _payload(request)
+    except UNREADABLE_BODY as error:
+        return _unreadable(error)
     if uploaded:
         results = [
             file_json(services.upload_file_object(corpus, name=item.name, fileobj=item, size=item.size, user=user))
             for item in uploaded
         ]
         return JsonResponse({"object": "list", "data": results}, status=201)
-    form = StartUploadForm(_payload(request))
+    form = StartUploadForm(payload)
     if not form.is_valid():
         return _invalid(form.errors)
     file = services.start_upload(corpus, name=form.cleaned_data["name"], size=form.cleaned_data["size"], user=user)

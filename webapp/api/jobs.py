@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -77,6 +78,8 @@ def job_list(request: ApiRequest) -> JsonResponse:
 def _create(request: ApiRequest) -> JsonResponse:
     try:
         body = json.loads(request.body or b"{}")
+    except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django's HTML 400 otherwise
+        return _invalid("The request body is too large.")
     except ValueError:
         return _invalid("The body must be a JSON object.")
     if not isinstance(body, dict):

@@ -16,6 +16,7 @@ rate limit (with Retry-After), 503 engine down. Tokens in and out are metered pe
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -23,9 +24,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -43,6 +46,7 @@ from webapp.experts.services import (
 )
 from webapp.tenants.models import Organization
 
+logger = logging.getLogger(__name__)
 MAX_STOP_SEQUENCES = 4
 MAX_MESSAGES = 256
 MAX_PROMPT_CHARS = 200_000
@@ -90,14 +94,18 @@ def _rate_limited(organization: Organization) -> JsonResponse | None:
     now = time.time()
     window = int(now // 60)
     key = f"api-rate:{organization.pk}:{window}"
-    if cache.add(key, 1, timeout=120):
-        count = 1
-    else:
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=120)
+    try:
+        if cache.add(key, 1, timeout=120):
             count = 1
+        else:
+            try:
+                count = cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.set(key, 1, timeout=120)
+                count = 1
+    except redis.RedisError as error:  # Redis away: serve unmetered (logged) rather than answer 500
+        logger.warning("API rate limit skipped: the cache is unavailable (%s)", error)
+        return None
     if count <= limit:
         return None
     retry_after = max(1, math.ceil((window + 1) * 60 - now))
@@ -173,7 +181,12 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # An int is always finite, and math.isfinite(int) overflows past ~1e308: only a float can be NaN or infinite.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise BadRequest(f"'{name}' must be a number.", name)
     if not low <= value <= high:
         raise BadRequest(f"'{name}' must be between {low:g} and {high:g}.", name)
@@ -229,11 +242,13 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
         role = message.get("role")
         if role == "developer":  # OpenAI's newer name for the system role
             role = "system"
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(f"messages[{index}].role must be one of system, user, assistant.", "messages")
         content = message.get("content")
         if isinstance(content, list):  # the content-parts form: keep its text parts
             parts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+            if not all(isinstance(part, str) for part in parts):
+                raise BadRequest(f"messages[{index}].content: a text part's 'text' must be a string.", "messages")
             content = "".join(parts)
         if not isinstance(content, str):
             raise BadRequest(f"messages[{index}].content must be a string.", "messages")
@@ -257,6 +272,8 @@ def _prompt(body: dict[str, Any]) -> str:
 def _json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         body = json.loads(request.body or b"null")
+    except RequestDataTooBig as error:  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django's HTML 400 otherwise
+        raise BadRequest("The request body is too large.") from error
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest("The request body is not valid JSON.") from error
     if not isinstance(body, dict):

@@ -17,7 +17,8 @@ class StartUploadForm(forms.Form):
     """The record of one file, created before its bytes are sent."""
 
     name = forms.CharField(max_length=1000, help_text="The file's name, with its folder path inside a dropped folder.")
-    size = forms.IntegerField(min_value=0, help_text="Size in bytes.")
+    # The upper bound is the column's (a PostgreSQL bigint): a larger size would fail the INSERT, not the form.
+    size = forms.IntegerField(min_value=0, max_value=2**63 - 1, help_text="Size in bytes.")
 
 
 class CsvColumnForm(forms.Form):

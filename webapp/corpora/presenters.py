@@ -95,12 +95,20 @@ def histogram_bars(histogram: list[list[int]]) -> list[dict[str, Any]]:
     return bars
 
 
-def corpus_context(corpus: Corpus, version_number: str | None) -> dict[str, Any]:
+def version_number(value: str | None) -> int | None:
+    """A `?version=` value as a version number, or None: str.isdigit() alone also takes "²", which int() refuses."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 9:
+        return int(value)
+    return None
+
+
+def corpus_context(corpus: Corpus, requested_version: str | None) -> dict[str, Any]:
     versions = list(corpus.versions.all())
     latest = versions[0] if versions else None
     shown = corpus.current_version or latest
-    if version_number and version_number.isdigit():
-        shown = next((v for v in versions if v.number == int(version_number)), shown)
+    number = version_number(requested_version)
+    if number is not None:
+        shown = next((v for v in versions if v.number == number), shown)
     # The per-file table: the working set with the newest version's verdict for each file.
     entries = {}
     if latest is not None:

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webapp.corpora import services
 from webapp.corpora.forms import CorpusForm, CsvColumnForm, DeleteCorpusForm, StartUploadForm
 from webapp.corpora.models import Chunk, Corpus, CorpusFile, CorpusVersion, Example
-from webapp.corpora.presenters import corpus_context, file_json
+from webapp.corpora.presenters import corpus_context, file_json, version_number
 from webapp.tenants.current import OrgRequest, org_member_required
 from webapp.tenants.permissions import Perm
 
@@ -198,8 +198,9 @@ def corpus_examples(request: OrgRequest, corpus_id: int) -> HttpResponse:
 
 def _version(corpus: Corpus, number: str | None) -> CorpusVersion | None:
     versions = corpus.versions.all()
-    if number and number.isdigit():
-        return versions.filter(number=int(number)).first()
+    wanted = version_number(number)
+    if wanted is not None:
+        return versions.filter(number=wanted).first()
     return corpus.current_version or versions.first()
 
 

@@ -70,7 +70,8 @@ def expert_download(request: OrgRequest, expert_id: int) -> HttpResponse:
     wanted = request.GET.get("version", "")
     version: ExpertVersion | None
     if wanted:
-        if not wanted.isdigit():
+        # isascii: str.isdigit() also takes "²", which int() refuses; a version number has at most 9 digits.
+        if not (wanted.isascii() and wanted.isdigit() and len(wanted) <= 9):
             raise Http404("No such version.")
         version = get_object_or_404(ExpertVersion.objects.filter(expert=expert), number=int(wanted))
         if not own and version.pk != expert.active_version_id:

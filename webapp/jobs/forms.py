@@ -188,6 +188,16 @@ class CorpusChoiceField(forms.ModelChoiceField):
         return f"{obj.name} (v{version.number if version else '?'}, {tokens:,} tokens)"
 
 
+class OverflowSafeFloatField(forms.FloatField):
+    """Django's FloatField, refusing a JSON integer too large for a float (float() raises OverflowError there)."""
+
+    def to_python(self, value: Any) -> float | None:
+        try:
+            return super().to_python(value)
+        except OverflowError as error:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from error
+
+
 class JobForm(forms.Form):
     """A new distillation job: data, teacher, recipe and its main settings."""
 
@@ -204,7 +214,7 @@ class JobForm(forms.Form):
         help_text="kd: the student learns the teacher's next-token distribution on your text (needs the same "
         "tokenizer, or cross-tokenizer support). qa: the teacher writes question–answer pairs from each chunk.",
     )
-    epochs = forms.FloatField(
+    epochs = OverflowSafeFloatField(
         required=False,
         min_value=0.1,
         max_value=20,
@@ -230,7 +240,7 @@ class JobForm(forms.Form):
         label="KD divergence",
         help_text="Recipe kd: how the student's distribution is compared with the teacher's.",
     )
-    alpha = forms.FloatField(
+    alpha = OverflowSafeFloatField(
         required=False,
         min_value=0.0,
         max_value=1.0,

@@ -182,7 +182,8 @@ def job_create(request: OrgRequest) -> HttpResponse:
     else:
         initial: dict[str, Any] = {}
         clone_id = request.GET.get("clone", "")
-        if clone_id.isdigit():
+        # isascii: str.isdigit() also takes "²", which int() refuses; 18 digits fit a bigint id.
+        if clone_id.isascii() and clone_id.isdigit() and len(clone_id) <= 18:
             initial = clone_initial(_job(request, int(clone_id)), org)
         form = JobForm(initial=initial, organization=org)
     return render(request, "jobs/create.html", {"form": form, "estimate": _estimate(form)})

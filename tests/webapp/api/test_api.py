@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -62,3 +65,74 @@ def test_it_explains_a_missing_token(db: None, header: dict[str, str]) -> None:
 def test_it_ignores_a_browser_session_on_the_api(cast: Cast) -> None:
     response = cast.client_for("owner").get(reverse("api:organization"))
     assert response.status_code == 401
+
+
+# ------------------------------------------------------------------ OpenAI-compatible parameters (no engine needed)
+@pytest.fixture
+def completions(settings: Any, tokens: dict[str, tuple[ApiToken, str]]) -> Any:
+    """POST a chat completion body; the engine is a closed port, so a valid request would answer 503."""
+    settings.INFERENCE_URL = "http://127.0.0.1:9"
+    settings.API_RATE_LIMIT_PER_MINUTE = 0
+
+    def post(body: dict[str, Any]) -> Any:
+        url = reverse("openai:chat-completions")
+        return Client().post(url, json.dumps(body), content_type="application/json", headers=bearer(tokens["a"][1]))
+
+    return post
+
+
+HELLO = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        # Each was a 500 before it was validated (the error each raised is named).
+        ({"temperature": 10**400}, "temperature"),  # OverflowError in math.isfinite
+        ({"top_p": -(10**400)}, "top_p"),  # OverflowError in math.isfinite
+        ({"messages": [{"role": ["user"], "content": "Hi"}]}, "messages"),  # TypeError: unhashable type: 'list'
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages"),  # TypeError in join
+    ],
+)
+def test_it_answers_400_to_parameters_that_used_to_crash(completions: Any, changes: dict[str, Any], param: str) -> None:
+    response = completions({"model": "base", "messages": HELLO, **changes})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_parameter", param)
+
+
+def test_it_answers_400_to_a_body_over_the_upload_limit(completions: Any, settings: Any) -> None:
+    # Was Django's HTML 400 page (RequestDataTooBig), not the API's JSON error.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    response = completions({"model": "base", "messages": [{"role": "user", "content": "x" * 200}]})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The request body is too large."
+
+
+def test_it_still_takes_integer_sampling_values_within_range(completions: Any) -> None:
+    """An integer temperature is a number like any other: valid ones reach the (here closed) engine."""
+    response = completions({"model": "base", "messages": HELLO, "temperature": 2, "top_p": 1})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_the_openai_api_serves_unmetered_when_redis_is_away(
+    tokens: dict[str, tuple[ApiToken, str]], monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    import redis
+
+    from webapp.api import openai_compat
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Connection refused")
+
+    settings.INFERENCE_URL = "http://127.0.0.1:9"
+    monkeypatch.setattr(openai_compat.cache, "add", unreachable)
+    response = Client().post(
+        "/v1/chat/completions",
+        {"model": "base", "messages": [{"role": "user", "content": "Hi"}]},
+        content_type="application/json",
+        headers=bearer(tokens["a"][1]),
+    )
+    assert response.status_code == 503  # past the rate limit, on to the (absent) engine: not a 500
+    assert response.json()["error"]["code"] == "engine_unavailable"

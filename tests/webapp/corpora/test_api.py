@@ -246,6 +246,27 @@ def test_it_explains_a_record_without_a_size(corpus: Corpus, api: Api) -> None:
     assert response.json()["error"]["message"] == "size: This field is required."
 
 
+@pytest.mark.parametrize("size", [2**63, 10**400], ids=["2**63", "10**400"])
+def test_it_refuses_a_record_with_a_size_past_the_bigint_column(corpus: Corpus, api: Api, size: int) -> None:
+    # Was a 500: "bigint out of range" from the INSERT of the file's record, or before it (10**400) an
+    # OverflowError in filesizeformat, writing the over-the-limit message.
+    response = api.post_json(reverse("api:corpus-files", args=[corpus.pk]), {"name": "a.txt", "size": size})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("size: Ensure this value is less than or equal to")
+    assert not CorpusFile.objects.exists()
+
+
+@pytest.mark.parametrize("route", ["api:corpora", "api:corpus-files"])
+def test_it_answers_json_to_a_multipart_body_without_its_boundary(corpus: Corpus, api: Api, route: str) -> None:
+    # Was Django's HTML "Bad Request (400)" page: the API's clients expect OpenAI's JSON error shape.
+    url = reverse(route, args=[corpus.pk] if route == "api:corpus-files" else [])
+    response = api.client.generic("POST", url, b"--x\r\nnot a part", "multipart/form-data", headers=api.headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_body"
+    assert not CorpusFile.objects.exists()
+    assert list(Corpus.objects.all()) == [corpus]
+
+
 def test_it_fails_a_short_put_and_accepts_it_sent_again(corpus: Corpus, api: Api, media_root: Path) -> None:
     body = api.post_json(reverse("api:corpus-files", args=[corpus.pk]), {"name": "a.txt", "size": len(TEXT)}).json()
     short = api.put(body["upload_url"], TEXT[:10])

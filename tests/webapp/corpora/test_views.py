@@ -291,6 +291,16 @@ def test_it_refuses_a_start_without_a_valid_size(cast: Cast, corpus: Corpus) -> 
     assert not CorpusFile.objects.exists()
 
 
+def test_it_refuses_a_start_with_a_size_past_the_bigint_column(cast: Cast, corpus: Corpus) -> None:
+    # Was a 500: the form took any integer and the INSERT failed with "bigint out of range".
+    response = cast.client_for("owner").post(
+        reverse("corpora:file-start", args=[corpus.pk]), {"name": "a.txt", "size": str(2**63)}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["size"][0]["code"] == "max_value"
+    assert not CorpusFile.objects.exists()
+
+
 def test_it_refuses_a_file_over_the_per_file_limit_before_any_byte(
     cast: Cast, corpus: Corpus, settings: Any, media_root: Path
 ) -> None:
@@ -792,6 +802,17 @@ def test_it_shows_no_chunks_for_a_version_that_does_not_exist(cast: Cast, corpus
     page = cast.client_for("member").get(reverse("corpora:chunks", args=[corpus.pk]), {"version": "9"})
     assert page.status_code == 200
     assert "0 chunks." in page.content.decode()
+
+
+@pytest.mark.parametrize("route", ["corpora:detail", "corpora:chunks", "corpora:examples"])
+@pytest.mark.parametrize("version", ["²", "9" * 5000], ids=["superscript-2", "5000-digits"])
+def test_it_shows_the_current_version_for_a_version_that_is_not_a_number(
+    cast: Cast, corpus: Corpus, route: str, version: str
+) -> None:
+    # Was a 500: "²".isdigit() is true but int("²") raises; so does int() of over 4300 digits.
+    make_version(corpus, ["Paid leave is 25 days."])
+    page = cast.client_for("member").get(reverse(route, args=[corpus.pk]), {"version": version})
+    assert page.status_code == 200
 
 
 def test_it_shows_the_versions_examples_and_a_chunk_sample_on_the_corpus_page(cast: Cast, corpus: Corpus) -> None:

@@ -114,6 +114,14 @@ def test_it_answers_404_to_an_outsider_for_every_url_of_a_private_expert(cast: C
     assert expert.active_version.number == 2
 
 
+@pytest.mark.parametrize("version", ["²", "9" * 5000, "x"], ids=["superscript-2", "5000-digits", "letter"])
+def test_it_answers_404_to_a_download_version_that_is_not_a_number(cast: Cast, version: str) -> None:
+    # Was a 500 for the first two: "²".isdigit() is true but int("²") raises; so does int() of over 4300 digits.
+    expert = make_expert(cast.org)
+    url = reverse("experts:download", args=[expert.pk])
+    assert cast.client_for("member").get(url, {"version": version}).status_code == 404
+
+
 def test_it_shows_a_shared_expert_read_only_to_an_outsider(cast: Cast) -> None:
     expert = make_expert(cast.org)
     services.publish(expert, user=cast.owner)

@@ -96,6 +96,23 @@ def test_it_refuses_invalid_jobs_with_400(corpus: Corpus, api: Api, changes: dic
     assert not DistillationJob.objects.exists()
 
 
+@pytest.mark.parametrize("option", ["epochs", "alpha"])
+def test_it_refuses_an_integer_option_too_large_for_a_float(corpus: Corpus, api: Api, option: str) -> None:
+    # Was a 500: Django's FloatField calls float(10**400), which raises OverflowError, not ValueError.
+    response = create(api, corpus, options={option: 10**400})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == f"{option}: Enter a number."
+    assert not DistillationJob.objects.exists()
+
+
+def test_it_answers_json_to_a_body_over_the_upload_limit(corpus: Corpus, api: Api, settings: Any) -> None:
+    # Was Django's HTML 400 page (RequestDataTooBig), not the API's JSON error.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    response = create(api, corpus, name="x" * 200)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The request body is too large."
+
+
 def test_it_refuses_a_body_that_is_not_a_json_object(api: Api) -> None:
     for body in ("[1, 2]", "{not json"):
         response = api.client.post(reverse("api:jobs"), body, content_type="application/json", headers=api.headers)

@@ -280,6 +280,13 @@ def test_it_shows_the_estimate_on_the_form_page_without_javascript(cast: Cast, c
 
 
 # ------------------------------------------------------------------ clone
+@pytest.mark.parametrize("clone", ["²", "9" * 5000], ids=["superscript-2", "5000-digits"])
+def test_it_shows_a_blank_form_for_a_clone_id_that_is_not_a_number(cast: Cast, clone: str) -> None:
+    # Was a 500: "²".isdigit() is true but int("²") raises; so does int() of over 4300 digits.
+    page = cast.client_for("member").get(reverse("jobs:create"), {"clone": clone})
+    assert page.status_code == 200
+
+
 def test_it_prefills_the_form_from_a_cloned_job(cast: Cast, corpus: Corpus) -> None:
     teacher = make_endpoint_teacher(cast.org)
     options = {
