@@ -182,6 +182,13 @@ LORA_RANKS = [(4, "4"), (8, "8"), (16, "16"), (32, "32"), (64, "64")]
 
 
 class CorpusChoiceField(forms.ModelChoiceField):
+    def to_python(self, value: Any) -> Any:
+        # ModelChoiceField turns ValueError/TypeError into "not a valid choice", but a JSON Infinity or a float too
+        # large for an int reaches the lookup as int(inf) → OverflowError: refuse those the same way.
+        if isinstance(value, float) and not value.is_integer():
+            raise forms.ValidationError(self.error_messages["invalid_choice"], code="invalid_choice")
+        return super().to_python(value)
+
     def label_from_instance(self, obj: Corpus) -> str:  # type: ignore[override]
         version = obj.current_version
         tokens = (version.stats.get("tokens") if version else None) or 0

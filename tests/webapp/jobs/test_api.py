@@ -251,3 +251,11 @@ def test_it_lists_teachers_with_the_last_4_of_the_key_only(cast: Cast, api: Api)
     }
     assert SECRET_KEY not in response.content.decode()
     assert "SECRET" not in response.content.decode()
+
+
+@pytest.mark.parametrize("corpus_id", [float("inf"), float("nan"), 1.5, 1e300])
+def test_it_refuses_a_corpus_id_that_is_not_a_whole_number(api: Api, corpus_id: float) -> None:
+    body = {"name": "API expert", "corpus": corpus_id, "teacher": "global:0", "recipe": "kd"}
+    response = api.post_json(reverse("api:jobs"), body)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("corpus:")
