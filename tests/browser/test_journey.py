@@ -17,7 +17,8 @@ import openai
 import pytest
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
-from tests.webapp.api.test_openai import COOKING_QUESTION, register
+from tests.webapp.api.live_stack import register_expert
+from tests.webapp.api.test_openai import COOKING_QUESTION
 from webapp.tenants.models import Organization
 
 pytestmark = [pytest.mark.browser, pytest.mark.realmodel, pytest.mark.django_db(transaction=True)]
@@ -94,7 +95,7 @@ def test_it_walks_the_journey_in_a_browser(
     org = Organization.objects.get(name="Acme Kitchen")
     base_hash = engine_service.backend.engine.base_identity["content_hash"]
     for name in expert_dirs:
-        register(org, name.capitalize(), str(expert_dirs[name].path), base_hash)
+        register_expert(org, name.capitalize(), str(expert_dirs[name].path), base_hash)
 
     # 3. The Experts page lists them.
     page.goto("/experts/")

@@ -375,10 +375,17 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _meter(call: Call, decision: dict[str, Any] | None, prompt_tokens: int, completion_tokens: int) -> None:
+def meter(
+    organization: Organization,
+    model: ResolvedModel,
+    decision: dict[str, Any] | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    """Count one answer's tokens for the org and every expert that answered it (the base when none did)."""
     record_usage(
-        call.organization,
-        _answered_by(call.organization, call.model, decision) or [None],
+        organization,
+        _answered_by(organization, model, decision) or [None],
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
     )
@@ -399,7 +406,7 @@ async def complete(call: Call) -> JsonResponse:
         return api_error(str(error), status=400, error_type="invalid_request_error", code="engine_rejected")
     decision = result.get("route")
     prompt_tokens, completion_tokens = int(result["prompt_tokens"]), int(result["completion_tokens"])
-    await sync_to_async(_meter)(call, decision, prompt_tokens, completion_tokens)
+    await sync_to_async(meter)(call.organization, call.model, decision, prompt_tokens, completion_tokens)
     routing = await sync_to_async(routing_json)(call.organization, call.model, decision)
     return JsonResponse(
         {
@@ -469,7 +476,7 @@ async def stream_events(
             elif kind == "finished":
                 prompt_tokens = int(event.get("prompt_tokens", 0))
                 completion_tokens = int(event.get("completion_tokens", 0))
-                await sync_to_async(_meter)(call, decision, prompt_tokens, completion_tokens)
+                await sync_to_async(meter)(call.organization, call.model, decision, prompt_tokens, completion_tokens)
                 yield _sse(_chunk(call, None, event.get("finish_reason", "stop")))
                 if call.include_usage:
                     usage_chunk = _chunk(call, None, None, usage=_usage(prompt_tokens, completion_tokens))

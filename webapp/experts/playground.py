@@ -19,9 +19,9 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from webapp.api.openai_compat import Sampling, build_payload, routing_json
+from webapp.api.openai_compat import Sampling, build_payload, meter, routing_json
 from webapp.experts import engine
-from webapp.experts.services import ResolvedModel, member_experts, record_usage, resolve_model
+from webapp.experts.services import ResolvedModel, member_experts, resolve_model
 from webapp.tenants.current import OrgRequest, org_member_required
 from webapp.tenants.models import Organization
 from webapp.tenants.permissions import Perm
@@ -54,13 +54,6 @@ def _payload(organization: Organization, model: ResolvedModel, data: dict[str, A
     return build_payload(organization, model, sampling, messages=messages)
 
 
-def _answered_by(organization: Organization, model: ResolvedModel, routing: dict[str, Any]) -> list[Any]:
-    if model.kind == "expert":
-        return [model.expert]
-    names = {entry["model"] for entry in routing.get("experts", [])}
-    return [expert for expert in member_experts(organization) if expert.api_name(organization) in names]
-
-
 @org_member_required(Perm.USE_PLAYGROUND)
 @require_http_methods(["GET", "POST"])
 def playground(request: OrgRequest) -> HttpResponse:
@@ -77,13 +70,9 @@ def playground(request: OrgRequest) -> HttpResponse:
             except (engine.EngineUnavailable, engine.EngineRejected) as error:
                 context["engine_error"] = str(error)
             else:
-                routing = routing_json(organization, model, result.get("route"))
-                record_usage(
-                    organization,
-                    _answered_by(organization, model, routing) or [None],
-                    prompt_tokens=int(result["prompt_tokens"]),
-                    completion_tokens=int(result["completion_tokens"]),
-                )
+                decision = result.get("route")
+                meter(organization, model, decision, int(result["prompt_tokens"]), int(result["completion_tokens"]))
+                routing = routing_json(organization, model, decision)
                 context.update(answer=result["text"], routing=routing, usage=result)
     return render(request, "experts/playground.html", context, status=200)
 
@@ -93,7 +82,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 async def _relay(organization: Organization, model: ResolvedModel, payload: dict[str, Any]) -> AsyncIterator[bytes]:
-    routing = None
+    routing = decision = None
     try:
         async for event in engine.astream(payload):
             kind = event.get("type")
@@ -106,14 +95,8 @@ async def _relay(organization: Organization, model: ResolvedModel, payload: dict
             if kind == "delta":
                 yield _event("delta", {"text": event.get("text", "")})
             elif kind == "finished":
-                routing = routing or await sync_to_async(routing_json)(organization, model, None)
-                experts = await sync_to_async(_answered_by)(organization, model, routing)
-                await sync_to_async(record_usage)(
-                    organization,
-                    experts or [None],
-                    prompt_tokens=int(event.get("prompt_tokens", 0)),
-                    completion_tokens=int(event.get("completion_tokens", 0)),
-                )
+                tokens = int(event.get("prompt_tokens", 0)), int(event.get("completion_tokens", 0))
+                await sync_to_async(meter)(organization, model, decision, *tokens)
                 yield _event(
                     "done", {key: event.get(key) for key in ("finish_reason", "prompt_tokens", "completion_tokens")}
                 )

@@ -60,7 +60,6 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, threading
         vllm_url=args.vllm_url,
         vllm_model=args.vllm_model,
         vllm_api_key=_env("VLLM_API_KEY", "EMPTY"),
-        s3_cache_dir=Path(args.model_cache_dir) / "experts",
     )
     loaders: list[Callable[[], None]] = []
     if config.backend == "vllm":

@@ -49,9 +49,6 @@ class ServiceConfig:
     vllm_model: str = field(default="", metadata={"help": "The base model name vLLM serves (`model` for base)."})
     vllm_api_key: str = field(default="EMPTY", metadata={"help": "API key vLLM expects (--api-key), if any."})
     vllm_timeout_s: float = field(default=120.0, metadata={"help": "Seconds to wait for vLLM to answer."})
-    s3_cache_dir: Path | None = field(
-        default=None, metadata={"help": "Where signatures read from s3:// locations are cached."}
-    )
 
 
 # ---------------------------------------------------------------- locations

@@ -119,3 +119,21 @@ def web_url() -> Iterator[str]:
     connections.settings["default"]["CONN_MAX_AGE"] = 0
     with serve(application) as url:
         yield url
+
+
+def register_expert(organization: Any, name: str, location: str | Path, base_hash: str) -> Any:
+    """An expert of `organization` whose one active version is the expert directory at `location` (a tiny base)."""
+    from webapp.experts.models import Expert, ExpertVersion
+
+    expert = Expert.objects.create(organization=organization, name=name, slug=Expert.unique_slug(organization, name))
+    expert.active_version = ExpertVersion.objects.create(
+        organization=organization,
+        expert=expert,
+        number=1,
+        base_spec=TINY,
+        base_hash=base_hash,
+        recipe="kd",
+        artifact_location=str(location),
+    )
+    expert.save()
+    return expert

@@ -9,10 +9,11 @@ import openai
 import pytest
 from django.test import Client
 
+from tests.webapp.api.live_stack import register_expert
 from tests.webapp.conftest import Cast
-from webapp.experts.models import Expert, ExpertVersion, UsageCounter
+from webapp.experts.models import Expert, UsageCounter
 from webapp.experts.services import include_shared, mixture_for, publish
-from webapp.tenants.models import ApiToken, Organization
+from webapp.tenants.models import ApiToken
 
 pytestmark = [pytest.mark.realmodel, pytest.mark.django_db(transaction=True)]
 
@@ -21,29 +22,13 @@ NETWORK_QUESTION = "Why can't my laptop connect to the office VPN gateway?"
 OFFTOPIC_QUESTION = "Who won the football world cup in 1966?"
 
 
-def register(org: Organization, name: str, location: str, base_hash: str) -> Expert:
-    expert = Expert.objects.create(organization=org, name=name, slug=Expert.unique_slug(org, name))
-    version = ExpertVersion.objects.create(
-        organization=org,
-        expert=expert,
-        number=1,
-        base_spec="tiny:llama-2l",
-        base_hash=base_hash,
-        recipe="kd",
-        artifact_location=location,
-    )
-    expert.active_version = version
-    expert.save()
-    return expert
-
-
 @pytest.fixture
 def stack(
     cast: Cast, live_engine: str, web_url: str, expert_dirs: dict[str, Any], engine_service: Any
 ) -> dict[str, Any]:
     base_hash = engine_service.backend.engine.base_identity["content_hash"]
-    cooking = register(cast.org, "Cooking", str(expert_dirs["cooking"].path), base_hash)
-    networking = register(cast.org, "Networking", str(expert_dirs["networking"].path), base_hash)
+    cooking = register_expert(cast.org, "Cooking", str(expert_dirs["cooking"].path), base_hash)
+    networking = register_expert(cast.org, "Networking", str(expert_dirs["networking"].path), base_hash)
     _, token_a = ApiToken.issue(organization=cast.org, name="A", created_by=cast.owner)
     _, token_b = ApiToken.issue(organization=cast.other_org, name="B", created_by=cast.outsider)
     return {

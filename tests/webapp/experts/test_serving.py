@@ -16,33 +16,19 @@ from asgiref.sync import async_to_sync
 from django.test import Client
 from django.urls import reverse
 
+from tests.webapp.api.live_stack import register_expert
 from tests.webapp.conftest import Cast
 from tests.webapp.experts.conftest import TinyAdapter, succeeded_job
-from webapp.experts.models import Expert, ExpertVersion, UsageCounter
+from webapp.experts.models import Expert, UsageCounter
 from webapp.experts.services import register_from_job
 
 pytestmark = [pytest.mark.realmodel, pytest.mark.django_db]
 
 
-def register_dir(cast: Cast, name: str, location: Path, base_hash: str) -> Expert:
-    expert = Expert.objects.create(organization=cast.org, name=name, slug=Expert.unique_slug(cast.org, name))
-    expert.active_version = ExpertVersion.objects.create(
-        organization=cast.org,
-        expert=expert,
-        number=1,
-        base_spec="tiny:llama-2l",
-        base_hash=base_hash,
-        recipe="kd",
-        artifact_location=str(location),
-    )
-    expert.save()
-    return expert
-
-
 @pytest.fixture
 def experts(cast: Cast, live_engine: str, expert_dirs: dict[str, Any], engine_service: Any) -> dict[str, Expert]:
     base_hash = engine_service.backend.engine.base_identity["content_hash"]
-    return {name: register_dir(cast, name, item.path, base_hash) for name, item in expert_dirs.items()}
+    return {name: register_expert(cast.org, name, item.path, base_hash) for name, item in expert_dirs.items()}
 
 
 def events(response: Any) -> list[tuple[str, dict[str, Any]]]:
