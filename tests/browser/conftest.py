@@ -9,6 +9,9 @@ when a run fails.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +67,75 @@ def screenshots() -> Path:
     for old in SCREENSHOTS.glob("*.png"):
         old.unlink()
     return SCREENSHOTS
+
+
+# The models a browser journey distils with: the tiny random-initialised base as student and teacher, so a job
+# trains in seconds on two cores. The same values go to the served app (settings) and the workers (environment).
+TINY = "tiny:llama-2l"
+TINY_TEACHER = f"Tiny teacher={TINY}"
+WORKER_HOSTNAMES = {"cpu": "cpu-browser@distillery", "gpu": "gpu-browser@distillery"}
+
+
+@pytest.fixture
+def stack_data_dir(tmp_path: Path, settings: Any) -> Path:
+    """One data directory for the served app and the workers: uploads, artifacts and checkpoints."""
+    data = tmp_path / "data"
+    settings.MEDIA_ROOT = data / "media"
+    settings.ARTIFACTS_DIR = data / "artifacts"
+    settings.CHECKPOINTS_DIR = data / "checkpoints"
+    settings.MOE_BASE_MODEL = TINY
+    settings.GLOBAL_TEACHERS = [TINY_TEACHER]
+    return data
+
+
+@pytest.fixture
+def stack_workers(transactional_db: None, stack_data_dir: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A Celery worker per queue, started as the Procfile starts them, on the test database and the data directory
+    the served app writes to: the ingest (cpu) and the distillation (gpu) of what the browser uploads and starts."""
+    from django.db import connection
+
+    from tests.conftest import _start_worker
+    from webapp.celery import app as celery_app
+    from webapp.core.health import workers_by_queue
+
+    celery_app.control.purge()
+    db = connection.settings_dict
+    env = {
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATA_DIR": str(stack_data_dir),
+        "MODEL_CACHE_DIR": str(settings_model_cache()),
+        "MOE_BASE_MODEL": TINY,
+        "GLOBAL_TEACHERS": TINY_TEACHER,
+        "TORCH_THREADS_WORKER_GPU": "2",
+    }
+    logs = tmp_path / "worker-logs"
+    logs.mkdir()
+    processes = [_start_worker(queue, logs, env, hostname=name) for queue, name in WORKER_HOSTNAMES.items()]
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            consumers = workers_by_queue(timeout=1.0)
+            if all(name in consumers.get(queue, []) for queue, name in WORKER_HOSTNAMES.items()):
+                break
+            if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+                pytest.fail(f"Celery workers did not come up:\n{worker_logs(logs)}")
+        yield {"logs": str(logs)}
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def worker_logs(directory: Path | str) -> str:
+    """The workers' last log lines, for a failure message."""
+    return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(Path(directory).glob("*.log")))
+
+
+def settings_model_cache() -> Path:
+    from django.conf import settings
+
+    return Path(settings.MODEL_CACHE_DIR)

@@ -1,30 +1,78 @@
-"""A user's first visit, in a real browser against the real serving stack: sign up → create an organization →
-its experts on the Experts page → the router's score bars on the Mixture page → a streamed, routed answer in the
-Playground → an API token from the tokens page used with the official `openai` client → another organization,
-in its own browser session, sees none of it.
+"""A company's first visit, in a real browser against the real stack (served app, Celery workers on both queues,
+inference engine, PostgreSQL, Redis): sign up → create an organization → upload a folder with good and broken
+files (per-file verdicts) → corpus ready → a `kd` job with the tiny models → progress bar at 100% and the loss
+chart → the expert in the mixture → a routed, streamed answer in the playground with the routing scores →
+download the expert's zip and load it with plain peft → an API token used with the official `openai` client →
+another organization, in its own browser session, sees none of it.
 
-The experts are registered in the database (as tests/webapp/api/test_openai.py does): uploading a corpus and
-distilling in the browser needs Celery workers, which this tier does not start yet.
+A second expert (a toy cooking one, registered in the database as a finished job would leave it) is in the
+mixture too, so the router has a real choice to make. Screenshots of each step land in
+var/test-artifacts/screenshots/; docs/guide.md shows them (copied by `scripts/guide_screenshots.sh`).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import torch
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
+from tests.browser.conftest import TINY, worker_logs
 from tests.webapp.api.live_stack import register_expert
-from tests.webapp.api.test_openai import COOKING_QUESTION
 from webapp.tenants.models import Organization
 
 pytestmark = [pytest.mark.browser, pytest.mark.realmodel, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "a-long-browser-password-42"
 STEP_TIMEOUT_MS = 20_000
+# Ingest and distillation run in the workers: generous bounds for two shared cores, not speed targets.
+INGEST_TIMEOUT_MS = 120_000
+JOB_TIMEOUT_MS = 300_000
+VPN_QUESTION = "How do I configure the VPN client and import the certificate before connecting?"
+
+# The folder a user picks: an IT handbook in several formats, plus what real folders also hold.
+HANDBOOK = {
+    "vpn.md": "# VPN\n\n"
+    + "Configure the VPN client with the gateway address vpn.example.com and import the certificate from the "
+    "IT portal before connecting. The VPN client reconnects by itself after the laptop wakes up. If the VPN "
+    "connection drops, check that the certificate has not expired and that the gateway address is right. ",
+    "firewall.md": "# Firewall\n\n"
+    + "The firewall blocks inbound TCP traffic on port 22 unless the source address is on the allow list. "
+    "Outbound traffic to the internet passes through the proxy; ask the network team to open a port. ",
+    "dhcp.txt": "DHCP leases an IP address to each laptop on the office network for twenty-four hours. "
+    "Static addresses are reserved for printers and servers; the DHCP server hands out the rest. ",
+    "dns.html": "<html><body><h1>DNS</h1><p>If DNS resolution fails, check the resolver settings and flush "
+    "the local cache on the workstation. The office resolvers forward external names to the provider.</p>"
+    "</body></html>",
+    "wifi/office.md": "# Wi-Fi\n\n"
+    + "Wi-Fi access points use WPA3 enterprise authentication against the RADIUS server. Guests join the "
+    "separate guest network, which reaches only the internet and never the office subnets. ",
+    "routing.md": "# Routing\n\n"
+    + "Packets are routed between the two subnets by the core switch using static routes and VLAN tags. "
+    "Each floor has its own VLAN; the core switch routes between them and the firewall. ",
+}
+BROKEN = {
+    "scan.pdf": b"%PDF-1.4\n% a scan that was cut off before its first object\n",  # fails at ingest
+    "logo.bin": bytes(range(256)) * 8,  # binary: refused at upload
+}
+
+
+def write_folder(root: Path) -> Path:
+    folder = root / "it-handbook"
+    for name, text in HANDBOOK.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Several paragraphs per document, so each makes a few chunks.
+        path.write_text("\n\n".join([text] * 6))
+    for name, data in BROKEN.items():
+        (folder / name).write_bytes(data)
+    return folder
 
 
 def bar_width(row: Locator) -> float:
@@ -38,7 +86,9 @@ class Journey:
     """One browser session: its page, numbered screenshots, and every JavaScript error or CSP violation seen."""
 
     def __init__(self, browser: Any, base_url: str, screenshots: Path) -> None:
-        self.context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(
+            base_url=base_url, viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
         self.context.set_default_timeout(STEP_TIMEOUT_MS)
         # No favicon: the app has none, and under ASGI Django renders a 404 page (whose base template queries the
         # database when signed in) on a worker thread whose connection nothing closes; that connection would
@@ -52,7 +102,10 @@ class Journey:
         self.screenshots = screenshots
 
     def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
+        url = message.location.get("url", "")
+        # The one answer the journey expects to fail: the refused binary file's upload (a 400 with a verdict).
+        refused_upload = "status of 400" in message.text and re.search(r"/files/\d+/content/$", url)
+        if message.type == "error" and not refused_upload:
             self.errors.append(f"{message.text} ({message.location.get('url')})")
 
     def shot(self, number: int, step: str) -> None:
@@ -74,9 +127,12 @@ def test_it_walks_the_journey_in_a_browser(
     browser: Any,
     web_url: str,
     live_engine: str,
+    stack_workers: dict[str, str],
     expert_dirs: dict[str, Any],
     engine_service: Any,
+    model_cache_dir: Path,
     screenshots: Path,
+    tmp_path: Path,
 ) -> None:
     alice = Journey(browser, web_url, screenshots)
     page = alice.page
@@ -85,41 +141,90 @@ def test_it_walks_the_journey_in_a_browser(
     alice.sign_up("alice", "Alice Home")
     alice.shot(1, "signed-up")
     page.goto("/org/new/")
-    page.get_by_label("Name").fill("Acme Kitchen")
+    page.get_by_label("Name").fill("Acme IT")
     page.get_by_role("button", name="Create").click()
     expect(page).to_have_url(re.compile(r"/org/$"))
-    expect(page.locator(".org-name, #org-switch")).to_contain_text("Acme Kitchen")
+    expect(page.locator(".org-name, #org-switch")).to_contain_text("Acme IT")
     alice.shot(2, "org-created")
 
-    # 2. Two experts for the new organization, as a finished distillation would leave them.
-    org = Organization.objects.get(name="Acme Kitchen")
+    # 2. A corpus, and a folder uploaded into it: upload.js sends each file with its own progress bar and shows
+    #    the upload's verdict per file; the binary file is refused before any byte is stored.
+    page.goto("/corpora/new/")
+    page.get_by_label("Name").fill("IT handbook")
+    page.get_by_role("button", name="Create and add files").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("IT handbook")
+    page.locator("#folder-input").set_input_files(write_folder(tmp_path))
+    uploads = page.locator("#upload-list li")
+    expect(uploads).to_have_count(len(HANDBOOK) + len(BROKEN))
+    expect(uploads.filter(has_text="logo.bin")).to_contain_text("Unsupported file type (binary data)")
+    expect(uploads.filter(has_text="wifi/office.md")).to_contain_text("stored")
+    expect(uploads.filter(has_text="stored")).to_have_count(len(HANDBOOK) + 1, timeout=INGEST_TIMEOUT_MS)
+    alice.shot(3, "folder-uploaded")
+
+    # 3. "Ingest when the uploads finish" was on: the cpu worker ingests, the status panel polls until Ready,
+    #    and the ingest's own verdicts appear per file (the truncated PDF fails, the rest are used).
+    status = page.locator("#corpus-status")
+    try:
+        expect(status.locator("h2 .status")).to_have_text("Ready", timeout=INGEST_TIMEOUT_MS)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{worker_logs(stack_workers['logs'])}") from error
+    files = status.locator("table.files tbody tr")
+    expect(files.filter(has_text="it-handbook/scan.pdf").locator(".verdict")).to_have_text("failed")
+    expect(files.filter(has_text="it-handbook/logo.bin").locator(".verdict")).to_have_text("failed")
+    for name in HANDBOOK:
+        expect(files.filter(has_text=f"it-handbook/{name}").locator(".verdict")).to_have_text("ok")
+    expect(status).to_contain_text("Documents")
+    alice.shot(4, "corpus-ready")
+
+    # 4. A kd job with the tiny teacher; its page shows the stages, the progress bar with ETA and the loss curve
+    #    while the gpu worker trains, then the result.
+    page.goto("/jobs/new/")
+    page.get_by_label("Name").fill("IT handbook")
+    corpus_choice = page.get_by_label("Corpus").locator("option", has_text="IT handbook (v1")
+    page.get_by_label("Corpus").select_option(corpus_choice.get_attribute("value"))
+    page.locator("#id_teacher").select_option(label="Tiny teacher (shared)")
+    page.get_by_label("Epochs").fill("8")  # a few optimizer steps on this small corpus: a loss curve to draw
+    expect(page.locator("#estimate")).not_to_be_empty()
+    alice.shot(5, "job-form")
+    page.get_by_role("button", name="Start the job").click()
+    expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
+    alice.shot(6, "job-started")
+    panel = page.locator("#job-status")
+    try:
+        expect(panel.locator("h2 .status")).to_have_text("Succeeded", timeout=JOB_TIMEOUT_MS)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{worker_logs(stack_workers['logs'])}") from error
+    expect(panel.locator(".progress-line progress")).to_have_attribute("value", re.compile(r"^100(\.0)?$"))
+    expect(panel.locator(".progress-line")).to_contain_text(re.compile(r"100(\.0)?%"))
+    expect(panel.locator(".loss-curve svg polyline.loss-line")).to_have_attribute(
+        "points", re.compile(r"[\d.]+,[\d.]+ ")
+    )
+    expect(panel.locator(".loss-curve figcaption")).to_contain_text("Training loss")
+    alice.shot(7, "job-succeeded")
+
+    # 5. The job's expert is in the organization's mixture, next to the toy cooking expert.
+    org = Organization.objects.get(name="Acme IT")
     base_hash = engine_service.backend.engine.base_identity["content_hash"]
-    for name in expert_dirs:
-        register_expert(org, name.capitalize(), str(expert_dirs[name].path), base_hash)
-
-    # 3. The Experts page lists them.
-    page.goto("/experts/")
-    expect(page.get_by_role("link", name="Cooking")).to_be_visible()
-    expect(page.get_by_role("link", name="Networking")).to_be_visible()
-    alice.shot(3, "experts")
-
-    # 4. Mixture → "Try a query": htmx swaps in the router's decision with a score bar per expert.
+    register_expert(org, "Cooking", str(expert_dirs["cooking"].path), base_hash)
+    panel.get_by_role("link", name="IT handbook").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("IT handbook")
+    alice.shot(8, "expert")
     page.goto("/experts/mixture/")
-    page.get_by_label("Try a query").fill(COOKING_QUESTION)
+    expect(page.locator("main")).to_contain_text("it-handbook")
+    page.get_by_label("Try a query").fill(VPN_QUESTION)
     page.get_by_role("button", name="Route it").click()
     decision = page.locator("#decision")
-    expect(decision).to_contain_text("Answered by cooking")
+    expect(decision).to_contain_text("Answered by it-handbook")
     expect(decision.locator(".score-bar")).to_have_count(2)
-    expect(decision.locator("tr.chosen")).to_contain_text("cooking")
-    assert bar_width(decision.locator("tr", has_text="cooking")) > bar_width(
-        decision.locator("tr", has_text="networking")
+    assert bar_width(decision.locator("tr", has_text="it-handbook")) > bar_width(
+        decision.locator("tr", has_text="cooking")
     )
     expect(page).to_have_url(re.compile(r"/experts/mixture/$"))  # swapped in place, not a full-page post
-    alice.shot(4, "mixture-try")
+    alice.shot(9, "mixture-try")
 
-    # 5. Playground: playground.js posts to the stream URL and renders the routing and the text as they arrive.
+    # 6. Playground: playground.js posts to the stream URL and renders the routing and the text as they arrive.
     page.goto("/experts/playground/")
-    page.get_by_label("Question").fill(COOKING_QUESTION)
+    page.get_by_label("Question").fill(VPN_QUESTION)
     page.get_by_label("Max tokens").fill("12")
     page.get_by_label("Temperature").fill("0")
     with page.expect_response(lambda response: response.url.endswith("/experts/playground/stream/")) as streamed:
@@ -127,40 +232,87 @@ def test_it_walks_the_journey_in_a_browser(
     assert streamed.value.status == 200
     assert streamed.value.headers["content-type"].startswith("text/event-stream")
     # Server-sent events, one delta per token or so: the text arrived in pieces, not as one finished answer.
-    assert streamed.value.text().count("event: delta") >= 2
+    deltas = streamed_deltas(streamed.value.text())
+    assert len(deltas) >= 2
+    assert "".join(deltas)
     answer = page.locator("#answer-main")
-    expect(answer.locator('[data-role="routing"]')).to_contain_text("Routed to cooking")
+    expect(answer.locator('[data-role="routing"]')).to_contain_text("Routed to it-handbook")
     expect(answer.locator('[data-role="routing"] .score-bar')).to_have_count(2)
     expect(answer.locator('[data-role="usage"]')).to_contain_text("completion tokens")
-    expect(answer.locator('[data-role="text"]')).to_have_text(re.compile(r"\S"))
-    alice.shot(5, "playground")
+    # The page shows exactly what the engine generated (a tiny expert's text may be mostly whitespace).
+    assert answer.locator('[data-role="text"]').text_content() == "".join(deltas)
+    alice.shot(10, "playground")
 
-    # 6. API tokens: create one (htmx swaps in the plaintext, shown once) and use it with the official client.
+    # 7. Download the expert's zip from its page and load it with plain peft on the base its card names.
+    page.goto("/experts/")
+    page.get_by_role("link", name="IT handbook").click()
+    with page.expect_download() as download:
+        page.get_by_role("link", name=re.compile(r"Download zip")).click()
+    archive_path = tmp_path / download.value.suggested_filename
+    download.value.save_as(archive_path)
+    assert_loads_in_plain_peft(archive_path, tmp_path / "unzipped", model_cache_dir)
+
+    # 8. API tokens: create one (htmx swaps in the plaintext, shown once) and use it with the official client.
     page.goto("/org/tokens/")
     page.get_by_label("Name").fill("browser test")
     page.get_by_role("button", name="Create token").click()
     token = page.locator("#new-token").inner_text().strip()
     expect(page.get_by_role("cell", name="browser test")).to_be_visible()
-    alice.shot(6, "api-token")
+    alice.shot(11, "api-token")
     client = openai.OpenAI(base_url=f"{web_url}/v1", api_key=token, max_retries=0, timeout=60)
-    assert {model.id for model in client.models.list()} == {"moe", "base", "cooking", "networking"}
+    assert {model.id for model in client.models.list()} == {"moe", "base", "it-handbook", "cooking"}
     reply = client.chat.completions.create(
-        model="moe", messages=[{"role": "user", "content": COOKING_QUESTION}], max_tokens=4, temperature=0
+        model="moe", messages=[{"role": "user", "content": VPN_QUESTION}], max_tokens=4, temperature=0
     )
-    assert [chosen["model"] for chosen in reply.model_extra["routing"]["experts"]] == ["cooking"]
+    assert [chosen["model"] for chosen in reply.model_extra["routing"]["experts"]] == ["it-handbook"]
+    assert reply.usage.completion_tokens >= 1
 
-    # 7. Another organization, in its own browser session, sees none of Acme Kitchen's experts.
+    # 9. Another organization, in its own browser session, sees none of Acme IT's corpora, jobs or experts.
     bob = Journey(browser, web_url, screenshots)
     bob.sign_up("bob", "Globex")
-    bob.page.goto("/experts/")
-    expect(bob.page.get_by_role("heading", level=1)).to_be_visible()
-    expect(bob.page.get_by_text("Cooking")).to_have_count(0)
-    expect(bob.page.get_by_text("Networking")).to_have_count(0)
-    bob.shot(7, "other-org-experts")
+    for path in ("/corpora/", "/jobs/", "/experts/"):
+        bob.page.goto(path)
+        expect(bob.page.get_by_role("heading", level=1)).to_be_visible()
+        expect(bob.page.locator("main")).not_to_contain_text("IT handbook")
+    expect(bob.page.locator("main")).not_to_contain_text("Cooking")
+    bob.shot(12, "other-org-experts")
     bob.page.goto("/experts/mixture/")
+    expect(bob.page.locator("main")).not_to_contain_text("it-handbook")
     expect(bob.page.locator("main")).not_to_contain_text("cooking", ignore_case=True)
-    bob.shot(8, "other-org-mixture")
     assert alice.errors == []
     assert bob.errors == []
     alice.context.close()
     bob.context.close()
+
+
+def streamed_deltas(body: str) -> list[str]:
+    """The text of each `delta` event of a server-sent event stream."""
+    deltas = []
+    for block in body.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if fields.get("event") == "delta":
+            deltas.append(json.loads(fields["data"])["text"])
+    return deltas
+
+
+def assert_loads_in_plain_peft(archive_path: Path, unzip_to: Path, model_cache_dir: Path) -> None:
+    """The zip holds a PEFT adapter and a card naming its base; plain peft loads it, and it changes the base."""
+    from peft import PeftModel
+
+    from workers.ml.catalog import CatalogConfig, load_model
+
+    with zipfile.ZipFile(archive_path) as archive:
+        archive.extractall(unzip_to)
+    (folder,) = [path.parent for path in unzip_to.rglob("adapter_config.json")]
+    assert (folder / "adapter_model.safetensors").is_file()
+    assert TINY in (folder / "README.md").read_text()
+    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+    base = load_model(TINY, CatalogConfig(cache_dir=model_cache_dir, device="cpu"), progress=lambda _: None)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        before = base.model(input_ids=ids).logits
+        expert = PeftModel.from_pretrained(base.model, folder).eval()
+        after = expert(input_ids=ids).logits
+    # Training moved LoRA's B away from its zero start: the expert's logits are not the base's.
+    assert not torch.allclose(before, after, atol=1e-5)
