@@ -12,3 +12,9 @@ urlpatterns = [
     path("v1/", include("webapp.api.openai_urls")),
     path("admin/", admin.site.urls),
 ]
+
+# Django's default pages, plus giving back the database connection an error page used (see webapp/core/errors.py).
+handler400 = "webapp.core.errors.bad_request"
+handler403 = "webapp.core.errors.permission_denied"
+handler404 = "webapp.core.errors.page_not_found"
+handler500 = "webapp.core.errors.server_error"

@@ -90,10 +90,6 @@ class Journey:
             base_url=base_url, viewport={"width": 1280, "height": 900}, accept_downloads=True
         )
         self.context.set_default_timeout(STEP_TIMEOUT_MS)
-        # No favicon: the app has none, and under ASGI Django renders a 404 page (whose base template queries the
-        # database when signed in) on a worker thread whose connection nothing closes; that connection would
-        # block dropping the test database at the end of the run.
-        self.context.route("**/favicon.ico", lambda route: route.fulfill(status=204))
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
         # A CSP violation is reported as a console error, an uncaught exception as a page error.

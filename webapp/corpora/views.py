@@ -17,6 +17,7 @@ from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from webapp.corpora import services
 from webapp.corpora.forms import CorpusForm, CsvColumnForm, DeleteCorpusForm, StartUploadForm
@@ -69,6 +70,8 @@ def corpus_detail(request: OrgRequest, corpus_id: int) -> HttpResponse:
     context = corpus_context(corpus, request.GET.get("version"))
     # htmx polls the status panel while uploads or an ingest are under way; a full load renders the page.
     if request.htmx and request.htmx.target == "corpus-status":
+        if request.GET.get("polling") and not context["busy"]:
+            return HttpResponseClientRefresh()  # the work the panel watched ended: show the whole page anew
         return render(request, "corpora/_status.html", {**context, "partial": True})
     return render(request, "corpora/detail.html", context)
 

@@ -231,6 +231,24 @@ def test_it_polls_the_status_panel_only_while_something_is_under_way(cast: Cast,
     assert 'hx-trigger="every 2s"' in client.get(url).content.decode()
 
 
+def test_its_poll_asks_for_a_page_reload_once_the_work_it_watched_ended(cast: Cast, corpus: Corpus) -> None:
+    client = cast.client_for("member")
+    url = reverse("corpora:detail", args=[corpus.pk])
+    headers = {"HX-Request": "true", "HX-Target": "corpus-status"}
+    client.post(reverse("corpora:file-start", args=[corpus.pk]), {"name": "b.txt", "size": 10})
+    assert f'hx-get="{url}?polling=1"' in client.get(url).content.decode()
+    still_busy = client.get(url, {"polling": "1"}, headers=headers)
+    assert "HX-Refresh" not in still_busy
+    assert "Status: " in still_busy.content.decode()
+
+    CorpusFile.objects.filter(corpus=corpus).update(status=CorpusFile.Status.FAILED)
+    ended = client.get(url, {"polling": "1"}, headers=headers)
+
+    # The whole page comes back with the new version's sections; a panel asked for without polling stays a panel.
+    assert ended["HX-Refresh"] == "true"
+    assert "Status: " in client.get(url, headers=headers).content.decode()
+
+
 # ------------------------------------------------------------------ two-step upload
 def test_it_stores_a_two_step_upload_under_the_orgs_and_corpus_path(
     cast: Cast, corpus: Corpus, media_root: Path

@@ -68,7 +68,21 @@
     ui.set(done.status + (done.message ? ": " + done.message : ""), done.status === "stored" ? "ok" : "failed");
   }
 
+  // Files being sent (and the ingest request after them). The status panel's poll answers "reload the page" once
+  // the ingest it watched ends; a reload now would cut these uploads off, so it waits for the next poll.
+  let sending = 0;
+  document.body.addEventListener("htmx:beforeOnLoad", (e) => {
+    if (sending > 0 && e.detail.xhr.getResponseHeader("HX-Refresh") === "true") e.preventDefault();
+  });
+
   async function uploadAll(items) {
+    sending += 1;
+    try { await sendAll(items); } finally { sending -= 1; }
+    // Refresh the status panel (it polls by itself while the ingest runs).
+    if (window.htmx) { window.htmx.ajax("GET", window.location.pathname, { target: "#corpus-status", swap: "innerHTML" }); }
+  }
+
+  async function sendAll(items) {
     const queue = items.slice();
     const workers = [];
     for (let i = 0; i < Math.min(parallel, queue.length); i++) {
@@ -78,8 +92,6 @@
     if (document.getElementById("auto-ingest").checked) {
       await fetch(ingestUrl, { method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf, "HX-Request": "true" } });
     }
-    // Refresh the status panel (it polls by itself while the ingest runs).
-    if (window.htmx) { window.htmx.ajax("GET", window.location.pathname, { target: "#corpus-status", swap: "innerHTML" }); }
   }
 
   function walk(entry, path) {
