@@ -90,6 +90,8 @@ def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = N
     return {
         "points": points(rows),
         "heldout_points": points(held) if held else "",
+        # A dot per evaluation point as well: a run evaluated once has a single point, which no line shows.
+        "heldout_dots": [point.split(",") for point in points(held).split()] if held else [],
         "heldout_last": round(held[-1][1], 4) if held else None,
         "width": LOSS_WIDTH,
         "height": LOSS_HEIGHT,

@@ -477,7 +477,15 @@ def test_it_draws_the_heldout_points_on_the_same_axes(cast: Cast, corpus: Corpus
     # The held-out loss reaches 1.0, below the training loss: the shared axes now span 1.0 to 4.0.
     assert '<polyline points="4.0,4.0 240.0,54.7 476.0,105.3" class="loss-line"' in page
     assert '<polyline points="240.0,29.3 476.0,156.0" class="heldout-line"' in page
-    assert "dashed: held-out loss at evaluation points (last 1.0)" in page
+    assert '<circle cx="240.0" cy="29.3" r="3" class="heldout-dot">' in page
+    assert '<circle cx="476.0" cy="156.0" r="3" class="heldout-dot">' in page
+    assert "dashed, with dots: held-out loss at evaluation points (last 1.0)" in page
+
+
+def test_it_marks_a_single_heldout_evaluation_with_a_dot() -> None:
+    curve = loss_curve([[0, 4.0], [100, 2.0]], [[100, 3.0]])
+    assert curve is not None
+    assert curve["heldout_dots"] == [["476.0", "80.0"]]
 
 
 def test_it_thins_a_long_loss_history_and_skips_a_single_point() -> None:
