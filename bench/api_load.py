@@ -52,11 +52,14 @@ QUESTIONS = [
 ]
 
 
-def bench_environment(data_dir: Path, engine_port: int) -> dict[str, str]:
+def bench_environment(
+    data_dir: Path, engine_port: int, *, database: str = BENCH_DB, redis_db: int = 14
+) -> dict[str, str]:
+    """The stack's settings: its own PostgreSQL database and Redis database, so a bench never sees app data."""
     return {
         **os.environ,
-        "DATABASE_URL": f"postgres://postgres:postgres@127.0.0.1:5432/{BENCH_DB}",
-        "REDIS_URL": "redis://127.0.0.1:6379/14",
+        "DATABASE_URL": f"postgres://postgres:postgres@127.0.0.1:5432/{database}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
         "DATA_DIR": str(data_dir),
         "DJANGO_SETTINGS_MODULE": "webapp.settings",
         "HF_HUB_OFFLINE": "1",
@@ -88,12 +91,37 @@ def wait_for(url: str, seconds: float) -> None:
     raise RuntimeError(f"{url} did not answer 200 within {seconds:.0f} s")
 
 
-def create_database() -> None:
+def create_database(name: str = BENCH_DB) -> None:
+    """A fresh, empty database (the previous run's is dropped)."""
     import psycopg
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {BENCH_DB}")
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {name}")
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=REPO_ROOT)
+
+
+def start_web(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Django's ASGI app under uvicorn, in its own process, as the Procfile's `web` line runs it.
+
+    Its output goes to `log` when given (a bench that answers many 4xx on purpose), else to the terminal.
+    """
+    command = [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--port", str(port)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    if log is None:
+        return subprocess.Popen(command, env=env, cwd=REPO_ROOT)
+    return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM all, then wait for each (a warm shutdown, as an operator would stop them)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=30)
 
 
 def make_experts(base_spec: str, cache_dir: Path, out: Path) -> tuple[str, dict[str, Path]]:
@@ -143,7 +171,7 @@ for name, location in {json.dumps({name: str(path) for name, path in dirs.items(
     expert.save()
 print(ApiToken.issue(organization=org, name="bench", created_by=user)[1])
 """
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=REPO_ROOT)
+    migrate(env)
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, check=True, cwd=REPO_ROOT, capture_output=True, text=True
     )
@@ -228,20 +256,14 @@ def main() -> int:
             engine_command = [sys.executable, "-m", "workers.moe", "--port", str(engine_port), "--base", base_spec]
             engine_command += ["--model-cache-dir", str(cache_dir), "--threads", env["TORCH_THREADS_ENGINE"]]
             processes.append(subprocess.Popen(engine_command, env=env, cwd=REPO_ROOT))
-            web_command = [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--port", str(web_port)]
-            processes.append(
-                subprocess.Popen([*web_command, "--log-level", "warning", "--no-access-log"], env=env, cwd=REPO_ROOT)
-            )
+            processes.append(start_web(env, web_port))
             wait_for(f"http://127.0.0.1:{engine_port}/health", 300)
             wait_for(f"http://127.0.0.1:{web_port}/accounts/login/", 60)
             url = f"http://127.0.0.1:{web_port}"
             asyncio.run(fire(url, token, 5, 2))  # warm-up: loads both experts and the router's signatures
             results, wall = asyncio.run(fire(url, token, args.requests, max_tokens))
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=30)
+            stop(processes)
 
     statuses: dict[str, int] = {}
     for result in results:

@@ -7,7 +7,7 @@ another organization, in its own browser session, sees none of it.
 
 A second expert (a toy cooking one, registered in the database as a finished job would leave it) is in the
 mixture too, so the router has a real choice to make. Screenshots of each step land in
-var/test-artifacts/screenshots/; docs/guide.md shows them (copied by `scripts/guide_screenshots.sh`).
+var/test-artifacts/screenshots/; docs/guide.md shows them (copied to docs/guide/ by hand).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import openai
 import pytest
 import torch
+from django.db import connections
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
 from tests.browser.conftest import TINY, worker_logs
@@ -199,9 +200,7 @@ def test_it_walks_the_journey_in_a_browser(
     alice.shot(7, "job-succeeded")
 
     # 5. The job's expert is in the organization's mixture, next to the toy cooking expert.
-    org = Organization.objects.get(name="Acme IT")
-    base_hash = engine_service.backend.engine.base_identity["content_hash"]
-    register_expert(org, "Cooking", str(expert_dirs["cooking"].path), base_hash)
+    register_cooking_expert("Acme IT", expert_dirs, engine_service)
     panel.get_by_role("link", name="IT handbook").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("IT handbook")
     alice.shot(8, "expert")
@@ -279,6 +278,20 @@ def test_it_walks_the_journey_in_a_browser(
     assert bob.errors == []
     alice.context.close()
     bob.context.close()
+
+
+def register_cooking_expert(organization: str, expert_dirs: dict[str, Any], engine_service: Any) -> None:
+    """The toy cooking expert in `organization`, as a finished job would leave it.
+
+    The test body runs in a context of its own under Playwright's sync API (a greenlet), so the ORM opens a
+    connection here that pytest-django's teardown does not see: close it, or it blocks dropping the test database.
+    """
+    try:
+        org = Organization.objects.get(name=organization)
+        base_hash = engine_service.backend.engine.base_identity["content_hash"]
+        register_expert(org, "Cooking", str(expert_dirs["cooking"].path), base_hash)
+    finally:
+        connections.close_all()
 
 
 def streamed_deltas(body: str) -> list[str]:

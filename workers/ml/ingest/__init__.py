@@ -21,20 +21,33 @@ chunks; and decide what a document's key is for the split (its display name is a
 
 from __future__ import annotations
 
-from workers.ml.ingest.chunking import (
-    ChunkingConfig,
-    TextChunk,
-    chunk_document,
-    chunk_documents,
-    drop_duplicate_chunks,
-)
-from workers.ml.ingest.extract import ExtractOptions, extract_file
-from workers.ml.ingest.limits import IngestLimits
-from workers.ml.ingest.normalise import normalise_text
-from workers.ml.ingest.report import Example, ExtractedDocument, FileReport, FileStatus, content_sha256
-from workers.ml.ingest.sniff import csv_columns, sniff
-from workers.ml.ingest.split import heldout_documents
-from workers.ml.ingest.stats import detect_languages, length_histogram
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names resolve on first use (PEP 562): the web process imports `workers.ml.ingest.sniff` to judge an upload's
+# type, and an eager package import would load every extractor, the tokenizer code and the language model into
+# it as well (about 0.4 s, and tens of MB it never uses).
+_WHERE = {
+    "ChunkingConfig": "chunking",
+    "TextChunk": "chunking",
+    "chunk_document": "chunking",
+    "chunk_documents": "chunking",
+    "drop_duplicate_chunks": "chunking",
+    "ExtractOptions": "extract",
+    "extract_file": "extract",
+    "IngestLimits": "limits",
+    "normalise_text": "normalise",
+    "Example": "report",
+    "ExtractedDocument": "report",
+    "FileReport": "report",
+    "FileStatus": "report",
+    "content_sha256": "report",
+    "csv_columns": "sniff",
+    "sniff": "sniff",
+    "heldout_documents": "split",
+    "detect_languages": "stats",
+    "length_histogram": "stats",
+}
 
 __all__ = [
     "ChunkingConfig",
@@ -57,3 +70,27 @@ __all__ = [
     "normalise_text",
     "sniff",
 ]
+
+if TYPE_CHECKING:
+    from workers.ml.ingest.chunking import (
+        ChunkingConfig,
+        TextChunk,
+        chunk_document,
+        chunk_documents,
+        drop_duplicate_chunks,
+    )
+    from workers.ml.ingest.extract import ExtractOptions, extract_file
+    from workers.ml.ingest.limits import IngestLimits
+    from workers.ml.ingest.normalise import normalise_text
+    from workers.ml.ingest.report import Example, ExtractedDocument, FileReport, FileStatus, content_sha256
+    from workers.ml.ingest.sniff import csv_columns, sniff
+    from workers.ml.ingest.split import heldout_documents
+    from workers.ml.ingest.stats import detect_languages, length_histogram
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
