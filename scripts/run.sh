@@ -11,17 +11,19 @@ ensure_redis
 
 export DATA_DIR="${DATA_DIR:-$REPO_ROOT/var}"
 mkdir -p "$DATA_DIR"
-if [ -z "${DATABASE_URL:-}" ]; then
-  DATABASE_URL="$("$PY" scripts/choose_database.py)"
-  export DATABASE_URL
-fi
+# Keeps a DATABASE_URL you set (creating its PostgreSQL database if missing), else picks PostgreSQL or SQLite.
+DATABASE_URL="$("$PY" scripts/choose_database.py)"
+export DATABASE_URL
 say "Database: ${DATABASE_URL%%\?*}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export PATH="$VENV/bin:$PATH"
+export MODEL_CACHE_DIR="${MODEL_CACHE_DIR:-$DATA_DIR/models}"
+# The web process finds the engine the Procfile starts on INFERENCE_PORT.
+export INFERENCE_URL="${INFERENCE_URL:-http://127.0.0.1:${INFERENCE_PORT:-8700}}"
 
 "$PY" manage.py migrate --noinput
 say "Preparing the packaged student/teacher model (converted once, then cached)"
-"$PY" -m workers.ml.catalog prepare packaged:smollm2-135m-instruct --cache-dir "$DATA_DIR/models"
+"$PY" -m workers.ml.catalog prepare packaged:smollm2-135m-instruct --cache-dir "$MODEL_CACHE_DIR"
 "$PY" manage.py ensure_demo_user
 
 say "Starting web (http://${DISTILLERY_HOST:-127.0.0.1}:${DISTILLERY_PORT:-8000}), workers (cpu, gpu), beat and the inference engine (127.0.0.1:${INFERENCE_PORT:-8700})"
