@@ -18,6 +18,9 @@ ensure_venv
 ensure_postgres
 ensure_redis
 ensure_chromium
+# The fault tier starts Redis instances of its own (on other ports): it needs the binary even when a Redis answers.
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server \
+  || die "The fault tier needs redis-server (apt-get install redis-server)."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # Two cores: keep torch from oversubscribing them while Celery test workers run beside pytest.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

@@ -125,6 +125,7 @@ def receive_upload(file: CorpusFile, stream: IO[bytes] | Any) -> CorpusFile:
     """Stream the bytes into storage; end as stored, duplicate or failed (never a half-stored success)."""
     if file.status not in (Status.UPLOADING, Status.FAILED):
         raise CorpusError(f"This file is {file.get_status_display().lower()}: start a new upload to send it again.")
+    sent_again = file.status == Status.FAILED or file.is_stalled
     if file.status == Status.FAILED:
         # Sending a failed file again: it needs room under the limits like a new one.
         refusal = Limits.for_corpus(file.corpus).refusal(file.declared_size)
@@ -133,6 +134,8 @@ def receive_upload(file: CorpusFile, stream: IO[bytes] | Any) -> CorpusFile:
         CorpusFile.objects.filter(pk=file.pk).update(status=Status.UPLOADING, message="", updated_at=timezone.now())
         file.status = Status.UPLOADING
     _delete_stored(file)
+    if sent_again:
+        _delete_leftover(file)
 
     def still_arriving(size: int) -> None:
         # Keeps the stall sweep away from a slow but live upload, and lets the page show bytes received.
@@ -225,6 +228,17 @@ def _delete_partial(name: str) -> None:
         logger.warning("could not delete the partial upload %s", name, exc_info=True)
 
 
+def _delete_leftover(file: CorpusFile) -> None:
+    """Delete what an earlier attempt's server, killed while saving, left under the file's storage name.
+
+    A file system backend writes in place, and the row learns the name only once the save is done: after a
+    SIGKILL (a crash, a deploy) the bytes written so far stay under `storage_name_for(file)` with nothing pointing
+    at them. Only for a failed or stalled upload, never one still arriving.
+    """
+    if not file.storage_name:
+        _delete_partial(storage_name_for(file))
+
+
 def _delete_stored(file: CorpusFile) -> None:
     if file.storage_name:
         try:
@@ -313,7 +327,12 @@ def request_ingest(corpus: Corpus, *, user: Any) -> CorpusVersion:
 def enqueue_ingest(version_id: int) -> None:
     from workers.tasks.ingest import ingest_corpus_version
 
-    ingest_corpus_version.delay(version_id)
+    try:
+        ingest_corpus_version.delay(version_id)
+    except Exception:
+        # The broker is down (Redis restarting): the version is saved as queued, and beat's corpus sweep sends a
+        # queued version whose message never arrived. The user gets no error page.
+        logger.warning("ingest of version %s could not be sent; the sweep will send it", version_id, exc_info=True)
 
 
 def _stalled_ids(corpus: Corpus) -> list[int]:
@@ -331,6 +350,7 @@ def sweep_stalled_uploads() -> int:
             file,
             "The upload stopped before the whole file arrived (browser closed or server restarted); send it again.",
         )
+        _delete_leftover(file)
         count += 1
     return count
 

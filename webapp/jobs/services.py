@@ -138,14 +138,22 @@ def worker_class() -> str:
 
 
 def measured_tokens_per_s() -> float:
-    return float(cache.get(f"jobs:tokens-per-s:{worker_class()}") or DEFAULT_TOKENS_PER_S[worker_class()])
+    try:
+        measured = cache.get(f"jobs:tokens-per-s:{worker_class()}")
+    except Exception:  # Redis is down or restarting: an estimate from the default speed, not an error page
+        logger.warning("the measured training speed could not be read from the cache", exc_info=True)
+        measured = None
+    return float(measured or DEFAULT_TOKENS_PER_S[worker_class()])
 
 
 def record_tokens_per_s(value: float) -> None:
     """A moving average of training speed on this worker class, refined by every finished job."""
     key = f"jobs:tokens-per-s:{worker_class()}"
-    previous = cache.get(key)
-    cache.set(key, value if previous is None else 0.7 * float(previous) + 0.3 * value, timeout=None)
+    try:
+        previous = cache.get(key)
+        cache.set(key, value if previous is None else 0.7 * float(previous) + 0.3 * value, timeout=None)
+    except Exception:  # Redis is down: this job's speed is not averaged in; the job's outcome stands
+        logger.warning("the measured training speed could not be written to the cache", exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,13 @@ def enqueue(job: DistillationJob) -> None:
         from workers.tasks.jobs import run_job
 
         DistillationJob.objects.filter(pk=job.pk).update(enqueued_at=timezone.now())
-        run_job.delay(job.pk)
+        try:
+            run_job.delay(job.pk)
+        except Exception:
+            # The broker is down (Redis restarting): the job is saved and stays queued, and no message went out.
+            # A null `enqueued_at` tells beat's sweep to send it at its next run; the user gets no error page.
+            logger.warning("job %s: could not be sent to the workers; the sweep will send it", job.pk, exc_info=True)
+            DistillationJob.objects.filter(pk=job.pk).update(enqueued_at=None)
 
     transaction.on_commit(send)
 

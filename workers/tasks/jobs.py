@@ -30,6 +30,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from webapp.corpora.models import Chunk
@@ -430,8 +431,10 @@ def sweep_jobs() -> dict[str, int]:
     )
     # A queued job may wait for hours behind others; its message is re-sent only when the last one is old
     # (Redis restarted empty, a message dropped), and a duplicate is harmless: the claim takes the job once.
+    # A job whose message could not be sent at all (the broker was down) has no `enqueued_at`: sent now.
     stale = DistillationJob.objects.filter(
-        status=JobStatus.QUEUED, enqueued_at__lt=now - timedelta(seconds=settings.JOB_QUEUED_RESEND_SECONDS)
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - timedelta(seconds=settings.JOB_QUEUED_RESEND_SECONDS)),
+        status=JobStatus.QUEUED,
     )
     lost = list(stale.values_list("pk", flat=True))
     stale.update(enqueued_at=now)

@@ -1,22 +1,17 @@
-"""The job task on the real PostgreSQL with tiny models: outcome, cancel and resume, fencing, attempts, sweep,
-and a worker killed with SIGKILL whose job the sweep hands to a new worker that resumes it."""
+"""The job task on the real PostgreSQL with tiny models: outcome, cancel and resume, fencing, attempts, sweep.
+
+A real worker killed with SIGKILL mid-training, whose job the sweep hands to a new worker that resumes it, is in
+the fault tier (tests/faults/test_worker_killed.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-from collections.abc import Iterator
-from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
-from tests.conftest import _start_worker
 from tests.webapp.conftest import Cast
 from tests.workers.ml.distill.conftest import toy_documents
 from webapp.corpora.models import Chunk, Corpus, CorpusVersion, Document
@@ -37,7 +32,7 @@ def tiny_world(settings: Any, tmp_path: Path) -> None:
     settings.CHECKPOINTS_DIR = tmp_path / "checkpoints"
     settings.ORG_MAX_ACTIVE_JOBS = 10
     # In-process runs live inside the test's transaction, which the heartbeat thread's own connection cannot
-    # see: its renewal would find no row and stop the run. The real-worker test below exercises the heartbeat.
+    # see: its renewal would find no row and stop the run. The real-worker tests of the fault tier exercise it.
     settings.JOB_HEARTBEAT_SECONDS = 3600
 
 
@@ -199,77 +194,3 @@ def test_the_sweep_sends_again_expired_and_long_queued_jobs(
     assert sorted(sent) == sorted([dead.pk, waiting.pk])
     assert counts == {"expired": 1, "requeued": 1}
     assert sweep_jobs() == {"expired": 1, "requeued": 0}  # a queued job's message is not re-sent every minute
-
-
-# ---------------------------------------------------------------- a real worker, killed with SIGKILL
-
-
-@pytest.fixture
-def gpu_worker_factory(tmp_path: Path) -> Iterator[Any]:
-    """Starts gpu-queue worker processes on the test database with a 3 s lease; stops them at the end."""
-    from webapp.core.health import workers_by_queue
-
-    db = connection.settings_dict
-    env = {
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "DATA_DIR": str(tmp_path / "data"),
-        "JOB_LEASE_SECONDS": "3",
-        "JOB_HEARTBEAT_SECONDS": "0.5",
-        "TORCH_THREADS_WORKER_GPU": "2",
-    }
-    started: list[Any] = []
-
-    def start(name: str) -> Any:
-        logs = tmp_path / name
-        logs.mkdir()
-        hostname = f"{name}@distillery"
-        process = _start_worker("gpu", logs, env, hostname=hostname)
-        started.append(process)
-        deadline = time.monotonic() + 60
-        while hostname not in workers_by_queue(timeout=1.0).get("gpu", []):
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail(f"worker did not start: {(logs / 'worker-gpu.log').read_text()[-3000:]}")
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def wait_for(job: DistillationJob, condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition(job):
-        assert time.monotonic() < deadline, f"{what}: job is {job.status} at step {job.step} ({job.error})"
-        time.sleep(0.3)
-        job.refresh_from_db()
-
-
-@pytest.mark.celery_worker
-@pytest.mark.django_db(transaction=True)
-def test_a_job_whose_worker_is_killed_resumes_on_a_new_worker_through_the_sweep(
-    cast: Cast, gpu_worker_factory: Any, settings: Any
-) -> None:
-    settings.JOB_LEASE_SECONDS = 3
-    first = gpu_worker_factory("gpu-first")
-    job = new_job(cast, lambda execute: nullcontext(), epochs=8, checkpoint_every=3)  # sent on commit
-    wait_for(job, lambda j: j.status == JobStatus.TRAINING and j.step >= 7, 120, "training did not get going")
-
-    os.kill(first.pid, signal.SIGKILL)  # no goodbye: the message stays unacknowledged, the lease stops renewing
-    first.wait(timeout=10)
-    killed_at = job.step
-    time.sleep(3.5)  # the lease (3 s) runs out
-    gpu_worker_factory("gpu-second")
-    # The broker would re-deliver the unacknowledged message only after its visibility timeout (hours):
-    # the sweep is the path that brings the job back.
-    assert sweep_jobs()["expired"] == 1
-    wait_for(job, lambda j: j.status == JobStatus.SUCCEEDED, 180, "the job did not finish on the second worker")
-
-    assert job.attempt == 2
-    resumed = job.metrics["training"]["resumed_from_step"]
-    assert resumed is not None
-    # Only the steps since the last checkpoint are lost (the row's step lags the worker's by up to a second).
-    assert resumed % 3 == 0
-    assert resumed >= killed_at - 3
-    assert job.step == job.total_steps
