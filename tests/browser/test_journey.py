@@ -161,10 +161,7 @@ def test_it_walks_the_journey_in_a_browser(
     # 3. "Ingest when the uploads finish" was on: the cpu worker ingests, the status panel polls until Ready,
     #    and the ingest's own verdicts appear per file (the truncated PDF fails, the rest are used).
     status = page.locator("#corpus-status")
-    try:
-        expect(status.locator("h2 .status")).to_have_text("Ready", timeout=INGEST_TIMEOUT_MS)
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{worker_logs(stack_workers['logs'])}") from error
+    wait_for_status(status, "Ready", INGEST_TIMEOUT_MS, stack_workers["logs"])
     files = status.locator("table.files tbody tr")
     expect(files.filter(has_text="it-handbook/scan.pdf").locator(".verdict")).to_have_text("failed")
     expect(files.filter(has_text="it-handbook/logo.bin").locator(".verdict")).to_have_text("failed")
@@ -187,10 +184,7 @@ def test_it_walks_the_journey_in_a_browser(
     expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
     alice.shot(6, "job-started")
     panel = page.locator("#job-status")
-    try:
-        expect(panel.locator("h2 .status")).to_have_text("Succeeded", timeout=JOB_TIMEOUT_MS)
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{worker_logs(stack_workers['logs'])}") from error
+    wait_for_status(panel, "Succeeded", JOB_TIMEOUT_MS, stack_workers["logs"])
     expect(panel.locator(".progress-line progress")).to_have_attribute("value", re.compile(r"^100(\.0)?$"))
     expect(panel.locator(".progress-line")).to_contain_text(re.compile(r"100(\.0)?%"))
     expect(panel.locator(".loss-curve svg polyline.loss-line")).to_have_attribute(
@@ -278,6 +272,14 @@ def test_it_walks_the_journey_in_a_browser(
     assert bob.errors == []
     alice.context.close()
     bob.context.close()
+
+
+def wait_for_status(panel: Locator, status: str, timeout_ms: int, logs: str) -> None:
+    """Wait for a polling status panel to reach `status`; on a timeout, say what the workers logged."""
+    try:
+        expect(panel.locator("h2 .status")).to_have_text(status, timeout=timeout_ms)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{worker_logs(logs)}") from error
 
 
 def register_cooking_expert(organization: str, expert_dirs: dict[str, Any], engine_service: Any) -> None:

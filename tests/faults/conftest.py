@@ -247,8 +247,8 @@ def broker_at(url: str) -> Iterator[None]:
 
 
 @dataclass
-class WebServer:
-    """`python -m uvicorn webapp.asgi:application` as the Procfile runs it, on the test database."""
+class ServedProcess:
+    """A server process as the Procfile runs it, on a port of its own: started, killed, started again."""
 
     port: int
     env: dict[str, str]
@@ -259,17 +259,39 @@ class WebServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        command = [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--no-access-log"]
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready_path(self) -> str:
+        """A path that answers 200 once the server can serve."""
+        raise NotImplementedError
+
+    def start(self, wait: bool = True) -> None:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_until_http(f"{self.url}/accounts/login/", self.process, self.log, lambda r: r.status_code == 200)
+            self.process = subprocess.Popen(
+                self.command(), cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        if wait:
+            wait_until_http(f"{self.url}{self.ready_path()}", self.process, self.log, lambda r: r.status_code == 200)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
         assert self.process is not None
         sigkill(self.process)
         self.process = None
+
+
+class WebServer(ServedProcess):
+    """`python -m uvicorn webapp.asgi:application`, on the test database."""
+
+    def command(self) -> list[str]:
+        server = ["webapp.asgi:application", "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]
+        return [sys.executable, "-m", "uvicorn", *server]
+
+    def ready_path(self) -> str:
+        return "/accounts/login/"
 
 
 @pytest.fixture
@@ -336,34 +358,14 @@ def upload(http: httpx.Client, corpus: Corpus, name: str, data: bytes) -> dict[s
 # ---------------------------------------------------------------- the inference engine in a process of its own
 
 
-@dataclass
-class EngineProcess:
-    """`python -m workers.moe` as the Procfile runs it, with the tiny base on the CPU."""
+class EngineProcess(ServedProcess):
+    """`python -m workers.moe` with the tiny base on the CPU."""
 
-    port: int
-    env: dict[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "workers.moe", "--port", str(self.port), "--base", TINY, "--device", "cpu"]
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True) -> None:
-        command = [sys.executable, "-m", "workers.moe", "--port", str(self.port), "--base", TINY, "--device", "cpu"]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        if wait:
-            # /health answers 503 while the base loads, 200 once it can generate.
-            wait_until_http(f"{self.url}/health", self.process, self.log, lambda r: r.status_code == 200)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        sigkill(self.process)
-        self.process = None
+    def ready_path(self) -> str:
+        return "/health"  # 503 while the base loads, 200 once it can generate
 
 
 @pytest.fixture
