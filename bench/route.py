@@ -15,7 +15,11 @@
 2. Latency. Synthetic signatures (1-k random unit centroids each, k = --k) for 10, 100 and 1,000 experts, all of them
    candidates; every question routed once per scale, timed end to end (embedding + scoring), no cache hits:
    - naive: `SentenceEmbedder.embed([q])`, then a Python loop over the experts (`signature.similarity`);
-   - ours: `Router.route` (QueryEmbedder + vectorised scoring).
+   - ours: `Router.route` (QueryEmbedder + vectorised scoring), its decisions also compared with float32-only
+     scoring of the same embeddings (`float32_scoring_agreement`: the router's fp16 first pass must not change any).
+3. Query path variants: QueryEmbedder with fp32, fp16, int8 (and bf16 where native) weights on 1 and 2 threads,
+   interleaved query by query (fair on a shared machine), with their cosines to the reference embedder.
+   --dtype picks the weights of the path timed in 2. and scored in 1. (default: QueryEmbedder's choice).
 
     .venv/bin/python bench/route.py --k 16       # ~10 minutes on 2 cores (embedding the corpora dominates)
     .venv/bin/python bench/route.py --quick      # 300 chunks per corpus, fewer timed queries (< 1 minute)
@@ -47,7 +51,7 @@ import torch  # noqa: E402 - after the path set-up above
 from workers.ml.distill.config import DistillConfig  # noqa: E402
 from workers.ml.distill.signature import RoutingSignature, compute_signature  # noqa: E402
 from workers.ml.embedder import SentenceEmbedder, shared_embedder  # noqa: E402
-from workers.moe.query_embedder import QueryEmbedder  # noqa: E402
+from workers.moe.query_embedder import QueryEmbedder, _bf16_is_native  # noqa: E402
 from workers.moe.router import Router, RouterSettings  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -173,6 +177,12 @@ def accuracy(
     ours, naive = decide(ours_vectors), decide(naive_vectors)
     n_on = len(on_topic)
     correct = [ours[index][0] == expected for index, (_, expected) in enumerate(on_topic)]
+    naive_correct = [naive[index][0] == expected for index, (_, expected) in enumerate(on_topic)]
+    # The router's fp16 first pass (used from HALF_PRECISION_MIN_ROWS rows on; 80 rows here) forced on, against
+    # float32 scoring: the decisions must be the same (tests/workers/moe/test_router_half.py checks it on random
+    # data; this is the check on real signatures and questions).
+    deployed = RouterSettings(threshold=threshold, centroid_temperature=centroid_temperature)
+    half_agree = half_vs_float32(signatures, ours_vectors, fast, deployed)
     # The same signatures ranked by the plain max cosine (centroid_temperature 0), for comparison.
     plain = RouterSettings(threshold=-1.0, centroid_temperature=0.0)
     plain_top1 = [router.route_embedding(row, CORPORA, plain).scores[0][0] for row in ours_vectors[:n_on]]
@@ -209,6 +219,7 @@ def accuracy(
         "questions_on_topic": n_on,
         "questions_off_topic": len(off_topic),
         "top1_accuracy": sum(correct) / n_on,
+        "top1_accuracy_reference_embedder": sum(naive_correct) / n_on,
         "top1_accuracy_per_corpus": per_corpus,
         "top1_accuracy_plain_max": sum(plain_correct) / n_on,
         "misses": misses,
@@ -221,7 +232,54 @@ def accuracy(
         "suggested_threshold": suggested,
         "naive_vs_ours_top1_agreement": sum(a[0] == b[0] for a, b in zip(ours, naive, strict=True)) / len(questions),
         "naive_vs_ours_min_cosine": float((ours_vectors * naive_vectors).sum(dim=-1).min()),
+        "naive_vs_ours_median_cosine": float((ours_vectors * naive_vectors).sum(dim=-1).median()),
+        # Same side of the threshold with the reference embedder's vector as with ours, on- and off-topic.
+        "naive_vs_ours_fallback_agreement": sum(
+            (a[1] < threshold) == (b[1] < threshold) for a, b in zip(ours, naive, strict=True)
+        )
+        / len(questions),
+        "offtopic_fallback_rate_reference_embedder": sum(score < threshold for _, score in naive[n_on:])
+        / len(off_best),
+        "half_vs_float32_scoring_agreement": half_agree,
     }
+
+
+def half_vs_float32(
+    signatures: dict[str, RoutingSignature], vectors: torch.Tensor, encoder: QueryEmbedder, settings: RouterSettings
+) -> float:
+    """Share of queries whose decision (experts, weights, best cosine) is the same with the fp16 first pass."""
+    import workers.moe.router as router_module
+
+    threshold = router_module.HALF_PRECISION_MIN_ROWS
+    try:
+        routers = []
+        for minimum in (10**9, 0):  # float32 only, then the fp16 pass whatever the number of rows
+            router_module.HALF_PRECISION_MIN_ROWS = minimum
+            router = Router(encoder)
+            for name, signature in signatures.items():
+                router.register(name, signature)
+            router._snapshot()  # built now, under this minimum
+            routers.append(router)
+    finally:
+        router_module.HALF_PRECISION_MIN_ROWS = threshold
+    exact, half = routers
+    return same_decisions(exact, half, vectors, list(signatures), settings)
+
+
+def same_decisions(
+    exact: Router, other: Router, vectors: torch.Tensor, candidates: list[str], settings: RouterSettings
+) -> float:
+    """Share of the vectors routed the same way: chosen experts in order, weights and best cosine within 1e-5."""
+    same = 0
+    for vector in vectors:
+        a, b = exact.route_embedding(vector, candidates, settings), other.route_embedding(vector, candidates, settings)
+        same += (
+            [eid for eid, _ in a.experts] == [eid for eid, _ in b.experts]
+            and all(abs(x[1] - y[1]) <= 1e-5 for x, y in zip(a.experts, b.experts, strict=True))
+            and abs((a.best_score or 0.0) - (b.best_score or 0.0)) <= 1e-5
+            and a.fallback == b.fallback
+        )
+    return same / len(vectors)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -248,6 +306,67 @@ def random_signatures(count: int, name: str, dim: int, k_max: int, seed: int = 0
     return signatures
 
 
+def float32_router(encoder: QueryEmbedder, signatures: dict[str, RoutingSignature]) -> Router:
+    import workers.moe.router as router_module
+
+    minimum = router_module.HALF_PRECISION_MIN_ROWS
+    router_module.HALF_PRECISION_MIN_ROWS = 10**9
+    try:
+        router = Router(encoder)
+        for expert_id, signature in signatures.items():
+            router.register(expert_id, signature)
+        router._snapshot()  # built now: float32 only
+    finally:
+        router_module.HALF_PRECISION_MIN_ROWS = minimum
+    return router
+
+
+def embedder_variants(embedder: SentenceEmbedder, queries: list[str], repeats: int) -> dict[str, Any]:
+    """The query path's weight formats (QueryEmbedder dtype) and thread counts, interleaved query by query.
+
+    Interleaving makes the comparison fair on a shared machine: a busy moment slows every variant alike.
+    """
+    dtypes = [torch.float32, torch.float16, torch.qint8]
+    if _bf16_is_native():
+        dtypes.append(torch.bfloat16)
+    reference = embedder.embed(queries)  # (Q, D)
+    threads = torch.get_num_threads()
+    variants: dict[str, tuple[QueryEmbedder, int]] = {}
+    for dtype in dtypes:
+        for count in sorted({1, threads}):
+            variants[f"{str(dtype).removeprefix('torch.')}/{count}t"] = (
+                QueryEmbedder(embedder, cache_size=0, dtype=dtype),
+                count,
+            )
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    vectors: dict[str, torch.Tensor] = {}
+    try:
+        for name, (encoder, count) in variants.items():
+            torch.set_num_threads(count)
+            vectors[name] = encoder.embed(queries)  # also the warm-up
+        for _ in range(repeats):
+            for query in queries:
+                for name, (encoder, count) in variants.items():
+                    torch.set_num_threads(count)
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    encoder.embed_one(query)
+                    wall[name].append((time.perf_counter() - started) * 1000)
+                    cpu[name].append((time.process_time() - cpu_started) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    results = {}
+    for name in variants:
+        cosines = (vectors[name] * reference).sum(dim=-1)
+        results[name] = {
+            "p50_ms": round(percentiles(wall[name])[0], 3),
+            "process_cpu_p50_ms": round(percentiles(cpu[name])[0], 3),
+            "min_cosine_to_reference": round(float(cosines.min()), 5),
+            "median_cosine_to_reference": round(float(cosines.median()), 5),
+        }
+    return results
+
+
 def percentiles(samples_ms: list[float]) -> tuple[float, float]:
     ordered = sorted(samples_ms)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -259,6 +378,7 @@ def latency(
     results: dict[str, Any] = {}
     settings = RouterSettings(centroid_temperature=centroid_temperature)
     score_ms: dict[str, list[float]] = {}
+    embed_ms: dict[str, list[float]] = {}
     for count in SCALES:
         signatures = random_signatures(count, embedder.name, embedder.dim, k)
         router = Router(fast)
@@ -273,10 +393,18 @@ def latency(
             return max(scores, key=scores.__getitem__)
 
         scoring = score_ms.setdefault(str(count), [])
+        embedding = embed_ms.setdefault(str(count), [])
 
-        def ours(query: str, router: Router = router, ids: list[str] = ids, scoring: list[float] = scoring) -> str:
+        def ours(
+            query: str,
+            router: Router = router,
+            ids: list[str] = ids,
+            scoring: list[float] = scoring,
+            embedding: list[float] = embedding,
+        ) -> str:
             decision = router.route(query, ids, settings)
             scoring.append(decision.score_ms)
+            embedding.append(decision.embed_ms)
             return decision.scores[0][0]
 
         row = {}
@@ -299,6 +427,11 @@ def latency(
                 row[label] |= {"thread_cpu_p50_ms": round(cpu_p50, 3), "thread_cpu_p99_ms": round(cpu_p99, 3)}
         score_p50, score_p99 = percentiles(scoring[5:])  # the router's own scoring time, embedding left out
         row["ours"] |= {"score_p50_ms": round(score_p50, 3), "score_p99_ms": round(score_p99, 3)}
+        row["ours"]["embed_p50_ms"] = round(percentiles(embedding[5:])[0], 3)
+        # Same decisions as scoring every centroid in float32 (the fp16 first pass is used from
+        # HALF_PRECISION_MIN_ROWS rows on, i.e. at 1,000 experts here)?
+        exact = float32_router(fast, signatures)
+        row["ours"]["float32_scoring_agreement"] = same_decisions(exact, router, fast.embed(queries), ids, settings)
         results[str(count)] = row
         print(
             f"  {count:>5} experts: naive p50 {row['naive']['p50_ms']:.2f} ms, ours p50 {row['ours']['p50_ms']:.2f} ms",
@@ -308,6 +441,20 @@ def latency(
 
 
 # ---------------------------------------------------------------- main
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions the query path's speed depends on (bf16 is native only with avx512_bf16 or amx)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(flag for flag in flags if flag.startswith(("avx", "amx")) or flag in {"fma", "f16c"})
+
+
+def at_1000_agreement(timings: dict[str, Any]) -> float:
+    return float(timings["1000"]["ours"]["float32_scoring_agreement"])
 
 
 def main() -> int:
@@ -329,6 +476,12 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the deployment's 2 cores)")
     parser.add_argument(
+        "--dtype",
+        choices=["default", "float32", "bfloat16", "float16", "qint8"],
+        default="default",
+        help="the query path's weights (QueryEmbedder dtype); default: the one QueryEmbedder picks for this CPU",
+    )
+    parser.add_argument(
         "--latency-only",
         action="store_true",
         help="time the latency part again (e.g. on an idle machine) and update it in the existing JSON",
@@ -338,7 +491,8 @@ def main() -> int:
     max_texts = 300 if args.quick else args.max_texts
 
     embedder = shared_embedder()
-    fast = QueryEmbedder(embedder, cache_size=0)  # no cache: every timed query pays for its embedding
+    dtype = None if args.dtype == "default" else getattr(torch, args.dtype)
+    fast = QueryEmbedder(embedder, cache_size=0, dtype=dtype)  # no cache: every timed query pays for its embedding
     print(f"embedder {embedder.name}, query path {fast!r}, {torch.get_num_threads()} threads", flush=True)
 
     started = time.perf_counter()
@@ -346,6 +500,7 @@ def main() -> int:
     if args.latency_only:
         previous = json.loads(out.read_text(encoding="utf-8"))
         timing_keys = {"latency", "machine", "wall_s", "p50_ms_at_1000", "p99_ms_at_1000", "score_p50_ms_at_1000"}
+        timing_keys |= {"embed_p50_ms_at_1000", "float32_scoring_agreement_at_1000", "query_path_variants"}
         quality = {key: value for key, value in previous.items() if key not in timing_keys}
     else:
         print("accuracy", flush=True)
@@ -355,6 +510,14 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     timings = latency(embedder, fast, queries[:40] if args.quick else queries, args.k, args.centroid_temperature)
     load_after = os.getloadavg()[0]
+    print("query path variants (interleaved)", flush=True)
+    variants = embedder_variants(embedder, queries[:40] if args.quick else queries, 1 if args.quick else 2)
+    print(f"\n{'variant':<14}{'p50':>9}{'CPU p50':>10}{'min cos':>10}{'median cos':>12}   (embedding one query, ms)")
+    for name, row in variants.items():
+        print(
+            f"{name:<14}{row['p50_ms']:>9.2f}{row['process_cpu_p50_ms']:>10.2f}"
+            f"{row['min_cosine_to_reference']:>10.5f}{row['median_cosine_to_reference']:>12.5f}"
+        )
 
     print(f"\n{'experts':>8}{'naive p50':>12}{'naive p99':>12}{'ours p50':>12}{'ours p99':>12}   (ms per query, wall)")
     for count, row in timings.items():
@@ -387,7 +550,15 @@ def main() -> int:
     print(f"best cosine on-topic {quality['ontopic_best_cosine']}, off-topic {quality['offtopic_best_cosine']}")
     print(
         f"naive vs fast query path: top-1 agreement {quality['naive_vs_ours_top1_agreement']:.0%}, "
-        f"min cosine {quality['naive_vs_ours_min_cosine']:.5f}"
+        f"fallback agreement {quality.get('naive_vs_ours_fallback_agreement', float('nan')):.0%}, "
+        f"min cosine {quality['naive_vs_ours_min_cosine']:.5f}; with the reference embedder: top-1 "
+        f"{quality.get('top1_accuracy_reference_embedder', float('nan')):.1%}, off-topic fallback "
+        f"{quality.get('offtopic_fallback_rate_reference_embedder', float('nan')):.0%}"
+    )
+    print(
+        "fp16 first pass vs float32 scoring: same decisions on "
+        f"{quality.get('half_vs_float32_scoring_agreement', 0):.0%} of the real questions, "
+        f"{at_1000_agreement(timings):.0%} of the queries at 1,000 random experts"
     )
     for miss in quality["misses"]:
         print(f"  miss: {miss}")
@@ -397,7 +568,10 @@ def main() -> int:
         "p50_ms_at_1000": at_1000["p50_ms"],
         "p99_ms_at_1000": at_1000["p99_ms"],
         "score_p50_ms_at_1000": at_1000["score_p50_ms"],
+        "embed_p50_ms_at_1000": at_1000["embed_p50_ms"],
+        "float32_scoring_agreement_at_1000": at_1000["float32_scoring_agreement"],
         "latency": timings,
+        "query_path_variants": variants,
         **quality,
         "quick": args.quick,
         "max_texts": max_texts,
@@ -407,6 +581,7 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "query_dtype": str(fast.dtype),
+            "cpu_flags": cpu_flags(),
             # Wall-clock latency on a shared machine: compare runs whose 1-minute load average shows it idle.
             "load_average_1m_before_latency": round(load_before, 2),
             "load_average_1m_after_latency": round(load_after, 2),

@@ -10,9 +10,19 @@ costs ~9-13 ms for one question here. Measured on a 2-core AMD EPYC (avx512_bf16
     plain forward, bf16 weights (this module)        ~3.2 ms   cosine >= 0.9999 (2 threads, idle machine;
                                                                ~5.5 ms on 1 thread beside another busy process)
 
-So this module runs the same BERT encoder as a ~40-line forward over bf16 weights (fp32 where the CPU has no
-native bf16): no padding or attention mask for a single sequence, fused QKV projection, no module dispatch, weights
-pre-packed for oneDNN where available. Pooling, normalisation and truncation (256 tokens) are the reference's.
+So this module runs the same BERT encoder as a ~40-line forward: no padding or attention mask for a single
+sequence, fused QKV projection, no module dispatch, and the query tokenised by the Rust tokenizer directly (~0.07 ms
+instead of ~0.27 ms through transformers' call). Pooling, normalisation and truncation (256 tokens) are the
+reference's. The linear layers' weights (`dtype`, `default_dtype()`):
+- bf16, pre-packed for oneDNN, where the CPU has native bf16 (the table above);
+- elsewhere (AVX2 only, e.g. AMD EPYC Zen 3), emulated bf16 is 3-4x slower than fp32, so int8: fbgemm's dynamic
+  quantisation (int8 weights per output channel, activations quantised per call). Measured on a 2-core Zen 3 under
+  heavy load (1 torch thread, process CPU ms per query, interleaved; wall clock was 2-4x that):
+      fp32 16.5 ms, fp16 weights (fbgemm) 11.7 ms (cosine 1.00000), int8 7.8 ms (cosine median 0.9946, min 0.9885).
+  int8 routes bench/route.py's held-out questions as the reference does: top-1 95.1% either way, off-topic fallback
+  100% (reference 95.5%: one borderline question crossed the threshold), on-topic fallback 9.8% either way;
+  98% of the top-1 choices and 99% of the fallback decisions identical. fp16 weights (dtype=torch.float16) give the
+  reference's decisions exactly, at ~1.5x int8's time. The empty query moves most under int8 (cosine ~0.97).
 Truncating queries at 128 tokens was measured too: it saves nothing on ordinary questions (~15-40 tokens) and
 moves the embedding of a long pasted text far from the reference's (cosine ~0.9), so it is an option, not the
 default.
@@ -24,6 +34,7 @@ system prompt) without a forward.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +51,9 @@ __all__ = ["QueryEmbedder"]
 DEFAULT_CACHE_SIZE = 1024
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+# What the encoder's linear layers can store their weights as (see _linear).
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.qint8)
+DEFAULT_AVX2_DTYPE = torch.qint8
 
 
 def _bf16_is_native() -> bool:
@@ -50,13 +64,18 @@ def _bf16_is_native() -> bool:
         return False
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor, rows_hint: int = 16) -> Linear:
-    """y = x W^T + b, with W pre-packed for oneDNN when the dtype is bf16 (~30% faster for a few rows).
+def _linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype, rows_hint: int = 16) -> Linear:
+    """y = x W^T + b for float32 (or bf16) x, with W stored as `dtype`. Every fast path falls back to F.linear.
 
-    torch.ops.mkldnn._linear_pointwise is what inductor's CPU freezing pass emits; it is a private op, so any
-    failure falls back to F.linear (same result). It can go once torch exposes weight pre-packing publicly.
+    - bfloat16: W pre-packed for oneDNN (~30% faster for a few rows). torch.ops.mkldnn._linear_pointwise is what
+      inductor's CPU freezing pass emits; it is a private op, so any failure falls back to F.linear.
+    - float16: fbgemm's fp16-weight GEMM (what quantize_dynamic(dtype=torch.float16) runs): half the bytes of
+      fp32 weights, fp32 activations and accumulation, on AVX2 too.
+    - qint8: fbgemm's dynamic int8 GEMM (what quantize_dynamic runs for nn.Linear): per-output-channel weight
+      scales, each call quantises its activations to uint8 by their range.
     """
-    if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+    if dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        weight, bias = weight.to(dtype), bias.to(dtype)
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
             probe = torch.zeros(1, weight.shape[1], dtype=weight.dtype)
@@ -68,11 +87,74 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor, rows_hint: int = 16) -> Li
             return packed_linear
         except (AttributeError, RuntimeError):
             pass
+    elif dtype in (torch.float16, torch.qint8):
+        weight, bias = weight.float(), bias.float()
+        try:
+            if dtype == torch.float16:
+                packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
+                run = torch.ops.quantized.linear_dynamic_fp16
+            else:
+                scales = (weight.abs().amax(dim=1).clamp_min(1e-12) / 127).double()  # (out,) symmetric, per row
+                zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+                with warnings.catch_warnings():  # quantised tensors are deprecated in favour of torchao (not here)
+                    warnings.simplefilter("ignore", UserWarning)
+                    quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+                packed = torch.ops.quantized.linear_prepack(quantized, bias)
+
+                def run(x: torch.Tensor, packed: Any) -> torch.Tensor:
+                    # reduce_range=False: 8-bit activations. 7 bits (fbgemm's guard against int16 overflow on
+                    # CPUs without VNNI) moved MiniLM's query embeddings further (cosine 0.968 vs 0.991 minimum).
+                    return torch.ops.quantized.linear_dynamic(x, packed, False)
+
+            run(torch.zeros(1, weight.shape[1]), packed)
+
+            def fbgemm_linear(x: torch.Tensor) -> torch.Tensor:
+                return run(x, packed)
+
+            return fbgemm_linear
+        except (AttributeError, RuntimeError, NotImplementedError):
+            pass
+    compute = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    weight, bias = weight.to(compute), bias.to(compute)
 
     def plain_linear(x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, bias)
 
     return plain_linear
+
+
+def default_dtype() -> torch.dtype:
+    """The weights' dtype of the fast path on this CPU: the fastest whose routing decisions match the reference.
+
+    bf16 where oneDNN has native bf16 instructions (AVX512-BF16/AMX); elsewhere (AVX2) DEFAULT_AVX2_DTYPE: emulated
+    bf16 is slower than fp32 there.
+    """
+    return torch.bfloat16 if _bf16_is_native() else DEFAULT_AVX2_DTYPE
+
+
+def _backend_tokenize(tokenizer: Any, max_length: int) -> Callable[[str], list[int]] | None:
+    """The Rust tokenizer behind a transformers fast tokenizer, set to truncate at max_length and never pad.
+
+    The same ids as tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for one text (special
+    tokens added by its post-processor), without transformers' per-call argument handling (~0.2 ms of ~0.27 ms).
+    A copy: the shared tokenizer's own settings stay as they are. None when there is no such backend.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_padding()
+        copy.enable_truncation(max_length)
+    except Exception:  # tokenizers raises its own exception types; any failure keeps the slow path
+        return None
+
+    def tokenize(text: str) -> list[int]:
+        return copy.encode(text).ids
+
+    return tokenize
 
 
 @dataclass(frozen=True)
@@ -89,8 +171,12 @@ class _BertEncoder:
     """The forward of transformers' BertModel for ONE unpadded sequence, eval mode, absolute positions."""
 
     def __init__(self, model: Any, dtype: torch.dtype) -> None:
+        """`dtype`: the linear layers' weights (see _linear); activations are bf16 for bf16 weights, else fp32."""
+        if dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"The query encoder's weights can be {', '.join(map(str, WEIGHT_DTYPES))}, not {dtype}.")
         config = model.config
-        state = {name: tensor.detach().to("cpu", dtype) for name, tensor in model.state_dict().items()}
+        compute = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        state = {name: tensor.detach().to("cpu", compute) for name, tensor in model.state_dict().items()}
         self.heads = int(config.num_attention_heads)
         self.dim = int(config.hidden_size)
         self.eps = float(config.layer_norm_eps)
@@ -113,11 +199,12 @@ class _BertEncoder:
                     qkv=_linear(
                         torch.cat([get(f"attention.self.{part}.weight") for part in parts]),  # (3D, D)
                         torch.cat([get(f"attention.self.{part}.bias") for part in parts]),  # (3D,)
+                        dtype,
                     ),
-                    out=_linear(get("attention.output.dense.weight"), get("attention.output.dense.bias")),
+                    out=_linear(get("attention.output.dense.weight"), get("attention.output.dense.bias"), dtype),
                     norm1=(get("attention.output.LayerNorm.weight"), get("attention.output.LayerNorm.bias")),
-                    up=_linear(get("intermediate.dense.weight"), get("intermediate.dense.bias")),
-                    down=_linear(get("output.dense.weight"), get("output.dense.bias")),
+                    up=_linear(get("intermediate.dense.weight"), get("intermediate.dense.bias"), dtype),
+                    down=_linear(get("output.dense.weight"), get("output.dense.bias"), dtype),
                     norm2=(get("output.LayerNorm.weight"), get("output.LayerNorm.bias")),
                 )
             )
@@ -138,16 +225,19 @@ class _BertEncoder:
         x = self.word[ids] + self.positions[:length]  # (T, D)
         x = F.layer_norm(x, (dim,), *self.norm0, self.eps)
         for layer in self.layers:
-            qkv = layer.qkv(x).view(length, 3, heads, dim // heads).permute(1, 2, 0, 3)  # (3, H, T, D/H)
-            attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (H, T, D/H); no mask: no padding
-            attended = attended.transpose(0, 1).reshape(length, dim)  # (T, D)
+            # 4-d (batch of 1): 3-d inputs make SDPA take its generic math path, ~2x slower here (~70 us a layer).
+            qkv = layer.qkv(x).view(1, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)  # (3, 1, H, T, D/H)
+            attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (1, H, T, D/H); no mask: no padding
+            attended = attended[0].transpose(0, 1).reshape(length, dim)  # (T, D)
             x = F.layer_norm(x + layer.out(attended), (dim,), *layer.norm1, self.eps)
             x = F.layer_norm(x + layer.down(F.gelu(layer.up(x))), (dim,), *layer.norm2, self.eps)
         return x.float()
 
 
 class QueryEmbedder:
-    """Embeds queries as the given SentenceEmbedder would (cosine >= 0.999), fast for one text at a time.
+    """Embeds queries as the given SentenceEmbedder would, fast for one text at a time.
+
+    Cosine to the reference: >= 0.9999 with fp32, bf16 or fp16 weights; ~0.995 (0.97 for an empty text) with int8.
 
     `.name` is the SentenceEmbedder's spec, so routing signatures computed with it match.
     """
@@ -173,10 +263,11 @@ class QueryEmbedder:
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()  # the cache is shared by the serving threads
         self._encoder: _BertEncoder | None = None
+        self._tokenize: Callable[[str], list[int]] = self._reference_tokenize
         if reference.device.type == "cpu" and _BertEncoder.supports(reference.model):
-            chosen = dtype or (torch.bfloat16 if _bf16_is_native() else torch.float32)
-            self._encoder = _BertEncoder(reference.model, chosen)
+            self._encoder = _BertEncoder(reference.model, dtype or default_dtype())
             self.max_length = min(self.max_length, self._encoder.max_positions)
+            self._tokenize = _backend_tokenize(reference.tokenizer, self.max_length) or self._reference_tokenize
 
     @classmethod
     def load(cls, spec: str | None = None, **options: Any) -> QueryEmbedder:
@@ -227,7 +318,7 @@ class QueryEmbedder:
     def _compute(self, text: str) -> torch.Tensor:
         if self._encoder is None:
             return self.reference.embed([text])[0]
-        ids = self.reference.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self._tokenize(text)
         with torch.inference_mode():
             hidden = self._encoder(torch.tensor(ids, dtype=torch.long))  # (T, D)
             if self.pooling == "cls":
@@ -239,6 +330,9 @@ class QueryEmbedder:
             vector = F.normalize(pooled, p=2, dim=-1)  # (D,)
         # inference_mode tensors cannot be used in autograd later; a plain clone keeps callers free.
         return vector.clone()
+
+    def _reference_tokenize(self, text: str) -> list[int]:
+        return list(self.reference.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
 
     def __repr__(self) -> str:
         mode = f"fast {self.dtype}" if self.fast else "reference"

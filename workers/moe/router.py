@@ -14,11 +14,14 @@ The caller (the web app, from its database) names the candidate experts; only th
 is registered.
 
 Routing a query:
-1. Embed it with the embedder the signatures were computed with (QueryEmbedder: 3-6 ms on 2 cores).
-2. Score every candidate: one matrix-vector product over the candidates' stacked centroids, a segment max per
-   expert (scatter_reduce amax: the cosine), then a segment log-sum-exp of the count-weighted, max-shifted
-   cosines (index_add of exp values: the ranking score). The stack is rebuilt lazily after a registration, never
-   per query.
+1. Embed it with the embedder the signatures were computed with (QueryEmbedder: 3-8 ms on 2 cores).
+2. Score every candidate: one matrix-vector product over the candidates' stacked centroids, the cosines laid out
+   (experts, most centroids) with -inf padding, a max per expert (the cosine) and a log-sum-exp of the
+   count-weighted, max-shifted cosines (the ranking score). The stack is rebuilt lazily after a registration, never
+   per query; the layout of a candidate list (a mixture sends the same list each time) is cached per stack.
+   From HALF_PRECISION_MIN_ROWS centroid rows on (~250 experts of 8), the product reads an fp16 copy of the
+   centroids (half the bytes: memory-bound), and the experts that could still be chosen or hold the best cosine
+   within fp16's error bound are scored again in float32, so every decision is the float32 one (see `_scores`).
 3. If the best cosine of any candidate is below `threshold` and `fallback_to_base`, the base model answers alone
    (the question is off every expert's topic). Otherwise the `top_k` best-ranked experts answer, weighted by a
    softmax of their ranking scores at `temperature`.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import threading
 import time
 from collections.abc import Sequence
@@ -114,7 +118,9 @@ class RoutingDecision:
     fallback: bool  # the base model answers alone
     # The best plain max cosine among the candidates, what `threshold` is compared with; None without known candidates.
     best_score: float | None
-    scores: list[tuple[str, float]]  # every known candidate's ranking score (soft max over centroids), best first
+    # Every known candidate's ranking score (soft max over centroids), best first. The chosen experts' are exact;
+    # with many centroid rows the others' are from fp16 centroids, within ~1e-5 (at most 2^-11) of float32.
+    scores: list[tuple[str, float]]
     unknown: list[str] = field(default_factory=list)  # candidate ids the router has no signature for
     threshold: float = 0.0  # the threshold the decision used (the UI draws it over the bars)
     embed_ms: float = 0.0
@@ -132,6 +138,54 @@ class RoutingDecision:
         }
 
 
+# At or above this many centroid rows, a query's cosines are first computed from a half-precision copy of the
+# centroids (half the bytes to read), and only the experts that could still change the decision are scored again
+# in float32 (`_scores`). Below it, float32 throughout is already cheap (~0.1 ms).
+HALF_PRECISION_MIN_ROWS = 2048
+PLAN_CACHE_SIZE = 32  # candidate lists remembered per registry snapshot (one per organisation's mixture, typically)
+
+
+def _pack_half(centroids: torch.Tensor) -> Any | None:
+    """fbgemm's fp16-weight matrix for y = x C^T: fp16 storage, fp32 inputs and accumulation; None if unavailable.
+
+    torch.ops.quantized.linear_dynamic_fp16 is what quantize_dynamic(dtype=torch.float16) runs; any failure keeps
+    the float32 path (same decisions, twice the bytes).
+    """
+    if centroids.shape[0] == 0:
+        return None
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(centroids, None)
+        torch.ops.quantized.linear_dynamic_fp16(centroids[:1], packed)
+        return packed
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+
+
+def _unpack_half(packed: Any, centroids: torch.Tensor) -> torch.Tensor:
+    """(C, D) float32 values of the fp16 copy, as fbgemm stored them (torch's rounding if it cannot say)."""
+    try:
+        return torch.ops.quantized.linear_unpack_fp16(packed)[0].float()
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return centroids.half().float()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to score one list of candidates against one snapshot: built once, reused by every query with that list."""
+
+    chosen: list[str]  # known candidates, de-duplicated, in the caller's order
+    unknown: list[str]  # candidates without a signature
+    positions: torch.Tensor  # (E_c,) the chosen experts' positions in the stack
+    rows: torch.Tensor | None  # (R,) their centroid rows in the stack; None: every row, in stack order
+    slots: torch.Tensor  # (R,) where each row's cosine goes in the flattened (E_c, K) padded layout
+    log_weights: torch.Tensor  # (E_c, K) log share of each centroid, -inf in the padding
+    slot_rows: torch.Tensor  # (E_c, K) the stack row of each slot of the padded layout (0 in the padding)
+    padding: torch.Tensor  # (E_c, K) True where an expert has no centroid
+    width: int  # K: the most centroids any chosen expert has
+    error: torch.Tensor  # (E_c,) per expert, the largest |c - half(c)|_2 of its rows (0 without the half copy)
+    half: bool  # score through the half-precision copy first
+
+
 @dataclass(frozen=True)
 class _Stack:
     """An immutable snapshot of the registry: queries read it without a lock while registrations build the next."""
@@ -142,6 +196,9 @@ class _Stack:
     log_weights: torch.Tensor  # (C,) log(n_c / N_e): each centroid's share of its expert's texts
     starts: torch.Tensor  # (E,) first row of each expert's block
     counts: torch.Tensor  # (E,) rows in each expert's block
+    packed_half: Any | None = None  # fbgemm fp16 copy of `centroids`, built when C >= HALF_PRECISION_MIN_ROWS
+    row_error: torch.Tensor | None = None  # (C,) |c - half(c)|_2 per row, the rounding the bound in _scores uses
+    plans: dict[tuple[str, ...], _Plan] = field(default_factory=dict)  # candidate list -> plan, bounded
 
 
 class Router:
@@ -215,15 +272,21 @@ class Router:
                 ids = list(self._signatures)
                 blocks = [self._signatures[expert_id] for expert_id in ids]
                 counts = torch.tensor([block.shape[0] for block in blocks], dtype=torch.long)  # (E,)
+                centroids = torch.cat(blocks) if blocks else torch.empty((0, self.embedder.dim))  # (C, D)
+                packed = _pack_half(centroids) if centroids.shape[0] >= HALF_PRECISION_MIN_ROWS else None
+                # What fp16 storage changes in each row: |cos_half - cos| <= |c - half(c)|_2 |q|_2 (Cauchy-Schwarz).
+                row_error = None if packed is None else (centroids - _unpack_half(packed, centroids)).norm(dim=-1)
                 self._stack = _Stack(
                     ids=ids,
                     index={expert_id: position for position, expert_id in enumerate(ids)},
-                    centroids=torch.cat(blocks) if blocks else torch.empty((0, self.embedder.dim)),  # (C, D)
+                    centroids=centroids,
                     log_weights=torch.cat([self._log_weights[expert_id] for expert_id in ids])
                     if blocks
                     else torch.empty((0,)),  # (C,)
                     starts=torch.cumsum(counts, 0) - counts,  # (E,)
                     counts=counts,
+                    packed_half=packed,
+                    row_error=row_error,
                 )
             return self._stack
 
@@ -247,13 +310,16 @@ class Router:
         if isinstance(candidates, str):
             raise TypeError("candidates is a sequence of expert ids, not one string.")
         stack = self._snapshot()
-        chosen: list[str] = []
-        unknown: list[str] = []
-        for expert_id in dict.fromkeys(candidates):  # de-duplicated, caller's order kept for ties
-            (chosen if expert_id in stack.index else unknown).append(expert_id)
+        plan = self._plan(stack, candidates)
+        chosen = plan.chosen
         if not chosen:
             return RoutingDecision(
-                experts=[], fallback=True, best_score=None, scores=[], unknown=unknown, threshold=settings.threshold
+                experts=[],
+                fallback=True,
+                best_score=None,
+                scores=[],
+                unknown=list(plan.unknown),
+                threshold=settings.threshold,
             )
         if embedding is None:
             raise ValueError("An embedding is needed to route among known candidates.")
@@ -263,12 +329,14 @@ class Router:
                 f"The query embedding has {query.shape[0]} values; the signatures have {stack.centroids.shape[1]}."
             )
 
-        positions = torch.tensor([stack.index[expert_id] for expert_id in chosen])  # (E_c,)
-        scores, cosines = self._scores(stack, positions, query, settings.centroid_temperature)  # (E_c,), (E_c,)
+        with torch.inference_mode():  # no autograd bookkeeping on the ~50 small tensor ops of a query
+            scores, cosines = self._scores(stack, plan, query, settings.centroid_temperature, settings.top_k)
         # Best first; a stable sort keeps the caller's order between equal scores.
-        order = torch.sort(scores, descending=True, stable=True).indices  # (E_c,)
+        ordered, order = torch.sort(scores, descending=True, stable=True)  # (E_c,), (E_c,)
         # One tolist() for all scores: indexing a tensor per element costs ~2 us each, 2 ms at 1,000 experts.
-        ranked = list(zip([chosen[position] for position in order.tolist()], scores[order].tolist(), strict=True))
+        positions = order.tolist()
+        names = operator.itemgetter(*positions)(chosen) if len(positions) > 1 else (chosen[positions[0]],)
+        ranked = list(zip(names, ordered.tolist(), strict=True))
         # The threshold asks whether the query is on any candidate's topic: the plain max cosine, not the ranking
         # score (which also depends on cluster sizes).
         best = float(cosines.max())
@@ -286,35 +354,110 @@ class Router:
             fallback=not experts,
             best_score=best,
             scores=ranked,
-            unknown=unknown,
+            unknown=list(plan.unknown),
             threshold=settings.threshold,
             score_ms=(time.perf_counter() - started) * 1000,
         )
 
-    @staticmethod
-    def _scores(
-        stack: _Stack, experts: torch.Tensor, query: torch.Tensor, centroid_temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ranking scores, max cosines) of `experts`: (E_c,) expert positions, (D,) query -> (E_c,), (E_c,).
+    def _plan(self, stack: _Stack, candidates: Sequence[str]) -> _Plan:
+        """The candidates' rows and padded layout in `stack`; cached, since a mixture sends the same list each time."""
+        key = tuple(candidates)
+        plan = stack.plans.get(key)
+        if plan is not None:
+            return plan
+        chosen: list[str] = []
+        unknown: list[str] = []
+        for expert_id in dict.fromkeys(key):  # de-duplicated, caller's order kept for ties
+            (chosen if expert_id in stack.index else unknown).append(expert_id)
+        positions = torch.tensor([stack.index[expert_id] for expert_id in chosen], dtype=torch.long)  # (E_c,)
+        counts = stack.counts[positions]  # (E_c,)
+        starts = torch.cumsum(counts, 0) - counts  # (E_c,)
+        total = int(counts.sum())
+        owner = torch.repeat_interleave(torch.arange(len(chosen)), counts)  # (R,) candidate of each row
+        within = torch.arange(total) - starts.repeat_interleave(counts)  # (R,) row's rank in its expert's block
+        rows = stack.starts[positions].repeat_interleave(counts) + within  # (R,) rows in the stack
+        width = int(counts.max()) if chosen else 0
+        slots = owner * width + within  # (R,)
+        log_weights = torch.full((len(chosen) * width,), -math.inf)
+        log_weights.index_copy_(0, slots, stack.log_weights.index_select(0, rows))
+        slot_rows = torch.zeros(len(chosen) * width, dtype=torch.long).index_copy_(0, slots, rows)
+        padding = torch.ones(len(chosen) * width, dtype=torch.bool).index_fill_(0, slots, False)
+        every = total == stack.centroids.shape[0] and bool(torch.equal(rows, torch.arange(total)))
+        half = stack.packed_half is not None and stack.row_error is not None and total * 2 >= stack.centroids.shape[0]
+        error = torch.zeros(len(chosen))  # (E_c,)
+        if half and stack.row_error is not None:
+            error = error.scatter_reduce(0, owner, stack.row_error.index_select(0, rows), reduce="amax")
+        plan = _Plan(
+            chosen=chosen,
+            unknown=unknown,
+            positions=positions,
+            rows=None if every else rows,
+            slots=slots,
+            log_weights=log_weights.view(len(chosen), width),
+            slot_rows=slot_rows.view(len(chosen), width),
+            padding=padding.view(len(chosen), width),
+            width=width,
+            error=error,
+            half=half,
+        )
+        with self._lock:  # bounded: a caller cycling through many lists only rebuilds plans, it never grows memory
+            if len(stack.plans) >= PLAN_CACHE_SIZE:
+                stack.plans.clear()
+            stack.plans[key] = plan
+        return plan
 
-        Ranking score: tau * log sum_c w_c exp(cos_c / tau) = m + tau * log sum_c exp(log w_c + (cos_c - m) / tau),
+    @staticmethod
+    def _soft_max(padded: torch.Tensor, log_weights: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ranking scores, max cosines) from (E, K) cosines, -inf where an expert has fewer than K centroids.
+
+        Ranking score: tau * log sum_c w_c exp(cos_c / tau) = m + tau * logsumexp_c(log w_c + (cos_c - m) / tau),
         m the expert's max cosine: every exponent is at most 0, so nothing overflows at small tau.
         """
-        counts = stack.counts[experts]  # (E_c,)
-        owner = torch.repeat_interleave(torch.arange(experts.shape[0]), counts)  # (R,) candidate of each row
-        first_of_block = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)  # (R,)
-        rows = torch.repeat_interleave(stack.starts[experts], counts) + (torch.arange(owner.shape[0]) - first_of_block)
-        if rows.shape[0] * 2 < stack.centroids.shape[0]:
-            cosines = stack.centroids.index_select(0, rows) @ query  # (R, D) @ (D,) -> (R,): a few of many experts
-        else:
-            cosines = (stack.centroids @ query).index_select(0, rows)  # (C,) -> (R,): no copy of most rows
-        best = torch.full((experts.shape[0],), -math.inf)  # (E_c,)
-        best = best.scatter_reduce(0, owner, cosines, reduce="amax", include_self=True)  # (E_c,)
-        if centroid_temperature == 0:
+        best = padded.amax(dim=1)  # (E,)
+        if tau == 0:
             return best, best
-        log_weights = stack.log_weights.index_select(0, rows)  # (R,)
-        terms = torch.exp(log_weights + (cosines - best.index_select(0, owner)) / centroid_temperature)  # (R,)
-        sums = torch.zeros(experts.shape[0]).index_add_(0, owner, terms)  # (E_c,), >= w of the nearest centroid
-        # Only a hand-made signature whose nearest centroid counts 0 texts could underflow to log(0) = -inf.
-        sums = sums.clamp_min(torch.finfo(sums.dtype).tiny)
-        return best + centroid_temperature * torch.log(sums), best
+        # Every exponent is <= 0 and the nearest centroid's term is its weight w > 0: no overflow, and a sum that
+        # underflows to 0 (only a hand-made signature whose nearest centroid counts 0 texts) is clamped.
+        sums = torch.exp((padded - best.unsqueeze(1)).div_(tau).add_(log_weights)).sum(dim=1)  # (E,)
+        return best + tau * sums.clamp_min_(torch.finfo(sums.dtype).tiny).log_(), best
+
+    @classmethod
+    def _scores(
+        cls, stack: _Stack, plan: _Plan, query: torch.Tensor, centroid_temperature: float, top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ranking scores, max cosines) of the plan's experts for a (D,) query -> (E_c,), (E_c,).
+
+        With the half-precision copy (many rows), every cosine is first computed from fp16 centroids. Each is then
+        off by at most e_r |q| (e_r = |c_r - half(c_r)|_2), and so is each expert's ranking score and max cosine
+        (both move by at most the largest change of their cosines). Every expert that could be among the top_k by
+        ranking score, or hold the best max cosine, within that bound is scored again in float32: the chosen
+        experts, their order and weights, and the threshold's cosine are the float32 ones. The other experts'
+        scores (what the UI draws below the chosen ones) keep the bounded error, ~1e-5 (at most ~5e-4).
+        """
+        count, centroids = plan.positions.shape[0], stack.centroids
+        if plan.half:
+            every = torch.ops.quantized.linear_dynamic_fp16(query.unsqueeze(0), stack.packed_half)[0]  # (C,)
+            cosines = every if plan.rows is None else every.index_select(0, plan.rows)  # (R,)
+        elif plan.rows is None:
+            cosines = centroids @ query  # (C,)
+        elif plan.rows.shape[0] * 2 < centroids.shape[0]:
+            cosines = centroids.index_select(0, plan.rows) @ query  # (R, D) @ (D,) -> (R,): a few of many experts
+        else:
+            cosines = (centroids @ query).index_select(0, plan.rows)  # (C,) -> (R,): no copy of most rows
+        flat = torch.full((count * plan.width,), -math.inf).index_copy_(0, plan.slots, cosines)
+        padded = flat.view(count, plan.width)  # (E_c, K)
+        scores, best = cls._soft_max(padded, plan.log_weights, centroid_temperature)
+        if not plan.half:
+            return scores, best
+        # 1e-6: fbgemm and torch sum the 384 products in different orders.
+        margin = plan.error * float(query.norm()) + 1e-6  # (E_c,)
+        lower = scores - margin
+        # At least top_k experts score this much or more.
+        floor = lower.max() if top_k == 1 else torch.topk(lower, min(top_k, count)).values[-1]
+        reach = float((best - margin).max())  # the best max cosine is at least this
+        unsure = torch.nonzero((scores + margin >= floor) | (best + margin >= reach)).squeeze(1)  # (U,)
+        rows = plan.slot_rows.index_select(0, unsure)  # (U, K)
+        exact = (centroids.index_select(0, rows.view(-1)) @ query).view(rows.shape)  # (U, K)
+        exact.masked_fill_(plan.padding.index_select(0, unsure), -math.inf)
+        exact_scores, exact_best = cls._soft_max(exact, plan.log_weights.index_select(0, unsure), centroid_temperature)
+        return scores.index_copy_(0, unsure, exact_scores), best.index_copy_(0, unsure, exact_best)

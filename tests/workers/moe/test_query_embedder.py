@@ -37,7 +37,10 @@ def test_it_matches_the_reference_embedder(reference: SentenceEmbedder) -> None:
     assert vectors.shape == expected.shape
     assert vectors.dtype == torch.float32
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(len(QUESTIONS)))
-    assert (vectors * expected).sum(dim=-1).min() >= 0.99
+    cosines = (vectors * expected).sum(dim=-1)
+    # int8 activations (the default where bf16 is not native) move short texts most: the empty one to ~0.97.
+    assert cosines.min() >= (0.95 if fast.dtype == torch.qint8 else 0.99)
+    assert cosines.median() >= 0.99
 
 
 def test_it_matches_the_reference_exactly_in_float32(reference: SentenceEmbedder) -> None:
@@ -85,3 +88,44 @@ def test_the_router_uses_it_for_a_sentence_embedder(reference: SentenceEmbedder)
 
     assert isinstance(router.embedder, QueryEmbedder)
     assert router.embedder.name == reference.name
+
+
+@pytest.mark.parametrize(
+    ("dtype", "min_cosine"),
+    [(torch.float32, 0.99999), (torch.float16, 0.9999), (torch.bfloat16, 0.999), (torch.qint8, 0.95)],
+)
+def test_each_weight_format_stays_close_to_the_reference(
+    reference: SentenceEmbedder, dtype: torch.dtype, min_cosine: float
+) -> None:
+    fast = QueryEmbedder(reference, cache_size=0, dtype=dtype)
+
+    cosines = (fast.embed(QUESTIONS) * reference.embed(QUESTIONS)).sum(dim=-1)
+
+    assert fast.dtype == dtype
+    assert cosines.min() >= min_cosine, cosines
+
+
+def test_it_rejects_a_weight_format_it_has_no_kernel_for(reference: SentenceEmbedder) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        QueryEmbedder(reference, dtype=torch.int32)
+
+
+def test_it_tokenizes_as_the_reference_tokenizer_does(reference: SentenceEmbedder) -> None:
+    texts = [*QUESTIONS, "word " * 1000, "日本語のテキスト 🙂\ttabs\nnewlines", "   "]
+    for max_length in (256, 16):
+        fast = QueryEmbedder(reference, cache_size=0, max_length=max_length)
+
+        for text in texts:
+            expected = reference.tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+            assert fast._tokenize(text) == expected, text
+    # The shared tokenizer keeps its own settings: the copy is the one set to truncate.
+    assert len(reference.tokenizer("word " * 1000, truncation=False)["input_ids"]) > 1000
+
+
+def test_it_picks_bf16_only_where_the_cpu_has_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.moe import query_embedder
+
+    monkeypatch.setattr(query_embedder, "_bf16_is_native", lambda: True)
+    assert query_embedder.default_dtype() == torch.bfloat16
+    monkeypatch.setattr(query_embedder, "_bf16_is_native", lambda: False)
+    assert query_embedder.default_dtype() == query_embedder.DEFAULT_AVX2_DTYPE

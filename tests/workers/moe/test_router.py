@@ -244,6 +244,10 @@ def test_it_documents_every_setting() -> None:
     assert all(spec.metadata.get("help") for spec in dataclasses.fields(RouterSettings))
 
 
+# fp16 rounds each centroid coordinate by at most 2^-11 of it: a cosine of unit vectors moves by at most that much.
+HALF_ERROR = 2**-11
+
+
 class RandomEncoder:
     name, dim = "fake:random", 32
 
@@ -278,10 +282,14 @@ def test_it_scores_1000_experts_by_max_cosine_as_a_naive_loop_does_at_centroid_t
         decision = router.route_embedding(query, candidates, settings)
 
         naive = {eid: max(float(torch.tensor(c) @ query) for c in signatures[eid].centroids) for eid in candidates}
-        assert dict(decision.scores) == pytest.approx(naive, abs=1e-5)
+        ranked = sorted(naive, key=lambda eid: -naive[eid])
+        # The chosen experts, their scores and the threshold's cosine are exact; the others' scores are within
+        # the fp16 copy's rounding when many rows are scored (HALF_PRECISION_MIN_ROWS).
+        assert [eid for eid, _ in decision.experts] == ranked[:3]
+        assert dict(decision.scores[:3]) == pytest.approx({eid: naive[eid] for eid in ranked[:3]}, abs=1e-5)
         assert decision.best_score == pytest.approx(max(naive.values()), abs=1e-5)
-        assert [eid for eid, _ in decision.scores] == sorted(naive, key=lambda eid: -naive[eid])
-        assert [eid for eid, _ in decision.experts] == sorted(naive, key=lambda eid: -naive[eid])[:3]
+        assert dict(decision.scores) == pytest.approx(naive, abs=HALF_ERROR)
+        assert sorted(eid for eid, _ in decision.scores) == sorted(naive)
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.02, 1.0])
@@ -297,9 +305,10 @@ def test_it_scores_1000_experts_by_the_soft_maximum_as_a_naive_loop_does(tau: fl
 
         cosines = {eid: [float(torch.tensor(c) @ query) for c in signatures[eid].centroids] for eid in candidates}
         naive = {eid: soft_max_score(cosines[eid], signatures[eid].counts, tau) for eid in candidates}
-        assert dict(decision.scores) == pytest.approx(naive, abs=1e-5)
         ranked = sorted(naive, key=lambda eid: -naive[eid])
-        assert [eid for eid, _ in decision.scores[:10]] == ranked[:10]
+        assert [eid for eid, _ in decision.scores[:3]] == ranked[:3]
+        assert dict(decision.scores[:3]) == pytest.approx({eid: naive[eid] for eid in ranked[:3]}, abs=1e-5)
+        assert dict(decision.scores) == pytest.approx(naive, abs=HALF_ERROR)
         assert [eid for eid, _ in decision.experts] == ranked[:3]
         # The threshold's number is the plain max cosine, whatever ranks first.
         assert decision.best_score == pytest.approx(max(max(values) for values in cosines.values()), abs=1e-5)
