@@ -479,7 +479,7 @@ def test_it_draws_the_heldout_points_on_the_same_axes(cast: Cast, corpus: Corpus
     assert '<polyline points="240.0,29.3 476.0,156.0" class="heldout-line"' in page
     assert '<circle cx="240.0" cy="29.3" r="3" class="heldout-dot">' in page
     assert '<circle cx="476.0" cy="156.0" r="3" class="heldout-dot">' in page
-    assert "dashed, with dots: held-out loss at evaluation points (last 1.0)" in page
+    assert "dashed, with dots: held-out cross-entropy per token at evaluation points (last 1.0;" in page
 
 
 def test_it_marks_a_single_heldout_evaluation_with_a_dot() -> None:
