@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -283,6 +283,23 @@ class ServedProcess:
         self.process = None
 
 
+Served = TypeVar("Served", bound=ServedProcess)
+
+
+def launch(kind: type[Served], env: dict[str, str], log_dir: Path, started: list[Served]) -> Served:
+    """Start one more `kind` server on a free port, logging to log_dir; `started` keeps it for stop_all."""
+    served = kind(port=free_port(), env=env, log=log_dir / f"{kind.__name__.lower()}-{len(started)}.log")
+    served.start()
+    started.append(served)
+    return served
+
+
+def stop_all(started: list[Served]) -> None:
+    for served in started:
+        if served.process is not None:
+            stop(served.process)
+
+
 class WebServer(ServedProcess):
     """`python -m uvicorn webapp.asgi:application`, on the test database."""
 
@@ -315,15 +332,10 @@ def web_server_factory(tmp_path: Path, transactional_db: None, settings: Any) ->
             "FIELD_ENCRYPTION_KEYS": ",".join(django_settings.FIELD_ENCRYPTION_KEYS),
             "UPLOAD_STALL_SECONDS": "2",
         }
-        server = WebServer(port=free_port(), env=env, log=tmp_path / f"web-{len(started)}.log")
-        server.start()
-        started.append(server)
-        return server
+        return launch(WebServer, env, tmp_path, started)
 
     yield start
-    for server in started:
-        if server.process is not None:
-            stop(server.process)
+    stop_all(started)
 
 
 def browser_for(base_url: str, user: Any) -> httpx.Client:
@@ -383,12 +395,7 @@ def engine_factory(tmp_path: Path) -> Iterator[Callable[[], EngineProcess]]:
             "HF_HUB_OFFLINE": "1",
             "TORCH_THREADS_ENGINE": "1",
         }
-        engine = EngineProcess(port=free_port(), env=env, log=tmp_path / f"engine-{len(started)}.log")
-        engine.start()
-        started.append(engine)
-        return engine
+        return launch(EngineProcess, env, tmp_path, started)
 
     yield start
-    for engine in started:
-        if engine.process is not None:
-            stop(engine.process)
+    stop_all(started)
