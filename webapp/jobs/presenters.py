@@ -80,18 +80,22 @@ def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = N
     step_span, loss_span = (last_step - first_step) or 1.0, (high - low) or 1.0
     inner_w, inner_h = LOSS_WIDTH - 2 * LOSS_PAD, LOSS_HEIGHT - 2 * LOSS_PAD
 
-    def points(series: list[tuple[float, float]]) -> str:
-        return " ".join(
-            f"{LOSS_PAD + (step - first_step) / step_span * inner_w:.1f},"
-            f"{LOSS_PAD + (high - loss) / loss_span * inner_h:.1f}"
+    def xy(series: list[tuple[float, float]]) -> list[list[str]]:
+        """SVG coordinates, one decimal, of each (step, loss)."""
+        return [
+            [
+                f"{LOSS_PAD + (step - first_step) / step_span * inner_w:.1f}",
+                f"{LOSS_PAD + (high - loss) / loss_span * inner_h:.1f}",
+            ]
             for step, loss in series
-        )
+        ]
 
+    held_xy = xy(held)
     return {
-        "points": points(rows),
-        "heldout_points": points(held) if held else "",
+        "points": " ".join(",".join(point) for point in xy(rows)),
+        "heldout_points": " ".join(",".join(point) for point in held_xy),
         # A dot per evaluation point as well: a run evaluated once has a single point, which no line shows.
-        "heldout_dots": [point.split(",") for point in points(held).split()] if held else [],
+        "heldout_dots": held_xy,
         "heldout_last": round(held[-1][1], 4) if held else None,
         "width": LOSS_WIDTH,
         "height": LOSS_HEIGHT,
