@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
 from django.contrib.auth import SESSION_KEY
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from tests.webapp.conftest import PASSWORD, Cast
+from tests.webapp.production import production_env
 from webapp.accounts.throttle import LoginThrottle
 from webapp.tenants.models import AuditEvent
 
@@ -226,17 +225,7 @@ def test_it_refuses_every_browser_post_without_a_csrf_token(cast: Cast) -> None:
 
 def _check_deploy(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "FIELD_ENCRYPTION_KEYS", "DEBUG"}}
-    env = {
-        **clean,
-        "DJANGO_SETTINGS_MODULE": "webapp.settings",
-        "DISTILLERY_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(64),
-        "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-        "ALLOWED_HOSTS": "distillery.example.com",
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/distillery",
-        "DATA_DIR": str(tmp_path),
-        **extra,
-    }
+    env = {**clean, "DJANGO_SETTINGS_MODULE": "webapp.settings", **production_env(tmp_path), **extra}
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=REPO_ROOT,

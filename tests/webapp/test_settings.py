@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.webapp.production import production_env
 from webapp.config_checks import production_problems
 from webapp.local_secrets import load_or_create_local_secrets
 
@@ -77,16 +78,7 @@ def test_it_refuses_to_start_production_with_debug_and_a_default_secret(tmp_path
 
 
 def test_it_starts_production_when_configured_safely(tmp_path: Path) -> None:
-    result = _import_settings(
-        {
-            "DISTILLERY_ENV": "production",
-            "SECRET_KEY": secrets.token_urlsafe(64),
-            "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            "ALLOWED_HOSTS": "distillery.example.com",
-            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/distillery",
-            "DATA_DIR": str(tmp_path),
-        }
-    )
+    result = _import_settings(production_env(tmp_path))
     assert result.returncode == 0, result.stderr
 
 
