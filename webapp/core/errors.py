@@ -13,6 +13,8 @@ thread opened, unless they are inside a transaction (a test's atomic block, or a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.db import connections
@@ -20,31 +22,21 @@ from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
 
-def _release_connections() -> None:
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close()
+def _releasing(page: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """`page`, then the connections its thread opened closed (outside a transaction)."""
+
+    @wraps(page)  # keeps the signature Django's URL checks inspect
+    def handler(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = page(request, *args, **kwargs)
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close()
+        return response
+
+    return handler
 
 
-def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    response = defaults.bad_request(request, exception)
-    _release_connections()
-    return response
-
-
-def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
-    response = defaults.permission_denied(request, exception)
-    _release_connections()
-    return response
-
-
-def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    response = defaults.page_not_found(request, exception)
-    _release_connections()
-    return response
-
-
-def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    response = defaults.server_error(request)
-    _release_connections()
-    return response
+bad_request = _releasing(defaults.bad_request)
+permission_denied = _releasing(defaults.permission_denied)
+page_not_found = _releasing(defaults.page_not_found)
+server_error = _releasing(defaults.server_error)
