@@ -15,10 +15,11 @@ is registered.
 
 Routing a query:
 1. Embed it with the embedder the signatures were computed with (QueryEmbedder: 3-8 ms on 2 cores).
-2. Score every candidate: one matrix-vector product over the candidates' stacked centroids, the cosines laid out
-   (experts, most centroids) with -inf padding, a max per expert (the cosine) and a log-sum-exp of the
-   count-weighted, max-shifted cosines (the ranking score). The stack is rebuilt lazily after a registration, never
-   per query; the layout of a candidate list (a mixture sends the same list each time) is cached per stack.
+2. Score every candidate: one matrix-vector product over the candidates' stacked centroids (torch), then, per
+   expert's block of rows, a max (the cosine) and a log-sum-exp of the count-weighted, max-shifted cosines (the
+   ranking score), as numpy reduceat over the blocks: ~10 array operations a query, where torch's per-op dispatch
+   and thread hand-offs cost more than the arithmetic. The stack is rebuilt lazily after a registration, never per
+   query; the rows and blocks of a candidate list (a mixture sends the same list each time) are cached per stack.
    From HALF_PRECISION_MIN_ROWS centroid rows on (~250 experts of 8), the product reads an fp16 copy of the
    centroids (half the bytes: memory-bound), and the experts that could still be chosen or hold the best cosine
    within fp16's error bound are scored again in float32, so every decision is the float32 one (see `_scores`).
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
 from workers.moe.query_embedder import QueryEmbedder
@@ -169,20 +171,59 @@ def _unpack_half(packed: Any, centroids: torch.Tensor) -> torch.Tensor:
         return centroids.half().float()
 
 
+def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(sum(counts),) the positions start, start+1, ... start+count-1 of each block, block after block."""
+    total = int(counts.sum())
+    offsets = np.cumsum(counts) - counts  # (B,) where each block begins in the output
+    return np.repeat(starts - offsets, counts) + np.arange(total, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Experts as consecutive blocks of centroid rows: what the soft maximum reduces over."""
+
+    starts: np.ndarray  # (E,) first row of each expert's block, in the rows being scored
+    owner: np.ndarray  # (R,) the expert of each row
+    log_weights: np.ndarray  # (R,) float64 log share of each centroid in its expert's texts (-inf for a zero count)
+
+    @classmethod
+    def of(cls, counts: np.ndarray, log_weights: np.ndarray) -> _Blocks:
+        return cls(
+            starts=np.cumsum(counts) - counts,
+            owner=np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts),
+            log_weights=log_weights,
+        )
+
+    def soft_max(self, cosines: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ranking scores, max cosines), float64 (E,) each, from the (R,) cosines of the blocks' rows.
+
+        Ranking score: tau * log sum_c w_c exp(cos_c / tau) = m + tau * log sum_c exp(log w_c + (cos_c - m) / tau),
+        m the expert's max cosine: every exponent is at most log w_c <= 0, so nothing overflows at small tau.
+        numpy's reduceat does the per-expert max and sum in one pass each, with none of torch's per-op dispatch and
+        thread hand-off (~10 us each on these sizes): the whole soft maximum of 1,000 experts costs ~0.1 ms.
+        """
+        cosines = cosines.astype(np.float64)
+        best = np.maximum.reduceat(cosines, self.starts)  # (E,)
+        if tau == 0:
+            return best, best
+        exponents = (cosines - best[self.owner]) / tau + self.log_weights  # (R,)
+        sums = np.add.reduceat(np.exp(exponents), self.starts)  # (E,)
+        # The nearest centroid's term is its weight w > 0, so a sum is 0 only for a hand-made signature whose
+        # nearest centroid counts 0 texts: clamped to the smallest normal float.
+        return best + tau * np.log(np.maximum(sums, np.finfo(np.float64).tiny)), best
+
+
 @dataclass(frozen=True)
 class _Plan:
     """How to score one list of candidates against one snapshot: built once, reused by every query with that list."""
 
     chosen: list[str]  # known candidates, de-duplicated, in the caller's order
     unknown: list[str]  # candidates without a signature
-    positions: torch.Tensor  # (E_c,) the chosen experts' positions in the stack
-    rows: torch.Tensor | None  # (R,) their centroid rows in the stack; None: every row, in stack order
-    slots: torch.Tensor  # (R,) where each row's cosine goes in the flattened (E_c, K) padded layout
-    log_weights: torch.Tensor  # (E_c, K) log share of each centroid, -inf in the padding
-    slot_rows: torch.Tensor  # (E_c, K) the stack row of each slot of the padded layout (0 in the padding)
-    padding: torch.Tensor  # (E_c, K) True where an expert has no centroid
-    width: int  # K: the most centroids any chosen expert has
-    error: torch.Tensor  # (E_c,) per expert, the largest |c - half(c)|_2 of its rows (0 without the half copy)
+    rows: np.ndarray | None  # (R,) the chosen experts' centroid rows in the stack, block by block; None: every row
+    row_index: torch.Tensor | None  # (R,) the same rows as a tensor, for gathering centroids
+    counts: np.ndarray  # (E_c,) centroid rows of each chosen expert
+    blocks: _Blocks  # the chosen experts' blocks within the R rows
+    error: np.ndarray  # (E_c,) per expert, the largest |c - half(c)|_2 of its rows (0 without the half copy)
     half: bool  # score through the half-precision copy first
 
 
@@ -193,11 +234,11 @@ class _Stack:
     ids: list[str]  # expert ids, in row-block order
     index: dict[str, int]  # expert id -> position in ids
     centroids: torch.Tensor  # (C, D) every expert's centroids, one contiguous block of rows per expert
-    log_weights: torch.Tensor  # (C,) log(n_c / N_e): each centroid's share of its expert's texts
-    starts: torch.Tensor  # (E,) first row of each expert's block
-    counts: torch.Tensor  # (E,) rows in each expert's block
+    log_weights: np.ndarray  # (C,) float64 log(n_c / N_e): each centroid's share of its expert's texts
+    starts: np.ndarray  # (E,) first row of each expert's block
+    counts: np.ndarray  # (E,) rows in each expert's block
     packed_half: Any | None = None  # fbgemm fp16 copy of `centroids`, built when C >= HALF_PRECISION_MIN_ROWS
-    row_error: torch.Tensor | None = None  # (C,) |c - half(c)|_2 per row, the rounding the bound in _scores uses
+    row_error: np.ndarray | None = None  # (C,) |c - half(c)|_2 per row, the rounding the bound in _scores uses
     plans: dict[tuple[str, ...], _Plan] = field(default_factory=dict)  # candidate list -> plan, bounded
 
 
@@ -208,7 +249,7 @@ class Router:
         # A corpus embedder (SentenceEmbedder) gets the fast single-query path in front of it.
         self.embedder: QueryEncoder = embedder if hasattr(embedder, "embed_one") else QueryEmbedder(embedder)
         self._signatures: dict[str, torch.Tensor] = {}  # id -> (k, D) unit centroids
-        self._log_weights: dict[str, torch.Tensor] = {}  # id -> (k,) log share of the expert's texts per centroid
+        self._log_weights: dict[str, np.ndarray] = {}  # id -> (k,) float64 log share of the expert's texts per centroid
         self._lock = threading.Lock()
         self._stack: _Stack | None = None  # None: rebuild before the next query
 
@@ -243,7 +284,7 @@ class Router:
             raise ValueError(f"Expert {expert_id!r} has a signature with negative counts.")
         if float(counts.sum()) <= 0:
             counts = torch.ones_like(counts)  # no counts recorded: every centroid weighs the same
-        log_weights = torch.log(counts / counts.sum()).float()  # (k,); a zero count: -inf, the centroid never ranks
+        log_weights = torch.log(counts / counts.sum()).numpy()  # (k,); a zero count: -inf, the centroid never ranks
         with self._lock:
             self._signatures[expert_id] = centroids
             self._log_weights[expert_id] = log_weights
@@ -271,19 +312,20 @@ class Router:
             if self._stack is None:
                 ids = list(self._signatures)
                 blocks = [self._signatures[expert_id] for expert_id in ids]
-                counts = torch.tensor([block.shape[0] for block in blocks], dtype=torch.long)  # (E,)
+                counts = np.array([block.shape[0] for block in blocks], dtype=np.int64)  # (E,)
                 centroids = torch.cat(blocks) if blocks else torch.empty((0, self.embedder.dim))  # (C, D)
                 packed = _pack_half(centroids) if centroids.shape[0] >= HALF_PRECISION_MIN_ROWS else None
                 # What fp16 storage changes in each row: |cos_half - cos| <= |c - half(c)|_2 |q|_2 (Cauchy-Schwarz).
-                row_error = None if packed is None else (centroids - _unpack_half(packed, centroids)).norm(dim=-1)
+                row_error = None
+                if packed is not None:
+                    row_error = (centroids - _unpack_half(packed, centroids)).norm(dim=-1).double().numpy()
+                log_weights = [self._log_weights[expert_id] for expert_id in ids]
                 self._stack = _Stack(
                     ids=ids,
                     index={expert_id: position for position, expert_id in enumerate(ids)},
-                    centroids=centroids,
-                    log_weights=torch.cat([self._log_weights[expert_id] for expert_id in ids])
-                    if blocks
-                    else torch.empty((0,)),  # (C,)
-                    starts=torch.cumsum(counts, 0) - counts,  # (E,)
+                    centroids=centroids.contiguous(),
+                    log_weights=np.concatenate(log_weights) if log_weights else np.empty((0,)),  # (C,)
+                    starts=np.cumsum(counts) - counts,  # (E,)
                     counts=counts,
                     packed_half=packed,
                     row_error=row_error,
@@ -323,32 +365,28 @@ class Router:
             )
         if embedding is None:
             raise ValueError("An embedding is needed to route among known candidates.")
-        query = embedding.reshape(-1).float()  # (D,)
+        query = embedding.detach().reshape(-1).float().contiguous()  # (D,)
         if query.shape[0] != stack.centroids.shape[1]:
             raise ValueError(
                 f"The query embedding has {query.shape[0]} values; the signatures have {stack.centroids.shape[1]}."
             )
 
-        with torch.inference_mode():  # no autograd bookkeeping on the ~50 small tensor ops of a query
-            scores, cosines = self._scores(stack, plan, query, settings.centroid_temperature, settings.top_k)
-        # Best first; a stable sort keeps the caller's order between equal scores.
-        ordered, order = torch.sort(scores, descending=True, stable=True)  # (E_c,), (E_c,)
-        # One tolist() for all scores: indexing a tensor per element costs ~2 us each, 2 ms at 1,000 experts.
+        scores, cosines = self._scores(stack, plan, query, settings.centroid_temperature, settings.top_k)
+        # Best first; a stable sort of the negated scores keeps the caller's order between equal scores.
+        order = np.argsort(-scores, kind="stable")  # (E_c,)
         positions = order.tolist()
         names = operator.itemgetter(*positions)(chosen) if len(positions) > 1 else (chosen[positions[0]],)
-        ranked = list(zip(names, ordered.tolist(), strict=True))
+        ranked = list(zip(names, scores[order].tolist(), strict=True))
         # The threshold asks whether the query is on any candidate's topic: the plain max cosine, not the ranking
         # score (which also depends on cluster sizes).
         best = float(cosines.max())
         if best < settings.threshold and settings.fallback_to_base:
             experts: list[tuple[str, float]] = []
         else:
-            top = order[: settings.top_k]  # (K,)
-            weights = torch.softmax(scores[top].double() / settings.temperature, dim=0)  # (K,)
-            experts = [
-                (chosen[position], float(weight))
-                for position, weight in zip(top.tolist(), weights.tolist(), strict=True)
-            ]
+            top = scores[order[: settings.top_k]]  # (K,) best first
+            weights = np.exp((top - top[0]) / settings.temperature)  # (K,) softmax, shifted by the largest
+            weights /= weights.sum()
+            experts = list(zip(names[: settings.top_k], weights.tolist(), strict=True))
         return RoutingDecision(
             experts=experts,
             fallback=not experts,
@@ -360,7 +398,7 @@ class Router:
         )
 
     def _plan(self, stack: _Stack, candidates: Sequence[str]) -> _Plan:
-        """The candidates' rows and padded layout in `stack`; cached, since a mixture sends the same list each time."""
+        """The candidates' rows and blocks in `stack`; cached, since a mixture sends the same list each time."""
         key = tuple(candidates)
         plan = stack.plans.get(key)
         if plan is not None:
@@ -369,34 +407,26 @@ class Router:
         unknown: list[str] = []
         for expert_id in dict.fromkeys(key):  # de-duplicated, caller's order kept for ties
             (chosen if expert_id in stack.index else unknown).append(expert_id)
-        positions = torch.tensor([stack.index[expert_id] for expert_id in chosen], dtype=torch.long)  # (E_c,)
+        positions = np.array([stack.index[expert_id] for expert_id in chosen], dtype=np.int64)  # (E_c,)
         counts = stack.counts[positions]  # (E_c,)
-        starts = torch.cumsum(counts, 0) - counts  # (E_c,)
-        total = int(counts.sum())
-        owner = torch.repeat_interleave(torch.arange(len(chosen)), counts)  # (R,) candidate of each row
-        within = torch.arange(total) - starts.repeat_interleave(counts)  # (R,) row's rank in its expert's block
-        rows = stack.starts[positions].repeat_interleave(counts) + within  # (R,) rows in the stack
-        width = int(counts.max()) if chosen else 0
-        slots = owner * width + within  # (R,)
-        log_weights = torch.full((len(chosen) * width,), -math.inf)
-        log_weights.index_copy_(0, slots, stack.log_weights.index_select(0, rows))
-        slot_rows = torch.zeros(len(chosen) * width, dtype=torch.long).index_copy_(0, slots, rows)
-        padding = torch.ones(len(chosen) * width, dtype=torch.bool).index_fill_(0, slots, False)
-        every = total == stack.centroids.shape[0] and bool(torch.equal(rows, torch.arange(total)))
-        half = stack.packed_half is not None and stack.row_error is not None and total * 2 >= stack.centroids.shape[0]
-        error = torch.zeros(len(chosen))  # (E_c,)
-        if half and stack.row_error is not None:
-            error = error.scatter_reduce(0, owner, stack.row_error.index_select(0, rows), reduce="amax")
+        rows = _block_rows(stack.starts[positions], counts)  # (R,) stack rows, block by block
+        every = rows.shape[0] == stack.centroids.shape[0] and bool(np.array_equal(rows, np.arange(rows.shape[0])))
+        half = (
+            stack.packed_half is not None
+            and stack.row_error is not None
+            and rows.shape[0] * 2 >= len(stack.log_weights)
+        )
+        blocks = _Blocks.of(counts, stack.log_weights[rows])
+        error = np.zeros(len(chosen))  # (E_c,)
+        if half and stack.row_error is not None and chosen:
+            error = np.maximum.reduceat(stack.row_error[rows], blocks.starts)
         plan = _Plan(
             chosen=chosen,
             unknown=unknown,
-            positions=positions,
             rows=None if every else rows,
-            slots=slots,
-            log_weights=log_weights.view(len(chosen), width),
-            slot_rows=slot_rows.view(len(chosen), width),
-            padding=padding.view(len(chosen), width),
-            width=width,
+            row_index=None if every else torch.from_numpy(rows),
+            counts=counts,
+            blocks=blocks,
             error=error,
             half=half,
         )
@@ -407,25 +437,24 @@ class Router:
         return plan
 
     @staticmethod
-    def _soft_max(padded: torch.Tensor, log_weights: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ranking scores, max cosines) from (E, K) cosines, -inf where an expert has fewer than K centroids.
-
-        Ranking score: tau * log sum_c w_c exp(cos_c / tau) = m + tau * logsumexp_c(log w_c + (cos_c - m) / tau),
-        m the expert's max cosine: every exponent is at most 0, so nothing overflows at small tau.
-        """
-        best = padded.amax(dim=1)  # (E,)
-        if tau == 0:
-            return best, best
-        # Every exponent is <= 0 and the nearest centroid's term is its weight w > 0: no overflow, and a sum that
-        # underflows to 0 (only a hand-made signature whose nearest centroid counts 0 texts) is clamped.
-        sums = torch.exp((padded - best.unsqueeze(1)).div_(tau).add_(log_weights)).sum(dim=1)  # (E,)
-        return best + tau * sums.clamp_min_(torch.finfo(sums.dtype).tiny).log_(), best
+    def _cosines(stack: _Stack, plan: _Plan, query: torch.Tensor) -> np.ndarray:
+        """(R,) float32 cosines of the query to the plan's rows: fp16 centroids when plan.half, else float32."""
+        centroids = stack.centroids
+        with torch.inference_mode():  # no autograd bookkeeping
+            if plan.half:
+                every = torch.ops.quantized.linear_dynamic_fp16(query.unsqueeze(0), stack.packed_half)[0]  # (C,)
+            elif plan.row_index is not None and plan.row_index.shape[0] * 2 < centroids.shape[0]:
+                return torch.mv(centroids.index_select(0, plan.row_index), query).numpy()  # a few of many experts
+            else:
+                every = torch.mv(centroids, query)  # (C,)
+            cosines = every.numpy()
+        return cosines if plan.rows is None else cosines[plan.rows]
 
     @classmethod
     def _scores(
         cls, stack: _Stack, plan: _Plan, query: torch.Tensor, centroid_temperature: float, top_k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ranking scores, max cosines) of the plan's experts for a (D,) query -> (E_c,), (E_c,).
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ranking scores, max cosines) of the plan's experts for a (D,) query -> (E_c,), (E_c,) float64.
 
         With the half-precision copy (many rows), every cosine is first computed from fp16 centroids. Each is then
         off by at most e_r |q| (e_r = |c_r - half(c_r)|_2), and so is each expert's ranking score and max cosine
@@ -434,30 +463,25 @@ class Router:
         experts, their order and weights, and the threshold's cosine are the float32 ones. The other experts'
         scores (what the UI draws below the chosen ones) keep the bounded error, ~1e-5 (at most ~5e-4).
         """
-        count, centroids = plan.positions.shape[0], stack.centroids
-        if plan.half:
-            every = torch.ops.quantized.linear_dynamic_fp16(query.unsqueeze(0), stack.packed_half)[0]  # (C,)
-            cosines = every if plan.rows is None else every.index_select(0, plan.rows)  # (R,)
-        elif plan.rows is None:
-            cosines = centroids @ query  # (C,)
-        elif plan.rows.shape[0] * 2 < centroids.shape[0]:
-            cosines = centroids.index_select(0, plan.rows) @ query  # (R, D) @ (D,) -> (R,): a few of many experts
-        else:
-            cosines = (centroids @ query).index_select(0, plan.rows)  # (C,) -> (R,): no copy of most rows
-        flat = torch.full((count * plan.width,), -math.inf).index_copy_(0, plan.slots, cosines)
-        padded = flat.view(count, plan.width)  # (E_c, K)
-        scores, best = cls._soft_max(padded, plan.log_weights, centroid_temperature)
+        scores, best = plan.blocks.soft_max(cls._cosines(stack, plan, query), centroid_temperature)
         if not plan.half:
             return scores, best
+        count = scores.shape[0]
         # 1e-6: fbgemm and torch sum the 384 products in different orders.
         margin = plan.error * float(query.norm()) + 1e-6  # (E_c,)
         lower = scores - margin
         # At least top_k experts score this much or more.
-        floor = lower.max() if top_k == 1 else torch.topk(lower, min(top_k, count)).values[-1]
-        reach = float((best - margin).max())  # the best max cosine is at least this
-        unsure = torch.nonzero((scores + margin >= floor) | (best + margin >= reach)).squeeze(1)  # (U,)
-        rows = plan.slot_rows.index_select(0, unsure)  # (U, K)
-        exact = (centroids.index_select(0, rows.view(-1)) @ query).view(rows.shape)  # (U, K)
-        exact.masked_fill_(plan.padding.index_select(0, unsure), -math.inf)
-        exact_scores, exact_best = cls._soft_max(exact, plan.log_weights.index_select(0, unsure), centroid_temperature)
-        return scores.index_copy_(0, unsure, exact_scores), best.index_copy_(0, unsure, exact_best)
+        kept = min(top_k, count)
+        floor = lower.max() if kept == 1 else np.partition(lower, count - kept)[count - kept]
+        reach = (best - margin).max()  # the best max cosine is at least this
+        unsure = np.flatnonzero((scores + margin >= floor) | (best + margin >= reach))  # (U,)
+        counts = plan.counts[unsure]  # (U,)
+        local = _block_rows(plan.blocks.starts[unsure], counts)  # their rows among the plan's R
+        rows = local if plan.rows is None else plan.rows[local]  # ... and in the stack
+        with torch.inference_mode():
+            exact = torch.mv(stack.centroids.index_select(0, torch.from_numpy(rows)), query).numpy()  # (U_R,)
+        exact_scores, exact_best = _Blocks.of(counts, plan.blocks.log_weights[local]).soft_max(
+            exact, centroid_temperature
+        )
+        scores[unsure], best[unsure] = exact_scores, exact_best
+        return scores, best

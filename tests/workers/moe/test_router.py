@@ -415,6 +415,20 @@ def test_it_treats_missing_counts_as_equal_and_rejects_negative_ones() -> None:
     assert not router.known("bad")
 
 
+def test_a_centroid_that_stands_for_no_text_counts_for_the_threshold_but_not_the_ranking() -> None:
+    router = Router(FakeEmbedder({"q": axis(0)}))
+    router.register("stray", signature(axis(0), axis(1), counts=[0, 10]))  # the query's own direction counts 0
+    router.register("steady", signature(axis(1, (0, 0.5)), counts=[5]))  # cosine 0.5 / sqrt(1.25) = 0.447
+
+    decision = router.route("q", ["stray", "steady"], RouterSettings(threshold=0.9))
+
+    scores = dict(decision.scores)
+    assert scores["stray"] == pytest.approx(0.0, abs=1e-6)  # only the orthogonal centroid ranks
+    assert scores["steady"] == pytest.approx(1 / math.sqrt(5), abs=1e-6)
+    assert decision.experts[0][0] == "steady"
+    assert decision.best_score == pytest.approx(1.0)  # ... yet the query is on the topic of a centroid
+
+
 @pytest.fixture(scope="module")
 def minilm_router() -> Router:
     from workers.ml.embedder import shared_embedder
