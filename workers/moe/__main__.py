@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-roots", default=_env("MODEL_ROOTS", ""), help="Comma-separated hf: directories.")
     parser.add_argument("--device", default=_env("INFERENCE_DEVICE", "auto"))
     parser.add_argument("--embedder", default=_env("MOE_EMBEDDER", "packaged:all-minilm-l6-v2"))
+    parser.add_argument(
+        "--query-weights", default=_env("MOE_QUERY_WEIGHTS", "auto"),
+        help="The router's query encoder weights: auto (int8 where the CPU has the kernel), int8, bf16 (CPUs with "
+        "native bf16), fp16 or fp32. bf16 and fp16 make the reference embedder's decisions exactly, int8 is faster.",
+    )  # fmt: skip
     parser.add_argument("--backend", choices=["local", "vllm"], default=_env("INFERENCE_BACKEND", "local"))
     parser.add_argument("--max-batch-size", type=int, default=int(_env("ENGINE_MAX_BATCH_SIZE", "16")))
     parser.add_argument(
@@ -57,6 +62,7 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, threading
     config = ServiceConfig(
         backend=args.backend,
         embedder=args.embedder,
+        query_weights=args.query_weights,
         vllm_url=args.vllm_url,
         vllm_model=args.vllm_model,
         vllm_api_key=_env("VLLM_API_KEY", "EMPTY"),
@@ -88,10 +94,12 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, threading
 
     def load_router() -> None:
         try:
-            from workers.moe.query_embedder import QueryEmbedder
+            from workers.moe.query_embedder import QueryEmbedder, weight_dtype
             from workers.moe.router import Router
 
-            service.routing = RoutingService(Router(QueryEmbedder.load(config.embedder)))
+            embedder = QueryEmbedder.load(config.embedder, dtype=weight_dtype(config.query_weights))
+            logger.info("router query path: %r", embedder)
+            service.routing = RoutingService(Router(embedder))
         except Exception:
             logger.exception("the router's embedder %s could not be loaded", config.embedder)
 
@@ -105,7 +113,14 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, threading
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from workers.moe.query_embedder import weight_dtype
+
+    try:
+        weight_dtype(args.query_weights)  # a typo stops the engine here, not later in its loader thread
+    except ValueError as error:
+        parser.error(f"--query-weights (MOE_QUERY_WEIGHTS): {error}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from workers.ml.device import configure_torch_threads
@@ -116,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Import the heavy modules here, before the loader thread starts: transformers' lazy module is not safe to
     # import from two threads at once (uvicorn's and the loader's; one gets an ImportError for a name that exists).
     import workers.moe.engine
-    import workers.moe.query_embedder
     import workers.moe.router  # noqa: F401
     from workers.moe.server import create_app
 

@@ -1,31 +1,34 @@
 """The router's query path: one short text in, one unit vector out, in a few milliseconds on 2 CPU cores.
 
 `SentenceEmbedder.embed` is built for corpora (sorting, padded batches, fp32 through transformers' BertModel) and
-costs ~9-13 ms for one question here. Measured on a 2-core AMD EPYC (avx512_bf16), p50 per short question:
+costs ~9-13 ms for one question here. This module runs the same BERT encoder as a ~40-line forward: no padding or
+attention mask for a single sequence, fused QKV projection, GELU fused into its matmul where oneDNN can, float32
+attention as two batched matmuls (SDPA's kernels cost more than the arithmetic for a few dozen tokens), no module
+dispatch, and the query tokenised by the Rust tokenizer directly (~0.07 ms instead of ~0.27 ms through
+transformers' call). Pooling, normalisation and truncation (256 tokens) are the reference's.
 
-    SentenceEmbedder.embed([q])                      ~9-11 ms  cosine 1.0 (the reference)
-    same model through a plain forward, fp32         ~8 ms     the fixed cost is reading 42 MB of fp32 weights
-    torch dynamic int8 (quantize_dynamic)            ~4.5 ms   cosine 0.95-0.98: activation quantisation hurts
-    int8 weight-only (_weight_int8pack_mm)           ~5 ms     cosine 0.9996, no faster than bf16
-    plain forward, bf16 weights (this module)        ~3.2 ms   cosine >= 0.9999 (2 threads, idle machine;
-                                                               ~5.5 ms on 1 thread beside another busy process)
+The linear layers' weights (`dtype`; `default_dtype()` when None), p50 per bench/route.py question, 2 threads,
+interleaved query by query on a 2-core AMD EPYC Zen 4 (avx512_bf16, avx512_vnni), 2026-11-29:
 
-So this module runs the same BERT encoder as a ~40-line forward: no padding or attention mask for a single
-sequence, fused QKV projection, no module dispatch, and the query tokenised by the Rust tokenizer directly (~0.07 ms
-instead of ~0.27 ms through transformers' call). Pooling, normalisation and truncation (256 tokens) are the
-reference's. The linear layers' weights (`dtype`, `default_dtype()`):
-- bf16, pre-packed for oneDNN, where the CPU has native bf16 (the table above);
-- elsewhere (AVX2 only, e.g. AMD EPYC Zen 3), emulated bf16 is 3-4x slower than fp32, so int8: fbgemm's dynamic
-  quantisation (int8 weights per output channel, activations quantised per call). Measured on a 2-core Zen 3 under
-  heavy load (1 torch thread, process CPU ms per query, interleaved; wall clock was 2-4x that):
-      fp32 16.5 ms, fp16 weights (fbgemm) 11.7 ms (cosine 1.00000), int8 7.8 ms (cosine median 0.9946, min 0.9885).
-  int8 routes bench/route.py's held-out questions as the reference does: top-1 95.1% either way, off-topic fallback
-  100% (reference 95.5%: one borderline question crossed the threshold), on-topic fallback 9.8% either way;
-  98% of the top-1 choices and 99% of the fallback decisions identical. fp16 weights (dtype=torch.float16) give the
-  reference's decisions exactly, at ~1.5x int8's time. The empty query moves most under int8 (cosine ~0.97).
-Truncating queries at 128 tokens was measured too: it saves nothing on ordinary questions (~15-40 tokens) and
-moves the embedding of a long pasted text far from the reference's (cosine ~0.9), so it is an option, not the
-default.
+    float32                                        ~9 ms     cosine 1.00000 to the reference
+    fp16 weights (fbgemm, fp32 activations)        ~5.2 ms   cosine 1.00000: the reference's decisions exactly
+    bf16 weights (oneDNN; only where native)       ~4.0 ms   cosine >= 0.9999: the reference's decisions exactly
+    int8 dynamic (fbgemm; the default)             ~3.4 ms   cosine median 0.995, min 0.992 (0.97 for "")
+
+int8: fbgemm's dynamic quantisation, int8 weights per output channel, activations quantised per call to 8 bits.
+It is the default wherever the kernel exists (every x86-64 CPU; AVX512-VNNI or not): the fastest on both CPUs this
+ran on (on a Zen 3 with AVX2 only, emulated bf16 is 3-4x slower than fp32 and int8 ~1.4x faster than fp16), the
+smallest (10.6 MB of weights instead of 21 for bf16, so more of the centroids stay in the cache beside it), and on
+1 thread (the engine's default beside the web process and the workers) ~1.35x faster than bf16. Its routing on
+bench/route.py's held-out questions: top-1 95.1% as with the reference, off-topic fallback 100% (reference 95.5%:
+one borderline question at cosine 0.27 crosses the threshold), on-topic fallback 9.8% either way; 98% of the
+top-1 choices and 99% of the fallback decisions identical. Where decisions must be the reference's exactly, ask
+for bf16 (CPUs with native bf16) or fp16 (`MOE_QUERY_WEIGHTS`). Also measured and dropped: int8 weight-only
+(`_weight_int8pack_mm`, no faster than bf16), 7-bit activations (`reduce_range`; cosine 0.968), oneDNN's int8
+linear (slower than fbgemm's for ~20 rows), torch.compile (fbgemm's packed weights break the graph; inductor
+failed on the bf16 one).
+Truncating queries at 128 tokens saves nothing on ordinary questions (~15-40 tokens) and moves the embedding of a
+long pasted text far from the reference's (cosine ~0.9), so it is an option, not the default.
 
 An LRU cache of recent queries' embeddings answers repeated questions (a playground retry, a client's identical
 system prompt) without a forward.
@@ -33,6 +36,7 @@ system prompt) without a forward.
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections import OrderedDict
@@ -53,7 +57,8 @@ DEFAULT_CACHE_SIZE = 1024
 Linear = Callable[[torch.Tensor], torch.Tensor]
 # What the encoder's linear layers can store their weights as (see _linear).
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.qint8)
-DEFAULT_AVX2_DTYPE = torch.qint8
+# The names operators use for them (MOE_QUERY_WEIGHTS); "auto" is default_dtype().
+WEIGHT_FORMATS = {"int8": torch.qint8, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _bf16_is_native() -> bool:
@@ -100,32 +105,9 @@ def _linear(
         except (AttributeError, RuntimeError):
             pass
     elif dtype in (torch.float16, torch.qint8):
-        weight, bias = weight.float(), bias.float()
-        try:
-            if dtype == torch.float16:
-                packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
-                run = torch.ops.quantized.linear_dynamic_fp16
-            else:
-                scales = (weight.abs().amax(dim=1).clamp_min(1e-12) / 127).double()  # (out,) symmetric, per row
-                zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-                with warnings.catch_warnings():  # quantised tensors are deprecated in favour of torchao (not here)
-                    warnings.simplefilter("ignore", UserWarning)
-                    quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-                packed = torch.ops.quantized.linear_prepack(quantized, bias)
-
-                def run(x: torch.Tensor, packed: Any) -> torch.Tensor:
-                    # reduce_range=False: 8-bit activations. 7 bits (fbgemm's guard against int16 overflow on
-                    # CPUs without VNNI) moved MiniLM's query embeddings further (cosine 0.968 vs 0.991 minimum).
-                    return torch.ops.quantized.linear_dynamic(x, packed, False)
-
-            run(torch.zeros(1, weight.shape[1]), packed)
-
-            def fbgemm_linear(x: torch.Tensor) -> torch.Tensor:
-                return run(x, packed)
-
+        fbgemm_linear = _fbgemm_linear(weight.float(), bias.float(), dtype)
+        if fbgemm_linear is not None:
             return _then_gelu(fbgemm_linear) if gelu else fbgemm_linear
-        except (AttributeError, RuntimeError, NotImplementedError):
-            pass
     compute = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     weight, bias = weight.to(compute), bias.to(compute)
 
@@ -135,6 +117,35 @@ def _linear(
     return _then_gelu(plain_linear) if gelu else plain_linear
 
 
+def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> Linear | None:
+    """fbgemm's (qnnpack's on ARM) dynamic linear with float32 weights stored as fp16 or int8; None without it."""
+    try:
+        if dtype == torch.float16:
+            packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
+            run = torch.ops.quantized.linear_dynamic_fp16
+        else:
+            scales = (weight.abs().amax(dim=1).clamp_min(1e-12) / 127).double()  # (out,) symmetric, per row
+            zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+            with warnings.catch_warnings():  # quantised tensors are deprecated in favour of torchao (not here)
+                warnings.simplefilter("ignore", UserWarning)
+                quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(quantized, bias)
+
+            def run(x: torch.Tensor, packed: Any) -> torch.Tensor:
+                # reduce_range=False: 8-bit activations. 7 bits (fbgemm's guard against int16 overflow on
+                # CPUs without VNNI) moved MiniLM's query embeddings further (cosine 0.968 vs 0.991 minimum).
+                return torch.ops.quantized.linear_dynamic(x, packed, False)
+
+        run(torch.zeros(1, weight.shape[1]), packed)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+
+    def fbgemm_linear(x: torch.Tensor) -> torch.Tensor:
+        return run(x, packed)
+
+    return fbgemm_linear
+
+
 def _then_gelu(linear: Linear) -> Linear:
     def linear_gelu(x: torch.Tensor) -> torch.Tensor:
         return F.gelu(linear(x))
@@ -142,13 +153,30 @@ def _then_gelu(linear: Linear) -> Linear:
     return linear_gelu
 
 
-def default_dtype() -> torch.dtype:
-    """The weights' dtype of the fast path on this CPU: the fastest whose routing decisions match the reference.
+@functools.cache
+def _int8_is_available() -> bool:
+    """Whether this torch build has the dynamic int8 linear kernel the int8 weights need."""
+    return _fbgemm_linear(torch.eye(2), torch.zeros(2), torch.qint8) is not None
 
-    bf16 where oneDNN has native bf16 instructions (AVX512-BF16/AMX); elsewhere (AVX2) DEFAULT_AVX2_DTYPE: emulated
-    bf16 is slower than fp32 there.
-    """
-    return torch.bfloat16 if _bf16_is_native() else DEFAULT_AVX2_DTYPE
+
+def default_dtype() -> torch.dtype:
+    """The weights' dtype of the fast path on this CPU: int8 where the kernel exists (the fastest; see the module's
+    docstring for what it changes), else bf16 where oneDNN has native bf16 instructions, else float32."""
+    if _int8_is_available():
+        return torch.qint8
+    return torch.bfloat16 if _bf16_is_native() else torch.float32
+
+
+def weight_dtype(name: str) -> torch.dtype | None:
+    """The dtype of a weight format's name (MOE_QUERY_WEIGHTS): int8, bf16, fp16, fp32, or auto (None)."""
+    key = name.strip().lower()
+    if key in ("", "auto"):
+        return None
+    if key not in WEIGHT_FORMATS:
+        raise ValueError(f"Query weights can be auto, {', '.join(WEIGHT_FORMATS)}; not {name!r}.")
+    if WEIGHT_FORMATS[key] == torch.bfloat16 and not _bf16_is_native():
+        raise ValueError("bf16 query weights need a CPU with native bf16 (AVX512-BF16 or AMX); use fp16 for exact.")
+    return WEIGHT_FORMATS[key]
 
 
 def _backend_tokenize(tokenizer: Any, max_length: int) -> Callable[[str], list[int]] | None:

@@ -45,6 +45,13 @@ class ServiceConfig:
         default="packaged:all-minilm-l6-v2",
         metadata={"help": "The platform embedder: the one that made the experts' routing signatures."},
     )
+    query_weights: str = field(
+        default="auto",
+        metadata={
+            "help": "The router's query encoder weights (workers/moe/query_embedder.py): auto (int8 where the CPU "
+            "has the kernel), int8, bf16, fp16 or fp32."
+        },
+    )
     vllm_url: str = field(default="", metadata={"help": "vLLM's OpenAI base URL, e.g. http://gpu-host:8000/v1."})
     vllm_model: str = field(default="", metadata={"help": "The base model name vLLM serves (`model` for base)."})
     vllm_api_key: str = field(default="EMPTY", metadata={"help": "API key vLLM expects (--api-key), if any."})

@@ -38,7 +38,7 @@ def test_it_matches_the_reference_embedder(reference: SentenceEmbedder) -> None:
     assert vectors.dtype == torch.float32
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(len(QUESTIONS)))
     cosines = (vectors * expected).sum(dim=-1)
-    # int8 activations (the default where bf16 is not native) move short texts most: the empty one to ~0.97.
+    # int8 activations (the default where the kernel exists) move short texts most: the empty one to ~0.97.
     assert cosines.min() >= (0.95 if fast.dtype == torch.qint8 else 0.99)
     assert cosines.median() >= 0.99
 
@@ -122,10 +122,33 @@ def test_it_tokenizes_as_the_reference_tokenizer_does(reference: SentenceEmbedde
     assert len(reference.tokenizer("word " * 1000, truncation=False)["input_ids"]) > 1000
 
 
-def test_it_picks_bf16_only_where_the_cpu_has_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_it_picks_int8_where_the_kernel_exists_then_native_bf16_then_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.moe import query_embedder
+
+    for int8, bf16, expected in [
+        (True, True, torch.qint8),
+        (True, False, torch.qint8),
+        (False, True, torch.bfloat16),
+        (False, False, torch.float32),
+    ]:
+        monkeypatch.setattr(query_embedder, "_int8_is_available", lambda int8=int8: int8)
+        monkeypatch.setattr(query_embedder, "_bf16_is_native", lambda bf16=bf16: bf16)
+        assert query_embedder.default_dtype() == expected
+
+
+def test_it_names_the_weight_formats_an_operator_can_ask_for(monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.moe import query_embedder
 
     monkeypatch.setattr(query_embedder, "_bf16_is_native", lambda: True)
-    assert query_embedder.default_dtype() == torch.bfloat16
+    assert [query_embedder.weight_dtype(name) for name in ("auto", "INT8", " bf16", "fp16", "fp32")] == [
+        None,
+        torch.qint8,
+        torch.bfloat16,
+        torch.float16,
+        torch.float32,
+    ]
+    with pytest.raises(ValueError, match="int8, bf16, fp16, fp32"):
+        query_embedder.weight_dtype("int4")
     monkeypatch.setattr(query_embedder, "_bf16_is_native", lambda: False)
-    assert query_embedder.default_dtype() == query_embedder.DEFAULT_AVX2_DTYPE
+    with pytest.raises(ValueError, match="native bf16"):
+        query_embedder.weight_dtype("bf16")  # emulated bf16 is slower than fp32: refused, fp16 suggested
