@@ -14,7 +14,7 @@ The caller (the web app, from its database) names the candidate experts; only th
 is registered.
 
 Routing a query:
-1. Embed it with the embedder the signatures were computed with (QueryEmbedder: 3-8 ms on 2 cores).
+1. Embed it with the embedder the signatures were computed with (QueryEmbedder: ~3-4 ms on 2 cores).
 2. Score every candidate: one matrix-vector product over the candidates' stacked centroids (torch), then, per
    expert's block of rows, a max (the cosine) and a log-sum-exp of the count-weighted, max-shifted cosines (the
    ranking score), as numpy reduceat over the blocks: ~10 array operations a query, where torch's per-op dispatch
