@@ -55,6 +55,27 @@ def verdicts(version: CorpusVersion) -> dict[str, tuple[str, str]]:
     return {entry.file.name: (entry.verdict, entry.message) for entry in version.version_files.select_related("file")}
 
 
+def test_it_holds_out_about_the_fraction_of_chunks_even_with_a_few_uneven_files(
+    corpus: Corpus, django_capture_on_commit_callbacks: Any
+) -> None:
+    # Most of the text, and first in the split's hash order: the old rule (one document in ten, at least one) held
+    # out exactly this file.
+    add(corpus, "manual.md", document("Manual", paragraphs=60))
+    for topic in ("Leave", "Travel", "Expenses", "Security"):
+        add(corpus, f"{topic.lower()}.txt", document(topic, paragraphs=3))
+    version = queue_ingest(corpus, django_capture_on_commit_callbacks)
+
+    ingest_corpus_version(version.pk)
+
+    version.refresh_from_db()
+    assert version.status == CorpusVersion.Status.READY, version.error
+    heldout = set(Document.objects.filter(version=version, split="heldout").values_list("name", flat=True))
+    assert len(heldout) == 1
+    assert "manual.md" not in heldout  # one small file, not most of the corpus
+    assert 0 < version.stats["heldout_share"] <= version.config["heldout_fraction"]
+    assert version.stats["heldout_chunks"] == Chunk.objects.filter(version=version, split="heldout").count()
+
+
 def test_it_ingests_mixed_files_into_a_ready_version_with_per_file_verdicts(
     corpus: Corpus, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.ml.ingest.split import heldout_documents
+
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
 
@@ -75,12 +77,12 @@ class CorpusSnapshot:
 def split_by_document(
     documents: Sequence[tuple[str, Sequence[str]]], heldout_fraction: float, seed: int = 0, name: str = "corpus"
 ) -> CorpusSnapshot:
-    """Deterministically hold out whole documents (by a seeded hash of their id), at least one when possible."""
-    ranked = sorted(documents, key=lambda doc: hashlib.sha256(f"{seed}:{doc[0]}".encode()).hexdigest())
-    heldout_count = round(len(ranked) * heldout_fraction)
-    if heldout_fraction > 0 and len(ranked) > 1:
-        heldout_count = min(max(heldout_count, 1), len(ranked) - 1)
-    heldout_ids = {doc_id for doc_id, _ in ranked[:heldout_count]}
+    """Deterministically hold out whole documents, about `heldout_fraction` of the chunks (the ingest pipeline's
+    rule, workers.ml.ingest.split): at least one document when there are two or more, never all."""
+    sizes: dict[str, int] = {}
+    for doc_id, chunks in documents:
+        sizes[doc_id] = sizes.get(doc_id, 0) + len(chunks)
+    heldout_ids = heldout_documents([doc_id for doc_id, _ in documents], heldout_fraction, seed, sizes=sizes)
     train: list[Chunk] = []
     heldout: list[Chunk] = []
     for doc_id, chunks in documents:
