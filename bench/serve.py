@@ -17,6 +17,7 @@ Methods (tokens/s = requests x max_tokens / wall seconds; loading models and exp
     .venv/bin/python bench/serve.py                # SmolLM2-135M-Instruct (the default base)
     .venv/bin/python bench/serve.py --requests 32 --max-tokens 16 --experts 8 100
     .venv/bin/python bench/serve.py --only-ours --repeats 3   # our three sides only (serve-ours.json)
+    .venv/bin/python bench/serve.py --only-ours --threads 1   # as the engine runs by default (1 torch thread)
 
 Results: bench/results/serve.json (serve-quick.json with --quick).
 """
@@ -254,8 +255,16 @@ def main() -> None:
     parser.add_argument("--only-ours", action="store_true", help="skip the PEFT and HF generate sides (fast)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each of our methods; the fastest is kept")
     parser.add_argument("--cache-dir", type=Path, default=None, help="model cache (default var/test-model-cache)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default, one per core; 1: the engine's default, TORCH_THREADS_ENGINE)",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     args.base = args.base or ("tiny:llama-4l" if args.quick else "packaged:smollm2-135m-instruct")
     args.cache_dir = args.cache_dir or Path(
         os.environ.get("DISTILLERY_TEST_MODEL_CACHE", REPO_ROOT / "var/test-model-cache")
