@@ -20,9 +20,10 @@ It is the default wherever the kernel exists (every x86-64 CPU; AVX512-VNNI or n
 ran on (on a Zen 3 with AVX2 only, emulated bf16 is 3-4x slower than fp32 and int8 ~1.4x faster than fp16), the
 smallest (10.6 MB of weights instead of 21 for bf16, so more of the centroids stay in the cache beside it), and on
 1 thread (the engine's default beside the web process and the workers) ~1.35x faster than bf16. Its routing on
-bench/route.py's held-out questions: top-1 95.1% as with the reference, off-topic fallback 100% (reference 95.5%:
-one borderline question at cosine 0.27 crosses the threshold), on-topic fallback 9.8% either way; 98% of the
-top-1 choices and 99% of the fallback decisions identical. Where decisions must be the reference's exactly, ask
+bench/route.py's held-out questions: top-1 95.1% as with the reference on both CPUs; a borderline question can
+cross the fallback threshold either way (Zen 3: off-topic fallback 100% against the reference's 95.5%; Zen 4:
+on-topic fallback 11.0% against 9.8%); 97-99% of the top-1 and fallback decisions identical to the reference's
+(docs/benchmarks.md). Where decisions must be the reference's exactly, ask
 for bf16 (CPUs with native bf16) or fp16 (`MOE_QUERY_WEIGHTS`). Also measured and dropped: int8 weight-only
 (`_weight_int8pack_mm`, no faster than bf16), 7-bit activations (`reduce_range`; cosine 0.968), oneDNN's int8
 linear (slower than fbgemm's for ~20 rows), torch.compile (fbgemm's packed weights break the graph; inductor

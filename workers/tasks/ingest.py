@@ -17,6 +17,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -28,7 +29,6 @@ from celery import shared_task
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from webapp.corpora.models import Chunk, Corpus, CorpusVersion, Document, Example, VersionFile
@@ -264,16 +264,15 @@ def _member(report: FileReport) -> dict[str, Any]:
 def _split_and_stats(version: CorpusVersion, attempt: int, dropped_chunks: int, seconds: float) -> None:
     documents = list(Document.objects.filter(version=version).values_list("pk", "name"))
     # The split key is the document's name (path in the upload): the same files split the same way every time.
+    chunks = list(Chunk.objects.filter(version=version).values_list("document_id", "tokens"))
+    tokens = [count for _, count in chunks]
     # Weighed by chunks, so the held-out share of the text is about the fraction even with a few uneven files.
-    chunk_counts = dict(
-        Chunk.objects.filter(version=version).values_list("document_id").annotate(count=Count("id")).order_by()
-    )
-    sizes: dict[str, int] = {}
+    chunk_counts = Counter(document_id for document_id, _ in chunks)
+    sizes: Counter[str] = Counter()
     for pk, name in documents:
-        sizes[name] = sizes.get(name, 0) + chunk_counts.get(pk, 0)
+        sizes[name] += chunk_counts[pk]
     heldout_names = heldout_documents([name for _, name in documents], version.config["heldout_fraction"], sizes=sizes)
     heldout_ids = [pk for pk, name in documents if name in heldout_names]
-    tokens = list(Chunk.objects.filter(version=version).values_list("tokens", flat=True))
     sample = list(Chunk.objects.filter(version=version).order_by("?").values_list("text", flat=True)[:200])
     languages = detect_languages(sample)
     with transaction.atomic():
