@@ -79,6 +79,16 @@ ensure_venv() {
 
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# "HOST PORT" of a service URL (scheme://[user[:password]@]host[:port][/path][?query]): 127.0.0.1 when it names
+# no host (a Unix socket), the default port $2 when it names none.
+url_host_port() {
+  local hostport="${1#*://}" host port
+  hostport="${hostport%%/*}"; hostport="${hostport%%\?*}"; hostport="${hostport##*@}"
+  host="${hostport%%:*}"; host="${host:-127.0.0.1}"
+  port="${hostport##*:}"; [ "$port" != "$hostport" ] && [ -n "$port" ] || port="$2"
+  echo "$host $port"
+}
+
 # A subshell body: `exec` with only redirections would otherwise apply them (2>/dev/null included) to the caller.
 redis_answers() (
   host="$1" port="$2" reply=""
@@ -91,11 +101,8 @@ redis_answers() (
 
 ensure_redis() {
   # The Redis that REDIS_URL names (default 127.0.0.1:6379): started when none answers there and it is local.
-  local hostport host port
-  hostport="${REDIS_URL:-redis://127.0.0.1:6379/0}"
-  hostport="${hostport#*://}"; hostport="${hostport##*@}"; hostport="${hostport%%/*}"
-  host="${hostport%%:*}"; host="${host:-127.0.0.1}"
-  port="${hostport##*:}"; [ "$port" != "$hostport" ] || port=6379
+  local host port
+  read -r host port <<< "$(url_host_port "${REDIS_URL:-redis://127.0.0.1:6379/0}" 6379)"
   if redis_answers "$host" "$port"; then return 0; fi
   case "$host" in
     127.0.0.1 | localhost) ;;
@@ -115,23 +122,30 @@ ensure_redis() {
   die "Redis did not start; see $dir/redis-$port.log"
 }
 
-postgres_answers() { tcp_open 127.0.0.1 5432 && { ! command -v pg_isready >/dev/null || pg_isready -q -h 127.0.0.1 -p 5432; }; }
+postgres_answers() { tcp_open "$1" "$2" && { ! command -v pg_isready >/dev/null || pg_isready -q -h "$1" -p "$2"; }; }
 
 ensure_postgres() {
-  # PostgreSQL on 127.0.0.1:5432, installed from Debian's packages on a fresh machine.
-  if postgres_answers; then return 0; fi
+  # The PostgreSQL that DATABASE_URL names (default 127.0.0.1:5432). When none answers at the local default, it is
+  # installed from Debian's packages and started; another host or port is the operator's to start.
+  local host port
+  read -r host port <<< "$(url_host_port "${DATABASE_URL:-postgres://127.0.0.1:5432/}" 5432)"
+  if postgres_answers "$host" "$port"; then return 0; fi
+  case "$host:$port" in
+    127.0.0.1:5432 | localhost:5432) ;;
+    *) die "PostgreSQL at $host:$port (DATABASE_URL) does not answer. Start it there, or unset TEST_DATABASE_URL to use a local one on 127.0.0.1:5432." ;;
+  esac
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
     apt_install postgresql || die "PostgreSQL is not running and cannot be installed here (needs root and apt-get). Start one and set DATABASE_URL."
   fi
   local version
   version="$(ls /etc/postgresql | sort -V | tail -n1)"
   # The package's install scripts may have started it already.
-  if ! postgres_answers; then
+  if ! postgres_answers 127.0.0.1 5432; then
     say "Starting PostgreSQL $version"
     pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
       || pg_ctlcluster "$version" main start || die "Could not start PostgreSQL $version."
-    for _ in $(seq 1 100); do postgres_answers && break; sleep 0.1; done
-    postgres_answers || die "PostgreSQL did not start."
+    for _ in $(seq 1 100); do postgres_answers 127.0.0.1 5432 && break; sleep 0.1; done
+    postgres_answers 127.0.0.1 5432 || die "PostgreSQL did not start."
   fi
   # A fresh Debian cluster asks for a password over TCP: give the postgres role the one our URL uses.
   if is_root; then
