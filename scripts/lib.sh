@@ -155,9 +155,16 @@ ensure_postgres() {
 
 CHROMIUM="${DISTILLERY_CHROMIUM:-/usr/bin/chromium}"
 
+chromium_runs() { [ -x "$CHROMIUM" ] && timeout 30 "$CHROMIUM" --version >/dev/null 2>&1; }
+
 ensure_chromium() {
   # Debian's chromium for the browser tests (tests/browser/): Playwright drives it through executable_path, so no
   # browser download (`playwright install`) is needed.
-  if [ -x "$CHROMIUM" ]; then return 0; fi
-  apt_install chromium || die "Chromium ($CHROMIUM) is missing and cannot be installed here (needs root and apt-get). Install Debian's chromium package, set DISTILLERY_CHROMIUM to another Chromium, or skip the tier: scripts/test.sh -m 'not browser'."
+  if chromium_runs; then return 0; fi
+  if [ ! -x "$CHROMIUM" ]; then
+    apt_install chromium || die "Chromium ($CHROMIUM) is missing and cannot be installed here (needs root and apt-get). Install Debian's chromium package, set DISTILLERY_CHROMIUM to another Chromium, or skip the tier: scripts/test.sh -m 'not browser'."
+  fi
+  # Ubuntu's chromium package is a stub that installs a snap, which a container cannot run: say so here rather
+  # than let the browser tests fail on a browser that never starts.
+  chromium_runs || die "$CHROMIUM is installed but does not run (\`$CHROMIUM --version\` fails; on Ubuntu the chromium package only installs a snap). Set DISTILLERY_CHROMIUM to a Chromium that runs, or skip the tier: scripts/test.sh -m 'not browser'."
 }

@@ -57,3 +57,12 @@ def test_it_refuses_to_start_a_postgres_that_the_database_url_puts_elsewhere() -
     assert result.returncode != 0
     assert "PostgreSQL at 127.0.0.1:1 (DATABASE_URL) does not answer" in result.stderr
     assert "Starting PostgreSQL" not in result.stdout + result.stderr
+
+
+def test_it_names_a_chromium_that_is_installed_but_does_not_run() -> None:
+    # As Ubuntu's chromium package (a snap installer stub) does in a container: executable, but it never starts.
+    result = _lib("ensure_chromium", DISTILLERY_CHROMIUM="/bin/false")
+
+    assert result.returncode != 0
+    assert "/bin/false is installed but does not run" in result.stderr
+    assert "-m 'not browser'" in result.stderr
