@@ -171,11 +171,15 @@ def _unpack_half(packed: Any, centroids: torch.Tensor) -> torch.Tensor:
         return centroids.half().float()
 
 
+def _block_starts(counts: np.ndarray) -> np.ndarray:
+    """(B,) where each block begins when blocks of `counts` rows are laid out one after another."""
+    return np.cumsum(counts) - counts
+
+
 def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(sum(counts),) the positions start, start+1, ... start+count-1 of each block, block after block."""
     total = int(counts.sum())
-    offsets = np.cumsum(counts) - counts  # (B,) where each block begins in the output
-    return np.repeat(starts - offsets, counts) + np.arange(total, dtype=np.int64)
+    return np.repeat(starts - _block_starts(counts), counts) + np.arange(total, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class _Blocks:
     @classmethod
     def of(cls, counts: np.ndarray, log_weights: np.ndarray) -> _Blocks:
         return cls(
-            starts=np.cumsum(counts) - counts,
+            starts=_block_starts(counts),
             owner=np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts),
             log_weights=log_weights,
         )
@@ -325,7 +329,7 @@ class Router:
                     index={expert_id: position for position, expert_id in enumerate(ids)},
                     centroids=centroids.contiguous(),
                     log_weights=np.concatenate(log_weights) if log_weights else np.empty((0,)),  # (C,)
-                    starts=np.cumsum(counts) - counts,  # (E,)
+                    starts=_block_starts(counts),  # (E,)
                     counts=counts,
                     packed_half=packed,
                     row_error=row_error,
