@@ -31,6 +31,13 @@ RUN groupadd --system --gid 10001 distillery \
 
 WORKDIR /app
 
+# 0. A C/C++ compiler: torch.compile needs one at run time (inductor's CPU kernels are C++; triton builds a
+#    small C launcher for its GPU kernels). Training compiles the student's layers where it pays
+#    (workers/ml/distill/regional_compile.py) and falls back to eager layers without a compiler.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 # 1. torch, exactly the pinned version, from the chosen (CPU or CUDA) index.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}" \
     && python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '2.13.0', f'torch {v} is not 2.13.0'"

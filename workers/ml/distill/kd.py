@@ -102,7 +102,12 @@ def kd_loss(
 
     def loss(model: Any, batch: PackedBatch) -> LossParts:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (B,T,V)
-        common = {"alpha": settings.alpha, "temperature": settings.temperature, "kind": settings.divergence}
+        common = {
+            "alpha": settings.alpha,
+            "temperature": settings.temperature,
+            "kind": settings.divergence,
+            "positions": batch.label_count,
+        }
         if cache is not None:
             values, ids, tail = (tensor.to(logits.device) for tensor in cache.gather(batch))
             return distillation_loss(

@@ -149,6 +149,7 @@ def distillation_loss(
     kind: Divergence = "forward_kl",
     beta: float = 0.5,
     chunk_positions: int | None = None,
+    positions: int | None = None,
 ) -> LossParts:
     """α·CE + (1 − α)·τ²·D, averaged over labelled positions.
 
@@ -157,6 +158,8 @@ def distillation_loss(
     log-probs (B, T, k) with ids (B, T, k) and the log of the remaining mass (B, T) — see `teacher_topk`.
     Positions without a label contribute nothing. Packed rows are almost all labelled, so every position is
     computed and weighted by its mask rather than gathered: a gather would copy the (N, V) logits.
+    `positions`, the number of labelled positions, may be given by a caller that counted them on the host
+    (`PackedBatch.label_count`): counting them here makes the host wait for a GPU.
     """
     if (teacher_logits is None) == (teacher_topk_logprobs is None):
         raise ValueError("Give the teacher either as full logits or as top-k log-probs, not both.")
@@ -166,7 +169,8 @@ def distillation_loss(
     logits = student_logits.reshape(-1, vocab)  # (B·T, V), a view
     flat_labels = labels.reshape(-1)  # (B·T,)
     weights = (flat_labels != IGNORE_INDEX).to(torch.float32)
-    positions = int(weights.sum())
+    if positions is None:
+        positions = int(weights.sum())
     if positions == 0:
         zero = student_logits.sum() * 0.0
         return LossParts(zero, zero.detach(), zero.detach(), 0)

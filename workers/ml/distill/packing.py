@@ -33,15 +33,31 @@ class PackedBatch:
     position_ids: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T): labels[b, t] is the token at t + 1 within the same segment, else -100
     placements: list[Placement]
+    # The label count taken on the host when the batch moved to a device: a loss that needs it on a GPU then
+    # does not wait for the device to sum the mask.
+    host_label_count: int | None = None
 
     @property
     def label_count(self) -> int:
+        """Positions with a label (a recipe's collate may mask more of them before the batch moves)."""
+        if self.host_label_count is not None:
+            return self.host_label_count
         return int((self.labels != IGNORE_INDEX).sum())
 
     def to(self, device: torch.device) -> PackedBatch:
+        # non_blocking: a host-to-GPU copy from pinned memory overlaps the kernels already queued.
+        pinned = device.type == "cuda" and torch.cuda.is_available()
         return PackedBatch(
-            self.input_ids.to(device), self.position_ids.to(device), self.labels.to(device), self.placements
+            *(self._move(tensor, device, pinned) for tensor in (self.input_ids, self.position_ids, self.labels)),
+            self.placements,
+            self.label_count,
         )
+
+    @staticmethod
+    def _move(tensor: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
+        if pinned and tensor.device.type == "cpu":
+            return tensor.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
 
 
 def pack_rows(lengths: Sequence[int], order: Sequence[int], seq_len: int) -> list[list[int]]:

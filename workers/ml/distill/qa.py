@@ -205,9 +205,9 @@ class QADataPlan(DataPlan):
 # ---------------------------------------------------------------- loss
 
 
-def _answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> LossParts:
+def _answer_ce(logits: torch.Tensor, labels: torch.Tensor, positions: int) -> LossParts:
+    """Mean cross-entropy over the `positions` labelled tokens (counted on the host by the batch)."""
     flat_labels = labels.reshape(-1)
-    positions = int((flat_labels != IGNORE_INDEX).sum())
     if positions == 0:
         zero = logits.sum() * 0.0
         return LossParts(zero, zero.detach(), zero.detach(), 0)
@@ -278,7 +278,7 @@ def qa_loss(
     def loss(model: Any, batch: PackedBatch) -> LossParts:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (B,T,V)
         if kd is None:
-            return _answer_ce(logits, batch.labels)
+            return _answer_ce(logits, batch.labels, batch.label_count)
         if teacher_model is None:
             with model.disable_adapter():
                 teacher_logits = aligned_teacher_logits(model, data, batch, pad_token_id)
@@ -293,6 +293,7 @@ def qa_loss(
             temperature=kd.temperature,
             kind=kd.divergence,
             beta=kd.jsd_beta,
+            positions=batch.label_count,
         )
 
     return loss

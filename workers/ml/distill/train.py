@@ -13,6 +13,11 @@ in Trainer. The loop stays small enough to read:
 4. On start, the latest checkpoint is restored, so a resumed run continues with exactly the next step.
 5. A CUDA out-of-memory error halves the micro-batch (each planned micro-batch is run in 2, 4, … pieces, so the
    effective batch is unchanged) and retries the step; at one row per piece it stops with a clear message.
+6. On a GPU the host never waits for the device inside a step: batches are copied from pinned memory, the
+   loss's token count comes from the host, and a step's loss and gradient norm are read (logged, reported) one
+   step late, while the next step's kernels are already queued — except at evaluation points, checkpoints,
+   cancel and the end, where the record is read at once. `torch_compile` compiles the student's decoder
+   layers for the run (regional_compile.py).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.losses import LossParts
 from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
 from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
+from workers.ml.distill.regional_compile import compiled_layers, eager, planned_train_flops, should_compile
 
 KEEP_CHECKPOINTS = 2
 logger = logging.getLogger(__name__)
@@ -133,8 +139,111 @@ class DataPlan:
         micro_batches, accum = self.epoch(number), self.settings.grad_accum
         return [micro_batches[i : i + accum] for i in range(0, len(micro_batches), accum)]
 
+    def planned_positions(self, from_step: int = 0) -> int:
+        """Token positions the steps from `from_step` on run through the model (their rows' full width)."""
+        settings = self.settings
+        return max(0, self.total_steps - from_step) * settings.grad_accum * settings.micro_batch_size * settings.seq_len
+
     def collate(self, rows: list[list[int]]) -> PackedBatch:
         return collate(self.segments, rows, self.settings.seq_len, self.pad_token_id)
+
+
+@dataclass
+class _StepRecord:
+    """A finished optimizer step whose numbers may still be on their way from the device."""
+
+    step: int
+    values: torch.Tensor  # (4,) on the host: loss, ce, divergence, gradient norm
+    ready: torch.cuda.Event | None  # recorded after the copy to `values` was queued; None: already there
+    lr: float
+    tokens: int  # tokens seen after this step
+    step_tokens: int
+
+    @classmethod
+    def read_back(
+        cls, step: int, parts: torch.Tensor, grad_norm: torch.Tensor, lr: float, tokens: int, step_tokens: int
+    ) -> _StepRecord:
+        """Queue the copy of the step's numbers to the host without waiting for it (on a GPU).
+
+        The copy lands in pinned memory behind this step's kernels; waiting on its event later waits for this
+        step only, not for kernels queued after it (a plain `.tolist()` then would wait for those too).
+        """
+        values = torch.cat([parts.float(), grad_norm.float().reshape(1)])  # (4,)
+        if values.device.type != "cuda":
+            return cls(step, values, None, lr, tokens, step_tokens)
+        host = values.to("cpu", non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(step, host, ready, lr, tokens, step_tokens)
+
+    def numbers(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.values.tolist()
+
+
+class _StepReporter:
+    """Writes a step's log line, runs the evaluation due at it and reports progress."""
+
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        total_steps: int,
+        start_step: int,
+        log_path: Path,
+        on_progress: ProgressCallback,
+        evaluate: Callable[[Any], float] | None,
+    ) -> None:
+        self.settings = settings
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.log_path = log_path
+        self.on_progress = on_progress
+        self.evaluate = evaluate
+        self.meter = RateMeter(total_steps - start_step)
+        self.last_loss: float | None = None
+
+    def evaluation_due(self, step: int) -> bool:
+        every = self.settings.eval_every
+        return self.evaluate is not None and every > 0 and (step % every == 0 or step == self.total_steps)
+
+    def report(self, record: _StepRecord, model: Any) -> None:
+        """Read the record (the host waits for its step here), log it, evaluate if due (the model must still be
+        at this step) and report progress."""
+        loss, ce, divergence, grad_norm = record.numbers()
+        self.last_loss = loss
+        tokens_per_s, eta = self.meter.update(record.step - self.start_step, record.step_tokens)
+        line = {
+            "step": record.step,
+            "loss": round(loss, 6),
+            "ce": round(ce, 6),
+            "divergence": round(divergence, 6),
+            "lr": record.lr,
+            "grad_norm": round(grad_norm, 4),
+            "tokens": record.tokens,
+            "tokens_per_s": round(tokens_per_s or 0.0, 1),
+        }
+        with self.log_path.open("a") as log:
+            log.write(json.dumps(line) + "\n")
+        heldout_loss = None
+        if self.evaluate is not None and self.evaluation_due(record.step):
+            model.eval()
+            with torch.no_grad(), eager():
+                heldout_loss = float(self.evaluate(model))
+            model.train()
+            with self.log_path.open("a") as log:
+                log.write(json.dumps({"step": record.step, "heldout_loss": round(heldout_loss, 6)}) + "\n")
+        self.on_progress(
+            Progress(
+                "training",
+                record.step,
+                self.total_steps,
+                loss=loss,
+                tokens_per_s=tokens_per_s,
+                eta_s=eta,
+                heldout_loss=heldout_loss,
+            )
+        )
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -199,6 +308,12 @@ def _split(rows: list[list[int]], pieces: int) -> list[list[list[int]]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
+def _reads_back_late(device: torch.device) -> bool:
+    """Whether a step's record is read one step late (module docstring, point 6): on a GPU, which runs behind
+    the host; a CPU has computed everything by the time the host reads."""
+    return device.type == "cuda"
+
+
 def train(
     model: Any,
     plan: DataPlan,
@@ -247,93 +362,76 @@ def train(
         # Drop what a crashed run logged after its last checkpoint: those steps are done again.
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
         log_path.write_text("".join(line + "\n" for line in kept))
-    model.train()
-    pieces = 1
-    meter = RateMeter(total_steps - start_step)
-    loss_value: float | None = None
+    reporter = _StepReporter(settings, total_steps, start_step, log_path, on_progress, evaluate)
     step = start_step
-    while step < total_steps:
-        if should_stop():
-            save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
-            return TrainOutcome(step, total_steps, tokens_seen, loss_value, True, resumed_from, log_path)
-        micro_batches = plan.step_micro_batches(step)
-        step_labels = sum(plan.labels(rows) for rows in micro_batches)
-        try:
-            # (loss, ce, divergence) summed on the device: the host waits for the GPU once per step (below),
-            # not three times per micro-batch, so the next micro-batch's kernels queue behind this one's.
-            step_parts = torch.zeros(3, device=device)
-            for rows in micro_batches:
-                for piece in _split(rows, pieces):
-                    batch = plan.collate(piece).to(device)
-                    with autocast():
-                        parts = loss_fn(model, batch)
-                    weight = parts.positions / max(1, step_labels)
-                    (parts.total * weight).backward()
-                    measured = torch.stack([parts.total.detach(), parts.ce, parts.divergence]).float()
-                    step_parts += measured.to(device) * weight
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-            if not _is_oom(error):
-                raise
+    parameters = sum(param.numel() for param in {id(param): param for param in model.parameters()}.values())
+    flops = planned_train_flops(parameters, plan.planned_positions(start_step))
+    compiling = should_compile(settings.torch_compile, device, flops)
+    if compiling:
+        logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
+    with compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto"):
+        defer = _reads_back_late(device)
+        pending: _StepRecord | None = None
+        model.train()
+        pieces = 1
+        while step < total_steps:
+            if should_stop():
+                if pending is not None:
+                    reporter.report(pending, model)
+                save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
+                return TrainOutcome(step, total_steps, tokens_seen, reporter.last_loss, True, resumed_from, log_path)
+            micro_batches = plan.step_micro_batches(step)
+            step_labels = sum(plan.labels(rows) for rows in micro_batches)
+            try:
+                # (loss, ce, divergence) summed on the device, read once per step (_StepReporter.report).
+                step_parts = torch.zeros(3, device=device)
+                for rows in micro_batches:
+                    for piece in _split(rows, pieces):
+                        batch = plan.collate(piece).to(device)
+                        with autocast():
+                            parts = loss_fn(model, batch)
+                        weight = parts.positions / max(1, step_labels)
+                        (parts.total * weight).backward()
+                        measured = torch.stack([parts.total.detach(), parts.ce, parts.divergence]).float()
+                        step_parts += measured.to(device) * weight
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+                if not _is_oom(error):
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if settings.micro_batch_size // pieces <= 1:
+                    raise OutOfMemory(
+                        f"Out of memory even with one row of {settings.seq_len} tokens per forward pass: lower "
+                        "training.seq_len (or use a smaller teacher/student, or a GPU with more memory)."
+                    ) from error
+                pieces *= 2
+                logger.warning(
+                    "out of memory: micro-batch %d now runs in %d pieces of %d rows (effective batch unchanged)",
+                    settings.micro_batch_size,
+                    pieces,
+                    math.ceil(settings.micro_batch_size / pieces),
+                )
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm).detach()
+            optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if settings.micro_batch_size // pieces <= 1:
-                raise OutOfMemory(
-                    f"Out of memory even with one row of {settings.seq_len} tokens per forward pass: lower "
-                    "training.seq_len (or use a smaller teacher/student, or a GPU with more memory)."
-                ) from error
-            pieces *= 2
-            logger.warning(
-                "out of memory: micro-batch %d now runs in %d pieces of %d rows (effective batch unchanged)",
-                settings.micro_batch_size,
-                pieces,
-                math.ceil(settings.micro_batch_size / pieces),
-            )
-            continue
-        loss_sum, ce_sum, divergence_sum = step_parts.tolist()  # the step's one sync with the device
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        step_tokens = sum(plan.tokens(rows) for rows in micro_batches)
-        tokens_seen += step_tokens
-        loss_value = loss_sum
-        tokens_per_s, eta = meter.update(step - start_step, step_tokens)
-        record = {
-            "step": step,
-            "loss": round(loss_value, 6),
-            "ce": round(ce_sum, 6),
-            "divergence": round(divergence_sum, 6),
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": round(grad_norm, 4),
-            "tokens": tokens_seen,
-            "tokens_per_s": round(tokens_per_s or 0.0, 1),
-        }
-        with log_path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
-        heldout_loss = None
-        at_point = settings.eval_every > 0 and (step % settings.eval_every == 0 or step == total_steps)
-        if evaluate is not None and at_point:
-            model.eval()
-            with torch.no_grad():
-                heldout_loss = float(evaluate(model))
-            model.train()
-            with log_path.open("a") as log:
-                log.write(json.dumps({"step": step, "heldout_loss": round(heldout_loss, 6)}) + "\n")
-        on_progress(
-            Progress(
-                "training",
-                step,
-                total_steps,
-                loss=loss_value,
-                tokens_per_s=tokens_per_s,
-                eta_s=eta,
-                heldout_loss=heldout_loss,
-            )
-        )
-        if settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0 and step < total_steps:
-            save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
+            step += 1
+            step_tokens = sum(plan.tokens(rows) for rows in micro_batches)
+            tokens_seen += step_tokens
+            lr = scheduler.get_last_lr()[0]
+            finished = _StepRecord.read_back(step, step_parts, grad_norm, lr, tokens_seen, step_tokens)
+            if pending is not None:
+                reporter.report(pending, model)  # the previous step: its kernels are done or nearly
+            checkpoint_due = settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0
+            if defer and not (reporter.evaluation_due(step) or checkpoint_due or step == total_steps):
+                pending = finished
+            else:
+                reporter.report(finished, model)
+                pending = None
+            if checkpoint_due and step < total_steps:
+                save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
     save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
     model.eval()
-    return TrainOutcome(step, total_steps, tokens_seen, loss_value, False, resumed_from, log_path)
+    return TrainOutcome(step, total_steps, tokens_seen, reporter.last_loss, False, resumed_from, log_path)

@@ -227,3 +227,14 @@ def test_it_scores_the_heldout_chunks_at_evaluation_points_without_changing_the_
     assert scored.metrics["heldout"]["expert"]["perplexity"] == pytest.approx(
         plain.metrics["heldout"]["expert"]["perplexity"], rel=1e-5
     )
+
+
+def test_it_takes_the_compile_setting_from_the_command_line(tmp_path: Path) -> None:
+    from workers.ml.distill.__main__ import _parser, build_config
+
+    required = ["--corpus", str(tmp_path), "--out", str(tmp_path / "out")]
+
+    assert build_config(_parser().parse_args(required)).training.torch_compile == "auto"
+    assert build_config(_parser().parse_args([*required, "--compile", "off"])).training.torch_compile == "off"
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*required, "--compile", "always"])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.workers.ml.distill.conftest import KDCase, peft_student
+from tests.workers.ml.distill.conftest import KDCase, build_cache, heldout_kd_loss, peft_student, run_with_evaluation
 from workers.ml.catalog import LoadedModel
 from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.corpus import CorpusSnapshot
@@ -18,25 +18,7 @@ from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.kd import build_kd_data, kd_loss
 from workers.ml.distill.packing import PackedBatch, epoch_rows
 from workers.ml.distill.progress import Progress
-from workers.ml.distill.teacher_cache import TeacherCache
 from workers.ml.distill.train import DataPlan, TrainOutcome, train
-
-
-def build_cache(
-    tmp_path: Path, teacher: LoadedModel, data: Any, case: KDCase, top_k: int | None = None
-) -> TeacherCache:
-    cache = TeacherCache.open_or_build(
-        tmp_path / "teacher-cache",
-        {"teacher": "tiny-seed-1"},
-        teacher.model,
-        data.teacher_segments,
-        top_k=top_k or case.kd.cache_top_k,
-        temperature=case.kd.temperature,
-        batch_tokens=256,
-        pad_token_id=0,
-    )
-    assert cache is not None
-    return cache
 
 
 def run(
@@ -67,18 +49,6 @@ def run(
     )
     log = [json.loads(line) for line in outcome.log_path.read_text().splitlines()]
     return outcome, model, log
-
-
-def heldout_kd_loss(
-    model: Any, student: LoadedModel, teacher: LoadedModel, corpus: CorpusSnapshot, case: KDCase
-) -> float:
-    data = build_kd_data(corpus.heldout, corpus, student.tokenizer, case.kd, case.training.seq_len)
-    plan = DataPlan(data.segments, case.training, pad_token_id=0)
-    loss_fn = kd_loss(case.kd, cache=None, teacher_model=teacher.model, teacher_segments=data.teacher_segments)
-    model.eval()
-    with torch.no_grad():
-        parts = [loss_fn(model, plan.collate(rows)) for rows in plan.epoch(0)]
-    return sum(float(p.total) * p.positions for p in parts) / sum(p.positions for p in parts)
 
 
 # Segment lengths whose seeded shuffles pack into 12 rows in some epochs and 13 in others (seq_len 256).
@@ -254,3 +224,57 @@ def test_it_reports_progress_per_step(
     assert all(r.stage == "training" and r.total_steps == outcome.total_steps for r in reports)
     assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
     assert all(r.tokens_per_s and r.tokens_per_s > 0 and r.loss is not None for r in reports)
+
+
+def test_it_logs_and_evaluates_each_step_at_its_own_weights_when_reading_the_device_a_step_late(
+    tmp_path: Path,
+    tiny_student: LoadedModel,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU's late read-back (forced here on the CPU) changes when a step is reported, never what."""
+    case = dataclasses.replace(kd_case, training=dataclasses.replace(kd_case.training, eval_every=2))
+    _, reference, reference_reports = run_with_evaluation(
+        tmp_path, tiny_student, tiny_teacher, toy_corpus, case, "sync"
+    )
+    monkeypatch.setattr("workers.ml.distill.train._reads_back_late", lambda device: True)
+
+    outcome, log, reports = run_with_evaluation(tmp_path, tiny_student, tiny_teacher, toy_corpus, case, "late")
+
+    assert outcome.total_steps > 4
+    assert [entry["step"] for entry in log] == [entry["step"] for entry in reference]
+    assert sum("heldout_loss" in entry for entry in log) >= 3
+    for ours, theirs in zip(log, reference, strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ("loss", "ce", "divergence", "grad_norm", "heldout_loss", "tokens"):
+            if key in theirs:
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (ours["step"], key)
+    assert [r.step for r in reports] == [r.step for r in reference_reports] == list(range(1, outcome.total_steps + 1))
+    last_step = [entry for entry in reference if "loss" in entry][-1]
+    assert outcome.final_loss == pytest.approx(last_step["loss"], abs=1e-6)
+
+
+def test_it_logs_the_step_still_being_read_when_cancelled(
+    tmp_path: Path,
+    tiny_student: LoadedModel,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("workers.ml.distill.train._reads_back_late", lambda device: True)
+    case = dataclasses.replace(kd_case, training=dataclasses.replace(kd_case.training, checkpoint_every=0))
+    calls = iter(range(1000))
+
+    outcome, log, reports = run_with_evaluation(
+        tmp_path, tiny_student, tiny_teacher, toy_corpus, case, "late", should_stop=lambda: next(calls) >= 2
+    )
+
+    assert outcome.cancelled
+    assert outcome.steps_done == 2
+    assert [entry["step"] for entry in log] == [1, 2]
+    assert [r.step for r in reports] == [1, 2]
+    assert outcome.final_loss == pytest.approx(log[-1]["loss"], abs=1e-6)
+    assert (tmp_path / "late" / "checkpoints" / "step-000002" / "state.json").exists()

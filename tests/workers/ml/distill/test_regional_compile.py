@@ -1,0 +1,163 @@
+"""Regional compilation of the student's decoder layers: same training, fewer kernels, clear refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.workers.ml.distill.conftest import KDCase, peft_student, run_with_evaluation
+from workers.ml.catalog import LoadedModel
+from workers.ml.distill.config import TrainingSettings
+from workers.ml.distill.corpus import CorpusSnapshot
+from workers.ml.distill.regional_compile import (
+    AUTO_MIN_TRAIN_FLOPS,
+    CompileUnavailable,
+    compiled_layers,
+    planned_train_flops,
+    repeated_layers,
+    should_compile,
+)
+from workers.ml.distill.train import _latest_checkpoint
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_it_finds_the_decoder_layers_inside_a_peft_model(tiny_student: LoadedModel, kd_case: KDCase) -> None:
+    model = peft_student(tiny_student, kd_case.lora)
+    try:
+        layers = repeated_layers(model)
+
+        assert layers is model.base_model.model.model.layers
+        assert len(layers) == tiny_student.model.config.num_hidden_layers
+    finally:
+        model.unload()
+
+
+def test_it_compiles_under_auto_only_runs_long_enough_to_pay_the_compilation_back() -> None:
+    enough = AUTO_MIN_TRAIN_FLOPS["cpu"]
+    assert should_compile("auto", CPU, train_flops=enough) is True  # this machine has a C++ compiler
+    assert should_compile("auto", CPU, train_flops=enough / 2) is False
+    assert should_compile("off", CPU, train_flops=enough * 1000) is False
+    assert should_compile("on", CPU, train_flops=0) is True
+
+
+def test_it_leaves_tiny_models_eager_under_auto_even_for_many_steps() -> None:
+    """A tiny test model's steps take milliseconds: no run of it is worth a compilation."""
+    tiny_parameters, many_positions = 3_300_000, 100 * 8 * 512
+    assert should_compile("auto", CPU, planned_train_flops(tiny_parameters, many_positions)) is False
+    smollm2_parameters, a_budget = 134_515_008, 48_000
+    assert should_compile("auto", CPU, planned_train_flops(smollm2_parameters, a_budget)) is True
+
+
+def test_it_compiles_on_a_gpu_only_where_triton_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None if name == "triton" else object())
+
+    assert should_compile("auto", CUDA, train_flops=AUTO_MIN_TRAIN_FLOPS["cuda"] * 10) is False
+    with pytest.raises(CompileUnavailable, match="triton"):
+        should_compile("on", CUDA)
+
+
+def test_it_names_the_setting_when_compilation_is_asked_for_without_a_compiler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+
+    with pytest.raises(CompileUnavailable, match=r"training\.torch_compile is 'on' but no C\+\+ compiler"):
+        should_compile("on", CPU)
+    assert should_compile("auto", CPU, train_flops=AUTO_MIN_TRAIN_FLOPS["cpu"] * 10) is False
+
+
+def test_it_rejects_an_unknown_setting_when_the_settings_are_made() -> None:
+    with pytest.raises(ValueError, match=r"training\.torch_compile must be one of auto, on, off, not 'yes'"):
+        TrainingSettings(torch_compile="yes")  # type: ignore[arg-type]
+
+
+def test_it_runs_the_layers_eagerly_again_after_the_block(tiny_student: LoadedModel) -> None:
+    layers = repeated_layers(tiny_student.model)
+    assert layers is not None
+
+    with compiled_layers(tiny_student.model, enabled=True) as compiled:
+        assert compiled
+        assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert all(layer._compiled_call_impl is None for layer in layers)
+
+
+def test_it_trains_compiled_to_the_losses_and_weights_of_eager_training(
+    tmp_path: Path,
+    tiny_student: LoadedModel,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One real inductor compilation (a few seconds for the tiny model): the compiled layers compute the same."""
+    case = dataclasses.replace(kd_case, training=dataclasses.replace(kd_case.training, eval_every=3))
+    layers = repeated_layers(tiny_student.model)
+    compiled_steps: list[bool] = []
+
+    def record_compilation(loss_fn: Any) -> Any:
+        def loss(model: Any, batch: Any) -> Any:
+            compiled_steps.append(all(layer._compiled_call_impl is not None for layer in layers))
+            return loss_fn(model, batch)
+
+        return loss
+
+    _, eager_log, _ = run_with_evaluation(
+        tmp_path, tiny_student, tiny_teacher, toy_corpus, case, "eager", wrap_loss=record_compilation
+    )
+    assert compiled_steps
+    assert not any(compiled_steps), "auto compiled a run too small to pay it back"
+    compiled_steps.clear()
+    monkeypatch.setitem(AUTO_MIN_TRAIN_FLOPS, "cpu", 1.0)  # as if the run were long
+    outcome, compiled_log, _ = run_with_evaluation(
+        tmp_path, tiny_student, tiny_teacher, toy_corpus, case, "compiled", wrap_loss=record_compilation
+    )
+
+    assert compiled_steps
+    assert all(compiled_steps)
+    assert all(layer._compiled_call_impl is None for layer in layers)  # eager again after training
+    assert outcome.steps_done == outcome.total_steps > 4
+    assert [entry["step"] for entry in compiled_log] == [entry["step"] for entry in eager_log]
+    for ours, theirs in zip(compiled_log, eager_log, strict=True):
+        for key in ("loss", "heldout_loss"):
+            if key in theirs:
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (ours["step"], key)
+    eager_weights = final_adapter(tmp_path / "eager")
+    compiled_weights = final_adapter(tmp_path / "compiled")
+    assert compiled_weights.keys() == eager_weights.keys()  # same parameter names: checkpoints interchange
+    for name, weight in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[name], weight, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    latest = _latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None
+    return load_file(str(latest / "adapter.safetensors"))
+
+
+def test_it_falls_back_to_eager_layers_when_compilation_fails_under_auto(
+    tiny_student: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model inductor cannot compile must not fail a run the user did not ask to compile."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()  # nothing compiled earlier in this process may be reused
+    model = tiny_student.model.eval()
+    ids = torch.tensor([[1, 504, 2113, 314, 260, 1345]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+
+        with compiled_layers(model, enabled=True, fall_back=True):
+            logits = model(input_ids=ids).logits
+        torch._dynamo.reset()  # forget that these frames failed, which makes torch skip them from then on
+        with pytest.raises(Exception, match="No working C\\+\\+ compiler"), compiled_layers(model, enabled=True):
+            model(input_ids=ids)
+
+    torch.testing.assert_close(logits, expected)
+    torch._dynamo.reset()

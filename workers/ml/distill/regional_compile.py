@@ -1,0 +1,128 @@
+"""Regional compilation of the student's decoder layers with torch.compile, for the span of a training run.
+
+Hugging Face decoder layers run eagerly as dozens of small memory-bound kernels per layer (RMSNorm in fp32,
+rotary embedding, SiLU, residual adds, and each LoRA branch's dropout, scale and add). At the hidden sizes of
+student models (576–1536) those kernels and their launches, not the matrix multiplies, dominate a training step
+on a GPU. Compiling each decoder layer fuses them.
+
+Regional, not whole-model: the layers are one class with different weights, so they share one compiled graph
+and compilation costs one layer's time, not the model's (PyTorch's "regional compilation" recipe, as in
+accelerate's `compile_regions`). In place (`nn.Module.compile`), so parameter names — and with them checkpoints
+and the exported adapter — are the same as in eager mode. The embedding, the final norm, the LM head and the
+loss stay eager: the loss works on (N, V) logits that no fusion shrinks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from workers.ml.distill.config import COMPILE_SETTINGS
+
+logger = logging.getLogger(__name__)
+
+
+class CompileUnavailable(RuntimeError):
+    """torch.compile was asked for ("on") where its backend cannot run."""
+
+
+def repeated_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The model's stack of decoder layers: its largest ModuleList whose entries all share one class."""
+    best: torch.nn.ModuleList | None = None
+    for module in model.modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(layer) for layer in module}) == 1 and (best is None or len(module) > len(best)):
+            best = module
+    return best
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why inductor cannot compile for `device` here, or None when it can."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed"
+        # triton compiles a small C launcher for its kernels
+        if not _on_path(os.environ.get("CC", ""), "cc", "gcc", "clang"):
+            return "no C compiler (gcc or clang) is on PATH"
+        return None
+    if device.type == "cpu":
+        if not _on_path(os.environ.get("CXX", ""), "g++", "c++", "clang++"):
+            return "no C++ compiler (g++ or clang++) is on PATH"
+        return None
+    return f"torch.compile is not used on {device.type} devices"
+
+
+def _on_path(*names: str) -> bool:
+    return any(name and shutil.which(name) for name in names)
+
+
+# "auto" compiles when the run's model FLOPs promise to pay back the compilation several times over.
+# CPU, measured (bench/gpu_distill.py --shape smollm2, 2 cores, docs/benchmarks.md): a cold compilation of
+# SmolLM2's layer costs ~13 s and each later micro-batch of 1,024 tokens runs ~27% faster (4.7 → 3.5 s), so
+# it pays back after ~10 micro-batches (5.5e12 FLOPs); 2e13 (~37k tokens of SmolLM2, ~2 min eager) leaves a
+# clear gain and keeps tiny test models, whose steps take milliseconds, eager.
+# GPU, estimated and not yet measured: a compilation of ~40 s against ~0.1 s saved per step of the GPU
+# benchmark's 16k tokens (3.2e13 FLOPs each) pays back after ~400 steps; bench/gpu_distill.py reports both.
+AUTO_MIN_TRAIN_FLOPS = {"cpu": 2e13, "cuda": 1.3e16}
+
+
+def planned_train_flops(parameters: int, positions: int) -> float:
+    """Model FLOPs of training a frozen base with a small adapter: forward plus activation gradients, 4·N."""
+    return 4.0 * parameters * positions
+
+
+def should_compile(setting: str, device: torch.device, train_flops: float = 0.0) -> bool:
+    """Whether to compile: "off" never; "on" always (or a clear error where it cannot run); "auto" where it
+    can run and the run's `train_flops` reach the device's AUTO_MIN_TRAIN_FLOPS (see there)."""
+    if setting not in COMPILE_SETTINGS:
+        raise ValueError(f"training.torch_compile must be one of {', '.join(COMPILE_SETTINGS)}, not {setting!r}")
+    if setting == "off":
+        return False
+    reason = unavailable_reason(device)
+    if setting == "on":
+        if reason is not None:
+            raise CompileUnavailable(f"training.torch_compile is 'on' but {reason}; set it to 'auto' or 'off'.")
+        return True
+    threshold = AUTO_MIN_TRAIN_FLOPS.get(device.type)
+    return reason is None and threshold is not None and train_flops >= threshold
+
+
+@contextmanager
+def compiled_layers(model: torch.nn.Module, enabled: bool, *, fall_back: bool = False) -> Iterator[bool]:
+    """Compile `model`'s decoder layers in place while the block runs; yields whether they were compiled.
+
+    Packed rows are always seq_len wide, so shapes are static but for a shorter last micro-batch, which makes
+    torch compile once more with a dynamic batch dimension (its "automatic dynamic" shapes).
+    With `fall_back` (the "auto" setting), a layer that fails to compile runs eagerly — torch's own
+    `suppress_errors`, which logs the failure — instead of failing the run; "on" lets the error through.
+    On exit the layers run eagerly again, so evaluation and export after training pay no compilation.
+    """
+    layers = repeated_layers(model) if enabled else None
+    if layers is None:
+        if enabled:
+            logger.warning("torch.compile skipped: no stack of repeated decoder layers found in the model")
+        yield False
+        return
+    for layer in layers:
+        layer.compile()
+    try:
+        with torch._dynamo.config.patch(suppress_errors=fall_back):
+            yield True
+    finally:
+        for layer in layers:
+            # nn.Module.compile stores the compiled call here; None is the attribute's eager default.
+            layer._compiled_call_impl = None
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run compiled modules eagerly inside the block (an evaluation pass under no_grad would compile anew)."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
