@@ -42,7 +42,13 @@ from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.losses import LossParts
 from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
 from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
-from workers.ml.distill.regional_compile import compiled_layers, eager, planned_train_flops, should_compile
+from workers.ml.distill.regional_compile import (
+    compiled_layers,
+    eager,
+    has_active_dropout,
+    planned_train_flops,
+    should_compile,
+)
 
 KEEP_CHECKPOINTS = 2
 logger = logging.getLogger(__name__)
@@ -366,7 +372,7 @@ def train(
     step = start_step
     parameters = sum(param.numel() for param in {id(param): param for param in model.parameters()}.values())
     flops = planned_train_flops(parameters, plan.planned_positions(start_step))
-    compiling = should_compile(settings.torch_compile, device, flops)
+    compiling = should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
     if compiling:
         logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
     with compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto"):

@@ -18,6 +18,7 @@ from workers.ml.distill.regional_compile import (
     AUTO_MIN_TRAIN_FLOPS,
     CompileUnavailable,
     compiled_layers,
+    has_active_dropout,
     planned_train_flops,
     repeated_layers,
     should_compile,
@@ -44,6 +45,21 @@ def test_it_compiles_under_auto_only_runs_long_enough_to_pay_the_compilation_bac
     assert should_compile("auto", CPU, train_flops=enough / 2) is False
     assert should_compile("off", CPU, train_flops=enough * 1000) is False
     assert should_compile("on", CPU, train_flops=0) is True
+
+
+def test_it_leaves_a_cpu_eager_under_auto_when_training_draws_dropout_masks(
+    tiny_student: LoadedModel, kd_case: KDCase
+) -> None:
+    """On a CPU compiled layers with LoRA dropout ran no faster than eager ones: compiling would be time lost."""
+    enough = AUTO_MIN_TRAIN_FLOPS["cpu"]
+    with_dropout = peft_student(tiny_student, dataclasses.replace(kd_case.lora, dropout=0.05))
+    try:
+        assert has_active_dropout(with_dropout)
+        assert should_compile("auto", CPU, enough, dropout=True) is False
+        assert should_compile("on", CPU, enough, dropout=True) is True
+    finally:
+        with_dropout.unload()
+    assert not has_active_dropout(peft_student(tiny_student, kd_case.lora))  # the tests' LoRA: dropout 0
 
 
 def test_it_leaves_tiny_models_eager_under_auto_even_for_many_steps() -> None:
