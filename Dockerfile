@@ -23,6 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_HOME=/data/huggingface \
+    TORCHINDUCTOR_CACHE_DIR=/data/cache/torchinductor \
     STATIC_ROOT=/app/staticfiles
 
 RUN groupadd --system --gid 10001 distillery \

@@ -347,6 +347,8 @@ def test_the_image_has_the_c_compiler_torch_compile_needs_at_run_time(dockerfile
     install = next(line for line in dockerfile.splitlines() if "apt-get install" in line)
     assert re.search(r"\bg\+\+(\s|$)", install)
     assert "--no-install-recommends" in install
+    # Compiled kernels outlive a container restart: their cache lives on the data volume.
+    assert re.search(r"\bTORCHINDUCTOR_CACHE_DIR=/data/", dockerfile)
 
 
 def test_the_image_installs_the_model_packages_without_their_dependencies(dockerfile: str) -> None:
