@@ -82,6 +82,9 @@ def main() -> int:
     parser.add_argument("--heldout", type=float, default=0.15)
     parser.add_argument("--max-eval-chunks", type=int, default=80)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads.")
+    parser.add_argument(
+        "--compile", choices=["auto", "on", "off"], default="auto", help="training.torch_compile (student layers)."
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -109,6 +112,7 @@ def main() -> int:
             checkpoint_every=100,
             num_threads=args.threads,
             device="cpu",
+            torch_compile=args.compile,
         ),
         kd=KDSettings(alpha=args.alpha, context_chunks=args.context_chunks, context_max_tokens=256, cache_top_k=64),
         lora=LoraSettings(rank=args.rank, alpha=2 * args.rank, dropout=0.0),
@@ -154,6 +158,7 @@ def main() -> int:
             "alpha": args.alpha,
             "learning_rate": config.training.learning_rate,
             "lora_rank": args.rank,
+            "torch_compile": args.compile,
         },
         "heldout_with_context": {
             "chunks": len(texts),

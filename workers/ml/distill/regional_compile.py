@@ -64,10 +64,11 @@ def _on_path(*names: str) -> bool:
 
 
 # "auto" compiles when the run's model FLOPs promise to pay back the compilation several times over.
-# CPU, measured (bench/gpu_distill.py --shape smollm2, 2 cores, docs/benchmarks.md): a cold compilation of
-# SmolLM2's layer costs ~13 s and each later micro-batch of 1,024 tokens runs ~27% faster (4.7 → 3.5 s), so
-# it pays back after ~10 micro-batches (5.5e12 FLOPs); 2e13 (~37k tokens of SmolLM2, ~2 min eager) leaves a
-# clear gain and keeps tiny test models, whose steps take milliseconds, eager.
+# CPU, measured (2 cores, docs/benchmarks.md): a cold compilation of SmolLM2's layer costs ~13 s; each later
+# micro-batch of 4 × 256 tokens runs ~20% faster on real packed chunks (5.0 → 4.0 s; 27% on unpacked rows,
+# bench/gpu_distill.py --shape smollm2), so it pays back after ~13 micro-batches (7e12 FLOPs); 2e13 (~37k
+# tokens of SmolLM2, ~3 min eager) leaves a clear gain and keeps tiny test models, whose steps take
+# milliseconds, eager.
 # GPU, estimated and not yet measured: a compilation of ~40 s against ~0.1 s saved per step of the GPU
 # benchmark's 16k tokens (3.2e13 FLOPs each) pays back after ~400 steps; bench/gpu_distill.py reports both.
 AUTO_MIN_TRAIN_FLOPS = {"cpu": 2e13, "cuda": 1.3e16}
@@ -121,13 +122,33 @@ def compiled_layers(model: torch.nn.Module, enabled: bool, *, fall_back: bool = 
         return
     for layer in layers:
         layer.compile()
+    # The first layer's input comes from a frozen embedding and needs no gradient, the others' inputs do: two
+    # graphs, two compilations. Asking for the first input's gradient too costs one layer's input gradient in
+    # backward (~1/L of it) and saves a compilation (~10 s on a CPU).
+    hook = layers[0].register_forward_pre_hook(_input_requires_grad, with_kwargs=True)
     try:
         with torch._dynamo.config.patch(suppress_errors=fall_back):
             yield True
     finally:
+        hook.remove()
         for layer in layers:
             # nn.Module.compile stores the compiled call here; None is the attribute's eager default.
             layer._compiled_call_impl = None
+
+
+def _input_requires_grad(
+    module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]
+) -> tuple[tuple[object, ...], dict[str, object]] | None:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor) and torch.is_grad_enabled() and not hidden.requires_grad:
+        hidden.requires_grad_(True)  # it has no autograd history, so nothing before it is detached
+    return None
+
+
+def padded_rows(rows: list[list[int]], size: int) -> list[list[int]]:
+    """`rows` with empty rows added up to `size`: a compiled model sees one batch shape, and an epoch's shorter
+    last micro-batch neither recompiles (~10 s on a CPU) nor changes the loss (empty rows hold no label)."""
+    return rows + [[] for _ in range(size - len(rows))]
 
 
 @contextmanager

@@ -46,6 +46,7 @@ from workers.ml.distill.regional_compile import (
     compiled_layers,
     eager,
     has_active_dropout,
+    padded_rows,
     planned_train_flops,
     should_compile,
 )
@@ -393,6 +394,8 @@ def train(
                 step_parts = torch.zeros(3, device=device)
                 for rows in micro_batches:
                     for piece in _split(rows, pieces):
+                        if compiling:
+                            piece = padded_rows(piece, math.ceil(settings.micro_batch_size / pieces))
                         batch = plan.collate(piece).to(device)
                         with autocast():
                             parts = loss_fn(model, batch)

@@ -10,20 +10,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.workers.ml.distill.conftest import KDCase, peft_student, run_with_evaluation
+from tests.workers.ml.distill.conftest import KDCase, build_cache, peft_student, run_with_evaluation
 from workers.ml.catalog import LoadedModel
 from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.corpus import CorpusSnapshot
+from workers.ml.distill.kd import build_kd_data, kd_loss
 from workers.ml.distill.regional_compile import (
     AUTO_MIN_TRAIN_FLOPS,
     CompileUnavailable,
+    _input_requires_grad,
     compiled_layers,
     has_active_dropout,
+    padded_rows,
     planned_train_flops,
     repeated_layers,
     should_compile,
 )
-from workers.ml.distill.train import _latest_checkpoint
+from workers.ml.distill.train import DataPlan, _latest_checkpoint
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -177,3 +180,43 @@ def test_it_falls_back_to_eager_layers_when_compilation_fails_under_auto(
 
     torch.testing.assert_close(logits, expected)
     torch._dynamo.reset()
+
+
+def test_it_pads_a_short_micro_batch_with_empty_rows_that_change_neither_loss_nor_gradients(
+    tmp_path: Path, tiny_student: LoadedModel, tiny_teacher: LoadedModel, toy_corpus: CorpusSnapshot, kd_case: KDCase
+) -> None:
+    data = build_kd_data(toy_corpus.train, toy_corpus, tiny_student.tokenizer, kd_case.kd, kd_case.training.seq_len)
+    cache = build_cache(tmp_path, tiny_teacher, data, kd_case)
+    plan = DataPlan(data.segments, kd_case.training, pad_token_id=0)
+    loss_fn = kd_loss(kd_case.kd, cache=cache)
+    model = peft_student(tiny_student, kd_case.lora)
+    rows = plan.epoch(0)[0][:1]  # one row, where the compiled shape has more
+
+    def loss_and_gradients(batch_rows: list[list[int]]) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        parts = loss_fn(model, plan.collate(batch_rows))
+        parts.total.backward()
+        return float(parts.total), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    try:
+        loss, gradients = loss_and_gradients(rows)
+        padded = padded_rows(rows, 4)
+        padded_loss, padded_gradients = loss_and_gradients(padded)
+    finally:
+        model.unload()
+    assert len(padded) == 4
+    assert plan.collate(padded).input_ids.shape[0] == 4
+    assert padded_loss == pytest.approx(loss, rel=1e-6)
+    for ours, theirs in zip(padded_gradients, gradients, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_it_asks_for_the_first_layers_input_gradient_so_all_layers_share_one_graph() -> None:
+    frozen_embedding_output = torch.randn(1, 3, 8)
+    with torch.no_grad():
+        _input_requires_grad(torch.nn.Identity(), (frozen_embedding_output,), {})
+    assert not frozen_embedding_output.requires_grad  # evaluation asks for nothing
+
+    _input_requires_grad(torch.nn.Identity(), (), {"hidden_states": frozen_embedding_output})
+
+    assert frozen_embedding_output.requires_grad
