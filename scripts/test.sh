@@ -21,6 +21,9 @@ ensure_chromium
 # The fault tier starts Redis instances of its own (on other ports): it needs the binary even when a Redis answers.
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server \
   || die "The fault tier needs redis-server (apt-get install redis-server)."
+# torch.compile's CPU kernels are C++: the compiled-training tests need a compiler (the image installs g++ too).
+command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || apt_install g++ \
+  || die "The compiled-training tests need a C++ compiler (apt-get install g++)."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # Two cores: keep torch from oversubscribing them while Celery test workers run beside pytest.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
