@@ -64,8 +64,8 @@ def _on_path(*names: str) -> bool:
 
 
 # "auto" compiles when the run's model FLOPs promise to pay back the compilation several times over.
-# CPU, measured (2 cores, docs/benchmarks.md): a cold compilation of SmolLM2's layer costs ~13 s; each later
-# micro-batch of 4 × 256 tokens runs ~20% faster on real packed chunks (5.0 → 4.0 s; 27% on unpacked rows,
+# CPU, measured (2 cores, docs/benchmarks.md): a cold compilation of SmolLM2's layer costs ~9–13 s; each later
+# micro-batch of 4 × 256 tokens runs ~20% faster on real packed chunks (5.0 → 4.0 s; ~30% on unpacked rows,
 # bench/gpu_distill.py --shape smollm2), so it pays back after ~13 micro-batches (7e12 FLOPs); 2e13 (~37k
 # tokens of SmolLM2, ~3 min eager) leaves a clear gain and keeps tiny test models, whose steps take
 # milliseconds, eager.
