@@ -376,7 +376,7 @@ def train(
     compiling = should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
     if compiling:
         logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
-    with compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto"):
+    with compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto") as compiled:
         defer = _reads_back_late(device)
         pending: _StepRecord | None = None
         model.train()
@@ -394,7 +394,7 @@ def train(
                 step_parts = torch.zeros(3, device=device)
                 for rows in micro_batches:
                     for piece in _split(rows, pieces):
-                        if compiling:
+                        if compiled:
                             piece = padded_rows(piece, math.ceil(settings.micro_batch_size / pieces))
                         batch = plan.collate(piece).to(device)
                         with autocast():
