@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-from workers.ml.distill.config import COMPILE_SETTINGS
+from workers.ml.distill.config import CompileSetting
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +84,16 @@ def has_active_dropout(model: torch.nn.Module) -> bool:
     return any(isinstance(module, torch.nn.Dropout) and module.p > 0 for module in model.modules())
 
 
-def should_compile(setting: str, device: torch.device, train_flops: float = 0.0, *, dropout: bool = False) -> bool:
-    """Whether to compile: "off" never; "on" always (or a clear error where it cannot run); "auto" where it
-    can run and the run's `train_flops` reach the device's AUTO_MIN_TRAIN_FLOPS (see there) — on a CPU only
-    without `dropout`: measured with LoRA dropout 0.05 on SmolLM2's shape, compiled steps were no faster
-    (5.49 vs 5.55 s; without dropout 3.83 vs 5.29 s), so compiling would be time lost."""
-    if setting not in COMPILE_SETTINGS:
-        raise ValueError(f"training.torch_compile must be one of {', '.join(COMPILE_SETTINGS)}, not {setting!r}")
+def should_compile(
+    setting: CompileSetting, device: torch.device, train_flops: float = 0.0, *, dropout: bool = False
+) -> bool:
+    """Whether to compile (`setting` is validated by TrainingSettings).
+
+    "off" never; "on" always (or a clear error where it cannot run); "auto" where it can run and the run's
+    `train_flops` reach the device's AUTO_MIN_TRAIN_FLOPS (see there) — on a CPU only without `dropout`:
+    measured with LoRA dropout 0.05 on SmolLM2's shape, compiled steps were no faster (5.49 vs 5.55 s;
+    without dropout 3.83 vs 5.29 s), so compiling would be time lost.
+    """
     if setting == "off":
         return False
     reason = unavailable_reason(device)

@@ -371,7 +371,7 @@ def train(
         log_path.write_text("".join(line + "\n" for line in kept))
     reporter = _StepReporter(settings, total_steps, start_step, log_path, on_progress, evaluate)
     step = start_step
-    parameters = sum(param.numel() for param in {id(param): param for param in model.parameters()}.values())
+    parameters = sum(param.numel() for param in model.parameters())  # parameters() yields tied weights once
     flops = planned_train_flops(parameters, plan.planned_positions(start_step))
     compiling = should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
     if compiling:
