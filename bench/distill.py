@@ -269,6 +269,7 @@ def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cach
             checkpoint_every=0,  # only the final checkpoint (TRL saves nothing: save_strategy="no")
             num_threads=settings.threads,
             device="cpu",
+            bf16=False,  # fp32 like TRL's side (bf16=False there): the comparison is of the loops, not precisions
         ),
         kd=_kd_settings(settings),
     )

@@ -85,6 +85,12 @@ def main() -> int:
     parser.add_argument(
         "--compile", choices=["auto", "on", "off"], default="auto", help="training.torch_compile (student layers)."
     )
+    parser.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="training.bf16: auto is bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32.",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -113,6 +119,7 @@ def main() -> int:
             num_threads=args.threads,
             device="cpu",
             torch_compile=args.compile,
+            bf16={"auto": None, "on": True, "off": False}[args.bf16],
         ),
         kd=KDSettings(alpha=args.alpha, context_chunks=args.context_chunks, context_max_tokens=256, cache_top_k=64),
         lora=LoraSettings(rank=args.rank, alpha=2 * args.rank, dropout=0.0),
@@ -122,16 +129,18 @@ def main() -> int:
 
     shutil.rmtree(config.output_dir, ignore_errors=True)
     started = time.perf_counter()
-    last_stage = [""]
+    stage_started: dict[str, float] = {}
 
     def report(progress: object) -> None:
         stage = progress.stage  # type: ignore[attr-defined]
-        if stage != last_stage[0]:
-            last_stage[0] = stage
-            print(f"[{time.perf_counter() - started:7.1f}s] {stage}", flush=True)
+        if stage not in stage_started:
+            stage_started[stage] = time.perf_counter() - started
+            print(f"[{stage_started[stage]:7.1f}s] {stage}", flush=True)
 
     result = distill(config, corpus, on_progress=report)
     distill_s = time.perf_counter() - started
+    marks = [*stage_started.items(), ("end", distill_s)]
+    stage_seconds = {stage: round(marks[i + 1][1] - at, 1) for i, (stage, at) in enumerate(marks[:-1])}
 
     # Held-out chunks that have a preceding chunk: where the teacher's context exists.
     with_context = [chunk for chunk in corpus.heldout if chunk.position > 0][: args.max_eval_chunks]
@@ -159,7 +168,9 @@ def main() -> int:
             "learning_rate": config.training.learning_rate,
             "lora_rank": args.rank,
             "torch_compile": args.compile,
+            "bf16": args.bf16,
         },
+        "precision": {key: product.get("training", {}).get(key) for key in ("base_weights", "bf16_autocast")},
         "heldout_with_context": {
             "chunks": len(texts),
             **{name: {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte} for name, s in scores.items()},
@@ -173,6 +184,7 @@ def main() -> int:
         "kl_to_teacher": product.get("kl_to_teacher"),
         "train_tokens": result.train_tokens,
         "distill_seconds": round(distill_s, 1),
+        "stage_seconds": stage_seconds,
         "total_seconds": round(total_s, 1),
         "machine": {
             "cpu": platform.processor() or platform.machine(),

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from workers.ml.device import cpu_has_native_bf16
+
 if TYPE_CHECKING:
     from workers.ml.embedder import SentenceEmbedder
 
@@ -63,11 +65,8 @@ WEIGHT_FORMATS = {"int8": torch.qint8, "bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def _bf16_is_native() -> bool:
-    # Emulated bf16 matmuls are slower than fp32; only use bf16 where oneDNN has the instructions for it.
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    # Emulated bf16 matmuls are slower than fp32; only use bf16 where the CPU has the instructions for it.
+    return cpu_has_native_bf16()
 
 
 def _linear(

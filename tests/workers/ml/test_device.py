@@ -107,3 +107,17 @@ def test_it_leaves_the_defaults_for_zero_or_negative_counts(num_threads: int) ->
 
     assert torch.get_num_threads() == before
     assert not any(name in os.environ for name in device.THREAD_ENV_VARS)
+
+
+def test_it_reports_native_bf16_as_a_bool_and_false_where_torch_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(device.cpu_has_native_bf16(), bool)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert device.cpu_has_native_bf16() is False
+
+
+def test_it_reports_native_bf16_for_amx_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert device.cpu_has_native_bf16() is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert device.cpu_has_native_bf16() is False

@@ -8,6 +8,7 @@ stops at the next step and saves a checkpoint; `--resume` continues from it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -71,14 +72,19 @@ def _parser() -> argparse.ArgumentParser:
         help="torch.compile the student's decoder layers (default auto: where a compiler is at hand and the run "
         "is long enough to pay it back).",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 on a GPU, and on a CPU with native bf16 (AVX512-BF16, AMX) for students of 50M+ "
+        "parameters (1.6x faster there); else fp32. LoRA weights are fp32 either way.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="Continue from the checkpoint in --out.")
     return parser
 
 
 def _replace(settings: Any, **changes: Any) -> Any:
-    import dataclasses
-
     return dataclasses.replace(settings, **{key: value for key, value in changes.items() if value is not None})
 
 
@@ -106,6 +112,8 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         seed=args.seed,
         torch_compile=args.compile,
     )
+    if args.precision != "auto":  # bf16=None is auto; _replace skips None, so set it apart
+        training = dataclasses.replace(training, bf16=args.precision == "bf16")
     lora: LoraSettings = _replace(
         defaults.lora, rank=args.lora_rank, alpha=2 * args.lora_rank if args.lora_rank else None
     )

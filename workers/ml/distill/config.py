@@ -111,7 +111,14 @@ class TrainingSettings:
     eval_chunks: int = field(default=16, metadata={"help": "Held-out chunks scored at each evaluation point."})
     num_threads: int = field(default=0, metadata={"help": "torch threads; 0 keeps the process setting."})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda' or 'cuda:N'."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None: on for CUDA, off on CPU."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compute in bf16 (autocast; on a CPU the frozen base and a local teacher are also stored in "
+            "bf16; LoRA weights stay fp32). None: on for CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX) "
+            "for students of 50M+ parameters (1.6x faster there); else off."
+        },
+    )
     torch_compile: CompileSetting = field(
         default="auto",
         metadata={

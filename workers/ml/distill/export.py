@@ -477,6 +477,15 @@ def _hyperparameters(config_json: Mapping[str, Any], recipe: str) -> dict[str, A
     return chosen
 
 
+def _precision_lines(training: Mapping[str, Any]) -> list[str]:
+    """What the run computed in (training.bf16 is null under auto, so the card says what auto chose)."""
+    weights = training.get("base_weights")
+    if weights is None:
+        return []
+    compute = "bf16 (autocast)" if training.get("bf16_autocast") else weights
+    return ["", f"Computed in {compute} on base weights stored as {weights}; the LoRA weights are float32."]
+
+
 # --max-lora-rank accepts only these values (vLLM's LoRAConfig); the default 16 refuses a rank-32 adapter.
 _VLLM_MAX_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -548,6 +557,7 @@ def render_card(
         "```json",
         json.dumps(_finite(_hyperparameters(config_json, config.recipe)), indent=2, ensure_ascii=False),
         "```",
+        *_precision_lines(metrics.get("training") or {}),
         "",
         "## Training data",
         "",

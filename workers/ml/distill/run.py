@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMismatch
 from workers.ml.distill.evaluate import mean_kl, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
+from workers.ml.distill.precision import parameter_count, prefers_bf16
 from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
 from workers.ml.distill.signature import compute_signature
 from workers.ml.distill.teacher_cache import TeacherCache
@@ -47,6 +49,7 @@ from workers.ml.distill.train import DataPlan, LossFunction, TrainOutcome, train
 from workers.ml.embedder import SentenceEmbedder
 
 Status = Literal["succeeded", "cancelled"]
+logger = logging.getLogger(__name__)
 TEACHER_BATCH_TOKENS_CPU = 1024
 TEACHER_BATCH_TOKENS_GPU = 16384
 
@@ -95,6 +98,26 @@ def _load(config: DistillConfig, on_progress: ProgressCallback) -> _Models:
         return _Models(student, LocalTeacher(student), shared=True)
     say(f"Loading the teacher {config.teacher.label}")
     return _Models(student, load_teacher(config.teacher, catalog, progress=say), shared=False)
+
+
+def _store_in_bf16(config: DistillConfig, models: _Models) -> bool:
+    """On a CPU with native bf16, store the frozen student base and a local teacher in bf16 (precision.py).
+
+    On a GPU the catalog already loads bf16, so nothing changes there. Returns whether the models were cast.
+    """
+    student = models.student
+    wanted = prefers_bf16(config.training.bf16, student.device, parameter_count(student.model))
+    if student.device.type != "cpu" or not wanted or student.dtype == torch.bfloat16:
+        return False
+    loaded = [student]
+    teacher = models.teacher
+    if isinstance(teacher, LocalTeacher) and not models.shared and teacher.device.type == "cpu":
+        loaded.append(teacher.loaded)
+    for model in loaded:
+        model.model.to(torch.bfloat16)
+        model.dtype = torch.bfloat16
+    logger.info("bf16: %s stored in bf16 on this CPU (native bf16 matmuls)", ", ".join(m.spec for m in loaded))
+    return True
 
 
 def _teacher_mode(models: _Models, student_model: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
@@ -360,6 +383,7 @@ def distill(
         raise NoTrainingData("The corpus has no training chunks.")
     with _torch_threads(config.training.num_threads):
         models = _load(config, on_progress)
+        _store_in_bf16(config, models)
         try:
             return _distill_loaded(config, corpus, models, on_progress, should_stop, started)
         except DistillError as error:
@@ -419,6 +443,8 @@ def _distill_loaded(
         "train_tokens": outcome.train_tokens,
         "final_loss": outcome.final_loss,
         "resumed_from_step": outcome.resumed_from,
+        "base_weights": str(models.student.dtype).removeprefix("torch."),
+        "bf16_autocast": outcome.bf16_autocast,
     }
 
     on_progress(Progress("exporting", 0, 2, message="Computing the routing signature"))

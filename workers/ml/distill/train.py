@@ -1,4 +1,4 @@
-"""The LoRA training loop: gradient accumulation, bf16 autocast on GPU, packed rows, checkpoints, exact resume.
+"""The LoRA training loop: gradient accumulation, bf16 autocast (precision.py), packed rows, checkpoints, exact resume.
 
 A plain loop rather than transformers' Trainer: distillation needs the teacher's targets gathered per packed
 micro-batch and a loss over them, OOM back-off, and cooperative cancellation between steps — each a callback
@@ -41,6 +41,7 @@ from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.losses import LossParts
 from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
+from workers.ml.distill.precision import autocasts_bf16
 from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
 from workers.ml.distill.regional_compile import (
     compiled_layers,
@@ -65,6 +66,7 @@ class TrainOutcome:
     cancelled: bool
     resumed_from: int | None
     log_path: Path
+    bf16_autocast: bool = False  # whether the forward ran under bf16 autocast (precision.py)
 
 
 class DataPlan:
@@ -338,7 +340,7 @@ def train(
     grad, no random numbers drawn, so resuming stays exact); its value is logged and reported as `heldout_loss`.
     """
     device = next(model.parameters()).device
-    use_bf16 = settings.bf16 if settings.bf16 is not None else device.type == "cuda"
+    use_bf16 = autocasts_bf16(settings.bf16, device, model)
     autocast = (
         (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if use_bf16 else (lambda: nullcontext())
     )
@@ -386,7 +388,9 @@ def train(
                 if pending is not None:
                     reporter.report(pending, model)
                 save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
-                return TrainOutcome(step, total_steps, tokens_seen, reporter.last_loss, True, resumed_from, log_path)
+                return TrainOutcome(
+                    step, total_steps, tokens_seen, reporter.last_loss, True, resumed_from, log_path, use_bf16
+                )
             micro_batches = plan.step_micro_batches(step)
             step_labels = sum(plan.labels(rows) for rows in micro_batches)
             try:
@@ -443,4 +447,4 @@ def train(
                 save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
     save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, tokens_seen)
     model.eval()
-    return TrainOutcome(step, total_steps, tokens_seen, reporter.last_loss, False, resumed_from, log_path)
+    return TrainOutcome(step, total_steps, tokens_seen, reporter.last_loss, False, resumed_from, log_path, use_bf16)

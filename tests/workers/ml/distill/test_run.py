@@ -238,3 +238,18 @@ def test_it_takes_the_compile_setting_from_the_command_line(tmp_path: Path) -> N
     assert build_config(_parser().parse_args([*required, "--compile", "off"])).training.torch_compile == "off"
     with pytest.raises(SystemExit):
         _parser().parse_args([*required, "--compile", "always"])
+
+
+def test_it_takes_the_precision_from_the_command_line(tmp_path: Path) -> None:
+    from workers.ml.distill.__main__ import _parser, build_config
+
+    required = ["--corpus", str(tmp_path), "--out", str(tmp_path / "out")]
+
+    def bf16(*extra: str) -> bool | None:
+        return build_config(_parser().parse_args([*required, *extra])).training.bf16
+
+    assert bf16() is None  # auto: decided by the device and the student's size (precision.py)
+    assert bf16("--precision", "bf16") is True
+    assert bf16("--precision", "fp32") is False
+    assert bf16("--gpu-defaults") is True
+    assert bf16("--gpu-defaults", "--precision", "fp32") is False
