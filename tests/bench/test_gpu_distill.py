@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_it_trains_eager_and_compiled_from_one_cache_and_reports_both(tmp_path: Path) -> None:
+def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_both(tmp_path: Path) -> None:
     out = tmp_path / "gpu_distill.json"
     result = subprocess.run(
         [sys.executable, "bench/gpu_distill.py", "--tiny", "--out", str(out)],
@@ -31,3 +31,10 @@ def test_it_trains_eager_and_compiled_from_one_cache_and_reports_both(tmp_path: 
     assert all(run["steady_tokens_per_s"] > 0 and run["train_s"] > 0 for run in report["runs"])
     assert 0 < report["mfu"] < 1
     assert "training, compile on" in result.stdout
+    teacher_eager, teacher_compiled = report["teacher_runs"]
+    assert (teacher_eager["compile"], teacher_compiled["compile"]) == ("off", "on")
+    assert all(run["steady_tokens_per_s"] > 0 for run in report["teacher_runs"])
+    # Compiled or not, the teacher names the same most likely tokens (fp32 on a CPU: up to rounding ties).
+    assert report["teacher_top1_agreement"] > 0.99
+    assert "teacher, compile on" in result.stdout
+    assert report["failures"] == {}

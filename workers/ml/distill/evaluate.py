@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +32,9 @@ __all__ = [
     "EvalSetFile",
     "LMScores",
     "QAExample",
+    "TeacherComparison",
     "best_and_worst",
+    "compare_with_teacher",
     "gap_closed",
     "load_eval_set",
     "mean_kl",
@@ -219,22 +221,9 @@ def score_lm(
             batch = rows[start : start + batch_size]
             logits = _forward(model, batch, pad_id)  # (B, T, V)
             for index, row in enumerate(batch):
-                logprobs = _row_logprobs(logits[index], row)  # (n, V)
-                targets = torch.tensor(
-                    row.input_ids[row.first_target : row.first_target + row.n_targets], device=logprobs.device
-                )  # (n,)
-                total_nll -= logprobs.gather(1, targets[:, None]).sum().item()
+                total_nll += _nll(_row_logprobs(logits[index], row), row)
             del logits
-    tokens = sum(row.n_targets for row in rows)
-    scored_bytes = sum(row.scored_bytes for row in rows)
-    mean_nll = total_nll / tokens
-    return LMScores(
-        perplexity=math.exp(mean_nll),
-        bits_per_byte=total_nll / math.log(2) / scored_bytes if scored_bytes else math.nan,
-        mean_nll=mean_nll,
-        tokens=tokens,
-        bytes=scored_bytes,
-    )
+    return _scores(total_nll, rows)
 
 
 def mean_kl(
@@ -282,6 +271,100 @@ def mean_kl(
                 tokens += student_row.n_targets
             del teacher_logits, student_logits
     return total_kl / tokens
+
+
+@dataclass(frozen=True)
+class TeacherComparison:
+    """Held-out scores of a teacher seeing its contexts and of students reading the texts alone, with the mean
+    KL(teacher ‖ student) of each student: what score_lm and mean_kl give, from fewer forward passes."""
+
+    teacher: LMScores
+    students: dict[str, LMScores]
+    kl: dict[str, float]
+
+
+def compare_with_teacher(
+    teacher_model: Any,
+    students: Mapping[str, Any],
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    teacher_contexts: Sequence[str | None] | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> TeacherComparison:
+    """score_lm of the teacher (with `teacher_contexts`) and of each student, and mean_kl(teacher, student).
+
+    One teacher forward and one forward per student per batch: 1 + S passes over the texts, where score_lm and
+    mean_kl called apart take 1 + S for the scores and 2·S more for the KLs (the teacher again for each KL).
+    Memory: a batch's teacher logits stay while the students run (batch_size × longest row × vocabulary).
+    The teacher and the students must share `tokenizer`'s vocabulary.
+    """
+    context_list = _check_contexts(texts, teacher_contexts, "teacher_contexts")
+    pairs = []
+    for text, context in zip(texts, context_list, strict=True):
+        pair = (_build_row(tokenizer, text, context, max_length), _build_row(tokenizer, text, None, max_length))
+        if pair[0].n_targets > 0 or pair[1].n_targets > 0:
+            pairs.append(pair)
+    if not any(student_row.n_targets for _, student_row in pairs):
+        raise DistillError("There is no text to score: every held-out text is empty.")
+    pairs.sort(key=lambda pair: len(pair[0].input_ids), reverse=True)
+    pad_id = _pad_id(tokenizer)
+    teacher_nll = 0.0
+    student_nll = dict.fromkeys(students, 0.0)
+    total_kl = dict.fromkeys(students, 0.0)
+    with _eval_mode(teacher_model, *students.values()), torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            teacher_logits = _forward(teacher_model, [pair[0] for pair in batch], pad_id)  # (B, Tt, V)
+            teacher_lps = [_row_logprobs(teacher_logits[index], row) for index, (row, _) in enumerate(batch)]
+            teacher_nll += sum(_nll(lp, row) for lp, (row, _) in zip(teacher_lps, batch, strict=True))
+            for name, model in students.items():
+                student_logits = _forward(model, [pair[1] for pair in batch], pad_id)  # (B, Ts, V')
+                vocab = _shared_vocab(teacher_logits.shape[-1], student_logits.shape[-1], len(tokenizer))
+                for index, (teacher_row, student_row) in enumerate(batch):
+                    if student_row.n_targets == 0:
+                        continue
+                    student_lp = _row_logprobs(student_logits[index], student_row)  # (n, V')
+                    student_nll[name] += _nll(student_lp, student_row)
+                    # The teacher may score one more leading text token (its context precedes it): the KL takes
+                    # the student's positions, as mean_kl does.
+                    skip = teacher_row.n_targets - student_row.n_targets
+                    teacher_lp = teacher_lps[index]
+                    if vocab is not None:
+                        student_lp = _row_logprobs(student_logits[index], student_row, vocab)
+                        teacher_lp = _row_logprobs(teacher_logits[index], teacher_row, vocab)
+                    kl = F.kl_div(student_lp, teacher_lp[skip:].to(student_lp.device), reduction="sum", log_target=True)
+                    total_kl[name] += kl.item()
+                del student_logits
+            del teacher_logits, teacher_lps
+    student_rows = [row for _, row in pairs if row.n_targets > 0]
+    teacher_rows = [row for row, _ in pairs if row.n_targets > 0]
+    tokens = sum(row.n_targets for row in student_rows)
+    return TeacherComparison(
+        teacher=_scores(teacher_nll, teacher_rows),
+        students={name: _scores(student_nll[name], student_rows) for name in students},
+        kl={name: total_kl[name] / tokens for name in students},
+    )
+
+
+def _nll(logprobs: torch.Tensor, row: _Row) -> float:
+    """Summed NLL of the row's scored tokens from their log-probs (n, V)."""
+    targets = torch.tensor(row.input_ids[row.first_target : row.first_target + row.n_targets], device=logprobs.device)
+    return -logprobs.gather(1, targets[:, None]).sum().item()
+
+
+def _scores(total_nll: float, rows: Sequence[_Row]) -> LMScores:
+    tokens = sum(row.n_targets for row in rows)
+    scored_bytes = sum(row.scored_bytes for row in rows)
+    mean_nll = total_nll / tokens
+    return LMScores(
+        perplexity=math.exp(mean_nll),
+        bits_per_byte=total_nll / math.log(2) / scored_bytes if scored_bytes else math.nan,
+        mean_nll=mean_nll,
+        tokens=tokens,
+        bytes=scored_bytes,
+    )
 
 
 def _shared_vocab(teacher_vocab: int, student_vocab: int, tokenizer_size: int) -> int | None:

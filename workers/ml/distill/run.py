@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from workers.ml.distill import kd as kd_recipe
 from workers.ml.distill.config import DistillConfig, EndpointTeacherConfig, LocalTeacherConfig
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMismatch
-from workers.ml.distill.evaluate import mean_kl, score_lm
+from workers.ml.distill.evaluate import TeacherComparison, compare_with_teacher, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
 from workers.ml.distill.precision import parameter_count, prefers_bf16
 from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
@@ -118,13 +118,6 @@ def _store_in_bf16(config: DistillConfig, models: _Models) -> bool:
         model.dtype = torch.bfloat16
     logger.info("bf16: %s stored in bf16 on this CPU (native bf16 matmuls)", ", ".join(m.spec for m in loaded))
     return True
-
-
-def _teacher_mode(models: _Models, student_model: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    """A context in which the teacher's forward pass is the base model's (adapter off when they share it)."""
-    if models.shared and hasattr(student_model, "disable_adapter"):
-        return student_model.disable_adapter
-    return contextlib.nullcontext
 
 
 def _teacher_batch_tokens(models: _Models) -> int:
@@ -238,20 +231,23 @@ def _evaluate(
     texts = [chunk.text for chunk in chunks]
     contexts = [kd_recipe.context_text(corpus, chunk, config.kd) or None for chunk in chunks]
     tokenizer = models.student.tokenizer
-    on_progress(Progress("evaluating", 0, 3, message="Scoring the expert on held-out chunks"))
-    expert_scores = score_lm(expert, tokenizer, texts, batch_size=4)
-    with expert.disable_adapter():
-        on_progress(Progress("evaluating", 1, 3, message="Scoring the base model"))
-        base_scores = score_lm(expert, tokenizer, texts, batch_size=4)
     teacher = models.teacher
     teacher_scores, kl_before, kl_after = None, None, None
     shares_vocab = isinstance(teacher, LocalTeacher) and same_vocabulary(teacher.tokenizer, tokenizer)
-    if isinstance(teacher, LocalTeacher):
-        on_progress(Progress("evaluating", 2, 3, message="Scoring the teacher with its context"))
-        with _teacher_mode(models, expert)():
+    if shares_vocab:
+        on_progress(
+            Progress("evaluating", 0, 1, message="Scoring the base, the expert and the teacher on held-out chunks")
+        )
+        comparison = _compare_with_teacher(models, expert, texts, contexts)
+        expert_scores, base_scores = comparison.students["expert"], comparison.students["base"]
+        teacher_scores, kl_before, kl_after = comparison.teacher, comparison.kl["base"], comparison.kl["expert"]
+    else:
+        on_progress(Progress("evaluating", 0, 1, message="Scoring the base and the expert on held-out chunks"))
+        expert_scores = score_lm(expert, tokenizer, texts, batch_size=4)
+        with expert.disable_adapter():
+            base_scores = score_lm(expert, tokenizer, texts, batch_size=4)
+        if isinstance(teacher, LocalTeacher):  # another vocabulary: perplexities apart, bits per byte comparable
             teacher_scores = score_lm(teacher.model, teacher.tokenizer, texts, contexts=contexts, batch_size=4)
-        if shares_vocab:
-            kl_before, kl_after = _kl_before_after(models, expert, texts, contexts)
     qa_metrics: dict[str, Any] = {}
     qa_extra: dict[str, Any] = {}
     if config.recipe == "qa":  # --- recipe qa: blind-answer scores and generation stats (qa_eval.py, qa.py)
@@ -273,23 +269,23 @@ def _evaluate(
         extra={"heldout_chunks": len(texts), "heldout_is_train": not corpus.heldout, **qa_extra},
         **qa_metrics,
     )
-    on_progress(Progress("evaluating", 3, 3, message="Evaluation done"))
+    on_progress(Progress("evaluating", 1, 1, message="Evaluation done"))
     return metrics
 
 
-def _kl_before_after(
+def _compare_with_teacher(
     models: _Models, expert: Any, texts: list[str], contexts: list[str | None]
-) -> tuple[float | None, float | None]:
-    """KL(teacher ‖ base) and KL(teacher ‖ expert) on the held-out texts, the teacher seeing its context."""
+) -> TeacherComparison:
+    """Base and expert against the teacher seeing its context: one pass of each over the held-out texts."""
+    base = _AdapterSwitch(expert, adapter_on=False)
     teacher = models.teacher
     assert isinstance(teacher, LocalTeacher)
-    if models.shared:
-        # One model object: take the teacher's view (adapter off) as a frozen copy for the comparison.
-        return _kl_shared(expert, models.student.tokenizer, texts, contexts)
-    with expert.disable_adapter():
-        before = mean_kl(teacher.model, expert, models.student.tokenizer, texts, teacher_contexts=contexts)
-    after = mean_kl(teacher.model, expert, models.student.tokenizer, texts, teacher_contexts=contexts)
-    return before, after
+    # One model object playing teacher and student: the teacher is the base (adapter off) with its context.
+    teacher_model = base if models.shared else teacher.model
+    students = {"base": base, "expert": _AdapterSwitch(expert, adapter_on=True)}
+    return compare_with_teacher(
+        teacher_model, students, models.student.tokenizer, texts, teacher_contexts=contexts, batch_size=4
+    )
 
 
 class _AdapterSwitch(torch.nn.Module):
@@ -299,6 +295,7 @@ class _AdapterSwitch(torch.nn.Module):
         super().__init__()
         self.inner = peft_model
         self.adapter_on = adapter_on
+        self.train(peft_model.training)  # a new Module says "training"; take the model's own mode
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.adapter_on:
@@ -309,15 +306,6 @@ class _AdapterSwitch(torch.nn.Module):
     @property
     def config(self) -> Any:
         return self.inner.config
-
-
-def _kl_shared(
-    expert: Any, tokenizer: Any, texts: list[str], contexts: list[str | None]
-) -> tuple[float | None, float | None]:
-    teacher_view = _AdapterSwitch(expert, adapter_on=False)
-    before = mean_kl(teacher_view, teacher_view, tokenizer, texts, teacher_contexts=contexts)
-    after = mean_kl(teacher_view, _AdapterSwitch(expert, adapter_on=True), tokenizer, texts, teacher_contexts=contexts)
-    return before, after
 
 
 def _qa_data_stats(config: DistillConfig) -> dict[str, Any]:

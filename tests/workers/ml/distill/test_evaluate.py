@@ -17,6 +17,7 @@ from workers.ml.distill.errors import DistillError
 from workers.ml.distill.evaluate import (
     QAExample,
     best_and_worst,
+    compare_with_teacher,
     gap_closed,
     load_eval_set,
     mean_kl,
@@ -164,6 +165,38 @@ def test_it_lets_only_the_teacher_see_the_context(tiny: LoadedModel) -> None:
     contexts = ["Earlier: the VPN client changed.\n", None, "Context.\n"]
 
     assert mean_kl(tiny.model, tiny.model, tiny.tokenizer, TEXTS, teacher_contexts=contexts) > 0
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_it_compares_students_with_a_teacher_as_score_lm_and_mean_kl_do_apart(
+    tiny: LoadedModel, other_tiny: LoadedModel, bos: bool
+) -> None:
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    if not bos:  # the teacher, seeing a context, then scores one more leading token than the students
+        tokenizer.bos_token = None
+    texts = [*TEXTS, "", "A"]
+    contexts = ["Earlier: the VPN client changed.\n", None, "Context.\n", "Only a context.", "Some context "]
+    students = {"same": other_tiny.model, "other": tiny.model}
+
+    compared = compare_with_teacher(
+        other_tiny.model, students, tokenizer, texts, teacher_contexts=contexts, batch_size=2
+    )
+
+    teacher = score_lm(other_tiny.model, tokenizer, texts, contexts=contexts, batch_size=2)
+    assert compared.teacher.tokens == teacher.tokens and compared.teacher.bytes == teacher.bytes
+    assert compared.teacher.mean_nll == pytest.approx(teacher.mean_nll, rel=1e-5)
+    for name, model in students.items():
+        alone = score_lm(model, tokenizer, texts, batch_size=2)
+        assert compared.students[name].tokens == alone.tokens and compared.students[name].bytes == alone.bytes
+        assert compared.students[name].mean_nll == pytest.approx(alone.mean_nll, rel=1e-5)
+        kl = mean_kl(other_tiny.model, model, tokenizer, texts, teacher_contexts=contexts, batch_size=2)
+        assert compared.kl[name] == pytest.approx(kl, rel=1e-5)
+    assert 0 < compared.kl["same"] < compared.kl["other"]  # the context alone moves the teacher's same weights
+
+
+def test_it_refuses_to_compare_on_empty_texts(tiny: LoadedModel) -> None:
+    with pytest.raises(DistillError, match="no text to score"):
+        compare_with_teacher(tiny.model, {"student": tiny.model}, tiny.tokenizer, ["", ""])
 
 
 @pytest.mark.parametrize(
