@@ -183,11 +183,13 @@ def test_it_compares_students_with_a_teacher_as_score_lm_and_mean_kl_do_apart(
     )
 
     teacher = score_lm(other_tiny.model, tokenizer, texts, contexts=contexts, batch_size=2)
-    assert compared.teacher.tokens == teacher.tokens and compared.teacher.bytes == teacher.bytes
+    assert compared.teacher.tokens == teacher.tokens
+    assert compared.teacher.bytes == teacher.bytes
     assert compared.teacher.mean_nll == pytest.approx(teacher.mean_nll, rel=1e-5)
     for name, model in students.items():
         alone = score_lm(model, tokenizer, texts, batch_size=2)
-        assert compared.students[name].tokens == alone.tokens and compared.students[name].bytes == alone.bytes
+        assert compared.students[name].tokens == alone.tokens
+        assert compared.students[name].bytes == alone.bytes
         assert compared.students[name].mean_nll == pytest.approx(alone.mean_nll, rel=1e-5)
         kl = mean_kl(other_tiny.model, model, tokenizer, texts, teacher_contexts=contexts, batch_size=2)
         assert compared.kl[name] == pytest.approx(kl, rel=1e-5)
