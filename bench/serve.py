@@ -157,8 +157,10 @@ def bench_experts(args: argparse.Namespace, count: int, scratch: Path) -> dict[s
         max_loaded_experts=max(count, 1),
         adapter_memory_bytes=64 * 1024**3,
         batch_wait_ms=50,
+        weights=args.weights,
     )
     with Engine(config, progress=_quiet) as engine:
+        result["weights"] = engine.stats()["weights"]
         for ref in refs:
             engine.load_expert(ref)
         run_ours(engine, texts[:BATCH], round_robin[:BATCH], 4)  # warm-up: first-call allocations
@@ -182,7 +184,7 @@ def bench_experts(args: argparse.Namespace, count: int, scratch: Path) -> dict[s
     # The bench's writer model is the plain base again (its LoRA was unloaded): reuse it for HF and PEFT.
     tokenizer = writer.tokenizer
     tokenizer.padding_side = "left"
-    model = writer.model
+    model = writer.model.to(getattr(torch, result["weights"]))  # the engine's dtype: like for like
     _hf_generate(model, tokenizer, texts[:2], 2)  # warm-up
     result["base_hf"] = run_hf(model, tokenizer, texts, args.max_tokens)
     peft_model = PeftModel.from_pretrained(model, refs[0].location, adapter_name=refs[0].id)
@@ -209,6 +211,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         return round(top / bottom, digits) if top and bottom else None
 
     summary = {
+        "weights": result["weights"],
         "ours_mixed_tokens_per_s": result["ours_mixed"]["tokens_per_s"],
         "ours_single_tokens_per_s": result["ours_single"]["tokens_per_s"],
         "ours_base_tokens_per_s": result["ours_base"]["tokens_per_s"],
@@ -260,6 +263,13 @@ def main() -> None:
         type=int,
         default=0,
         help="torch threads (0: torch's default, one per core; 1: the engine's default, TORCH_THREADS_ENGINE)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="the engine's base dtype (EngineConfig.weights; auto: bf16 on a CPU with native bf16 for SmolLM2); "
+        "the HF and PEFT sides run in the same dtype",
     )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()

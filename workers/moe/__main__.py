@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         "--adapter-memory-mb", type=int, default=int(_env("ENGINE_ADAPTER_MEMORY_MB", "1024")),
         help="Memory for loaded experts' LoRA weights; the least recently used are evicted beyond it.",
     )  # fmt: skip
+    parser.add_argument(
+        "--weights", choices=["auto", "bf16", "fp32"], default=_env("ENGINE_WEIGHTS", "auto"),
+        help="The base's dtype: auto (the catalog's on a GPU; bf16 on a CPU with native bf16 for bases of 50M+ "
+        "parameters, else fp32), bf16 or fp32.",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=int(_env("TORCH_THREADS_ENGINE", "1")))
     parser.add_argument("--vllm-url", default=_env("VLLM_URL", ""))
     parser.add_argument("--vllm-model", default=_env("VLLM_MODEL", ""))
@@ -82,6 +87,7 @@ def build_service(args: argparse.Namespace) -> tuple[InferenceService, threading
                     model_cache_dir=Path(args.model_cache_dir),
                     model_roots=roots,
                     device=args.device,
+                    weights=args.weights,
                     max_batch_size=args.max_batch_size,
                     adapter_memory_bytes=args.adapter_memory_mb * 2**20,
                     expert_cache_dir=Path(args.model_cache_dir) / "experts",
@@ -121,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         weight_dtype(args.query_weights)  # a typo stops the engine here, not later in its loader thread
     except ValueError as error:
         parser.error(f"--query-weights (MOE_QUERY_WEIGHTS): {error}")
+    if args.weights not in ("auto", "bf16", "fp32"):  # argparse checks choices on the command line, not in defaults
+        parser.error(f"--weights (ENGINE_WEIGHTS) can be auto, bf16 or fp32; not {args.weights!r}.")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from workers.ml.device import configure_torch_threads

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from tests.workers.moe.conftest import ALL_LINEAR, TINY, PeftReference
+from workers.ml import device
 from workers.ml.catalog import CatalogConfig, load_model
 from workers.moe.adapters import ExpertRef, ExpertRefused
 from workers.moe.engine import Engine, EngineClosed, EngineConfig, Finished, GenerationRequest, InvalidRequest
+from workers.moe.lora import MultiLoraLinear
 
 SMOLLM2 = "packaged:smollm2-135m-instruct"
 
@@ -116,6 +118,40 @@ def test_it_describes_its_base_experts_and_work(engine: Engine, make_expert: Cal
     assert info.bytes > 0
     assert make_expert(1).id in engine.loaded_experts()
     assert {"batches_run", "mean_batch_size", "tokens_generated", "loaded_experts", "adapter_bytes"} <= set(stats)
+    assert stats["weights"] == "float32"  # auto keeps a tiny base in fp32, whatever the CPU
+
+
+def test_it_serves_in_bf16_where_the_cpu_has_it_and_answers_as_fp32_does(
+    engine: Engine,
+    model_cache_dir: Path,
+    make_expert: Callable[..., ExpertRef],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "CPU_BF16_MIN_PARAMETERS", 0)  # the tiny base counts as large here
+    ids = [engine.tokenizer.encode(f"Request number {i} says", add_special_tokens=False) for i in range(3)]
+    experts = [[make_expert(1)], [make_expert(3), make_expert(4, 0.5)], []]
+    config = EngineConfig(base_spec=TINY, model_cache_dir=model_cache_dir, device="cpu")
+
+    with Engine(config, progress=lambda _: None) as bf16:
+        logits = bf16.logits(ids, experts)
+        answer = bf16.generate(GenerationRequest(prompt="Hello", experts=[make_expert(1)], max_tokens=4, temperature=0))
+        stats = bf16.stats()
+        slots = {module.lora_a.dtype for module in bf16.model.modules() if isinstance(module, MultiLoraLinear)}
+
+    assert stats["weights"] == "bfloat16"
+    assert slots == {torch.bfloat16}  # the experts' slots follow the base
+    assert logits.dtype == torch.bfloat16
+    assert answer.completion_tokens == 4
+    reference = engine.logits(ids, experts)  # the same rows on the fp32 engine
+    torch.testing.assert_close(logits.float(), reference, atol=0.02, rtol=0)  # bf16 rounding: ~0.004 here
+    without_experts = engine.logits(ids, [[], [], []])
+    assert (reference[:2] - without_experts[:2]).abs().amax(dim=-1).min() > 0.1  # the experts count in that bound
+
+
+def test_it_refuses_an_unknown_weights_setting() -> None:
+    with pytest.raises(ValueError, match="weights must be one of auto, bf16, fp32"):
+        EngineConfig(weights="fp16")
 
 
 def test_it_refuses_work_after_close(model_cache_dir: Path) -> None:
@@ -150,7 +186,8 @@ def test_it_matches_peft_on_smollm2_for_a_mixed_batch(model_cache_dir: Path, tmp
     truth.load_adapter(refs[1].location, adapter_name="e1")
     messages = [[{"role": "user", "content": f"Say something about topic {i}."}] for i in range(3)]
 
-    config = EngineConfig(base_spec=SMOLLM2, model_cache_dir=model_cache_dir, device="cpu")
+    # fp32, as the reference: auto would serve SmolLM2 in bf16 on a CPU with native bf16.
+    config = EngineConfig(base_spec=SMOLLM2, model_cache_dir=model_cache_dir, device="cpu", weights="fp32")
     with Engine(config, progress=lambda _: None) as engine:
         ids = [engine._tokenize(GenerationRequest(messages=m)) for m in messages]
         batched = engine.logits(ids, [[refs[0]], [refs[1]], []])
@@ -173,3 +210,16 @@ def test_it_matches_peft_on_smollm2_for_a_mixed_batch(model_cache_dir: Path, tmp
         torch.testing.assert_close(batched[row], alone, atol=2e-4, rtol=0)
         expected = engine.tokenizer.decode(generated[0, len(ids[row]) :], skip_special_tokens=True)
         assert texts[row] == expected
+
+
+@pytest.mark.realmodel
+def test_it_still_answers_from_smollm2_served_in_bf16(model_cache_dir: Path) -> None:
+    config = EngineConfig(base_spec=SMOLLM2, model_cache_dir=model_cache_dir, device="cpu", weights="bf16")
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+
+    with Engine(config, progress=lambda _: None) as engine:
+        answer = engine.generate(GenerationRequest(messages=messages, max_tokens=24, temperature=0.0))
+        weights = engine.stats()["weights"]
+
+    assert weights == "bfloat16"
+    assert "Paris" in answer.text, answer.text

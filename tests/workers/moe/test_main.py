@@ -23,3 +23,21 @@ def test_it_reads_the_query_weights_from_the_environment(monkeypatch: pytest.Mon
     assert _parser().parse_args([]).query_weights == "fp16"
     assert weight_dtype("fp16") == torch.float16
     assert weight_dtype("auto") is None  # QueryEmbedder's default_dtype()
+
+
+def test_it_refuses_unknown_engine_weights_from_the_environment_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ENGINE_WEIGHTS", "fp16")
+
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+
+    assert stopped.value.code == 2
+    assert "ENGINE_WEIGHTS" in capsys.readouterr().err
+
+
+def test_it_reads_the_engine_weights_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _parser().parse_args([]).weights == "auto"
+    monkeypatch.setenv("ENGINE_WEIGHTS", "fp32")
+    assert _parser().parse_args([]).weights == "fp32"

@@ -1,4 +1,5 @@
-"""Which precision a distillation run computes in: bf16 on GPUs, and on CPUs that multiply bf16 in hardware.
+"""Which precision a distillation run computes in: bf16 on GPUs, and on CPUs that multiply bf16 in hardware
+(the rule, `prefers_bf16`, is workers/ml/device.py's, shared with the inference engine).
 
 On a CPU with AVX512-BF16 or AMX, bf16 matmuls run at ~2.4x fp32's rate, and the frozen models of a run are
 matmul-bound there. Measured on a 2-core AMD EPYC Zen 4 at SmolLM2-135M's shape, 4 x 256 tokens:
@@ -7,43 +8,14 @@ matmul-bound there. Measured on a 2-core AMD EPYC Zen 4 at SmolLM2-135M's shape,
 - LoRA training step: 6.13 s fp32 -> 4.34 s bf16 autocast over fp32 weights -> 3.73 s bf16 autocast over bf16
   weights (1.64x). The LoRA weights, their gradients and the optimizer stay fp32 (peft keeps adapters fp32 on a
   bf16 base), so the exported adapter is the same kind of file either way.
-Tiny models gain nothing (0.234 vs 0.239 s a step at hidden size 64): their time is not in matmuls, so they keep
-fp32 and its exact arithmetic. Elsewhere (AVX2-only CPUs) oneDNN emulates bf16, slower than fp32.
+Tiny models gain nothing and keep fp32; AVX2-only CPUs would emulate bf16, slower than fp32 (device.py).
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from workers.ml.device import cpu_has_native_bf16
-
-logger = logging.getLogger(__name__)
-
-# Below this, a model's step is overhead and the vocabulary projection's memory traffic, not matmuls: bf16 is no
-# faster (measured at 6.4M parameters, above) and fp32 keeps small runs (tests, demos) exact.
-CPU_BF16_MIN_PARAMETERS = 50_000_000
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters of `model`, tied weights once (parameters() yields each tensor once)."""
-    return sum(param.numel() for param in model.parameters())
-
-
-def prefers_bf16(setting: bool | None, device: torch.device, parameters: int) -> bool:
-    """Whether a run on `device` with a student of `parameters` computes in bf16 (`training.bf16`).
-
-    None (auto): on a GPU; on a CPU with native bf16 when the student has at least CPU_BF16_MIN_PARAMETERS.
-    True on a CPU without native bf16 is honoured (it is the user's call) with a warning that it will be slow.
-    """
-    if setting is not None:
-        if setting and device.type == "cpu" and not cpu_has_native_bf16():
-            logger.warning("training.bf16 is on, but this CPU has no native bf16 (AVX512-BF16, AMX): expect it slow")
-        return setting
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and parameters >= CPU_BF16_MIN_PARAMETERS and cpu_has_native_bf16()
+__all__ = ["autocasts_bf16", "weights_dtype"]
 
 
 def weights_dtype(model: torch.nn.Module) -> torch.dtype | None:

@@ -27,14 +27,13 @@ from peft import get_peft_model
 
 from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
 from workers.ml.catalog_types import CatalogError
-from workers.ml.device import configure_torch_threads
+from workers.ml.device import configure_torch_threads, parameter_count, prefers_bf16
 from workers.ml.distill import kd as kd_recipe
 from workers.ml.distill.config import DistillConfig, EndpointTeacherConfig, LocalTeacherConfig
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMismatch
 from workers.ml.distill.evaluate import TeacherComparison, compare_with_teacher, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
-from workers.ml.distill.precision import parameter_count, prefers_bf16
 from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
 from workers.ml.distill.signature import compute_signature
 from workers.ml.distill.teacher_cache import TeacherCache

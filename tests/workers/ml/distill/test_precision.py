@@ -14,11 +14,12 @@ from safetensors.torch import load_file
 
 from tests.workers.ml.distill.conftest import KDCase, build_cache, peft_student
 from tests.workers.ml.distill.test_run import STUDENT, tiny_config
+from workers.ml import device
 from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
-from workers.ml.distill import precision
+from workers.ml.device import CPU_BF16_MIN_PARAMETERS, prefers_bf16
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.kd import build_kd_data, kd_loss
-from workers.ml.distill.precision import CPU_BF16_MIN_PARAMETERS, autocasts_bf16, prefers_bf16
+from workers.ml.distill.precision import autocasts_bf16
 from workers.ml.distill.run import distill
 from workers.ml.distill.train import DataPlan, train
 
@@ -29,12 +30,12 @@ SMALL = CPU_BF16_MIN_PARAMETERS - 1
 
 @pytest.fixture
 def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
 
 
 @pytest.fixture
 def emulated_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
 
 
 def test_it_prefers_bf16_on_a_gpu_and_on_a_native_bf16_cpu_for_a_large_student(native_bf16: None) -> None:
@@ -50,7 +51,7 @@ def test_it_keeps_fp32_where_the_cpu_would_emulate_bf16(emulated_bf16: None) -> 
 def test_it_honours_an_explicit_setting_and_warns_when_bf16_will_be_emulated(
     emulated_bf16: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger=precision.__name__):
+    with caplog.at_level(logging.WARNING, logger=device.__name__):
         assert prefers_bf16(True, CPU, SMALL)
     assert "no native bf16" in caplog.text
     assert not prefers_bf16(False, torch.device("cuda"), BIG)
@@ -107,7 +108,7 @@ def test_it_distils_in_bf16_on_a_native_bf16_cpu_and_exports_an_fp32_adapter(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(precision, "CPU_BF16_MIN_PARAMETERS", 0)  # the tiny student counts as large here
+    monkeypatch.setattr(device, "CPU_BF16_MIN_PARAMETERS", 0)  # the tiny student counts as large here
     with caplog.at_level(logging.INFO, logger="workers.ml.distill.run"):
         result = distill(tiny_config(tmp_path, model_cache_dir), toy_corpus)
 
