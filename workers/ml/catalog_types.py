@@ -103,3 +103,9 @@ class LoadedModel:
     dtype: torch.dtype
     info: ModelInfo
     converted: bool = False  # True when this call read a GGUF file and wrote the cache
+
+    def cast(self, dtype: torch.dtype) -> None:
+        """Store the model's weights as `dtype`, in place (e.g. bf16 on a CPU with native bf16)."""
+        if dtype != self.dtype:
+            self.model.to(dtype)
+            self.dtype = dtype

@@ -209,10 +209,7 @@ def _set_weights_dtype(loaded: LoadedModel, bf16: bool | None) -> None:
     """
     if bf16 is None and loaded.device.type != "cpu":
         return
-    wanted = torch.bfloat16 if prefers_bf16(bf16, loaded.device, parameter_count(loaded.model)) else torch.float32
-    if loaded.dtype != wanted:
-        loaded.model.to(wanted)
-        loaded.dtype = wanted
+    loaded.cast(torch.bfloat16 if prefers_bf16(bf16, loaded.device, parameter_count(loaded.model)) else torch.float32)
 
 
 class Engine:

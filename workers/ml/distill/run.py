@@ -99,24 +99,22 @@ def _load(config: DistillConfig, on_progress: ProgressCallback) -> _Models:
     return _Models(student, load_teacher(config.teacher, catalog, progress=say), shared=False)
 
 
-def _store_in_bf16(config: DistillConfig, models: _Models) -> bool:
+def _store_in_bf16(config: DistillConfig, models: _Models) -> None:
     """On a CPU with native bf16, store the frozen student base and a local teacher in bf16 (precision.py).
 
-    On a GPU the catalog already loads bf16, so nothing changes there. Returns whether the models were cast.
+    On a GPU the catalog already loads bf16, so nothing changes there.
     """
     student = models.student
     wanted = prefers_bf16(config.training.bf16, student.device, parameter_count(student.model))
     if student.device.type != "cpu" or not wanted or student.dtype == torch.bfloat16:
-        return False
+        return
     loaded = [student]
     teacher = models.teacher
     if isinstance(teacher, LocalTeacher) and not models.shared and teacher.device.type == "cpu":
         loaded.append(teacher.loaded)
     for model in loaded:
-        model.model.to(torch.bfloat16)
-        model.dtype = torch.bfloat16
+        model.cast(torch.bfloat16)
     logger.info("bf16: %s stored in bf16 on this CPU (native bf16 matmuls)", ", ".join(m.spec for m in loaded))
-    return True
 
 
 def _teacher_batch_tokens(models: _Models) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from workers.ml.device import parameter_count
 from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.losses import LossParts
@@ -373,7 +374,7 @@ def train(
         log_path.write_text("".join(line + "\n" for line in kept))
     reporter = _StepReporter(settings, total_steps, start_step, log_path, on_progress, evaluate)
     step = start_step
-    parameters = sum(param.numel() for param in model.parameters())  # parameters() yields tied weights once
+    parameters = parameter_count(model)
     flops = planned_train_flops(parameters, plan.planned_positions(start_step))
     compiling = should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
     if compiling:
