@@ -232,14 +232,12 @@ def _evaluate(
     teacher_scores, kl_before, kl_after = None, None, None
     shares_vocab = isinstance(teacher, LocalTeacher) and same_vocabulary(teacher.tokenizer, tokenizer)
     if shares_vocab:
-        on_progress(
-            Progress("evaluating", 0, 1, message="Scoring the base, the expert and the teacher on held-out chunks")
-        )
+        on_progress(Progress("evaluating", 0, 1, message="Scoring base, expert and teacher (held-out)"))
         comparison = _compare_with_teacher(models, expert, texts, contexts)
         expert_scores, base_scores = comparison.students["expert"], comparison.students["base"]
         teacher_scores, kl_before, kl_after = comparison.teacher, comparison.kl["base"], comparison.kl["expert"]
     else:
-        on_progress(Progress("evaluating", 0, 1, message="Scoring the base and the expert on held-out chunks"))
+        on_progress(Progress("evaluating", 0, 1, message="Scoring base and expert (held-out)"))
         expert_scores = score_lm(expert, tokenizer, texts, batch_size=4)
         with expert.disable_adapter():
             base_scores = score_lm(expert, tokenizer, texts, batch_size=4)
