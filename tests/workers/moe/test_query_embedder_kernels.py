@@ -32,3 +32,14 @@ def test_each_weight_format_computes_the_linear_layer_and_its_gelu(dtype: torch.
     torch.testing.assert_close(result, expected, atol=tolerance, rtol=0)
     # GELU really applied (or really not): it maps negatives to near zero, a linear layer does not.
     assert bool((result < -0.2).any()) != gelu
+
+
+def test_int8_weights_give_exact_sums_where_large_activations_meet_large_weights() -> None:
+    # Every product is the largest int8 weight times the largest uint8 activation: on CPUs without VNNI fbgemm
+    # adds pairs of them in saturating int16 (2·255·127 > 32767) unless activations take 7 bits.
+    weight = torch.full((8, 64), 0.5)  # (out, in)
+    x = torch.full((3, 64), 2.0)  # (T, in)
+
+    result = _linear(weight, torch.zeros(8), torch.qint8)(x)
+
+    torch.testing.assert_close(result, torch.full((3, 8), 64.0), atol=0.5, rtol=0)
