@@ -16,16 +16,17 @@ interleaved query by query on a 2-core AMD EPYC Zen 4 (avx512_bf16, avx512_vnni)
     int8 dynamic (fbgemm; the default)             ~3.4 ms   cosine median 0.995, min 0.992 (0.97 for "")
 
 int8: fbgemm's dynamic quantisation, int8 weights per output channel, activations quantised per call to 8 bits.
-It is the default wherever the kernel exists (every x86-64 CPU; AVX512-VNNI or not): the fastest on both CPUs this
-ran on (on a Zen 3 with AVX2 only, emulated bf16 is 3-4x slower than fp32 and int8 ~1.4x faster than fp16), the
-smallest (10.6 MB of weights instead of 21 for bf16, so more of the centroids stay in the cache beside it), and on
-1 thread (the engine's default beside the web process and the workers) ~1.35x faster than bf16. Its routing on
-bench/route.py's held-out questions: top-1 95.1% as with the reference on both CPUs; a borderline question can
-cross the fallback threshold either way (Zen 3: off-topic fallback 100% against the reference's 95.5%; Zen 4:
-on-topic fallback 11.0% against 9.8%); 97-99% of the top-1 and fallback decisions identical to the reference's
-(docs/benchmarks.md). Where decisions must be the reference's exactly, ask
+Where the CPU lacks VNNI, fbgemm's int16 pair sums would saturate, so the weights take 7 bits there (see
+_fbgemm_linear). It is the default wherever the kernel exists (every x86-64 CPU; VNNI or not): the fastest on both
+CPUs this ran on (on a Zen 3 with AVX2 only, emulated bf16 is 3-4x slower than fp32 and int8 with 7-bit weights
+1.4x faster than fp16: 5.2 vs 7.2 ms), the smallest (10.6 MB of weights instead of 21 for bf16, so more of the
+centroids stay in the cache beside it), and on 1 thread (the engine's default beside the web process and the
+workers) ~1.35x faster than bf16. Its routing on bench/route.py's held-out questions: top-1 95.1% as with the
+reference on both CPUs; a borderline question can cross the fallback threshold either way (Zen 4: on-topic
+fallback 11.0% against 9.8%; Zen 3: 7.3%); 97-100% of the top-1 and fallback decisions identical to the
+reference's (docs/benchmarks.md). Where decisions must be the reference's exactly, ask
 for bf16 (CPUs with native bf16) or fp16 (`MOE_QUERY_WEIGHTS`). Also measured and dropped: int8 weight-only
-(`_weight_int8pack_mm`, no faster than bf16), 7-bit activations (`reduce_range`; cosine 0.968), oneDNN's int8
+(`_weight_int8pack_mm`, no faster than bf16), 7-bit activations (`reduce_range`; cosine 0.942-0.968), oneDNN's int8
 linear (slower than fbgemm's for ~20 rows), torch.compile (fbgemm's packed weights break the graph; inductor
 failed on the bf16 one).
 Truncating queries at 128 tokens saves nothing on ordinary questions (~15-40 tokens) and moves the embedding of a
