@@ -13,9 +13,13 @@ Tiny models gain nothing and keep fp32; AVX2-only CPUs would emulate bf16, slowe
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["autocasts_bf16", "weights_dtype"]
+import torch
+from peft.helpers import disable_input_dtype_casting
+
+__all__ = ["autocasts_bf16", "bf16_autocast", "weights_dtype"]
 
 
 def weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
@@ -36,3 +40,19 @@ def autocasts_bf16(setting: bool | None, device: torch.device, model: torch.nn.M
     if setting is not None:
         return setting
     return device.type == "cuda" or (device.type == "cpu" and weights_dtype(model) == torch.bfloat16)
+
+
+@contextmanager
+def bf16_autocast(model: torch.nn.Module, device: torch.device, enabled: bool) -> Iterator[None]:
+    """bf16 autocast for the forward passes inside (nothing when not `enabled`), without peft's input casts.
+
+    peft casts each LoRA layer's input to its weights' dtype, fp32, and autocast casts it straight back to bf16
+    for the matmul: two copies of the activation per LoRA layer in the forward (seven layers a block with the
+    default targets) and their two in the backward, for the same numbers. Under autocast the matmul takes the
+    bf16 input as it is.
+    """
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16), disable_input_dtype_casting(model):
+        yield

@@ -29,7 +29,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.errors import OutOfMemory
 from workers.ml.distill.losses import LossParts
 from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
-from workers.ml.distill.precision import autocasts_bf16
+from workers.ml.distill.precision import autocasts_bf16, bf16_autocast
 from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
 from workers.ml.distill.regional_compile import (
     compiled_layers,
@@ -342,9 +341,6 @@ def train(
     """
     device = next(model.parameters()).device
     use_bf16 = autocasts_bf16(settings.bf16, device, model)
-    autocast = (
-        (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if use_bf16 else (lambda: nullcontext())
-    )
     params = [param for param in model.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=device.type == "cuda"
@@ -402,7 +398,7 @@ def train(
                         if compiled:
                             piece = padded_rows(piece, math.ceil(settings.micro_batch_size / pieces))
                         batch = plan.collate(piece).to(device)
-                        with autocast():
+                        with bf16_autocast(model, device, use_bf16):
                             parts = loss_fn(model, batch)
                         weight = parts.positions / max(1, step_labels)
                         (parts.total * weight).backward()

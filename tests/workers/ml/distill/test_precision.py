@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.workers.ml.distill.conftest import KDCase, build_cache, peft_student
 from tests.workers.ml.distill.test_run import STUDENT, tiny_config
@@ -19,6 +24,7 @@ from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
 from workers.ml.device import CPU_BF16_MIN_PARAMETERS, prefers_bf16
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.kd import build_kd_data, kd_loss
+from workers.ml.distill import precision
 from workers.ml.distill.precision import autocasts_bf16
 from workers.ml.distill.run import distill
 from workers.ml.distill.train import DataPlan, train
@@ -98,6 +104,60 @@ def test_it_trains_fp32_lora_weights_on_a_bf16_base_and_lowers_the_loss(
     assert {param.dtype for param in lora.values()} == {torch.float32}  # the optimizer's weights stay fp32
     assert all(not torch.equal(param, before[name]) for name, param in lora.items())
     assert log[-1]["loss"] < log[0]["loss"] - 0.3, (log[0]["loss"], log[-1]["loss"])
+
+
+class Bf16ToFloat32Copies(TorchDispatchMode):
+    """Counts the copies of bf16 tensors into fp32 that the ops inside make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func.overloadpacket == torch.ops.aten._to_copy and kwargs.get("dtype") == torch.float32:
+            self.count += int(args[0].dtype == torch.bfloat16)
+        return func(*args, **kwargs)
+
+
+def test_it_hands_lora_layers_their_bf16_input_under_autocast_for_the_same_losses(
+    tmp_path: Path,
+    tiny_student: LoadedModel,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = dataclasses.replace(kd_case, training=dataclasses.replace(kd_case.training, epochs=1))
+    data = build_kd_data(toy_corpus.train, toy_corpus, tiny_student.tokenizer, case.kd, case.training.seq_len)
+    cache = build_cache(tmp_path, tiny_teacher, data, case)
+    base = tiny_student.model.to(torch.bfloat16)
+
+    def run(name: str) -> tuple[list[float], int, int]:
+        torch.manual_seed(0)
+        expert = get_peft_model(copy.deepcopy(base), case.lora.to_peft())
+        with Bf16ToFloat32Copies() as copies:
+            outcome = train(
+                expert,
+                DataPlan(data.segments, case.training, pad_token_id=0),
+                kd_loss(case.kd, cache=cache),
+                case.training,
+                tmp_path / name / "checkpoints",
+                tmp_path / name / "log.jsonl",
+                on_progress=lambda _: None,
+                should_stop=lambda: False,
+            )
+        losses = [json.loads(line)["loss"] for line in outcome.log_path.read_text().splitlines()]
+        lora_layers = sum(isinstance(module, BaseTunerLayer) for module in expert.modules())
+        return losses, copies.count, lora_layers
+
+    losses, copies, lora_layers = run("bf16-inputs")
+    # peft's own behaviour: each LoRA layer copies its bf16 input to fp32, and autocast copies it back.
+    monkeypatch.setattr(precision, "disable_input_dtype_casting", lambda model: nullcontext())
+    cast_losses, cast_copies, _ = run("cast-inputs")
+
+    assert losses == cast_losses  # the same numbers: bf16 -> fp32 -> bf16 is exact
+    assert cast_copies - copies >= lora_layers  # at least one forward's worth fewer copies
 
 
 def test_it_distils_in_bf16_on_a_native_bf16_cpu_and_exports_an_fp32_adapter(
