@@ -46,25 +46,64 @@ class TeacherSegment:
         return len(self.tokens) - self.target_offset
 
 
-def _forward_packed(
-    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int
-) -> tuple[PackedBatch, torch.Tensor]:
-    """Run the teacher over the segments `indices`, packed (no attention across segments): (batch, logits).
+# Model types whose logits are exactly lm_head(last hidden state) (checked in transformers' modeling files; Gemma 3
+# when it has no final soft-capping): for them the teacher pass runs the output head on the positions it keeps.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"})
+
+
+def _pack(segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int) -> PackedBatch:
+    """The segments `indices` packed into teacher rows (no attention across segments).
 
     Rows are as long as the longest segment: short segments share a row, long ones get a row each, so
     same-length segments need no block-diagonal mask and keep the fast causal attention path.
     """
     lengths = [len(segment.tokens) for segment in segments]
     seq_len = max(lengths[i] for i in indices)
-    batch = collate(
+    return collate(
         [segment.tokens for segment in segments], pack_rows(lengths, indices, seq_len), seq_len, pad_token_id
     )
+
+
+def _forward_packed(
+    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int
+) -> tuple[PackedBatch, torch.Tensor]:
+    """Run the teacher over the segments `indices`, packed (see _pack): (batch, logits (R, T, V))."""
+    batch = _pack(segments, indices, pad_token_id)
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(
             input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False
         ).logits  # (R, T, V)
     return batch, logits
+
+
+def _plain_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output head) of a model whose logits are the head applied to the decoder's output, else None."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        return None
+    head, decoder = model.get_output_embeddings(), model.get_decoder()
+    return None if head is None or decoder is model else (decoder, head)
+
+
+def _target_logits(model: Any, batch: PackedBatch, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits at the packed positions (rows[i], cols[i]): (N, V).
+
+    The output head and everything after it cost a pass over the vocabulary per position. A segment's context
+    positions (half the teacher's tokens with the default context of one chunk) and row padding need none, so
+    where the head is plain it runs on the kept positions only.
+    """
+    device = next(model.parameters()).device
+    inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device)}
+    plain = _plain_head(model)
+    with torch.inference_mode():
+        if plain is None:
+            return model(**inputs, use_cache=False).logits[rows.to(device), cols.to(device)]  # (N, V)
+        decoder, head = plain
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state  # (R, T, H)
+        return head(hidden[rows.to(device), cols.to(device)])  # (N, V)
 
 
 def _target_span(segment: TeacherSegment, start: int) -> slice:
@@ -82,21 +121,25 @@ def teacher_targets(
 ) -> list[Targets]:
     """Top-k targets of each segment in `indices`: [(segment, values (L, k) fp16, ids (L, k) int32, tail (L,))].
 
-    One log-softmax and top-k over the whole teacher batch and one copy to the CPU, instead of one per
+    One output head, top-k and copy to the CPU over the whole teacher batch's kept positions, instead of one per
     segment: on a GPU the per-segment kernels and synchronisations cost more than the teacher's forward.
     """
-    batch, logits = _forward_packed(model, segments, indices, pad_token_id)
+    batch = _pack(segments, indices, pad_token_id)
+    spans = [_target_span(segments[placement.segment], placement.start) for placement in batch.placements]
+    lengths = [span.stop - span.start for span in spans]
+    rows = torch.cat([torch.full((length,), p.row) for length, p in zip(lengths, batch.placements, strict=True)])
+    cols = torch.cat([torch.arange(span.start, span.stop) for span in spans])  # rows, cols: (N,)
+    logits = _target_logits(model, batch, rows, cols)  # (N, V)
     with torch.inference_mode():
-        values, ids, tail = teacher_topk(logits, top_k, temperature)  # (R, T, k), (R, T, k), (R, T)
+        values, ids, tail = teacher_topk(logits, top_k, temperature)  # (N, k), (N, k), (N,)
         del logits
         values, ids, tail = values.half().cpu(), ids.int().cpu(), tail.float().cpu()
-    out = []
-    for placement in batch.placements:
-        span = _target_span(segments[placement.segment], placement.start)
-        out.append(
-            (placement.segment, values[placement.row, span], ids[placement.row, span], tail[placement.row, span])
+    return [
+        (placement.segment, segment_values, segment_ids, segment_tail)
+        for placement, segment_values, segment_ids, segment_tail in zip(
+            batch.placements, values.split(lengths), ids.split(lengths), tail.split(lengths), strict=True
         )
-    return out
+    ]
 
 
 def live_teacher_logits(

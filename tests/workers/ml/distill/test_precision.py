@@ -22,9 +22,9 @@ from tests.workers.ml.distill.test_run import STUDENT, tiny_config
 from workers.ml import device
 from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
 from workers.ml.device import CPU_BF16_MIN_PARAMETERS, prefers_bf16
+from workers.ml.distill import precision
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.kd import build_kd_data, kd_loss
-from workers.ml.distill import precision
 from workers.ml.distill.precision import autocasts_bf16
 from workers.ml.distill.run import distill
 from workers.ml.distill.train import DataPlan, train
