@@ -129,13 +129,7 @@ def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype)
             # 2·255·127 > 32767: a large activation times a large weight came out wrong (0.78 off in a 64-wide
             # layer). 7-bit weights keep every pair sum below 2·255·63 = 32130 (MiniLM's query cosine to the
             # reference: min 0.979, against 0.942 for fbgemm's own guard, 7-bit activations, `reduce_range`).
-            levels = 127 if _int8_sums_exactly() else 63
-            scales = (weight.abs().amax(dim=1).clamp_min(1e-12) / levels).double()  # (out,) symmetric, per row
-            zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-            with warnings.catch_warnings():  # quantised tensors are deprecated in favour of torchao (not here)
-                warnings.simplefilter("ignore", UserWarning)
-                quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-            packed = torch.ops.quantized.linear_prepack(quantized, bias)
+            packed = _int8_packed(weight, bias, levels=127 if _int8_sums_exactly() else 63)
 
             def run(x: torch.Tensor, packed: Any) -> torch.Tensor:
                 return torch.ops.quantized.linear_dynamic(x, packed, False)  # 8-bit activations
@@ -148,6 +142,16 @@ def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype)
         return run(x, packed)
 
     return fbgemm_linear
+
+
+def _int8_packed(weight: torch.Tensor, bias: torch.Tensor, levels: int) -> Any:
+    """fbgemm's packed int8 weights: symmetric per output row, rounded to the integers -levels..levels."""
+    scales = (weight.abs().amax(dim=1).clamp_min(1e-12) / levels).double()  # (out,)
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantised tensors are deprecated in favour of torchao (not here)
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(quantized, bias)
 
 
 def _then_gelu(linear: Linear) -> Linear:
@@ -165,13 +169,7 @@ def _int8_sums_exactly() -> bool:
     saturate in int16 (AVX2 without VNNI: Zen 3, Skylake). False also where the kernel is missing.
     """
     try:
-        weight = torch.ones(1, 64)  # quantised per row to 127
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            quantized = torch.quantize_per_channel(
-                weight, torch.tensor([1 / 127], dtype=torch.double), torch.zeros(1, dtype=torch.long), 0, torch.qint8
-            )
-        packed = torch.ops.quantized.linear_prepack(quantized, torch.zeros(1))
+        packed = _int8_packed(torch.ones(1, 64), torch.zeros(1), levels=127)
         result = torch.ops.quantized.linear_dynamic(torch.ones(1, 64), packed, False)  # activations to 255
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
