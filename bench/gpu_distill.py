@@ -19,6 +19,10 @@ and compiled, and reports both passes (first batch and steady rate apart) and ho
 agree. The product runs the teacher eagerly (on a CPU compiling it gained 7%); this measures whether a GPU
 should. Training reads the eager pass's cache; the headline counts the faster pass.
 
+Then it profiles one teacher batch and one eager training micro-batch (`profile` in the JSON): wall time, the
+GPU's busy share (summed kernel time / wall: low means the GPU waits for the host) and the top ops by their own
+time, so one run on a lent GPU also says where the time goes.
+
 Writes bench/results/gpu_distill.json (or --out). No model files are needed: both models are built from
 configs with random weights, and the corpus is random token ids.
 """
@@ -27,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +50,9 @@ from peft import get_peft_model
 
 from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
+from workers.ml.distill.precision import bf16_autocast
 from workers.ml.distill.regional_compile import compiled_layers
-from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment
+from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, teacher_targets
 from workers.ml.distill.train import DataPlan, train
 
 SIZES = {
@@ -200,6 +207,77 @@ def train_once(
     return run, outcome.train_tokens, n_lora
 
 
+PROFILE_TOP = 12
+
+
+def profile_work(work: Callable[[], object], device: torch.device) -> dict[str, Any]:
+    """Where one unit of work spends its time: wall, the device's busy time, and the top ops by self time.
+
+    On a GPU `device_busy_share` = summed kernel time / wall: well below 1 means the GPU waits for the host
+    (Python, kernel launches, synchronisations), which compilation or CUDA graphs address; near 1 means the
+    kernels themselves are the cost (the top list says which). The profiler slows the host, so the share is a
+    lower bound. On a CPU the times are the ops' own.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    work()  # warm-up: allocator, kernel choices
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as profiler:
+        started = time.perf_counter()
+        work()
+        sync(device)
+        wall = time.perf_counter() - started
+    events = profiler.key_averages()
+    if cuda:
+        kernels = [event for event in events if event.self_device_time_total > 0]
+        busy_us = sum(event.self_device_time_total for event in kernels)
+        ranked = sorted(kernels, key=lambda event: event.self_device_time_total, reverse=True)
+        own_us = [event.self_device_time_total for event in ranked]
+    else:
+        ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)
+        own_us = [event.self_cpu_time_total for event in ranked]
+        busy_us = sum(own_us)
+    return {
+        "wall_ms": round(wall * 1e3, 2),
+        "busy_ms": round(busy_us / 1e3, 2),
+        "device_busy_share": round(busy_us / 1e6 / wall, 3) if cuda else None,
+        "aten_ops": sum(event.count for event in events if event.key.startswith("aten::")),
+        "top": [
+            {"name": event.key[:120], "ms": round(us / 1e3, 3), "calls": event.count}
+            for event, us in zip(ranked[:PROFILE_TOP], own_us[:PROFILE_TOP], strict=True)
+        ],
+    }
+
+
+def print_profile(label: str, report: dict[str, Any]) -> None:
+    share = report["device_busy_share"]
+    busy = f", device busy {share:.0%}" if share is not None else ""
+    print(f"\nprofile: {label}: {report['wall_ms']:.1f} ms wall{busy}, {report['aten_ops']} aten ops")
+    for entry in report["top"][:8]:
+        print(f"  {entry['ms']:>9.2f} ms {entry['calls']:>6}x  {entry['name'][:90]}")
+
+
+def profile_training(
+    student: torch.nn.Module, plan: DataPlan, cache: TeacherCache, kd: KDSettings, device: torch.device
+) -> dict[str, Any]:
+    """Profile one eager micro-batch of training (forward, loss from the cache, backward) on a fresh LoRA."""
+    torch.manual_seed(0)
+    expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
+    batch = plan.collate(plan.step_micro_batches(0)[0]).to(device)
+    loss_fn = kd_loss(kd, cache=cache)
+
+    def micro_batch() -> None:
+        with bf16_autocast(expert, device, device.type == "cuda"):
+            parts = loss_fn(expert, batch)
+        parts.total.backward()
+
+    try:
+        return profile_work(micro_batch, device)
+    finally:
+        expert.unload()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="Tiny models and few tokens: a smoke test.")
@@ -272,6 +350,13 @@ def main() -> int:
         agreement = top1_agreement(caches[0], caches[1], 64) if len(caches) == 2 else None
         del caches[1:]
         teacher_s = min(run.seconds for run in teacher_runs)
+        profiles: dict[str, dict[str, Any]] = {}
+        try:
+            first_batch = range(min(micro_batch, len(teacher_segments)))
+            one_batch = functools.partial(teacher_targets, teacher, teacher_segments, first_batch, args.top_k, 1.0, 0)
+            profiles["teacher_batch"] = profile_work(one_batch, device)
+        except Exception as error:  # reported in the JSON; the measured figures stand
+            failures["profile, teacher batch"] = repr(error)[:2000]
         del teacher
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -287,6 +372,12 @@ def main() -> int:
                 failures[f"training, compile {variant}"] = repr(error)[:2000]
                 continue
             runs.append(run)
+        try:
+            profiles["train_micro_batch"] = profile_training(
+                student, DataPlan(segments, base_settings, 0), cache, kd, device
+            )
+        except Exception as error:  # reported in the JSON; the measured figures stand
+            failures["profile, training micro-batch"] = repr(error)[:2000]
 
     flops_teacher = trained * 2 * n_teacher
     flops_train = trained * (4 * n_student + 6 * n_lora)
@@ -334,6 +425,7 @@ def main() -> int:
         "last_loss": best.last_loss,
         "runs": [run_summary(run) for run in runs],
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
+        "profile": profiles,
     }
     if len(teacher_runs) == 2:
         result["teacher_compiled_speedup"] = round(teacher_runs[0].seconds / teacher_runs[1].seconds, 3)
@@ -354,6 +446,8 @@ def main() -> int:
               f"{run.steady_tokens_per_s:>14,.0f}{train_mfu(run.train_s):>8.1%}")  # fmt: skip
     total = f"{'total (faster run)':<22}{total_s:>9.1f}{'':>12}{result['tokens_per_s']:>11,.0f}{'':>14}"
     print(f"{total}{result['mfu']:>8.1%}")
+    for label, report in profiles.items():
+        print_profile(label.replace("_", " "), report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -38,3 +38,11 @@ def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_both(tmp_pa
     assert report["teacher_top1_agreement"] > 0.99
     assert "teacher, compile on" in result.stdout
     assert report["failures"] == {}
+    # One teacher batch and one training micro-batch profiled: where a lent GPU's time goes, op by op.
+    for unit in ("teacher_batch", "train_micro_batch"):
+        profile = report["profile"][unit]
+        assert profile["wall_ms"] > 0
+        assert profile["aten_ops"] > 0
+        assert any(entry["name"] == "aten::mm" for entry in profile["top"]), profile["top"]
+    assert report["profile"]["train_micro_batch"]["aten_ops"] > report["profile"]["teacher_batch"]["aten_ops"]
+    assert "profile: train micro batch" in result.stdout
