@@ -219,7 +219,8 @@ class JobForm(forms.Form):
         initial=DistillationJob.Recipe.KD,
         widget=forms.RadioSelect,
         help_text="kd: the student learns the teacher's next-token distribution on your text (needs the same "
-        "tokenizer, or cross-tokenizer support). qa: the teacher writes question–answer pairs from each chunk.",
+        "tokenizer, or cross-tokenizer support). qa: the teacher writes question–answer pairs from each chunk; "
+        "it needs a teacher of about 1–3B parameters or more, or an endpoint model.",
     )
     epochs = OverflowSafeFloatField(
         required=False,

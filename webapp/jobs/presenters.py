@@ -153,8 +153,14 @@ def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
         ranked = sorted(examples, key=lambda example: -(_number(example.get("score")) or 0.0))
         best = ranked[:5]
         worst = ranked[len(best) :][::-1][:5]
+        judge = qa.get("judge") if isinstance(qa.get("judge"), dict) else None
+        grades = (judge or {}).get("mean_grade") or {}
         qa_view = {
-            "rouge_l": [(role, _number(score)) for role, score in (qa.get("rouge_l") or {}).items()],
+            # (model, ROUGE-L, the judge's mean grade 1–5 or None)
+            "scores": [
+                (role, _number(score), _number(grades.get(role))) for role, score in (qa.get("rouge_l") or {}).items()
+            ],
+            "judge": str(judge.get("judge") or "the teacher") if judge else None,
             "source": qa.get("source") or "",
             "best": best,
             "worst": worst,

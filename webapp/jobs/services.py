@@ -32,8 +32,20 @@ TOKENIZER_FAMILIES = {
     "packaged:smollm2-135m-instruct": "smollm2",
     "packaged:gemma3-270m-it": "gemma3",
 }
+# Sizes of the packaged models. Below QA_TEACHER_MIN_PARAMETERS a teacher writes poor question–answer pairs and
+# does not judge the answers (workers/ml/distill/qa_generate.py and qa_judge.py use the same line).
+PACKAGED_PARAMETERS = {"packaged:smollm2-135m-instruct": 134_515_008, "packaged:gemma3-270m-it": 268_098_176}
+QA_TEACHER_MIN_PARAMETERS = 1_000_000_000
 # Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
 DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
+# Teacher tokens of a qa job through an endpoint, beyond the chunks themselves (workers/ml/distill/qa_generate.py,
+# qa_eval.py, qa_judge.py): the instructions around a chunk, one written question–answer pair, and per evaluation
+# question what it costs to write it, its reference answer, the teacher's blind answer and the judge's grades of
+# three models' answers (~2,000 tokens with answers of a few sentences).
+QA_PROMPT_TOKENS = 150
+QA_PAIR_TOKENS = 100
+QA_EVAL_QUESTIONS = 50  # EvalSettings.max_eval_questions
+QA_EVAL_TOKENS_PER_QUESTION = 2_000
 
 
 class JobError(Exception):
@@ -100,6 +112,25 @@ def kd_refusal(teacher: dict[str, Any], student: str) -> str | None:
             f"the student {student_family}. Choose recipe qa for this teacher."
         )
     return None
+
+
+def qa_teacher_advice(teacher: dict[str, Any]) -> str | None:
+    """For recipe qa: why this teacher is too small to write the pairs well, or None (an endpoint, a model of
+    unknown size or one large enough: the run itself reports what it dropped)."""
+    spec = str(teacher.get("spec", ""))
+    if teacher.get("kind") == "endpoint":
+        return None
+    size = PACKAGED_PARAMETERS.get(spec)
+    if spec.startswith("tiny:"):
+        size = 0
+    if size is None or size >= QA_TEACHER_MIN_PARAMETERS:
+        return None
+    described = "a tiny test model" if size == 0 else f"about {size / 1e6:.0f}M parameters"
+    return (
+        f"{teacher.get('name') or spec} has {described}: small teachers write poor question–answer pairs and "
+        "do not judge the answers. Recipe qa pays off with a teacher of about 1–3B parameters or more, or an "
+        "endpoint model; this teacher suits recipe kd."
+    )
 
 
 def check_endpoint_url(url: str) -> None:
@@ -176,12 +207,20 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     if teacher.get("kind") == "endpoint":
         pairs = int(options.get("pairs_per_chunk", 2))
         chunks = int(version.stats.get("chunks", 0))
-        teacher_tokens = train_tokens * 2 if recipe == "kd" else train_tokens + chunks * pairs * 200
+        teacher_tokens = train_tokens * 2 if recipe == "kd" else qa_teacher_tokens(train_tokens, chunks, pairs)
         price_in = teacher.get("price_input_per_million") or 0
         price_out = teacher.get("price_output_per_million") or 0
         if price_in or price_out:
             cost = teacher_tokens * max(price_in, price_out) / 1_000_000
     return Estimate(budget, eta, teacher_tokens, cost)
+
+
+def qa_teacher_tokens(train_tokens: int, chunks: int, pairs: int) -> int:
+    """What a qa job sends to and gets from its teacher: each chunk to write pairs, again with each pair to grade
+    it (self-reward), and the evaluation's questions."""
+    writing = train_tokens + chunks * (QA_PROMPT_TOKENS + pairs * QA_PAIR_TOKENS)
+    grading = pairs * (train_tokens + chunks * (QA_PROMPT_TOKENS + QA_PAIR_TOKENS))
+    return writing + grading + QA_EVAL_QUESTIONS * QA_EVAL_TOKENS_PER_QUESTION
 
 
 def month_compute_seconds(organization: Organization) -> float:

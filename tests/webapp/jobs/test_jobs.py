@@ -250,6 +250,16 @@ def test_it_estimates_tokens_time_and_cost_for_a_priced_endpoint(cast: Cast, cor
     assert "<dt>Expected teacher cost</dt><dd>about $0.07</dd>" in body
 
 
+def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast, corpus: Corpus) -> None:
+    teacher = make_endpoint_teacher(cast.org, price_input_per_million=1, price_output_per_million=1)
+    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&epochs=1&pairs_per_chunk=2"
+    body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+    # 9,000 training tokens in 40 chunks, 2 pairs each: writing 9,000 + 40 × (150 + 2 × 100) = 23,000; grading
+    # 2 × (9,000 + 40 × 250) = 38,000; evaluation 50 questions × 2,000 = 100,000.
+    assert "<dt>Teacher tokens</dt><dd>about 161000</dd>" in body.content.decode()
+    assert "<dt>Expected teacher cost</dt><dd>about $0.16</dd>" in body.content.decode()
+
+
 def test_it_shows_no_cost_for_a_catalog_teacher_and_warns_of_a_refusal(
     cast: Cast, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,6 +270,21 @@ def test_it_shows_no_cost_for_a_catalog_teacher_and_warns_of_a_refusal(
     assert "<dt>Training tokens</dt><dd>9000</dd>" in text
     assert "Expected teacher cost" not in text
     assert "Recipe kd needs a teacher with the student&#x27;s tokenizer" in text
+
+
+def test_it_advises_a_larger_teacher_for_qa_but_not_for_kd_or_an_endpoint(cast: Cast, corpus: Corpus) -> None:
+    member = cast.client_for("member")
+
+    def panel(teacher: str, recipe: str) -> str:
+        query = f"?corpus={corpus.pk}&teacher={teacher}&recipe={recipe}"
+        return member.get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"}).content.decode()
+
+    advice = panel("global:0", "qa")
+    assert "SmolLM2 (packaged) has about 135M parameters: small teachers write poor" in advice
+    assert "Gemma 3 270M (packaged) has about 268M parameters" in panel("global:1", "qa")
+    assert "about 1–3B parameters or more, or an endpoint model" in advice
+    assert "small teachers" not in panel("global:0", "kd")
+    assert "small teachers" not in panel(f"org:{make_endpoint_teacher(cast.org).pk}", "qa")
 
 
 def test_it_asks_for_a_corpus_and_teacher_before_estimating(cast: Cast) -> None:
@@ -581,12 +606,37 @@ def test_it_says_not_applicable_when_no_gap_was_closed_and_shows_qa_examples(cas
     assert "not applicable" in page
     assert '<tr><td>teacher</td>\n    <td colspan="2" class="muted">not measured</td></tr>' in page
     assert "<tr><td>expert</td><td>0.340</td></tr>" in page
+    assert "Judge" not in page  # no judge ran: no judge column
     best, worst = page.split("<h4>Best answers</h4>")[1].split("<h4>Worst answers</h4>")
     assert "Question 11?" in best
     assert "Question 7?" in best
     assert "Question 6?" not in best
     assert "Question 0?" in worst
     assert "Question 11?" not in worst
+
+
+def test_it_shows_the_judges_grades_beside_rouge_when_the_teacher_judged(cast: Cast, corpus: Corpus) -> None:
+    examples = [
+        {"question": "Who signs?", "reference": "The CFO.", "answer": "The CFO signs.", "score": 0.8, "judge_grade": 5}
+    ]
+    metrics = {
+        "heldout": {"base": {"perplexity": 9.0}, "expert": {"perplexity": 8.0}, "teacher": None},
+        "gap_closed": None,
+        "kl_to_teacher": {"before": None, "after": None},
+        "qa": {
+            "rouge_l": {"base": 0.12, "expert": 0.34},
+            "judge": {"judge": "big-model @ http://teacher/v1", "mean_grade": {"base": 1.5, "expert": None}},
+            "source": "held-out questions",
+            "examples": examples,
+        },
+    }
+    job = make_job(corpus, JobStatus.SUCCEEDED, recipe="qa", metrics=metrics)
+    page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert "<th>Judge (1–5)</th>" in page
+    assert "<tr><td>base</td><td>0.120</td><td>1.50</td></tr>" in page
+    assert "<tr><td>expert</td><td>0.340</td><td>—</td></tr>" in page  # judged, but no grade could be read
+    assert "Judge: big-model @ http://teacher/v1" in page
+    assert "<td>0.800</td><td>5</td></tr>" in page
 
 
 def test_it_shows_teacher_tokens_and_cost_of_an_endpoint_job(cast: Cast, corpus: Corpus) -> None:

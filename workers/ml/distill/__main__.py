@@ -23,8 +23,10 @@ from tqdm import tqdm
 from workers.ml.catalog import default_cache_dir
 from workers.ml.catalog_types import CatalogError
 from workers.ml.distill.config import (
+    JUDGE_SETTINGS,
     DistillConfig,
     EndpointTeacherConfig,
+    EvalSettings,
     KDSettings,
     LocalTeacherConfig,
     LoraSettings,
@@ -79,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: bf16 on a GPU, and on a CPU with native bf16 (AVX512-BF16, AMX) for students of 50M+ "
         "parameters (1.6x faster there); else fp32. LoRA weights are fp32 either way.",
     )
+    parser.add_argument(
+        "--eval-set",
+        type=Path,
+        default=None,
+        help="qa: JSONL of {question, answer}, your own yardstick: base, expert and teacher answer it blind.",
+    )
+    parser.add_argument(
+        "--teacher-judge",
+        choices=JUDGE_SETTINGS,
+        default=None,
+        help="qa: the teacher also grades each blind answer 1-5 against the reference (default auto: an endpoint "
+        "teacher, or a local one of 1B+ parameters).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="Continue from the checkpoint in --out.")
     return parser
@@ -125,6 +140,7 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         teacher_cache=False if args.no_teacher_cache else None,
     )
     qa: QASettings = _replace(defaults.qa, pairs_per_chunk=args.pairs_per_chunk)
+    evaluation: EvalSettings = _replace(defaults.evaluation, eval_set=args.eval_set, teacher_judge=args.teacher_judge)
     return defaults.replace(
         recipe=args.recipe,
         student=args.student,
@@ -134,6 +150,7 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         lora=lora,
         kd=kd,
         qa=qa,
+        evaluation=evaluation,
     )
 
 

@@ -14,6 +14,8 @@ Recipe = Literal["kd", "qa"]
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 CompileSetting = Literal["auto", "on", "off"]
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
+JudgeSetting = Literal["auto", "on", "off"]
+JUDGE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,20 @@ class EvalSettings:
         default=None, metadata={"help": "Optional JSONL of {question, answer}: the company's own yardstick."}
     )
     max_eval_questions: int = field(default=50, metadata={"help": "Questions answered per model in QA scoring."})
+    teacher_judge: JudgeSetting = field(
+        default="auto",
+        metadata={
+            "help": "QA scoring: the teacher also grades each blind answer 1–5 against the reference. auto: when "
+            "the teacher is an endpoint or a local model of 1B+ parameters (smaller ones judge no better than "
+            "chance); on; off."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.teacher_judge not in JUDGE_SETTINGS:
+            raise ValueError(
+                f"evaluation.teacher_judge must be one of {', '.join(JUDGE_SETTINGS)}, not {self.teacher_judge!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -424,6 +424,7 @@ class QAExample:
     reference: str
     answer: str
     score: float  # ROUGE-L F1 of answer against reference
+    judge_grade: int | None = None  # the teacher's 1–5 grade against the reference, when it judged (qa_judge)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

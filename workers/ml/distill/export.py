@@ -103,6 +103,7 @@ def build_metrics(
     qa: Mapping[str, float | None] | None = None,
     qa_examples: Iterable[QAExample] | None = None,
     qa_source: str | None = None,
+    qa_judge: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json in the shape the expert card reads.
@@ -130,6 +131,7 @@ def build_metrics(
         examples = list(qa_examples or [])
         metrics["qa"] = {
             "rouge_l": dict(qa),
+            "judge": dict(qa_judge) if qa_judge is not None else None,
             "source": qa_source,
             "examples": [example.to_json() for example in examples],
         }
@@ -424,36 +426,58 @@ def _metrics_section(metrics: Mapping[str, Any], config: DistillConfig) -> list[
     )
     qa = metrics.get("qa")
     if isinstance(qa, Mapping):
-        rouge = qa.get("rouge_l") or {}
-        source = qa.get("source") or "questions"
+        lines += _qa_card_lines(qa, metrics.get("qa_evaluation"))
+    return lines
+
+
+def _qa_card_lines(qa: Mapping[str, Any], evaluation: Any) -> list[str]:
+    """The card's question-answering section: ROUGE-L and the judge's grades per model, best and worst answers."""
+    rouge = qa.get("rouge_l") or {}
+    judge = qa.get("judge") if isinstance(qa.get("judge"), Mapping) else None
+    grades = (judge or {}).get("mean_grade") or {}
+    source = qa.get("source") or "questions"
+    lines = [
+        "",
+        f"### Question answering ({source}, ROUGE-L F1 against the reference answers, higher is better)",
+        "",
+    ]
+    if judge:
         lines += [
+            f"Judge: {judge.get('judge')}, grading each answer 1–5 against the reference (mean grade, higher is "
+            "better).",
             "",
-            f"### Question answering ({source}, ROUGE-L F1 against the reference answers, higher is better)",
-            "",
-            "| model | ROUGE-L |",
-            "|---|---|",
+            "| model | ROUGE-L | judge (1–5) |",
+            "|---|---|---|",
         ]
+        lines += [f"| {role} | {_number(score)} | {_number(grades.get(role), 2)} |" for role, score in rouge.items()]
+    else:
+        decision = (evaluation or {}).get("teacher_judge") if isinstance(evaluation, Mapping) else None
+        if isinstance(decision, Mapping) and not decision.get("run"):
+            lines += [f"Teacher as judge: not run ({decision.get('why')}).", ""]
+        lines += ["| model | ROUGE-L |", "|---|---|"]
         lines += [f"| {role} | {_number(score)} |" for role, score in rouge.items()]
-        examples = [
-            QAExample(
-                question=str(example.get("question", "")),
-                reference=str(example.get("reference", "")),
-                answer=str(example.get("answer", "")),
-                score=float(example.get("score") or 0.0),
-            )
-            for example in qa.get("examples") or []
-            if isinstance(example, Mapping)
+    examples = [
+        QAExample(
+            question=str(example.get("question", "")),
+            reference=str(example.get("reference", "")),
+            answer=str(example.get("answer", "")),
+            score=float(example.get("score") or 0.0),
+            judge_grade=example.get("judge_grade") if isinstance(example.get("judge_grade"), int) else None,
+        )
+        for example in qa.get("examples") or []
+        if isinstance(example, Mapping)
+    ]
+    best, worst = best_and_worst(examples, n=5)
+    for title, chosen in (("Best answers", best), ("Worst answers", worst)):
+        if not chosen:
+            continue
+        header = "| question | expert's answer | reference | ROUGE-L |" + (" judge |" if judge else "")
+        lines += ["", f"{title}:", "", header, "|---|---|---|---|" + ("---|" if judge else "")]
+        lines += [
+            f"| {_one_line(example.question)} | {_one_line(example.answer)} | {_one_line(example.reference)} "
+            f"| {_number(example.score)} |" + (f" {_number(example.judge_grade)} |" if judge else "")
+            for example in chosen
         ]
-        best, worst = best_and_worst(examples, n=5)
-        for title, chosen in (("Best answers", best), ("Worst answers", worst)):
-            if not chosen:
-                continue
-            lines += ["", f"{title}:", "", "| question | expert's answer | reference | ROUGE-L |", "|---|---|---|---|"]
-            lines += [
-                f"| {_one_line(example.question)} | {_one_line(example.answer)} | {_one_line(example.reference)} "
-                f"| {_number(example.score)} |"
-                for example in chosen
-            ]
     return lines
 
 

@@ -5,6 +5,7 @@ self-reward when it is on), then — seeing the chunk — writes the reference a
 expert (the peft model with its adapter off and on, through the student's chat template) and the teacher
 (`teacher.chat`, without the chunk) answer each question blind; ROUGE-L F1 (evaluate.score_qa) against the
 references says how much of the chunks' content each carries. `<think>` reasoning is removed before scoring.
+A capable teacher also judges each answer 1–5 against its reference (qa_judge; `evaluation.teacher_judge`).
 When the teacher is the student's own base, its blind answers are the base's (same weights, same template,
 greedy) and are not generated twice.
 
@@ -18,6 +19,7 @@ A spent teacher budget skips what needs the teacher (questions, references, its 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -42,15 +44,12 @@ from workers.ml.distill.qa_generate import (
     strip_reasoning,
     user_turn,
 )
+from workers.ml.distill.qa_judge import JudgeDecision, Judgement, judge_answers, judge_decision
 from workers.ml.distill.teachers import Teacher
 
 EVAL_BATCH = 8
 EXAMPLES_EACH_WAY = 5
 BUDGET_SPENT = "the teacher's token budget was spent"
-# Teacher-as-judge (the teacher grading each blind answer against the reference) is not run: ROUGE-L needs no
-# extra teacher calls, and a small teacher — the 135M–270M models this platform ships — judges no better than
-# chance (SmolLM2-135M gives the same grade to right and wrong answers). A large endpoint teacher could be added
-# here as an optional judge.
 
 
 @dataclass
@@ -60,6 +59,7 @@ class QAEvaluation:
     qa: dict[str, float | None] | None = None
     examples: list[QAExample] = field(default_factory=list)
     source: str | None = None
+    judge: dict[str, Any] | None = None  # Judgement.summary() when the teacher judged
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,6 +122,7 @@ class _Block:
     rouge_l: dict[str, float | None]
     expert_examples: list[QAExample]
     notes: list[str]
+    judge: dict[str, Any] | None = None  # Judgement.summary() when the teacher judged
 
     def summary(self) -> dict[str, Any]:
         best, worst = best_and_worst(self.expert_examples, EXAMPLES_EACH_WAY)
@@ -129,6 +130,7 @@ class _Block:
             "source": self.source,
             "questions": self.questions,
             "rouge_l": self.rouge_l,
+            "judge": self.judge,
             "examples": [example.to_json() for example in best + worst],
             "notes": self.notes,
         }
@@ -143,6 +145,7 @@ class _Answerers:
         self.student, self.teacher, self.expert, self.shared = student, teacher, expert, shared
         self.max_new_tokens = config.qa.max_new_tokens
         self.teacher_mode: TeacherMode = expert.disable_adapter if shared else nullcontext
+        self.judge: JudgeDecision = judge_decision(teacher, config.evaluation.teacher_judge)
 
     def student_answers(self, questions: list[str], adapter_on: bool) -> list[str]:
         context = nullcontext() if adapter_on else self.expert.disable_adapter()
@@ -173,18 +176,33 @@ class _Answerers:
             answers["teacher_blind"] = self.teacher_answers(questions)
             if answers["teacher_blind"] is None:
                 notes.append(f"teacher not scored: {BUDGET_SPENT}")
-        rouge: dict[str, float | None] = {}
+        final = {name: [strip_reasoning(answer) for answer in given] for name, given in answers.items() if given}
+        rouge: dict[str, float | None] = {name: None for name in answers}
         expert_examples: list[QAExample] = []
-        for name, given in answers.items():
-            if given is None:
-                rouge[name] = None
-                continue
-            final = [strip_reasoning(answer) for answer in given]
-            mean, examples = score_qa(lambda _, final=final: final, questions, references)
+        for name, given in final.items():
+            mean, examples = score_qa(lambda _, given=given: given, questions, references)
             rouge[name] = mean
             if name == "expert":
                 expert_examples = examples
-        return _Block(source, len(questions), rouge, expert_examples, notes)
+        judgement = self._judge(source, questions, references, final, say) if self.judge.run else None
+        if judgement is None:
+            return _Block(source, len(questions), rouge, expert_examples, notes)
+        if judgement.budget_exhausted:
+            notes.append(f"the judge stopped: {BUDGET_SPENT}")
+        grade_of = dict(zip(zip(questions, final["expert"], strict=True), judgement.grades["expert"], strict=True))
+        expert_examples = [
+            dataclasses.replace(example, judge_grade=grade_of.get((example.question, example.answer)))
+            for example in expert_examples
+        ]
+        return _Block(source, len(questions), rouge, expert_examples, notes, judgement.summary(self.teacher.label))
+
+    def _judge(
+        self, source: str, questions: list[str], references: list[str], answers: dict[str, list[str]], say: Any
+    ) -> Judgement:
+        same_as = {"teacher_blind": "base"} if self.shared and "teacher_blind" in answers else None
+        count = len(questions) * (len(answers) - len(same_as or {}))
+        say(f"The teacher judges {count} answer(s) against the references ({source})")
+        return judge_answers(self.teacher, self.teacher_mode, questions, references, answers, same_as=same_as)
 
 
 def _heldout_block(
@@ -260,12 +278,16 @@ def evaluate_qa(
     summary: dict[str, Any] = {
         "heldout": heldout.summary() if isinstance(heldout, _Block) else {"skipped": heldout},
         "eval_set": eval_set.summary() if isinstance(eval_set, _Block) else {"skipped": eval_set} if eval_set else None,
-        "teacher_judge": "not run (ROUGE-L only; see qa_eval.py)",
+        "teacher_judge": {"run": answerers.judge.run, "why": answerers.judge.why},
     }
     primary = eval_set if isinstance(eval_set, _Block) else heldout if isinstance(heldout, _Block) else None
     if primary is None:
         return QAEvaluation(extra={"qa_evaluation": summary})
     best, worst = best_and_worst(primary.expert_examples, EXAMPLES_EACH_WAY)
     return QAEvaluation(
-        qa=primary.rouge_l, examples=best + worst, source=primary.source, extra={"qa_evaluation": summary}
+        qa=primary.rouge_l,
+        examples=best + worst,
+        source=primary.source,
+        judge=primary.judge,
+        extra={"qa_evaluation": summary},
     )

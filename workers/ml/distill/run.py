@@ -252,7 +252,12 @@ def _evaluate(
         qa_result = qa_eval.evaluate_qa(
             config, corpus, models.student, teacher, expert, shared=models.shared, on_progress=on_progress
         )
-        qa_metrics = {"qa": qa_result.qa, "qa_examples": qa_result.examples, "qa_source": qa_result.source}
+        qa_metrics = {
+            "qa": qa_result.qa,
+            "qa_examples": qa_result.examples,
+            "qa_source": qa_result.source,
+            "qa_judge": qa_result.judge,
+        }
         qa_extra = {"qa_data": qa_recipe.generation_metrics(config), **qa_result.extra}  # --- end recipe qa
     metrics = build_metrics(
         base=base_scores,

@@ -235,3 +235,25 @@ def test_it_writes_metrics_without_a_teacher_as_not_applicable(
     assert metrics["gap_closed"] is None
     assert "not applicable" in (out_dir / "README.md").read_text()
     assert json.loads((out_dir / "metrics.json").read_text())["qa"] is None
+
+
+def test_it_puts_the_judges_grades_on_the_card_next_to_rouge(
+    tmp_path: Path, trained: tuple[Any, LoadedModel], model_cache_dir: Path
+) -> None:
+    judge = {"judge": "big-model @ http://teacher/v1", "mean_grade": {"base": 1.5, "expert": 4.25, "teacher": 2.0}}
+    metrics = build_metrics(
+        base=scores(30.0),
+        expert=scores(20.0),
+        qa={"base": 0.1, "expert": 0.4, "teacher": 0.6},
+        qa_examples=[QAExample("Who approves leave?", "your manager", "the manager", 0.5, judge_grade=4)],
+        qa_source="eval set",
+        qa_judge=judge,
+    )
+
+    out_dir = export(tmp_path / "expert", trained, DistillConfig(tmp_path / "run", model_cache_dir), metrics=metrics)
+
+    card = (out_dir / "README.md").read_text()
+    assert "Judge: big-model @ http://teacher/v1, grading each answer 1–5" in card
+    assert "| expert | 0.400 | 4.25 |" in card
+    assert "| Who approves leave? | the manager | your manager | 0.500 | 4 |" in card
+    assert json.loads((out_dir / "metrics.json").read_text())["qa"]["judge"] == judge

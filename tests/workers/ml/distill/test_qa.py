@@ -90,8 +90,8 @@ def toy_pairs(name: str) -> list[dict[str, str]]:
 
 def scripted_reply(grade: Callable[[str], str] = lambda question: "5") -> Callable[[Messages], str]:
     """Good pairs for generation prompts (JSON, or Q:/A: lines when asked for those), `grade(question)` for
-    grading prompts, the chunk's fact for reference prompts (the teacher sees the chunk), and "I do not know."
-    for blind questions."""
+    grading prompts, the chunk's fact for reference prompts (the teacher sees the chunk), as judge 5 for an
+    answer equal to the reference and 1 otherwise, and "I do not know." for blind questions."""
 
     def reply(messages: Messages) -> str:
         content = str(messages[-1]["content"])
@@ -105,6 +105,10 @@ def scripted_reply(grade: Callable[[str], str] = lambda question: "5") -> Callab
             return grade(question.group(1) if question else "")
         if "Answer this question using the excerpt" in content:
             return f"The {name} code is {name}."
+        if "Grade the candidate answer" in content:
+            answer = re.search(r"^Candidate answer: (.*)$", content, re.M)
+            reference = re.search(r"^Reference answer: (.*)$", content, re.M)
+            return "5" if answer and reference and answer.group(1) == reference.group(1) else "Grade: 1"
         return "I do not know."
 
     return reply
@@ -313,9 +317,17 @@ def test_it_distils_an_expert_from_an_openai_compatible_teacher(
     assert metrics["qa"]["rouge_l"]["teacher_blind"] == 0.0  # "I do not know." shares no word with a reference
     assert metrics["qa"]["source"].startswith("questions the teacher wrote from 2 held-out chunk(s)")
     assert 0 < len(metrics["qa"]["examples"]) <= 4
+    # An endpoint teacher judges each answer against its reference: no blind answer here matches one.
+    judge = metrics["qa"]["judge"]
+    assert judge["judge"] == f"{stub.model} @ {stub.base_url}"
+    assert judge["mean_grade"] == {"base": 1.0, "expert": 1.0, "teacher_blind": 1.0}
+    assert judge["graded"] == {name: metrics["qa_evaluation"]["heldout"]["questions"] for name in judge["graded"]}
+    assert all(example["judge_grade"] == 1 for example in metrics["qa"]["examples"])
+    assert metrics["qa_evaluation"]["teacher_judge"]["run"] is True
     assert "generating" in {report.stage for report in reports}
     card = (out / "README.md").read_text()
     assert "Question answering" in card
+    assert "| teacher_blind | 0.000 | 1.00 |" in card
     assert f"qa pairs kept: {distinct}" in card
 
 
@@ -434,6 +446,12 @@ def test_it_adds_answer_kd_from_a_local_teacher_that_is_the_students_own_base(
     assert all(entry["divergence"] > 0 for entry in log)  # the teacher saw the chunk, the student did not
     assert result.metrics["qa"]["rouge_l"]["teacher_blind"] == result.metrics["qa"]["rouge_l"]["base"]
     assert result.metrics["kl_to_teacher"]["before"] is not None
+    # A tiny local teacher does not judge under auto, and the card says why.
+    assert result.metrics["qa"]["judge"] is None
+    decision = result.metrics["qa_evaluation"]["teacher_judge"]
+    assert decision["run"] is False
+    assert "under the 1B a judge needs" in decision["why"]
+    assert "Teacher as judge: not run (auto: the local teacher has" in (result.output_dir / "README.md").read_text()
 
 
 def test_it_scores_a_user_supplied_eval_set_for_base_expert_and_teacher(
@@ -444,7 +462,14 @@ def test_it_scores_a_user_supplied_eval_set_for_base_expert_and_teacher(
         "".join(json.dumps({"question": f"What is the {name} code?", "answer": f"The {name} code is {name}."}) + "\n"
                 for name in NAMES[:3])
     )  # fmt: skip
-    with OpenAIStub(reply=scripted_reply()) as stub:
+    scripted = scripted_reply()
+
+    def reply(messages: Messages) -> str:  # blind, the teacher knows the first answer only
+        if messages[-1]["content"] == f"What is the {NAMES[0]} code?":
+            return f"The {NAMES[0]} code is {NAMES[0]}."
+        return scripted(messages)
+
+    with OpenAIStub(reply=reply) as stub:
         config = qa_config(
             tmp_path,
             model_cache_dir,
@@ -455,7 +480,8 @@ def test_it_scores_a_user_supplied_eval_set_for_base_expert_and_teacher(
     qa = result.metrics["qa"]
     assert qa["source"] == "eval set eval.jsonl"
     assert set(qa["rouge_l"]) == {"base", "expert", "teacher_blind"}
-    assert qa["rouge_l"]["teacher_blind"] == 0.0
+    assert qa["rouge_l"]["teacher_blind"] == pytest.approx(1 / 3)
+    assert qa["judge"]["mean_grade"]["teacher_blind"] == pytest.approx((5 + 1 + 1) / 3)
     assert len(qa["examples"]) == 3
     assert result.metrics["qa_evaluation"]["heldout"]["questions"] > 0  # held-out scores are kept as well
 

@@ -253,3 +253,18 @@ def test_it_takes_the_precision_from_the_command_line(tmp_path: Path) -> None:
     assert bf16("--precision", "fp32") is False
     assert bf16("--gpu-defaults") is True
     assert bf16("--gpu-defaults", "--precision", "fp32") is False
+
+
+def test_it_takes_the_eval_set_and_the_judge_from_the_command_line(tmp_path: Path) -> None:
+    from workers.ml.distill.__main__ import _parser, build_config
+
+    required = ["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), "--recipe", "qa"]
+
+    plain = build_config(_parser().parse_args(required)).evaluation
+    assert (plain.eval_set, plain.teacher_judge) == (None, "auto")
+    chosen = build_config(
+        _parser().parse_args([*required, "--eval-set", str(tmp_path / "eval.jsonl"), "--teacher-judge", "off"])
+    ).evaluation
+    assert (chosen.eval_set, chosen.teacher_judge) == (tmp_path / "eval.jsonl", "off")
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*required, "--teacher-judge", "sometimes"])
