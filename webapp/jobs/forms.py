@@ -80,7 +80,7 @@ class TeacherForm(forms.ModelForm):
             "price_output_per_million": "Price per million output tokens (USD)",
         }
         help_texts = {
-            "spec": "Catalog teachers only: packaged:… (e.g. packaged:gemma3-270m-it) or hf:… (a directory under "
+            "spec": "Catalog teachers only: packaged:… (e.g. packaged:gemma3-270m) or hf:… (a directory under "
             "the server's MODEL_ROOTS).",
             "model_name": "Endpoint teachers only: the model name the endpoint serves.",
             "price_input_per_million": "Optional: used for cost estimates and the spend cap.",
@@ -116,7 +116,7 @@ class TeacherForm(forms.ModelForm):
             if not spec:
                 self.add_error("spec", "A catalog teacher needs a model spec.")
             elif not spec.startswith(CATALOG_PREFIXES) or spec in CATALOG_PREFIXES:
-                self.add_error("spec", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m-it).")
+                self.add_error("spec", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m).")
             elif spec.startswith("hf:") and not _local_path_allowed(spec[3:]):
                 roots = ", ".join(str(root) for root in settings.MODEL_ROOTS) or "none configured"
                 self.add_error("spec", f"A local model must be under a directory the operator allows ({roots}).")

@@ -30,11 +30,11 @@ METADATA_HOSTS = {"169.254.169.254", "fd00:ec2::254", "metadata.google.internal"
 # Tokenizer families of the catalog specs the web process knows without loading anything (kd needs the same).
 TOKENIZER_FAMILIES = {
     "packaged:smollm2-135m-instruct": "smollm2",
-    "packaged:gemma3-270m-it": "gemma3",
+    "packaged:gemma3-270m": "gemma3",
 }
 # Sizes of the packaged models. Below QA_TEACHER_MIN_PARAMETERS a teacher writes poor question–answer pairs and
 # does not judge the answers (workers/ml/distill/qa_generate.py and qa_judge.py use the same line).
-PACKAGED_PARAMETERS = {"packaged:smollm2-135m-instruct": 134_515_008, "packaged:gemma3-270m-it": 268_098_176}
+PACKAGED_PARAMETERS = {"packaged:smollm2-135m-instruct": 134_515_008, "packaged:gemma3-270m": 268_098_176}
 QA_TEACHER_MIN_PARAMETERS = 1_000_000_000
 # Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
 DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}

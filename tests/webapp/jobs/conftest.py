@@ -20,7 +20,7 @@ from webapp.tenants.models import ApiToken, Organization
 
 SECRET_KEY = "sk-test-SECRET-9876"
 SHARED_SMOLLM = "SmolLM2 (packaged)=packaged:smollm2-135m-instruct"
-SHARED_GEMMA = "Gemma 3 270M (packaged)=packaged:gemma3-270m-it"
+SHARED_GEMMA = "Gemma 3 270M (packaged)=packaged:gemma3-270m"
 
 
 @pytest.fixture(autouse=True)

@@ -14,13 +14,13 @@ from webapp.jobs.models import DistillationJob, JobStatus, Teacher
 
 pytestmark = pytest.mark.django_db
 
-CATALOG_FORM = {"name": "Gemma", "kind": "catalog", "spec": "packaged:gemma3-270m-it"}
+CATALOG_FORM = {"name": "Gemma", "kind": "catalog", "spec": "packaged:gemma3-270m"}
 
 
 @pytest.fixture
 def teacher(cast: Cast) -> Teacher:
     return Teacher.objects.create(
-        organization=cast.org, name="Local gemma", kind=Teacher.Kind.CATALOG, spec="packaged:gemma3-270m-it"
+        organization=cast.org, name="Local gemma", kind=Teacher.Kind.CATALOG, spec="packaged:gemma3-270m"
     )
 
 

@@ -45,11 +45,11 @@ def errors_of(response: Any) -> dict[str, list[str]]:
 # ------------------------------------------------------------------ the form
 def test_it_adds_a_catalog_teacher(cast: Cast) -> None:
     response = cast.client_for("admin").post(
-        reverse("jobs:teacher-create"), {"name": "Gemma", "kind": "catalog", "spec": "packaged:gemma3-270m-it"}
+        reverse("jobs:teacher-create"), {"name": "Gemma", "kind": "catalog", "spec": "packaged:gemma3-270m"}
     )
     assert response.status_code == 302
     teacher = Teacher.objects.get(name="Gemma")
-    assert (teacher.organization, teacher.kind, teacher.spec) == (cast.org, "catalog", "packaged:gemma3-270m-it")
+    assert (teacher.organization, teacher.kind, teacher.spec) == (cast.org, "catalog", "packaged:gemma3-270m")
     assert (teacher.created_by, teacher.api_key_encrypted, teacher.base_url) == (cast.admin, "", "")
     event = AuditEvent.objects.get(action=AuditEvent.Action.ORG_UPDATED, organization=cast.org)
     assert event.target == "teacher “Gemma”"
@@ -61,9 +61,9 @@ def test_it_adds_a_catalog_teacher(cast: Cast) -> None:
     ("spec", "error"),
     [
         ("", "A catalog teacher needs a model spec."),
-        ("gemma3-270m-it", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m-it)."),
-        ("tiny:smollm2", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m-it)."),
-        ("hf:", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m-it)."),
+        ("gemma3-270m", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m)."),
+        ("tiny:smollm2", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m)."),
+        ("hf:", "The spec must start with packaged: or hf: (e.g. packaged:gemma3-270m)."),
     ],
 )
 def test_it_refuses_a_catalog_spec_without_a_known_prefix(cast: Cast, spec: str, error: str) -> None:
@@ -253,12 +253,12 @@ def test_it_drops_the_key_when_an_endpoint_teacher_becomes_a_catalog_one(cast: C
     teacher = make_endpoint_teacher(cast.org)
     cast.client_for("owner").post(
         reverse("jobs:teacher-edit", args=[teacher.pk]),
-        {**ENDPOINT_FORM, "kind": "catalog", "spec": "packaged:gemma3-270m-it"},
+        {**ENDPOINT_FORM, "kind": "catalog", "spec": "packaged:gemma3-270m"},
     )
     teacher.refresh_from_db()
     assert (teacher.kind, teacher.spec, teacher.base_url, teacher.model_name) == (
         "catalog",
-        "packaged:gemma3-270m-it",
+        "packaged:gemma3-270m",
         "",
         "",
     )
@@ -331,10 +331,21 @@ def test_it_checks_the_address_again_before_testing(cast: Cast, settings: Any, s
     assert stub.requests == []
 
 
+def test_it_knows_the_packaged_models_by_the_catalogs_own_specs() -> None:
+    """The web process keeps its own table (it never imports torch); a spec the catalog does not know would pass
+    "Test connection" and fail when the job starts."""
+    from webapp.jobs import services
+    from workers.ml import packaged
+
+    catalog = {model.spec: model for model in packaged.PACKAGED_MODELS.values()}
+    assert set(services.TOKENIZER_FAMILIES) == set(catalog)
+    assert set(services.PACKAGED_PARAMETERS) == set(catalog)
+
+
 @pytest.mark.parametrize(
     ("spec", "ok", "message"),
     [
-        ("packaged:gemma3-270m-it", True, "packaged:gemma3-270m-it is a packaged model of this server (gemma3"),
+        ("packaged:gemma3-270m", True, "packaged:gemma3-270m is a packaged model of this server (gemma3"),
         ("packaged:llama-9000", False, "packaged:llama-9000 is not a packaged model of this server (known: "),
         ("hf:org/model-1.5b", True, "hf:org/model-1.5b is a valid hf: spec"),
         ("hf:../../etc", False, "hf:../../etc is not a spec this server understands"),
@@ -360,7 +371,7 @@ def test_it_lists_the_orgs_teachers_and_the_shared_ones_read_only(cast: Cast) ->
     assert "Globex model" not in page
     assert "SmolLM2 (packaged)" in page
     assert "Gemma 3 270M (packaged)" in page
-    assert "packaged:gemma3-270m-it is a packaged model of this server" in page
+    assert "packaged:gemma3-270m is a packaged model of this server" in page
     # Shared teachers have no edit, test or delete links: only the org's own teacher has them.
     assert set(re.findall(r"/jobs/teachers/(\d+)/", page)) == {str(teacher.pk)}
 
