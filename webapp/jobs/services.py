@@ -36,6 +36,8 @@ TOKENIZER_FAMILIES = {
 # does not judge the answers (workers/ml/distill/qa_generate.py and qa_judge.py use the same line).
 PACKAGED_PARAMETERS = {"packaged:smollm2-135m-instruct": 134_515_008, "packaged:gemma3-270m": 268_098_176}
 QA_TEACHER_MIN_PARAMETERS = 1_000_000_000
+# Packaged base models without a chat template: they continue text (recipe kd) but cannot answer prompts (qa).
+PACKAGED_WITHOUT_CHAT = {"packaged:gemma3-270m"}
 # Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
 DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
 # Teacher tokens of a qa job through an endpoint, beyond the chunks themselves (workers/ml/distill/qa_generate.py,
@@ -107,9 +109,25 @@ def kd_refusal(teacher: dict[str, Any], student: str) -> str | None:
     if teacher_family and student_family and teacher_family != student_family:
         if cross_tokenizer_kd_available():
             return None
+        advice = (
+            "It is a base model without a chat template, so recipe qa cannot use it either: choose another "
+            "teacher, or ask the operator to install the gold extra (cross-tokenizer kd)."
+            if teacher.get("spec") in PACKAGED_WITHOUT_CHAT
+            else "Choose recipe qa for this teacher."
+        )
         return (
             f"Recipe kd needs a teacher with the student's tokenizer: {teacher.get('name')} uses {teacher_family}, "
-            f"the student {student_family}. Choose recipe qa for this teacher."
+            f"the student {student_family}. {advice}"
+        )
+    return None
+
+
+def qa_refusal(teacher: dict[str, Any]) -> str | None:
+    """Why recipe qa cannot use this teacher at all, or None (other catalog models are checked when the run starts)."""
+    if teacher.get("kind") != "endpoint" and teacher.get("spec") in PACKAGED_WITHOUT_CHAT:
+        return (
+            f"Recipe qa needs a teacher that answers prompts: {teacher.get('name') or teacher.get('spec')} is a base "
+            "model without a chat template. Choose recipe kd for this teacher, or an instruct model for qa."
         )
     return None
 
@@ -290,6 +308,8 @@ def create_job(
         refusal = kd_refusal(choice.snapshot, student)
         if refusal:
             raise JobError(refusal)
+    if recipe == DistillationJob.Recipe.QA and (refusal := qa_refusal(choice.snapshot)):
+        raise JobError(refusal)
     refusal = limit_refusal(organization)
     if refusal:
         raise JobError(refusal)

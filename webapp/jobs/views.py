@@ -225,6 +225,7 @@ def _estimate(form: JobForm) -> dict[str, Any]:
     options = {key: value for key, value in options.items() if value is not None}
     estimate = services.estimate(corpus, recipe, options, snapshot)
     refusal = services.kd_refusal(snapshot, settings.MOE_BASE_MODEL) if recipe == "kd" else None
+    refusal = refusal or (services.qa_refusal(snapshot) if recipe == "qa" else None)
     return {
         "ready": estimate is not None,
         "estimate": estimate,

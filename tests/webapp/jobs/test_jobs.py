@@ -24,7 +24,7 @@ from tests.webapp.conftest import Cast, make_user
 from tests.webapp.jobs.conftest import make_corpus, make_endpoint_teacher, make_job
 from webapp.corpora.models import Corpus, CorpusVersion
 from webapp.jobs import services
-from webapp.jobs.models import DistillationJob, JobStatus, Notification
+from webapp.jobs.models import DistillationJob, JobStatus, Notification, Teacher
 from webapp.jobs.presenters import humanize_seconds, loss_curve
 
 pytestmark = pytest.mark.django_db
@@ -192,15 +192,30 @@ def test_it_refuses_kd_with_a_teacher_of_another_tokenizer(
     assert response.status_code == 200
     expected = (
         "Recipe kd needs a teacher with the student's tokenizer: Gemma 3 270M (packaged) uses gemma3, the student "
-        "smollm2. Choose recipe qa for this teacher."
+        "smollm2. It is a base model without a chat template, so recipe qa cannot use it either: choose another "
+        "teacher, or ask the operator to install the gold extra (cross-tokenizer kd)."
     )
     assert response.context["form"].non_field_errors() == [expected]
     assert "Recipe kd needs a teacher with the student&#x27;s tokenizer" in response.content.decode()
     assert not DistillationJob.objects.exists()
     # The evaluation set stored for the refused job is removed again.
     assert list((tmp_path / "media" / "jobs").rglob("*.jsonl")) == []
-    # The same teacher is fine for recipe qa.
-    assert client.post(reverse("jobs:create"), job_form(corpus, teacher="global:1", recipe="qa")).status_code == 302
+    # Nor can it write qa pairs: a base model does not answer prompts.
+    refused = client.post(reverse("jobs:create"), job_form(corpus, teacher="global:1", recipe="qa"))
+    assert refused.context["form"].non_field_errors() == [
+        "Recipe qa needs a teacher that answers prompts: Gemma 3 270M (packaged) is a base model without a chat "
+        "template. Choose recipe kd for this teacher, or an instruct model for qa."
+    ]
+    assert not DistillationJob.objects.exists()
+    # An instruct model with another tokenizer is refused for kd with the advice to choose qa.
+    other = Teacher.objects.create(
+        organization=cast.org, name="Qwen", kind=Teacher.Kind.CATALOG, spec="hf:org/qwen2.5-1.5b-instruct"
+    )
+    monkeypatch.setattr(services, "tokenizer_family", lambda spec: "qwen2" if "qwen" in spec else "smollm2")
+    response = client.post(reverse("jobs:create"), job_form(corpus, teacher=f"org:{other.pk}"))
+    assert response.context["form"].non_field_errors()[0].endswith("Choose recipe qa for this teacher.")
+    accepted = client.post(reverse("jobs:create"), job_form(corpus, teacher=f"org:{other.pk}", recipe="qa"))
+    assert accepted.status_code == 302
 
 
 def test_it_refuses_a_job_beyond_the_orgs_active_limit(cast: Cast, corpus: Corpus) -> None:
