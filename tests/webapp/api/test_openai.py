@@ -250,3 +250,32 @@ def test_a_malformed_body_is_400_not_500(stack: dict[str, Any]) -> None:
         response = client.post("/v1/chat/completions", body, content_type="application/json", headers=headers)
         assert response.status_code == 400, body
         assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_an_expert_behind_this_api_teaches_through_the_endpoint_teacher(stack: dict[str, Any], web_url: str) -> None:
+    """Distillery's own API as the OpenAI-compatible teacher of another expert: the engine's real answers."""
+    from workers.ml.distill.config import EndpointTeacherConfig
+    from workers.ml.distill.teachers import EndpointTeacher
+
+    conversations = [
+        [{"role": "user", "content": COOKING_QUESTION}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Give me a tip."}],
+    ]
+    config = EndpointTeacherConfig(base_url=f"{web_url}/v1", model="cooking", api_key=stack["token_a"])
+    with EndpointTeacher(config) as teacher:
+        assert teacher.check_connection().startswith("OK: model cooking answered")
+        before = (teacher.usage.prompt_tokens, teacher.usage.completion_tokens)
+        answers = teacher.chat(conversations, max_new_tokens=8)
+        used = (teacher.usage.prompt_tokens - before[0], teacher.usage.completion_tokens - before[1])
+        # Recipe kd needs prompt logprobs, which this API does not serve: refused up front, not failed midway.
+        assert teacher.supports_prompt_logprobs(4) is False
+    direct = [
+        stack["a"].chat.completions.create(model="cooking", messages=messages, max_tokens=8, temperature=0)
+        for messages in conversations
+    ]
+    assert answers == [reply.choices[0].message.content for reply in direct]
+    assert all(answers)
+    assert used == (
+        sum(reply.usage.prompt_tokens for reply in direct),
+        sum(reply.usage.completion_tokens for reply in direct),
+    )
