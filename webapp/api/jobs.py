@@ -36,8 +36,16 @@ def _invalid(message: str, code: str = "invalid") -> JsonResponse:
     return api_error(message, status=400, error_type="invalid_request_error", code=code)
 
 
+TOP_LEVEL_FIELDS = frozenset({"name", "corpus", "teacher", "recipe", "options", "spend_cap_usd"})
+
+
 def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
     """The new-job form's fields from the JSON body (options default as on the page), or what is wrong."""
+    unknown = sorted(set(body) - TOP_LEVEL_FIELDS)
+    if unknown:  # a setting put beside "options" instead of inside it would otherwise be dropped in silence
+        misplaced = [key for key in unknown if key in DEFAULT_OPTIONS]
+        hint = f' ({", ".join(misplaced)} go under "options")' if misplaced else ""
+        return f"unknown field(s) {', '.join(unknown)}{hint}; known: {', '.join(sorted(TOP_LEVEL_FIELDS))}."
     options = body.get("options") or {}
     if not isinstance(options, dict):
         return "options: must be an object."

@@ -85,6 +85,12 @@ def test_it_takes_an_org_teacher_by_its_listed_id_or_its_row_id(
         ),
         ({"options": {"learning_rate": 1}}, "options: unknown key(s) learning_rate; known: epochs, token_budget, "),
         ({"options": [1]}, "options: must be an object."),
+        (
+            {"token_budget": 3000, "pairs_per_chunk": 1},
+            'unknown field(s) pairs_per_chunk, token_budget (pairs_per_chunk, token_budget go under "options"); '
+            "known: corpus, name, options, recipe, spend_cap_usd, teacher.",
+        ),
+        ({"eval_set": "x.jsonl"}, "unknown field(s) eval_set; known: corpus, name, "),
     ],
 )
 def test_it_refuses_invalid_jobs_with_400(corpus: Corpus, api: Api, changes: dict[str, Any], message: str) -> None:
