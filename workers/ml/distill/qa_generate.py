@@ -434,6 +434,10 @@ def generate_pairs(
         {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"} - {""}
     )
     started, done_at_start = time.perf_counter(), stats.chunks_done
+    if stats.chunks_done < len(chunks) and not stats.budget_exhausted:
+        # Said before the first call: a batch of a small local teacher on a CPU takes minutes, and until it
+        # returns the job page would still show the previous stage.
+        on_progress(Progress(stage, stats.chunks_done, len(chunks), message=f"{message} (first batch)"))
     while stats.chunks_done < len(chunks) and not stats.budget_exhausted:
         if should_stop():
             generation.cancelled = True

@@ -324,7 +324,10 @@ def test_it_distils_an_expert_from_an_openai_compatible_teacher(
     assert judge["graded"] == {name: metrics["qa_evaluation"]["heldout"]["questions"] for name in judge["graded"]}
     assert all(example["judge_grade"] == 1 for example in metrics["qa"]["examples"])
     assert metrics["qa_evaluation"]["teacher_judge"]["run"] is True
-    assert "generating" in {report.stage for report in reports}
+    generating = [report for report in reports if report.stage == "generating"]
+    # Said before the first teacher call, then after every batch of 8 chunks.
+    assert (generating[0].step, generating[0].total_steps) == (0, TRAIN_CHUNKS)
+    assert [report.step for report in generating[1:]] == [8, 16, 24, TRAIN_CHUNKS]
     card = (out / "README.md").read_text()
     assert "Question answering" in card
     assert "| teacher_blind | 0.000 | 1.00 |" in card
@@ -414,7 +417,7 @@ def test_it_resumes_generation_after_a_cancel_without_asking_again(
         return reply(messages)
 
     def stop_after_first_batch(progress: Progress) -> None:
-        if progress.stage == "generating":
+        if progress.stage == "generating" and progress.step > 0:
             stopping.append(True)
 
     stopping: list[bool] = []
