@@ -314,6 +314,11 @@ def _no_data_message(stats: GenerationStats, teacher: Teacher) -> str:
             f"The teacher {teacher.label} wrote no question–answer pair, so nothing was trained.{budget} "
             + LARGER_TEACHER_ADVICE
         )
+    if stats.abandoned:
+        budget += (
+            f" Generation stopped after the first {stats.chunks_done} of {stats.chunks} chunks, as none of them "
+            "gave a usable pair."
+        )
     threshold = ""
     if stats.self_reward and stats.dropped["below_threshold"]:
         threshold = (

@@ -15,6 +15,9 @@ Self-reward (`qa.self_reward`). The teacher grades each remaining pair 1–5 for
 usefulness (`parse_grade` reads the number from "4", "Score: 4/5", `{"score": 4}` …); pairs graded under
 `qa.reward_threshold` are dropped as *below_threshold*, and unreadable grades as *ungraded*.
 
+Failing fast. When the first HOPELESS_AFTER_CHUNKS chunks give no kept pair at all, generation stops there
+(`stats.abandoned`) and the run fails with the counts, instead of asking about the rest of the corpus.
+
 Every generated pair — kept or dropped, with its grade and drop reason and its chunk's doc_id/position — is
 written to `work/qa_data.jsonl`; `work/qa_state.json` records how far generation got. A retried or resumed
 run with the same teacher, corpus and settings reads them back instead of asking the teacher again (so a
@@ -44,6 +47,10 @@ PROMPT_VERSION = 1  # part of the generation fingerprint: a new prompt means new
 TEACHER_BATCH = 8  # conversations per teacher.chat call; cancellation is checked between calls
 SMALL_TEACHER_PARAMETERS = 1_000_000_000  # below this, a local teacher gets the simple Q:/A: line format
 RAW_KEEP_CHARS = 2000  # unparseable outputs are kept in qa_data.jsonl up to this length
+# Generation gives up when the teacher's first chunks gave no kept pair at all: a teacher that cannot write one
+# usable pair in 32 chunks (4 batches; SmolLM2-135M on a 2-core CPU: ~6 minutes) would spend the rest of the
+# corpus (184 chunks: ~30 minutes) to the same end. The run then fails with the counts, as when all are dropped.
+HOPELESS_AFTER_CHUNKS = 32
 DROP_REASONS = ("unparseable", "empty", "duplicate", "below_threshold", "ungraded")
 TeacherMode = Callable[[], AbstractContextManager[Any]]
 
@@ -330,6 +337,7 @@ class GenerationStats:
     self_reward: bool = False
     reward_threshold: int = 0
     budget_exhausted: bool = False  # the teacher's spend cap stopped generation early
+    abandoned: bool = False  # stopped early: the first HOPELESS_AFTER_CHUNKS chunks gave no kept pair
     prompt_format: str = "json"
 
     @property
@@ -481,6 +489,8 @@ def generate_pairs(
                 record.kept = True
                 stats.pairs_kept += 1
         generation.records.extend(new_records)
+        if stats.pairs_kept == 0 and HOPELESS_AFTER_CHUNKS <= stats.chunks_done < len(chunks):
+            stats.abandoned = True
         if on_batch is not None:
             on_batch(generation, new_records)
         elapsed = time.perf_counter() - started
@@ -495,6 +505,8 @@ def generate_pairs(
                 message=f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped",
             )
         )
+        if stats.abandoned:
+            break
     return generation
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.workers.ml.distill.conftest import NAMES
+from tests.workers.ml.distill.conftest import NAMES, toy_documents
 from tests.workers.ml.distill.openai_stub import Messages, OpenAIStub
 from workers.ml.catalog import LoadedModel
 from workers.ml.device import THREAD_ENV_VARS
@@ -28,12 +28,20 @@ from workers.ml.distill.config import (
     TeacherConfig,
     TrainingSettings,
 )
-from workers.ml.distill.corpus import Chunk, CorpusSnapshot
+from workers.ml.distill.corpus import Chunk, CorpusSnapshot, split_by_document
 from workers.ml.distill.errors import NoTrainingData
 from workers.ml.distill.losses import IGNORE_INDEX
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.qa import QADataPlan, aligned_teacher_logits, build_qa_data, qa_loss, training_target
-from workers.ml.distill.qa_generate import ParsedPair, QARecord, parse_grade, parse_pairs, strip_reasoning
+from workers.ml.distill.qa_generate import (
+    HOPELESS_AFTER_CHUNKS,
+    TEACHER_BATCH,
+    ParsedPair,
+    QARecord,
+    parse_grade,
+    parse_pairs,
+    strip_reasoning,
+)
 from workers.ml.distill.run import distill
 from workers.ml.distill.teachers import LocalTeacher
 
@@ -382,6 +390,31 @@ def test_it_trains_nothing_when_a_tiny_local_teacher_writes_nothing_parseable(
     records = records_of(config.work / "qa_data.jsonl")  # what the teacher wrote is kept for inspection
     assert len(records) == 27
     assert all(record["drop_reason"] == "unparseable" for record in records)
+
+
+def test_it_gives_up_early_when_the_teachers_first_chunks_give_no_usable_pair(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    corpus = split_by_document(toy_documents(20), heldout_fraction=0.1, seed=0, name="toy-20")
+    assert len(corpus.train) > HOPELESS_AFTER_CHUNKS + TEACHER_BATCH
+    generation_prompts: list[str] = []
+
+    def useless(messages: Messages) -> str:
+        generation_prompts.append(str(messages[-1]["content"]))
+        return "I am not sure what you mean."
+
+    with OpenAIStub(reply=useless) as stub:
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub))
+        with pytest.raises(NoTrainingData) as raised:
+            distill(config, corpus)
+    assert len(generation_prompts) == HOPELESS_AFTER_CHUNKS  # the rest of the corpus was never sent
+    message = str(raised.value)
+    assert f"asked for {2 * HOPELESS_AFTER_CHUNKS} pairs from {HOPELESS_AFTER_CHUNKS} chunks" in message
+    assert (
+        f"Generation stopped after the first {HOPELESS_AFTER_CHUNKS} of {len(corpus.train)} chunks, as none of "
+        "them gave a usable pair." in message
+    )
+    assert "larger teacher" in message
 
 
 def test_it_stops_at_the_teachers_spend_cap_and_trains_on_what_was_kept(
