@@ -323,6 +323,18 @@ def _reads_back_late(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _start_message(plan: DataPlan, start_step: int, compiled: bool) -> str:
+    settings = plan.settings
+    rows = settings.grad_accum * settings.micro_batch_size
+    said = (
+        f"Training the LoRA adapter: {plan.total_steps - start_step} optimizer step(s) of {rows} row(s) of up to "
+        f"{settings.seq_len} tokens"
+    )
+    if start_step:
+        said += f", resuming after step {start_step}"
+    return said + (" (the student's layers are compiled during the first step)" if compiled else "")
+
+
 def train(
     model: Any,
     plan: DataPlan,
@@ -376,6 +388,7 @@ def train(
     if compiling:
         logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
     with compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto") as compiled:
+        on_progress(Progress("training", start_step, total_steps, message=_start_message(plan, start_step, compiled)))
         defer = _reads_back_late(device)
         pending: _StepRecord | None = None
         model.train()
@@ -416,12 +429,12 @@ def train(
                         "training.seq_len (or use a smaller teacher/student, or a GPU with more memory)."
                     ) from error
                 pieces *= 2
-                logger.warning(
-                    "out of memory: micro-batch %d now runs in %d pieces of %d rows (effective batch unchanged)",
-                    settings.micro_batch_size,
-                    pieces,
-                    math.ceil(settings.micro_batch_size / pieces),
+                said = (
+                    f"Out of memory: each micro-batch of {settings.micro_batch_size} rows now runs in {pieces} pieces "
+                    f"of {math.ceil(settings.micro_batch_size / pieces)} (the effective batch is unchanged)"
                 )
+                logger.warning(said)
+                on_progress(Progress("training", step, total_steps, message=said))
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm).detach()
             optimizer.step()

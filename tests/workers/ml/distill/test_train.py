@@ -31,6 +31,7 @@ def run(
     should_stop: Any = lambda: False,
     wrap_loss: Any = None,
     run_dir: str = "run",
+    on_progress: Any = lambda _: None,
 ) -> tuple[TrainOutcome, Any, list[dict[str, Any]]]:
     data = build_kd_data(corpus.train, corpus, student.tokenizer, case.kd, case.training.seq_len)
     cache = build_cache(tmp_path, teacher, data, case)
@@ -44,7 +45,7 @@ def run(
         case.training,
         tmp_path / run_dir / "checkpoints",
         tmp_path / run_dir / "log.jsonl",
-        on_progress=lambda _: None,
+        on_progress=on_progress,
         should_stop=should_stop,
     )
     log = [json.loads(line) for line in outcome.log_path.read_text().splitlines()]
@@ -168,8 +169,17 @@ def test_it_runs_smaller_pieces_after_out_of_memory_with_the_same_losses(
 
         return wrapped
 
-    _, _, log = run(tmp_path, tiny_student, tiny_teacher, toy_corpus, kd_case, wrap_loss=oom_on_two_rows)
+    reports: list[Progress] = []
+    _, _, log = run(
+        tmp_path, tiny_student, tiny_teacher, toy_corpus, kd_case, wrap_loss=oom_on_two_rows, on_progress=reports.append
+    )
     assert [entry["loss"] for entry in log] == pytest.approx([entry["loss"] for entry in reference], rel=1e-4)
+    # What it did is said where the user looks (the job's log), not only in the worker's log.
+    said = [report.message for report in reports if report.message and "Out of memory" in report.message]
+    assert kd_case.training.micro_batch_size == 2
+    assert said == [
+        "Out of memory: each micro-batch of 2 rows now runs in 2 pieces of 1 (the effective batch is unchanged)"
+    ]
 
 
 def test_it_names_the_setting_to_lower_when_one_row_does_not_fit(
@@ -220,10 +230,19 @@ def test_it_reports_progress_per_step(
         on_progress=reports.append,
         should_stop=lambda: False,
     )
-    assert [r.step for r in reports] == list(range(1, outcome.total_steps + 1))
     assert all(r.stage == "training" and r.total_steps == outcome.total_steps for r in reports)
-    assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
-    assert all(r.tokens_per_s and r.tokens_per_s > 0 and r.loss is not None for r in reports)
+    # First what the stage will do, said before the first step (the job page's log shows it) ...
+    start, *steps = reports
+    assert start.step == 0
+    assert start.message == (
+        f"Training the LoRA adapter: {outcome.total_steps} optimizer step(s) of "
+        f"{kd_case.training.grad_accum * kd_case.training.micro_batch_size} row(s) of up to "
+        f"{kd_case.training.seq_len} tokens"
+    )
+    # ... then each step, with its loss, speed and time left.
+    assert [r.step for r in steps] == list(range(1, outcome.total_steps + 1))
+    assert steps[-1].eta_s == pytest.approx(0.0, abs=1e-6)
+    assert all(r.tokens_per_s and r.tokens_per_s > 0 and r.loss is not None for r in steps)
 
 
 def test_it_logs_and_evaluates_each_step_at_its_own_weights_when_reading_the_device_a_step_late(
@@ -251,7 +270,7 @@ def test_it_logs_and_evaluates_each_step_at_its_own_weights_when_reading_the_dev
         for key in ("loss", "ce", "divergence", "grad_norm", "heldout_loss", "tokens"):
             if key in theirs:
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (ours["step"], key)
-    assert [r.step for r in reports] == [r.step for r in reference_reports] == list(range(1, outcome.total_steps + 1))
+    assert [r.step for r in reports] == [r.step for r in reference_reports] == list(range(outcome.total_steps + 1))
     last_step = [entry for entry in reference if "loss" in entry][-1]
     assert outcome.final_loss == pytest.approx(last_step["loss"], abs=1e-6)
 
@@ -275,6 +294,6 @@ def test_it_logs_the_step_still_being_read_when_cancelled(
     assert outcome.cancelled
     assert outcome.steps_done == 2
     assert [entry["step"] for entry in log] == [1, 2]
-    assert [r.step for r in reports] == [1, 2]
+    assert [r.step for r in reports] == [0, 1, 2]
     assert outcome.final_loss == pytest.approx(log[-1]["loss"], abs=1e-6)
     assert (tmp_path / "late" / "checkpoints" / "step-000002" / "state.json").exists()
