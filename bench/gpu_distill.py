@@ -23,7 +23,9 @@ Then it profiles one teacher batch and one eager training micro-batch (`profile`
 GPU's busy share (summed kernel time / wall: low means the GPU waits for the host) and the top ops by their own
 time, so one run on a lent GPU also says where the time goes.
 
-Writes bench/results/gpu_distill.json (or --out). No model files are needed: both models are built from
+Writes bench/results/gpu_distill.json (or --out) after every finished pass, marked `"partial": true` until the
+end, so a run cut short by a time limit still leaves what it measured (on a lent device, point --out under
+$OUT). No model files are needed: both models are built from
 configs with random weights, and the corpus is random token ids.
 """
 
@@ -278,6 +280,12 @@ def profile_training(
         expert.unload()
 
 
+def save_partial(out: Path, done: dict[str, Any]) -> None:
+    """What is measured so far, written at once: the run may be cut short by the lent device's time limit."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"partial": True, **done}, indent=2, default=str) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="Tiny models and few tokens: a smoke test.")
@@ -346,6 +354,9 @@ def main() -> int:
                 continue
             teacher_runs.append(teacher_run)
             caches.append(built)
+            print(f"done: {dataclasses.asdict(teacher_run)}", flush=True)
+            done = [dataclasses.asdict(done_run) for done_run in teacher_runs]
+            save_partial(args.out, {"device": device_name, "matmul_tflops": peak, "teacher_runs": done})
         cache = caches[0]
         agreement = top1_agreement(caches[0], caches[1], 64) if len(caches) == 2 else None
         del caches[1:]
@@ -372,6 +383,18 @@ def main() -> int:
                 failures[f"training, compile {variant}"] = repr(error)[:2000]
                 continue
             runs.append(run)
+            print(f"done: {dataclasses.asdict(run)}", flush=True)
+            save_partial(
+                args.out,
+                {
+                    "device": device_name,
+                    "matmul_tflops": peak,
+                    "tokens": trained,
+                    "teacher_runs": [dataclasses.asdict(teacher_run) for teacher_run in teacher_runs],
+                    "runs": [dataclasses.asdict(done_run) for done_run in runs],
+                    "failures": failures,
+                },
+            )
         try:
             profiles["train_micro_batch"] = profile_training(
                 student, DataPlan(segments, base_settings, 0), cache, kd, device
@@ -396,6 +419,7 @@ def main() -> int:
         }
 
     result: dict[str, Any] = {
+        "partial": False,
         "device": device_name,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

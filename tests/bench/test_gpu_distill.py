@@ -22,6 +22,8 @@ def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_both(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["partial"] is False  # written after each pass with "partial": true, then whole at the end
+    assert result.stdout.count("done: {'compile'") == 4  # two teacher passes, two trainings, said as they end
     eager, compiled = report["runs"]
     assert (eager["compile"], compiled["compile"]) == ("off", "on")
     # The same LoRA init and data: compilation changes the speed, not the training.
