@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import run_bench
 
 
 def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_both(tmp_path: Path) -> None:
     out = tmp_path / "gpu_distill.json"
-    result = subprocess.run(
-        [sys.executable, "bench/gpu_distill.py", "--tiny", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_bench("bench/gpu_distill.py", "--tiny", "--out", str(out))
     report = json.loads(out.read_text())
     assert report["partial"] is False  # written after each pass with "partial": true, then whole at the end
     assert result.stdout.count("done: {'compile'") == 4  # two teacher passes, two trainings, said as they end

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import run_bench
 
 
 def test_it_grades_right_and_wrong_answers_with_the_products_judge(tmp_path: Path) -> None:
     out = tmp_path / "judge.json"
-    result = subprocess.run(
-        [sys.executable, "bench/judge.py", "--quick", "--threads", "1", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_bench("bench/judge.py", "--quick", "--threads", "1", "--out", str(out))
     (row,) = json.loads(out.read_text())["rows"]
     assert row["teacher"] == "tiny:llama-2l"
     assert len(row["grades_right"]) == len(row["grades_wrong"]) == row["items"] == 20
