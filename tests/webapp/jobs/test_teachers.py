@@ -336,10 +336,12 @@ def test_it_knows_the_packaged_models_by_the_catalogs_own_specs() -> None:
     "Test connection" and fail when the job starts."""
     from webapp.jobs import services
     from workers.ml import packaged
+    from workers.ml.distill.qa_judge import JUDGE_MIN_PARAMETERS
 
     catalog = {model.spec: model for model in packaged.PACKAGED_MODELS.values()}
     assert set(services.TOKENIZER_FAMILIES) == set(catalog)
     assert set(services.PACKAGED_PARAMETERS) == set(catalog)
+    assert services.QA_TEACHER_MIN_PARAMETERS == JUDGE_MIN_PARAMETERS  # the web warns where the engine draws the line
 
 
 @pytest.mark.parametrize(
