@@ -11,7 +11,8 @@ greedy) and are not generated twice.
 
 A user-supplied eval set (`evaluation.eval_set`, JSONL of question/answer) is scored the same way for base,
 expert and teacher, and is then the headline QA score of metrics.json (the company's own yardstick); the
-held-out scores stay under `qa_evaluation`. The five best and five worst expert answers are kept as examples.
+held-out scores stay under `qa_evaluation`. A kd expert is scored on the eval set too (`heldout_questions=False`:
+its teacher writes no questions); a teacher that cannot chat (a base model) is then left out, with a note. The five best and five worst expert answers are kept as examples.
 
 A spent teacher budget skips what needs the teacher (questions, references, its blind answers) and says so.
 """
@@ -32,7 +33,7 @@ import torch
 from workers.ml.catalog_types import LoadedModel
 from workers.ml.distill.config import DistillConfig
 from workers.ml.distill.corpus import CorpusSnapshot
-from workers.ml.distill.errors import DistillError
+from workers.ml.distill.errors import DistillError, TeacherError
 from workers.ml.distill.evaluate import QAExample, best_and_worst, load_eval_set, score_qa
 from workers.ml.distill.progress import Progress, ProgressCallback, never_stop
 from workers.ml.distill.qa import prompt_ids
@@ -61,6 +62,10 @@ class QAEvaluation:
     source: str | None = None
     judge: dict[str, Any] | None = None  # Judgement.summary() when the teacher judged
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def metrics_arguments(self) -> dict[str, Any]:
+        """The qa_* arguments of export.build_metrics."""
+        return {"qa": self.qa, "qa_examples": self.examples, "qa_source": self.source, "qa_judge": self.judge}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -152,13 +157,16 @@ class _Answerers:
         with context:
             return generate_answers(self.expert, self.student.tokenizer, questions, max_new_tokens=self.max_new_tokens)
 
-    def teacher_answers(self, questions: list[str]) -> list[str] | None:
-        """The teacher's blind answers, or None when its budget ran out before all came back."""
-        replies, _ = chat_within_budget(
-            self.teacher, [user_turn(question) for question in questions], self.max_new_tokens, self.teacher_mode
-        )
+    def teacher_answers(self, questions: list[str]) -> list[str] | str:
+        """The teacher's blind answers, or why there are none (its budget ran out; a base model cannot chat)."""
+        try:
+            replies, _ = chat_within_budget(
+                self.teacher, [user_turn(question) for question in questions], self.max_new_tokens, self.teacher_mode
+            )
+        except TeacherError as error:  # e.g. a kd teacher that is a base model, without a chat template
+            return str(error)
         if any(reply is None for reply in replies):
-            return None
+            return BUDGET_SPENT
         return [reply or "" for reply in replies]
 
     def score(self, source: str, questions: list[str], references: list[str], say: Any) -> _Block:
@@ -173,9 +181,10 @@ class _Answerers:
             notes.append("the teacher is the student's base: its blind answers are the base's")
         else:
             say(f"The teacher answers {len(questions)} question(s) without the documents ({source})")
-            answers["teacher_blind"] = self.teacher_answers(questions)
-            if answers["teacher_blind"] is None:
-                notes.append(f"teacher not scored: {BUDGET_SPENT}")
+            blind = self.teacher_answers(questions)
+            answers["teacher_blind"] = blind if isinstance(blind, list) else None
+            if isinstance(blind, str):
+                notes.append(f"teacher not scored: {blind}")
         final = {name: [strip_reasoning(answer) for answer in given] for name, given in answers.items() if given}
         rouge: dict[str, float | None] = {name: None for name in answers}
         expert_examples: list[QAExample] = []
@@ -185,7 +194,9 @@ class _Answerers:
             if name == "expert":
                 expert_examples = examples
         judgement = self._judge(source, questions, references, final, say) if self.judge.run else None
-        if judgement is None:
+        if isinstance(judgement, str):
+            notes.append(f"not judged: {judgement}")
+        if not isinstance(judgement, Judgement):
             return _Block(source, len(questions), rouge, expert_examples, notes)
         if judgement.budget_exhausted:
             notes.append(f"the judge stopped: {BUDGET_SPENT}")
@@ -198,11 +209,15 @@ class _Answerers:
 
     def _judge(
         self, source: str, questions: list[str], references: list[str], answers: dict[str, list[str]], say: Any
-    ) -> Judgement:
+    ) -> Judgement | str:
+        """The judge's grades, or why it could not give them (a teacher that cannot chat)."""
         same_as = {"teacher_blind": "base"} if self.shared and "teacher_blind" in answers else None
         count = len(questions) * (len(answers) - len(same_as or {}))
         say(f"The teacher judges {count} answer(s) against the references ({source})")
-        return judge_answers(self.teacher, self.teacher_mode, questions, references, answers, same_as=same_as)
+        try:
+            return judge_answers(self.teacher, self.teacher_mode, questions, references, answers, same_as=same_as)
+        except TeacherError as error:
+            return str(error)
 
 
 def _heldout_block(
@@ -258,14 +273,18 @@ def evaluate_qa(
     *,
     shared: bool,
     on_progress: ProgressCallback,
+    heldout_questions: bool = True,
 ) -> QAEvaluation:
-    """QA scores of base, expert and teacher (see the module docstring) for build_metrics."""
+    """QA scores of base, expert and teacher (see the module docstring) for build_metrics.
+
+    `heldout_questions=False` scores the user's eval set only (recipe kd: its teacher writes no questions).
+    """
 
     def say(message: str) -> None:
         on_progress(Progress("evaluating", 0, 0, message=message))
 
     answerers = _Answerers(config, student, teacher, expert, shared)
-    heldout = _heldout_block(config, corpus, answerers, say, on_progress)
+    heldout = _heldout_block(config, corpus, answerers, say, on_progress) if heldout_questions else None
     eval_set: _Block | str | None = None
     if config.evaluation.eval_set is not None:
         path = Path(config.evaluation.eval_set)
@@ -276,7 +295,7 @@ def evaluate_qa(
         else:
             eval_set = answerers.score(f"eval set {path.name}", [q for q, _ in pairs], [a for _, a in pairs], say)
     summary: dict[str, Any] = {
-        "heldout": heldout.summary() if isinstance(heldout, _Block) else {"skipped": heldout},
+        "heldout": heldout.summary() if isinstance(heldout, _Block) else {"skipped": heldout} if heldout else None,
         "eval_set": eval_set.summary() if isinstance(eval_set, _Block) else {"skipped": eval_set} if eval_set else None,
         "teacher_judge": {"run": answerers.judge.run, "why": answerers.judge.why},
     }

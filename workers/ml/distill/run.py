@@ -243,22 +243,28 @@ def _evaluate(
             base_scores = score_lm(expert, tokenizer, texts, batch_size=4)
         if isinstance(teacher, LocalTeacher):  # another vocabulary: perplexities apart, bits per byte comparable
             teacher_scores = score_lm(teacher.model, teacher.tokenizer, texts, contexts=contexts, batch_size=4)
-    qa_metrics: dict[str, Any] = {}
-    qa_extra: dict[str, Any] = {}
-    if config.recipe == "qa":  # --- recipe qa: blind-answer scores and generation stats (qa_eval.py, qa.py)
-        from workers.ml.distill import qa as qa_recipe
+    qa_result = None
+    if config.recipe == "qa" or config.evaluation.eval_set is not None:
+        # Blind answers to questions: for qa, the teacher's held-out questions and the user's eval set; for kd,
+        # the user's eval set only (its teacher writes no questions).
         from workers.ml.distill import qa_eval
 
         qa_result = qa_eval.evaluate_qa(
-            config, corpus, models.student, teacher, expert, shared=models.shared, on_progress=on_progress
+            config,
+            corpus,
+            models.student,
+            teacher,
+            expert,
+            shared=models.shared,
+            on_progress=on_progress,
+            heldout_questions=config.recipe == "qa",
         )
-        qa_metrics = {
-            "qa": qa_result.qa,
-            "qa_examples": qa_result.examples,
-            "qa_source": qa_result.source,
-            "qa_judge": qa_result.judge,
-        }
-        qa_extra = {"qa_data": qa_recipe.generation_metrics(config), **qa_result.extra}  # --- end recipe qa
+    qa_metrics = qa_result.metrics_arguments() if qa_result is not None else {}
+    qa_extra = dict(qa_result.extra) if qa_result is not None else {}
+    if config.recipe == "qa":  # --- recipe qa: generation stats (qa.py)
+        from workers.ml.distill import qa as qa_recipe
+
+        qa_extra["qa_data"] = qa_recipe.generation_metrics(config)  # --- end recipe qa
     metrics = build_metrics(
         base=base_scores,
         expert=expert_scores,

@@ -15,11 +15,20 @@ from safetensors.torch import load_file
 from tests.workers.ml.distill.conftest import toy_documents
 from workers.ml.catalog import CatalogConfig, load_model
 from workers.ml.distill.__main__ import main as cli_main
-from workers.ml.distill.config import DistillConfig, KDSettings, LocalTeacherConfig, LoraSettings, TrainingSettings
+from workers.ml.distill.config import (
+    DistillConfig,
+    EvalSettings,
+    KDSettings,
+    LocalTeacherConfig,
+    LoraSettings,
+    QASettings,
+    TrainingSettings,
+)
 from workers.ml.distill.corpus import CorpusSnapshot
-from workers.ml.distill.errors import TokenizerMismatch
+from workers.ml.distill.errors import TeacherError, TokenizerMismatch
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.run import distill
+from workers.ml.distill.teachers import LocalTeacher
 
 STUDENT = "tiny:llama-2l"
 
@@ -268,3 +277,51 @@ def test_it_takes_the_eval_set_and_the_judge_from_the_command_line(tmp_path: Pat
     assert (chosen.eval_set, chosen.teacher_judge) == (tmp_path / "eval.jsonl", "off")
     with pytest.raises(SystemExit):
         _parser().parse_args([*required, "--teacher-judge", "sometimes"])
+
+
+def write_eval_set(path: Path) -> Path:
+    questions = [("What is the alpha code?", "The alpha code is alpha."), ("What is the beta value?", "Beta.")]
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in questions))
+    return path
+
+
+def test_it_scores_the_users_eval_set_for_a_kd_expert_too(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    """The company's own yardstick is not for qa alone: a kd expert answers the same questions, blind."""
+    eval_set = write_eval_set(tmp_path / "eval.jsonl")
+    config = tiny_config(
+        tmp_path, model_cache_dir, evaluation=EvalSettings(eval_set=eval_set), qa=QASettings(max_new_tokens=12)
+    )
+    result = distill(config, toy_corpus)
+    qa = result.metrics["qa"]
+    assert qa["source"] == "eval set eval.jsonl"
+    assert set(qa["rouge_l"]) == {"base", "expert", "teacher_blind"}
+    assert all(0.0 <= score <= 1.0 for score in qa["rouge_l"].values())  # the tiny:llama-4l teacher answered too
+    assert {example["question"] for example in qa["examples"]} == {"What is the alpha code?", "What is the beta value?"}
+    evaluation = result.metrics["qa_evaluation"]
+    assert evaluation["heldout"] is None  # a kd teacher writes no held-out questions
+    assert evaluation["eval_set"]["questions"] == 2
+    assert "qa_data" not in result.metrics
+    assert "Question answering (eval set eval.jsonl" in (result.output_dir / "README.md").read_text()
+
+
+def test_it_scores_base_and_expert_when_a_kd_teacher_cannot_chat(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_chat(self: LocalTeacher, *args: Any, **kwargs: Any) -> Any:
+        raise TeacherError("The teacher tiny:llama-4l has no chat template (it is a base model).")
+
+    monkeypatch.setattr(LocalTeacher, "chat", no_chat)
+    eval_set = write_eval_set(tmp_path / "eval.jsonl")
+    config = tiny_config(
+        tmp_path, model_cache_dir, evaluation=EvalSettings(eval_set=eval_set), qa=QASettings(max_new_tokens=12)
+    )
+    result = distill(config, toy_corpus)
+    assert result.status == "succeeded"
+    rouge = result.metrics["qa"]["rouge_l"]
+    assert rouge["teacher_blind"] is None
+    assert rouge["base"] is not None
+    assert rouge["expert"] is not None
+    notes = result.metrics["qa_evaluation"]["eval_set"]["notes"]
+    assert notes == ["teacher not scored: The teacher tiny:llama-4l has no chat template (it is a base model)."]
