@@ -12,7 +12,8 @@ greedy) and are not generated twice.
 A user-supplied eval set (`evaluation.eval_set`, JSONL of question/answer) is scored the same way for base,
 expert and teacher, and is then the headline QA score of metrics.json (the company's own yardstick); the
 held-out scores stay under `qa_evaluation`. A kd expert is scored on the eval set too (`heldout_questions=False`:
-its teacher writes no questions); a teacher that cannot chat (a base model) is then left out, with a note. The five best and five worst expert answers are kept as examples.
+its teacher writes no questions); a teacher that cannot chat (a base model) is then left out, with a note.
+The five best and five worst expert answers are kept as examples.
 
 A spent teacher budget skips what needs the teacher (questions, references, its blind answers) and says so.
 """
