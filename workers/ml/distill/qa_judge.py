@@ -76,8 +76,7 @@ def judge_decision(teacher: Teacher, setting: str) -> JudgeDecision:
     size = "an unknown number of" if parameters is None else f"{parameters / 1e6:.0f}M"
     return JudgeDecision(
         False,
-        f"auto: the local teacher has {size} parameters, under the {minimum} a judge needs (set teacher_judge on to "
-        "force it)",
+        f"auto: the local teacher has {size} parameters, under the {minimum} a judge needs; teacher_judge on forces it",
     )
 
 
