@@ -131,7 +131,8 @@ def judge_answers(
     for position, name in enumerate(judged):
         own = replies[position * len(questions) : (position + 1) * len(questions)]
         grades[name] = [None if reply is None else parse_grade(reply) for reply in own]
-        unreadable[name] = sum(reply is not None and parse_grade(reply) is None for reply in own)
+        read = zip(own, grades[name], strict=True)
+        unreadable[name] = sum(reply is not None and grade is None for reply, grade in read)
     for name, source in same_as.items():
         grades[name], unreadable[name] = list(grades[source]), unreadable[source]
     ordered = {name: grades[name] for name in answers}
