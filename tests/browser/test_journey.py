@@ -17,6 +17,7 @@ import re
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import openai
 import pytest
@@ -36,6 +37,18 @@ STEP_TIMEOUT_MS = 20_000
 INGEST_TIMEOUT_MS = 120_000
 JOB_TIMEOUT_MS = 300_000
 VPN_QUESTION = "How do I configure the VPN client and import the certificate before connecting?"
+
+PHONE = {"width": 360, "height": 800}
+DESKTOP = {"width": 1280, "height": 900}
+# The outermost elements that stick out past the right edge of the viewport: what a failure names.
+STICKING_OUT_JS = """() => {
+  const edge = document.documentElement.clientWidth;
+  const out = (element) => element && element.getBoundingClientRect().right > edge + 0.5;
+  const width = (element) => Math.round(element.getBoundingClientRect().width);
+  return [...document.body.querySelectorAll("*")]
+    .filter((element) => out(element) && !out(element.parentElement))
+    .map((element) => `${element.tagName.toLowerCase()}.${element.className} (${width(element)}px)`);
+}"""
 
 # The folder a user picks: an IT handbook in several formats, plus what real folders also hold.
 HANDBOOK = {
@@ -87,9 +100,7 @@ class Journey:
     """One browser session: its page, numbered screenshots, and every JavaScript error or CSP violation seen."""
 
     def __init__(self, browser: Any, base_url: str, screenshots: Path) -> None:
-        self.context = browser.new_context(
-            base_url=base_url, viewport={"width": 1280, "height": 900}, accept_downloads=True
-        )
+        self.context = browser.new_context(base_url=base_url, viewport=DESKTOP, accept_downloads=True)
         self.context.set_default_timeout(STEP_TIMEOUT_MS)
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
@@ -150,6 +161,7 @@ def test_it_walks_the_journey_in_a_browser(
     page.get_by_label("Name").fill("IT handbook")
     page.get_by_role("button", name="Create and add files").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("IT handbook")
+    corpus_path = urlparse(page.url).path
     page.locator("#folder-input").set_input_files(write_folder(tmp_path))
     uploads = page.locator("#upload-list li")
     expect(uploads).to_have_count(len(HANDBOOK) + len(BROKEN))
@@ -182,6 +194,7 @@ def test_it_walks_the_journey_in_a_browser(
     alice.shot(5, "job-form")
     page.get_by_role("button", name="Start the job").click()
     expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
+    job_path = urlparse(page.url).path
     alice.shot(6, "job-started")
     panel = page.locator("#job-status")
     wait_for_status(panel, "Succeeded", JOB_TIMEOUT_MS, stack_workers["logs"])
@@ -197,6 +210,7 @@ def test_it_walks_the_journey_in_a_browser(
     register_cooking_expert("Acme IT", expert_dirs, engine_service)
     panel.get_by_role("link", name="IT handbook").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("IT handbook")
+    expert_path = urlparse(page.url).path
     alice.shot(8, "expert")
     page.goto("/experts/mixture/")
     expect(page.locator("main")).to_contain_text("it-handbook")
@@ -256,7 +270,15 @@ def test_it_walks_the_journey_in_a_browser(
     assert [chosen["model"] for chosen in reply.model_extra["routing"]["experts"]] == ["it-handbook"]
     assert reply.usage.completion_tokens >= 1
 
-    # 9. Another organization, in its own browser session, sees none of Acme IT's corpora, jobs or experts.
+    # 9. The same pages on a phone, full of what the journey made: none scrolls sideways.
+    app_pages = ["/", "/corpora/", corpus_path, f"{corpus_path}chunks/", "/jobs/", "/jobs/new/", job_path]
+    app_pages += ["/jobs/teachers/", "/experts/", expert_path, "/experts/mixture/", "/experts/playground/"]
+    assert_fits_a_phone(page, [*app_pages, "/org/", "/org/members/", "/org/tokens/"])
+    page.goto(job_path)
+    alice.shot(12, "phone-job")
+    page.set_viewport_size(DESKTOP)
+
+    # 10. Another organization, in its own browser session, sees none of Acme IT's corpora, jobs or experts.
     bob = Journey(browser, web_url, screenshots)
     bob.sign_up("bob", "Globex")
     for path in ("/corpora/", "/jobs/", "/experts/"):
@@ -264,7 +286,7 @@ def test_it_walks_the_journey_in_a_browser(
         expect(bob.page.get_by_role("heading", level=1)).to_be_visible()
         expect(bob.page.locator("main")).not_to_contain_text("IT handbook")
     expect(bob.page.locator("main")).not_to_contain_text("Cooking")
-    bob.shot(12, "other-org-experts")
+    bob.shot(13, "other-org-experts")
     bob.page.goto("/experts/mixture/")
     expect(bob.page.locator("main")).not_to_contain_text("it-handbook")
     expect(bob.page.locator("main")).not_to_contain_text("cooking", ignore_case=True)
@@ -272,6 +294,18 @@ def test_it_walks_the_journey_in_a_browser(
     assert bob.errors == []
     alice.context.close()
     bob.context.close()
+
+
+def assert_fits_a_phone(page: Page, paths: list[str]) -> None:
+    """At a phone's width each page is as wide as the screen: wide tables scroll inside themselves, text wraps."""
+    page.set_viewport_size(PHONE)
+    too_wide = {}
+    for path in paths:
+        page.goto(path)
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        if page.evaluate("document.documentElement.scrollWidth") > PHONE["width"]:
+            too_wide[path] = page.evaluate(STICKING_OUT_JS)
+    assert too_wide == {}
 
 
 def wait_for_status(panel: Locator, status: str, timeout_ms: int, logs: str) -> None:

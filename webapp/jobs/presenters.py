@@ -71,12 +71,13 @@ def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = N
     held = _finite(heldout or [])
     if len(rows) < 2:
         return None
+    # The caption's range is the training loss's own, over every step: the axes may span more (held-out points).
+    train_low, train_high = min(loss for _, loss in rows), max(loss for _, loss in rows)
     if len(rows) > LOSS_MAX_POINTS:  # keep the first and the last, evenly thinned between
         stride = (len(rows) - 1) / (LOSS_MAX_POINTS - 1)
         rows = [rows[round(index * stride)] for index in range(LOSS_MAX_POINTS)]
     first_step, last_step = rows[0][0], max(rows[-1][0], held[-1][0] if held else 0.0)
-    values = [loss for _, loss in rows] + [loss for _, loss in held]
-    low, high = min(values), max(values)
+    low, high = min([train_low, *(loss for _, loss in held)]), max([train_high, *(loss for _, loss in held)])
     step_span, loss_span = (last_step - first_step) or 1.0, (high - low) or 1.0
     inner_w, inner_h = LOSS_WIDTH - 2 * LOSS_PAD, LOSS_HEIGHT - 2 * LOSS_PAD
 
@@ -101,8 +102,12 @@ def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = N
         "height": LOSS_HEIGHT,
         "first_step": int(first_step),
         "last_step": int(last_step),
-        "low": round(low, 4),
-        "high": round(high, 4),
+        "low": round(train_low, 4),
+        "high": round(train_high, 4),
+        # The axis extremes, written at the chart's top and bottom edges so its scale can be read.
+        "axis_high": f"{high:.4g}",
+        "axis_low": f"{low:.4g}",
+        "axis_low_y": LOSS_HEIGHT - LOSS_PAD,
         "last": round(rows[-1][1], 4),
     }
 

@@ -520,6 +520,10 @@ def test_it_draws_the_heldout_points_on_the_same_axes(cast: Cast, corpus: Corpus
     assert '<circle cx="240.0" cy="29.3" r="3" class="heldout-dot">' in page
     assert '<circle cx="476.0" cy="156.0" r="3" class="heldout-dot">' in page
     assert "dashed, with dots: held-out cross-entropy per token at evaluation points (last 1.0;" in page
+    # The caption gives the training loss's own range; the axis labels give the shared axes' span.
+    assert "steps 0–100 (between 2.0 and 4.0; last 2.0)" in page
+    assert '<text x="6" y="14" class="axis-label">4</text>' in page
+    assert '<text x="6" y="152" class="axis-label">1</text>' in page
 
 
 def test_it_marks_a_single_heldout_evaluation_with_a_dot() -> None:
