@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import openai
 import pytest
 import torch
+from axe_playwright_python.sync_playwright import Axe
 from django.db import connections
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
@@ -38,6 +39,7 @@ INGEST_TIMEOUT_MS = 120_000
 JOB_TIMEOUT_MS = 300_000
 VPN_QUESTION = "How do I configure the VPN client and import the certificate before connecting?"
 
+AXE = Axe()
 PHONE = {"width": 360, "height": 800}
 DESKTOP = {"width": 1280, "height": 900}
 # The outermost elements that stick out past the right edge of the viewport: what a failure names.
@@ -270,7 +272,8 @@ def test_it_walks_the_journey_in_a_browser(
     assert [chosen["model"] for chosen in reply.model_extra["routing"]["experts"]] == ["it-handbook"]
     assert reply.usage.completion_tokens >= 1
 
-    # 9. The same pages on a phone, full of what the journey made: none scrolls sideways.
+    # 9. The same pages on a phone, full of what the journey made: none scrolls sideways, and none breaks an
+    #    accessibility rule of axe-core.
     app_pages = ["/", "/corpora/", corpus_path, f"{corpus_path}chunks/", "/jobs/", "/jobs/new/", job_path]
     app_pages += ["/jobs/teachers/", "/experts/", expert_path, "/experts/mixture/", "/experts/playground/"]
     assert_fits_a_phone(page, [*app_pages, "/org/", "/org/members/", "/org/tokens/"])
@@ -297,15 +300,20 @@ def test_it_walks_the_journey_in_a_browser(
 
 
 def assert_fits_a_phone(page: Page, paths: list[str]) -> None:
-    """At a phone's width each page is as wide as the screen: wide tables scroll inside themselves, text wraps."""
+    """At a phone's width each page is as wide as the screen (wide tables scroll inside themselves, text wraps),
+    and axe-core finds no accessibility violation on it (names, labels, contrast, landmarks, ARIA use)."""
     page.set_viewport_size(PHONE)
-    too_wide = {}
+    too_wide, violations = {}, {}
     for path in paths:
         page.goto(path)
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         if page.evaluate("document.documentElement.scrollWidth") > PHONE["width"]:
             too_wide[path] = page.evaluate(STICKING_OUT_JS)
+        found = AXE.run(page).response["violations"]
+        if found:
+            violations[path] = [f"{rule['id']} ({rule['impact']}) at {rule['nodes'][0]['target']}" for rule in found]
     assert too_wide == {}
+    assert violations == {}
 
 
 def wait_for_status(panel: Locator, status: str, timeout_ms: int, logs: str) -> None:
