@@ -192,6 +192,15 @@ def test_it_walks_the_journey_in_a_browser(
     page.get_by_label("Corpus").select_option(corpus_choice.get_attribute("value"))
     page.locator("#id_teacher").select_option(label="Tiny teacher (shared)")
     page.get_by_label("Epochs").fill("8")  # a few optimizer steps on this small corpus: a loss curve to draw
+    # Only the chosen recipe's settings show, and they follow the choice.
+    kd_settings, qa_settings = (page.get_by_role("group", name=f"Recipe {recipe}") for recipe in ("kd", "qa"))
+    expect(kd_settings).to_be_visible()
+    expect(qa_settings).to_be_hidden()
+    page.get_by_role("radio", name=re.compile(r"^qa:")).check()
+    expect(qa_settings).to_be_visible()
+    expect(kd_settings).to_be_hidden()
+    page.get_by_role("radio", name=re.compile(r"^kd:")).check()
+    expect(kd_settings).to_be_visible()
     expect(page.locator("#estimate")).not_to_be_empty()
     alice.shot(5, "job-form")
     page.get_by_role("button", name="Start the job").click()
