@@ -65,8 +65,13 @@ class TryQueryForm(forms.Form):
 class PublishForm(forms.Form):
     share_samples = forms.BooleanField(
         required=False,
-        label="Also share the Q&A data it was taught and its best and worst samples",
+        label="Also share the Q&A data it was taught, its best and worst answers and its training log",
     )
+
+    def __init__(self, *args: Any, recipe: str = "qa", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if recipe != "qa":  # a kd expert was taught the corpus text itself, never shared: only its log is extra
+            self.fields["share_samples"].label = "Also share its training log"
 
     def flag(self) -> bool:
         data: dict[str, Any] = self.cleaned_data if self.is_valid() else {}

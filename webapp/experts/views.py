@@ -56,7 +56,8 @@ def expert_list(request: OrgRequest) -> HttpResponse:
 def expert_detail(request: OrgRequest, expert_id: int) -> HttpResponse:
     expert = _visible_expert(request, expert_id)
     context = presenters.detail_context(expert, request.organization)
-    context["publish_form"] = PublishForm(initial={"share_samples": expert.share_samples})
+    recipe = expert.active_version.recipe if expert.active_version else "qa"
+    context["publish_form"] = PublishForm(initial={"share_samples": expert.share_samples}, recipe=recipe)
     return render(request, "experts/detail.html", context)
 
 

@@ -142,6 +142,20 @@ def test_it_publishes_with_or_without_samples_from_the_page(cast: Cast) -> None:
     assert AuditEvent.objects.filter(action=AuditEvent.Action.EXPERT_PUBLISHED).count() == 1
 
 
+def test_it_names_what_publishing_with_samples_shares_for_the_experts_recipe(cast: Cast) -> None:
+    qa_expert = make_expert(cast.org, "Leave policy")
+    kd_expert = make_expert(cast.org, "Expenses", versions=1)
+    kd_expert.active_version.recipe = "kd"
+    kd_expert.active_version.save(update_fields=["recipe"])
+    client = cast.client_for("admin")
+    qa_page = client.get(reverse("experts:detail", args=[qa_expert.pk])).content.decode()
+    kd_page = client.get(reverse("experts:detail", args=[kd_expert.pk])).content.decode()
+    assert "Also share the Q&amp;A data it was taught, its best and worst answers and its training log" in qa_page
+    # A kd expert learnt from the corpus text itself, which is never shared: the option shares its log only.
+    assert "Also share its training log" in kd_page
+    assert "Q&amp;A data" not in kd_page
+
+
 def test_it_lists_other_orgs_shared_experts_in_the_catalog_and_includes_them(cast: Cast) -> None:
     theirs = make_expert(cast.other_org, "Globex pricing")
     services.publish(theirs, user=cast.outsider)
