@@ -281,11 +281,20 @@ def test_it_walks_the_journey_in_a_browser(
     assert [chosen["model"] for chosen in reply.model_extra["routing"]["experts"]] == ["it-handbook"]
     assert reply.usage.completion_tokens >= 1
 
+    # The teacher form likewise shows the chosen kind's fields only.
+    page.goto("/jobs/teachers/new/")
+    expect(page.get_by_label("Model spec")).to_be_visible()
+    expect(page.get_by_label("Base URL")).to_be_hidden()
+    page.get_by_role("radio", name="OpenAI-compatible endpoint").check()
+    expect(page.get_by_label("Base URL")).to_be_visible()
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_label("Model spec")).to_be_hidden()
+
     # 9. The same pages on a phone, full of what the journey made: none scrolls sideways, and none breaks an
     #    accessibility rule of axe-core.
     app_pages = ["/", "/corpora/", corpus_path, f"{corpus_path}chunks/", "/jobs/", "/jobs/new/", job_path]
     app_pages += ["/jobs/teachers/", "/experts/", expert_path, "/experts/mixture/", "/experts/playground/"]
-    app_pages += ["/corpora/new/", "/jobs/notifications/", "/accounts/password/change/"]
+    app_pages += ["/corpora/new/", "/jobs/teachers/new/", "/jobs/notifications/", "/accounts/password/change/"]
     assert_fits_a_phone(page, [*app_pages, "/org/", "/org/members/", "/org/tokens/", "/org/audit/"])
     page.goto(job_path)
     alice.shot(12, "phone-job")
