@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from django import forms
+from typing import Any
 
+from django import forms
+from django.conf import settings
+
+from webapp.core.sizes import ByteSizeField, format_size
 from webapp.tenants.models import ApiToken, Organization
 from webapp.tenants.permissions import Role
 
@@ -13,10 +17,19 @@ class OrganizationForm(forms.ModelForm):
 
 
 class QuotaForm(forms.ModelForm):
+    storage_quota_bytes = ByteSizeField(label="Storage limit", required=False)
+
     class Meta:
         model = Organization
         fields = ["storage_quota_bytes"]
-        labels = {"storage_quota_bytes": "Storage limit (bytes)"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        default = format_size(settings.ORG_STORAGE_QUOTA_BYTES)
+        self.fields["storage_quota_bytes"].help_text = (
+            f"e.g. 20 GB or 500 MB (1 GB = 1024³ bytes, as the pages count); empty uses the platform "
+            f"default, {default}."
+        )
 
 
 class AddMemberForm(forms.Form):

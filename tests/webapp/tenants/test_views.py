@@ -95,7 +95,25 @@ def test_it_keeps_the_form_and_explains_a_bad_quota(cast: Cast) -> None:
         reverse("tenants:settings"), {"section": "quota", "quota-storage_quota_bytes": "lots"}
     )
     assert response.status_code == 200
-    assert "Enter a whole number" in response.content.decode()
+    assert "“lots” is not a size: write a number and a unit, e.g. 20 GB or 500 MB." in response.content.decode()
+    response = cast.client_for("owner").post(
+        reverse("tenants:settings"), {"section": "quota", "quota-storage_quota_bytes": "3 parsecs"}
+    )
+    assert "Unknown unit “parsecs”: use B, KB, MB, GB or TB." in response.content.decode()
+    cast.org.refresh_from_db()
+    assert cast.org.storage_quota_bytes is None
+
+
+def test_it_takes_a_quota_in_the_units_the_pages_show_and_shows_it_back(cast: Cast) -> None:
+    client = cast.client_for("owner")
+    client.post(reverse("tenants:settings"), {"section": "quota", "quota-storage_quota_bytes": "1.5 GB"})
+    cast.org.refresh_from_db()
+    assert cast.org.storage_quota_bytes == 1536 * 2**20
+    page = client.get(reverse("tenants:settings")).content.decode()
+    assert 'value="1536 MB"' in page  # the exact size, in a unit it parses back from
+    client.post(reverse("tenants:settings"), {"section": "quota", "quota-storage_quota_bytes": ""})
+    cast.org.refresh_from_db()
+    assert cast.org.storage_quota_bytes is None  # empty: the platform default again
 
 
 @pytest.mark.parametrize(("who", "status"), [("admin", 403), ("member", 403)])
