@@ -289,6 +289,15 @@ def test_it_walks_the_journey_in_a_browser(
     expect(page.get_by_label("Base URL")).to_be_visible()
     expect(page.get_by_label("API key")).to_be_visible()
     expect(page.get_by_label("Model spec")).to_be_hidden()
+    # A refusal in a field of the kind not chosen stays in view instead of hiding with its field.
+    page.get_by_label("Base URL").fill("not a url")
+    page.get_by_role("radio", name="Model from the catalog").check()
+    page.get_by_label("Name").fill("Local teacher")
+    page.get_by_label("Model spec").fill("packaged:smollm2-135m-instruct")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".field-base_url .errorlist")).to_contain_text("Enter a valid URL")
+    expect(page.get_by_label("Base URL")).to_be_visible()
+    expect(page.get_by_label("Model name")).to_be_hidden()
 
     # 9. The same pages on a phone, full of what the journey made: none scrolls sideways, and none breaks an
     #    accessibility rule of axe-core.

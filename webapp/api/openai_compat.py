@@ -11,6 +11,8 @@ Anything else — including another org's expert — is a 404 `model_not_found`,
 Responses carry `usage` and an extra `routing` field: the chosen expert(s), weights and every candidate's score.
 Errors use OpenAI's shape and codes: 401 bad token, 404 unknown model, 400 bad parameters, 429 over the org's
 rate limit (with Retry-After), 503 engine down. Tokens in and out are metered per org and expert.
+A reasoning expert's `<think>…</think>` comes apart from its answer in chat replies, as `reasoning_content`
+(webapp/api/reasoning.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.api.auth import ApiRequest, api_error, api_token_required, authenticate_request
+from webapp.api.reasoning import Part, ReasoningStream, split_reasoning
 from webapp.experts import engine
 from webapp.experts.models import Expert
 from webapp.experts.services import (
@@ -393,7 +396,12 @@ def meter(
 
 def _choice(call: Call, text: str, finish_reason: str) -> dict[str, Any]:
     if call.chat:
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        # A reasoning expert's <think>…</think> goes beside the answer, as reasoning models' APIs return it.
+        reasoning, answer = split_reasoning(text)
+        message: dict[str, Any] = {"role": "assistant", "content": answer}
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
+        return {"index": 0, "message": message, "finish_reason": finish_reason}
     return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
@@ -426,9 +434,12 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-def _chunk(call: Call, delta_text: str | None, finish_reason: str | None, **extra: Any) -> dict[str, Any]:
+def _chunk(
+    call: Call, delta_text: str | None, finish_reason: str | None, part: Part = "content", **extra: Any
+) -> dict[str, Any]:
     if call.chat:
-        delta: dict[str, Any] = {} if delta_text is None else {"content": delta_text}
+        key = "reasoning_content" if part == "reasoning" else "content"
+        delta: dict[str, Any] = {} if delta_text is None else {key: delta_text}
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
     else:
         choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish_reason}
@@ -449,6 +460,7 @@ async def stream_events(
     decision = None
     started = False
     pending = [first] if first is not None else []
+    reasoning = ReasoningStream()  # chat only: a reasoning expert's <think> part streams as reasoning_content
 
     async def next_event() -> dict[str, Any] | None:
         if pending:
@@ -472,8 +484,13 @@ async def stream_events(
                 yield _sse(opening)
                 started = True
             if kind == "delta":
-                yield _sse(_chunk(call, event.get("text", ""), None))
+                text = event.get("text", "")
+                parts: list[tuple[Part, str]] = reasoning.feed(text) if call.chat else [("content", text)]
+                for part, piece in parts:
+                    yield _sse(_chunk(call, piece, None, part))
             elif kind == "finished":
+                for part, piece in reasoning.close() if call.chat else []:
+                    yield _sse(_chunk(call, piece, None, part))
                 prompt_tokens = int(event.get("prompt_tokens", 0))
                 completion_tokens = int(event.get("completion_tokens", 0))
                 await sync_to_async(meter)(call.organization, call.model, decision, prompt_tokens, completion_tokens)

@@ -2,9 +2,10 @@
 
 `playground` renders the page and, without JavaScript, answers a posted question in full (one round trip to
 the engine). With JavaScript (static/js/playground.js) the page posts to `playground_stream`, which relays the
-engine's tokens as server-sent events: `routing` (which expert answers, every candidate's score), `delta`s, then
-`done` (usage) or `error`. Compare mode sends the same question twice — to the base and to the chosen model —
-and shows the answers side by side. Tokens are metered like API calls.
+engine's tokens as server-sent events: `routing` (which expert answers, every candidate's score), `reasoning`
+(a reasoning expert's `<think>` part, shown apart) and `delta`s of the answer, then `done` (usage) or `error`.
+Compare mode sends the same question twice — to the base and to the chosen model — and shows the answers side
+by side. Tokens are metered like API calls.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from webapp.api.openai_compat import Sampling, build_payload, meter, routing_json
+from webapp.api.reasoning import ReasoningStream, split_reasoning
 from webapp.experts import engine
 from webapp.experts.services import ResolvedModel, member_experts, resolve_model
 from webapp.tenants.current import OrgRequest, org_member_required
@@ -73,7 +75,8 @@ def playground(request: OrgRequest) -> HttpResponse:
                 decision = result.get("route")
                 meter(organization, model, decision, int(result["prompt_tokens"]), int(result["completion_tokens"]))
                 routing = routing_json(organization, model, decision)
-                context.update(answer=result["text"], routing=routing, usage=result)
+                reasoning, answer = split_reasoning(result["text"])
+                context.update(answer=answer, reasoning=reasoning, routing=routing, usage=result)
     return render(request, "experts/playground.html", context, status=200)
 
 
@@ -83,6 +86,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 async def _relay(organization: Organization, model: ResolvedModel, payload: dict[str, Any]) -> AsyncIterator[bytes]:
     routing = decision = None
+    reasoning = ReasoningStream()
     try:
         async for event in engine.astream(payload):
             kind = event.get("type")
@@ -92,9 +96,12 @@ async def _relay(organization: Organization, model: ResolvedModel, payload: dict
                 yield _event("routing", routing)
                 if kind == "route":
                     continue
-            if kind == "delta":
-                yield _event("delta", {"text": event.get("text", "")})
-            elif kind == "finished":
+            parts = reasoning.feed(event.get("text", "")) if kind == "delta" else []
+            if kind == "finished":
+                parts = reasoning.close()
+            for part, text in parts:
+                yield _event("reasoning" if part == "reasoning" else "delta", {"text": text})
+            if kind == "finished":
                 tokens = int(event.get("prompt_tokens", 0)), int(event.get("completion_tokens", 0))
                 await sync_to_async(meter)(organization, model, decision, *tokens)
                 yield _event(

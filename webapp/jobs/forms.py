@@ -171,6 +171,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "context": True,
     "pairs_per_chunk": 2,
     "reward_threshold": 3,
+    "reasoning": False,
 }
 OPTION_KEYS = tuple(DEFAULT_OPTIONS)
 DIVERGENCES = [
@@ -279,6 +280,13 @@ class JobForm(forms.Form):
         label="Self-reward threshold",
         help_text="Recipe qa: the teacher grades each pair 1–5; pairs below this are dropped (default 3).",
     )
+    reasoning = forms.BooleanField(
+        required=False,
+        initial=DEFAULT_OPTIONS["reasoning"],
+        label="Step-by-step reasoning",
+        help_text="Recipe qa: the teacher reasons before each answer, and the expert learns to reason too "
+        "(R1-style, in <think>…</think>) before answering; longer answers, more teacher tokens.",
+    )
     eval_set = forms.FileField(
         required=False,
         label="Evaluation set (JSONL, optional)",
@@ -341,6 +349,7 @@ class JobForm(forms.Form):
             if options[key] is None:
                 options[key] = DEFAULT_OPTIONS[key]
         options["context"] = bool(options["context"])
+        options["reasoning"] = bool(options["reasoning"])
         return options
 
     def teacher_snapshot(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from webapp.jobs import services
-from webapp.jobs.forms import JobForm
+from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
 from webapp.jobs.models import ACTIVE_STATUSES, STAGES, DistillationJob, JobStatus, Teacher
 from webapp.tenants.models import Organization
 
@@ -183,7 +183,7 @@ def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
 # The settings each recipe reads (the others are stored with the job but play no part in it).
 RECIPE_OPTIONS = {
     "kd": ("epochs", "token_budget", "lora_rank", "divergence", "alpha", "context"),
-    "qa": ("epochs", "token_budget", "lora_rank", "pairs_per_chunk", "reward_threshold"),
+    "qa": ("epochs", "token_budget", "lora_rank", "pairs_per_chunk", "reward_threshold", "reasoning"),
 }
 
 
@@ -191,7 +191,8 @@ def settings_rows(job: DistillationJob) -> list[tuple[str, str]]:
     """(label, value) of the job's settings that its recipe uses, labelled as on the form."""
     rows = []
     for key in RECIPE_OPTIONS.get(job.recipe, tuple(job.options)):
-        rows.append((_option_label(key), _option_value(job.options.get(key))))
+        # A job made before an option existed ran with its default.
+        rows.append((_option_label(key), _option_value(job.options.get(key, DEFAULT_OPTIONS.get(key)))))
     return rows
 
 

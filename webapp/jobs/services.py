@@ -46,6 +46,7 @@ DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
 # three models' answers (~2,000 tokens with answers of a few sentences).
 QA_PROMPT_TOKENS = 150
 QA_PAIR_TOKENS = 100
+QA_REASONING_TOKENS = 150  # the reasoning a pair carries before its answer, when the job asks for it
 QA_EVAL_QUESTIONS = 50  # EvalSettings.max_eval_questions
 QA_EVAL_TOKENS_PER_QUESTION = 2_000
 
@@ -225,7 +226,10 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     if teacher.get("kind") == "endpoint":
         pairs = int(options.get("pairs_per_chunk", 2))
         chunks = int(version.stats.get("chunks", 0))
-        teacher_tokens = train_tokens * 2 if recipe == "kd" else qa_teacher_tokens(train_tokens, chunks, pairs)
+        if recipe == "kd":
+            teacher_tokens = train_tokens * 2
+        else:
+            teacher_tokens = qa_teacher_tokens(train_tokens, chunks, pairs, reasoning=bool(options.get("reasoning")))
         price_in = teacher.get("price_input_per_million") or 0
         price_out = teacher.get("price_output_per_million") or 0
         if price_in or price_out:
@@ -233,11 +237,12 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     return Estimate(budget, eta, teacher_tokens, cost)
 
 
-def qa_teacher_tokens(train_tokens: int, chunks: int, pairs: int) -> int:
+def qa_teacher_tokens(train_tokens: int, chunks: int, pairs: int, *, reasoning: bool = False) -> int:
     """What a qa job sends to and gets from its teacher: each chunk to write pairs, again with each pair to grade
     it (self-reward), and the evaluation's questions."""
-    writing = train_tokens + chunks * (QA_PROMPT_TOKENS + pairs * QA_PAIR_TOKENS)
-    grading = pairs * (train_tokens + chunks * (QA_PROMPT_TOKENS + QA_PAIR_TOKENS))
+    pair = QA_PAIR_TOKENS + (QA_REASONING_TOKENS if reasoning else 0)
+    writing = train_tokens + chunks * (QA_PROMPT_TOKENS + pairs * pair)
+    grading = pairs * (train_tokens + chunks * (QA_PROMPT_TOKENS + pair))
     return writing + grading + QA_EVAL_QUESTIONS * QA_EVAL_TOKENS_PER_QUESTION
 
 

@@ -258,6 +258,7 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
         qa=QASettings(
             pairs_per_chunk=int(options.get("pairs_per_chunk", 2)),
             reward_threshold=int(options.get("reward_threshold", 3)),
+            reasoning=bool(options.get("reasoning", False)),
         ),
         evaluation=EvalSettings(eval_set=eval_set),
     )

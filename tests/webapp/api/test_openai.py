@@ -130,6 +130,49 @@ def test_streaming_gives_the_same_answer_token_by_token(stack: dict[str, Any]) -
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+# What a reasoning expert writes (recipe qa with reasoning), in the pieces the engine streams it in.
+REASONED = ["<think>\nTomatoes", " lose water to salt.\n</", "think>\n\nSalt them", " first."]
+
+
+def test_a_reasoning_experts_thinking_comes_apart_from_its_answer(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole and streamed, chat replies give the answer as `content` and the reasoning as `reasoning_content`.
+
+    The engine here answers with a reasoning expert's text: the tiny experts of these tests never reason.
+    """
+    from webapp.experts import engine
+
+    finished = {"finish_reason": "stop", "prompt_tokens": 7, "completion_tokens": 11}
+
+    async def generate(path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": "".join(REASONED), **finished}
+
+    async def stream(payload: dict[str, Any]) -> Any:
+        for piece in REASONED:
+            yield {"type": "delta", "text": piece}
+        yield {"type": "finished", **finished}
+
+    monkeypatch.setattr(engine, "apost", generate)
+    monkeypatch.setattr(engine, "astream", stream)
+    messages = [{"role": "user", "content": COOKING_QUESTION}]
+    whole = stack["a"].chat.completions.create(model="cooking", messages=messages)
+    assert whole.choices[0].message.content == "Salt them first."
+    assert whole.choices[0].message.model_extra["reasoning_content"] == "Tomatoes lose water to salt."
+    chunks = list(stack["a"].chat.completions.create(model="cooking", messages=messages, stream=True))
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    reasoning = [delta.model_extra.get("reasoning_content") for delta in deltas]
+    content = [delta.content for delta in deltas]
+    assert "".join(part for part in reasoning if part) == "Tomatoes lose water to salt."
+    assert "".join(part for part in content if part) == "Salt them first."
+    # The reasoning streams first, as it is written; the answer follows it.
+    first_content = next(index for index, part in enumerate(content) if part)
+    assert all(not part for part in reasoning[first_content:])
+    # Text completions are raw text: nothing is parted there.
+    raw = stack["a"].completions.create(model="cooking", prompt="Tomatoes")
+    assert raw.choices[0].text == "".join(REASONED)
+
+
 def test_text_completions_work_too(stack: dict[str, Any]) -> None:
     reply = stack["a"].completions.create(model="networking", prompt="The VPN", max_tokens=5, temperature=0)
     assert reply.object == "text_completion"

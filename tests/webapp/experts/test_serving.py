@@ -88,6 +88,41 @@ def test_the_playground_answers_without_javascript_too(cast: Cast, experts: dict
     assert b"Answered by" in response.content
 
 
+# What a reasoning expert writes (recipe qa with reasoning), in the pieces the engine streams it in.
+REASONED = ["<think>\nDough", " needs time.\n</thi", "nk>\n\nKnead it", " ten minutes."]
+
+
+def test_the_playground_shows_a_reasoning_experts_thinking_apart_from_its_answer(
+    cast: Cast, experts: dict[str, Expert], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamed as `reasoning` events then `delta`s, and parted the same way without JavaScript. The engine here
+    answers with a reasoning expert's text: the tiny experts of these tests never reason."""
+    from webapp.experts import engine
+
+    finished = {"finish_reason": "stop", "prompt_tokens": 6, "completion_tokens": 9}
+
+    async def stream(payload: dict[str, Any]) -> Any:
+        for piece in REASONED:
+            yield {"type": "delta", "text": piece}
+        yield {"type": "finished", **finished}
+
+    monkeypatch.setattr(engine, "astream", stream)
+    monkeypatch.setattr(engine, "post", lambda path, payload: {"text": "".join(REASONED), **finished})
+    client = cast.client_for("member")
+    streamed = events(ask(client, "cooking", "How long do I knead?"))
+    kinds = [kind for kind, _ in streamed]
+    assert kinds[0] == "routing"
+    assert kinds[-1] == "done"
+    assert kinds.index("delta") > max(index for index, kind in enumerate(kinds) if kind == "reasoning")
+    assert "".join(data["text"] for kind, data in streamed if kind == "reasoning") == "Dough needs time."
+    assert "".join(data["text"] for kind, data in streamed if kind == "delta") == "Knead it ten minutes."
+    data = {"model": "cooking", "message": "How long do I knead?", "max_tokens": 5, "temperature": 0}
+    page = client.post(reverse("experts:playground"), data)
+    assert (page.context["reasoning"], page.context["answer"]) == ("Dough needs time.", "Knead it ten minutes.")
+    shown = '<pre class="answer-text reasoning-text" data-role="reasoning">Dough needs time.</pre>'
+    assert shown in page.content.decode()
+
+
 def test_the_playground_offers_only_the_org_s_own_models(cast: Cast, experts: dict[str, Expert]) -> None:
     mine = cast.client_for("member").get(reverse("experts:playground"))
     assert b"Expert: cooking" in mine.content

@@ -47,6 +47,7 @@ def test_it_creates_a_job_with_default_and_given_options(
         "context": False,
         "pairs_per_chunk": 2,
         "reward_threshold": 3,
+        "reasoning": False,
     }
     assert job.options == data["options"]
     assert data["spend_cap_usd"] == 3.5
@@ -54,6 +55,17 @@ def test_it_creates_a_job_with_default_and_given_options(
     assert data["teacher"]["spec"] == "packaged:smollm2-135m-instruct"
     assert job.created_by == cast.owner
     assert job.corpus_version == corpus.current_version
+
+
+@pytest.mark.parametrize(("given", "stored"), [(True, True), (False, False), (None, False)])
+def test_it_takes_the_reasoning_option_of_a_qa_job(
+    corpus: Corpus, api: Api, django_capture_on_commit_callbacks: Any, given: bool | None, stored: bool
+) -> None:
+    options = {} if given is None else {"reasoning": given}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = create(api, corpus, recipe="qa", options=options)
+    assert response.status_code == 201
+    assert response.json()["options"]["reasoning"] is stored
 
 
 def test_it_takes_an_org_teacher_by_its_listed_id_or_its_row_id(

@@ -87,6 +87,7 @@ def test_it_creates_a_job_from_the_form_with_its_options_and_pinned_version(
         "context": False,
         "pairs_per_chunk": 2,
         "reward_threshold": 3,
+        "reasoning": False,
     }
     assert job.teacher_snapshot == {
         "source": "global",
@@ -123,7 +124,20 @@ def test_it_fills_the_defaults_of_empty_settings(
     assert job.options["alpha"] == 0.5
     assert job.options["pairs_per_chunk"] == 2
     assert job.options["token_budget"] == 50000
+    assert job.options["reasoning"] is False
     assert job.recipe == "qa"
+
+
+def test_it_takes_step_by_step_reasoning_for_a_qa_job_and_shows_it(
+    cast: Cast, corpus: Corpus, django_capture_on_commit_callbacks: Any
+) -> None:
+    client = cast.client_for("member")
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post(reverse("jobs:create"), job_form(corpus, recipe="qa", reasoning="on"))
+    job = DistillationJob.objects.get()
+    assert job.options["reasoning"] is True
+    page = client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert "<dt>Step-by-step reasoning</dt><dd>on</dd>" in page
 
 
 def test_it_shows_the_defaults_and_only_ready_corpora_of_the_org(cast: Cast, corpus: Corpus) -> None:
@@ -273,6 +287,12 @@ def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast
     # 2 × (9,000 + 40 × 250) = 38,000; evaluation 50 questions × 2,000 = 100,000.
     assert "<dt>Teacher tokens</dt><dd>about 161000</dd>" in body.content.decode()
     assert "<dt>Expected teacher cost</dt><dd>about $0.16</dd>" in body.content.decode()
+    # With reasoning each pair carries ~150 more tokens: writing 9,000 + 40 × (150 + 2 × 250) = 35,000; grading
+    # 2 × (9,000 + 40 × 400) = 50,000; evaluation 100,000.
+    body = cast.client_for("member").get(
+        reverse("jobs:estimate") + query + "&reasoning=on", headers={"HX-Request": "true"}
+    )
+    assert "<dt>Teacher tokens</dt><dd>about 185000</dd>" in body.content.decode()
 
 
 def test_it_shows_no_cost_for_a_catalog_teacher_and_warns_of_a_refusal(
@@ -352,6 +372,7 @@ def test_it_prefills_the_form_from_a_cloned_job(cast: Cast, corpus: Corpus) -> N
     form = response.context["form"]
     assert form.initial == {
         **options,
+        "reasoning": False,  # an option the job predates takes its default
         "name": "Leave expert (copy)",
         "corpus": corpus.pk,
         "recipe": "qa",
@@ -494,7 +515,9 @@ def test_it_lists_the_settings_its_recipe_uses(cast: Cast, corpus: Corpus) -> No
     )
     assert "Q&amp;A pairs per chunk" not in kd_page
     qa_page = client.get(reverse("jobs:detail", args=[qa.pk])).content.decode()
-    assert "<dt>Q&amp;A pairs per chunk</dt><dd>4</dd><dt>Self-reward threshold</dt><dd>—</dd>" in qa_page
+    assert "<dt>Q&amp;A pairs per chunk</dt><dd>4</dd><dt>Self-reward threshold</dt><dd>3</dd>" in qa_page
+    # A job made before the reasoning option existed ran without it, and says so.
+    assert "<dt>Step-by-step reasoning</dt><dd>off</dd>" in qa_page
     assert "<dt>KD divergence</dt>" not in qa_page
 
 

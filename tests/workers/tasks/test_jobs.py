@@ -69,6 +69,14 @@ def new_job(cast: Cast, capture: Any, **options: Any) -> DistillationJob:
         )
 
 
+def test_it_hands_the_jobs_qa_options_to_the_engine(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
+    job = new_job(cast, django_capture_on_commit_callbacks, pairs_per_chunk=4, reward_threshold=2, reasoning=True)
+    config = job_tasks.build_config(job, job_tasks.job_dirs(job))
+    assert (config.qa.pairs_per_chunk, config.qa.reward_threshold, config.qa.reasoning) == (4, 2, True)
+    plain = new_job(cast, django_capture_on_commit_callbacks)
+    assert job_tasks.build_config(plain, job_tasks.job_dirs(plain)).qa.reasoning is False
+
+
 def cancel_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
     """Make the runner request a cancel once training reports `step`; returns the original `on_progress`."""
     original = JobRunner.on_progress

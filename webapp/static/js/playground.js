@@ -1,5 +1,6 @@
 // Streams playground answers: posts the form to the stream URL and reads server-sent events with fetch
-// (EventSource cannot POST). Events: routing, delta, done, error. Compare mode runs a second stream for the base.
+// (EventSource cannot POST). Events: routing, reasoning (a reasoning expert's thinking, shown apart), delta, done,
+// error. Compare mode runs a second stream for the base.
 (function () {
   "use strict";
   const form = document.getElementById("playground-form");
@@ -11,6 +12,8 @@
       root: root,
       routing: root.querySelector('[data-role="routing"]'),
       text: root.querySelector('[data-role="text"]'),
+      reasoningBox: root.querySelector('[data-role="reasoning-box"]'),
+      reasoning: root.querySelector('[data-role="reasoning"]'),
       usage: root.querySelector('[data-role="usage"]'),
     };
   }
@@ -50,6 +53,8 @@
 
   async function stream(data, target) {
     target.text.textContent = "";
+    target.reasoning.textContent = "";
+    target.reasoningBox.hidden = true;
     target.usage.textContent = "…";
     target.routing.textContent = "";
     const response = await fetch(form.dataset.streamUrl, {
@@ -76,7 +81,10 @@
         const name = (block.match(/^event: (.*)$/m) || [])[1];
         const payload = JSON.parse((block.match(/^data: (.*)$/m) || [, "{}"])[1]);
         if (name === "routing") renderRouting(target.routing, payload);
-        else if (name === "delta") target.text.textContent += payload.text;
+        else if (name === "reasoning") {
+          target.reasoningBox.hidden = false;
+          target.reasoning.textContent += payload.text;
+        } else if (name === "delta") target.text.textContent += payload.text;
         else if (name === "done")
           target.usage.textContent =
             payload.prompt_tokens + " prompt + " + payload.completion_tokens + " completion tokens (" + payload.finish_reason + ")";

@@ -1,8 +1,10 @@
 """Headless distillation: `python -m workers.ml.distill --corpus DIR --recipe kd --out DIR`.
 
-A directory of .txt/.md/.rst files becomes the corpus (one document per file, chunked by the student's
-tokenizer, whole documents held out deterministically). A progress bar with ETA follows each stage; Ctrl-C
-stops at the next step and saves a checkpoint; `--resume` continues from it.
+Every file under DIR is read as the web upload reads it (text, Markdown, HTML, PDF, Word, JSONL, CSV and ZIP,
+judged by content; a file that cannot be read is reported and skipped), chunked by the student's tokenizer with
+the web's chunking, and whole documents are held out deterministically. A progress bar with ETA follows each
+stage; Ctrl-C stops at the next step and saves a checkpoint; `--resume` continues from it. Settings left out
+take the CPU defaults (or the GPU ones with --gpu-defaults).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -33,39 +36,103 @@ from workers.ml.distill.config import (
     QASettings,
     TrainingSettings,
 )
-from workers.ml.distill.corpus import snapshot_from_directory
+from workers.ml.distill.corpus import DirectoryCorpus, read_directory
 from workers.ml.distill.errors import DistillError
 from workers.ml.distill.progress import Progress
+from workers.ml.ingest.chunking import ChunkingConfig
+from workers.ml.ingest.report import FileStatus
 
 
 def _parser() -> argparse.ArgumentParser:
+    cpu = DistillConfig.for_cpu(output_dir=Path("."), model_cache_dir=Path("."))
+    gpu = DistillConfig.for_gpu(output_dir=Path("."), model_cache_dir=Path("."))
+
+    def default(name: str) -> str:
+        """`default CPU / GPU` of a training setting, as the two presets set it."""
+        on_cpu, on_gpu = getattr(cpu.training, name), getattr(gpu.training, name)
+        return f"default {on_cpu}" if on_cpu == on_gpu else f"default {on_cpu} on the CPU, {on_gpu} with --gpu-defaults"
+
     parser = argparse.ArgumentParser(prog="python -m workers.ml.distill", description=__doc__)
-    parser.add_argument("--corpus", type=Path, required=True, help="Directory of .txt/.md/.rst documents.")
+    parser.add_argument("--corpus", type=Path, required=True, help="Directory of the documents, subfolders included.")
     parser.add_argument("--out", type=Path, required=True, help="Output directory of the expert.")
-    parser.add_argument("--recipe", choices=["kd", "qa"], default="kd")
-    parser.add_argument("--student", default="packaged:smollm2-135m-instruct", help="Catalog spec of the base.")
+    parser.add_argument(
+        "--recipe",
+        choices=["kd", "qa"],
+        default="kd",
+        help="kd (default): logit distillation on the text; qa: the teacher writes question-answer pairs.",
+    )
+    parser.add_argument("--student", default=cpu.student, help=f"Catalog spec of the base (default {cpu.student}).")
     parser.add_argument("--teacher", default=None, help="Catalog spec of a local teacher (default: the student).")
     parser.add_argument("--endpoint", default=None, help="Base URL of an OpenAI-compatible teacher instead.")
     parser.add_argument("--endpoint-model", default=None, help="Model name at --endpoint.")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="Environment variable with the API key.")
+    parser.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="Environment variable with the API key (default %(default)s)."
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="Model catalog cache (default: ./var/models).")
     parser.add_argument("--model-root", type=Path, action="append", default=[], help="Allowed hf: directory.")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N.")
     parser.add_argument("--gpu-defaults", action="store_true", help="Start from the GPU defaults, not the CPU ones.")
-    parser.add_argument("--chunk-tokens", type=int, default=256, help="Chunk size in student tokens.")
-    parser.add_argument("--heldout", type=float, default=0.1, help="Share of documents held out for evaluation.")
-    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=256, help="Most student tokens in a chunk (default %(default)s)."
+    )
+    parser.add_argument(
+        "--overlap-tokens",
+        type=int,
+        default=32,
+        help="Tokens a chunk repeats from the one before (default %(default)s, as the web ingest).",
+    )
+    parser.add_argument(
+        "--heldout", type=float, default=0.1, help="Share of the chunks held out for evaluation (default %(default)s)."
+    )
+    parser.add_argument(
+        "--epochs", type=float, default=None, help=f"Passes over the training chunks ({default('epochs')})."
+    )
     parser.add_argument("--token-budget", type=int, default=None, help="Train on this many tokens (overrides epochs).")
-    parser.add_argument("--seq-len", type=int, default=None)
-    parser.add_argument("--micro-batch", type=int, default=None)
-    parser.add_argument("--grad-accum", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--lora-rank", type=int, default=None)
-    parser.add_argument("--alpha", type=float, default=None, help="kd: weight of the cross-entropy term.")
-    parser.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"], default=None)
-    parser.add_argument("--context-chunks", type=int, default=None, help="kd: preceding chunks the teacher sees.")
+    parser.add_argument("--seq-len", type=int, default=None, help=f"Tokens per packed row ({default('seq_len')}).")
+    parser.add_argument(
+        "--micro-batch", type=int, default=None, help=f"Rows per forward pass ({default('micro_batch_size')})."
+    )
+    parser.add_argument(
+        "--grad-accum", type=int, default=None, help=f"Micro-batches per optimizer step ({default('grad_accum')})."
+    )
+    parser.add_argument("--lr", type=float, default=None, help=f"Peak learning rate ({default('learning_rate')}).")
+    parser.add_argument(
+        "--lora-rank", type=int, default=None, help=f"LoRA rank, alpha twice it (default {cpu.lora.rank})."
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=None, help=f"kd: weight of the cross-entropy term (default {cpu.kd.alpha})."
+    )
+    parser.add_argument(
+        "--divergence",
+        choices=["forward_kl", "reverse_kl", "jsd"],
+        default=None,
+        help=f"kd: divergence from the teacher (default {cpu.kd.divergence}).",
+    )
+    parser.add_argument(
+        "--context-chunks",
+        type=int,
+        default=None,
+        help=f"kd: preceding chunks the teacher sees (default {cpu.kd.context_chunks}; 0: none).",
+    )
     parser.add_argument("--no-teacher-cache", action="store_true", help="kd: run the teacher at every step.")
-    parser.add_argument("--pairs-per-chunk", type=int, default=None, help="qa: pairs the teacher writes per chunk.")
+    parser.add_argument(
+        "--pairs-per-chunk",
+        type=int,
+        default=None,
+        help=f"qa: pairs the teacher writes per chunk (default {cpu.qa.pairs_per_chunk}).",
+    )
+    parser.add_argument(
+        "--reward-threshold",
+        type=int,
+        default=None,
+        help=f"qa: keep pairs the teacher grades at least this, 1-5 (default {cpu.qa.reward_threshold}).",
+    )
+    parser.add_argument(
+        "--reasoning",
+        action="store_true",
+        help="qa: the teacher writes step-by-step reasoning before each answer, and the expert learns to reason "
+        "in <think>…</think> before answering (R1-style).",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores).")
     parser.add_argument(
         "--compile",
@@ -85,16 +152,17 @@ def _parser() -> argparse.ArgumentParser:
         "--eval-set",
         type=Path,
         default=None,
-        help="qa: JSONL of {question, answer}, your own yardstick: base, expert and teacher answer it blind.",
+        help="JSONL of {question, answer}, your own yardstick (both recipes): base, expert and teacher answer each "
+        "question blind and are scored against its answer.",
     )
     parser.add_argument(
         "--teacher-judge",
         choices=JUDGE_SETTINGS,
         default=None,
-        help="qa: the teacher also grades each blind answer 1-5 against the reference (default auto: an endpoint "
+        help="The teacher also grades each blind answer 1-5 against the reference (default auto: an endpoint "
         "teacher, or a local one of 1B+ parameters).",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the split, the LoRA init and the data order.")
     parser.add_argument("--resume", action="store_true", help="Continue from the checkpoint in --out.")
     return parser
 
@@ -139,7 +207,12 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         context_chunks=args.context_chunks,
         teacher_cache=False if args.no_teacher_cache else None,
     )
-    qa: QASettings = _replace(defaults.qa, pairs_per_chunk=args.pairs_per_chunk)
+    qa: QASettings = _replace(
+        defaults.qa,
+        pairs_per_chunk=args.pairs_per_chunk,
+        reward_threshold=args.reward_threshold,
+        reasoning=True if args.reasoning else None,
+    )
     evaluation: EvalSettings = _replace(defaults.evaluation, eval_set=args.eval_set, teacher_judge=args.teacher_judge)
     return defaults.replace(
         recipe=args.recipe,
@@ -152,6 +225,21 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         qa=qa,
         evaluation=evaluation,
     )
+
+
+def report_files(read: DirectoryCorpus) -> None:
+    """One line for the corpus, then each file that was not read whole, with the reason (as the web shows it)."""
+    counts = Counter(str(report.status) for report in read.reports)
+    verdicts = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    skipped = []
+    if read.repeated_documents:
+        skipped.append(f"{read.repeated_documents} repeated document(s)")
+    if read.dropped_chunks:
+        skipped.append(f"{read.dropped_chunks} repeated chunk(s)")
+    tqdm.write(f"Read {len(read.reports)} file(s): {verdicts}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    for report in read.reports:
+        if report.status != FileStatus.OK:
+            tqdm.write(f"  {report.status}: {report.name}: {report.message}")
 
 
 class ProgressBars:
@@ -210,9 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workers.ml.catalog import CatalogConfig, load_model
         from workers.ml.distill.run import distill
 
-        tokenizer = load_model(config.student, CatalogConfig(cache_dir=config.model_cache_dir), progress=tqdm.write)
-        corpus = snapshot_from_directory(args.corpus, tokenizer.tokenizer, args.chunk_tokens, args.heldout, args.seed)
-        del tokenizer
+        student = load_model(config.student, CatalogConfig(cache_dir=config.model_cache_dir), progress=tqdm.write)
+        chunking = ChunkingConfig(chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens)
+        read = read_directory(args.corpus, student.tokenizer, chunking, args.heldout, args.seed)
+        del student
+        report_files(read)
+        corpus = read.snapshot
         tqdm.write(f"Corpus: {json.dumps(corpus.stats())}")
         signal.signal(signal.SIGINT, request_stop)
         bars = ProgressBars()
@@ -220,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = distill(config, corpus, on_progress=bars, should_stop=lambda: stop_requested)
         finally:
             bars.close()
-    except (DistillError, CatalogError, FileNotFoundError) as error:
+    except (DistillError, CatalogError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.status == "cancelled":

@@ -1,21 +1,25 @@
 """The corpus a run distils from: an immutable snapshot of text chunks, split into train and held-out.
 
-The ingest pipeline chunks documents and decides the split (its split is the one that counts); the CLI builds
-a snapshot from a directory of text files with a deterministic split by document, so no held-out document
-leaks into training through a neighbouring chunk.
+The ingest pipeline chunks documents and decides the split (its split is the one that counts); the CLI reads a
+directory through that same pipeline (`read_directory`: every format the web upload takes, the same chunking
+and de-duplication) with a deterministic split by document, so no held-out document leaks into training through
+a neighbouring chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.ml.ingest.chunking import ChunkingConfig, chunk_documents, drop_duplicate_chunks
+from workers.ml.ingest.extract import ExtractOptions, extract_file
+from workers.ml.ingest.limits import IngestLimits
+from workers.ml.ingest.normalise import normalise_text
+from workers.ml.ingest.report import FileReport
 from workers.ml.ingest.split import heldout_documents
-
-TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
 
 @dataclass(frozen=True)
@@ -110,20 +114,67 @@ def chunk_by_tokens(text: str, tokenizer: Any, chunk_tokens: int, overlap: int =
     return pieces
 
 
-def iter_text_files(root: Path) -> Iterable[Path]:
-    return sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES)
+@dataclass(frozen=True)
+class DirectoryCorpus:
+    """A directory read as the web ingest reads an upload: the snapshot, and what happened to each file."""
+
+    snapshot: CorpusSnapshot = field(metadata={"help": "Chunks split into train and held-out by document."})
+    reports: tuple[FileReport, ...] = field(metadata={"help": "One verdict per file, in path order."})
+    repeated_documents: int = field(metadata={"help": "Documents whose text another file already had, skipped."})
+    dropped_chunks: int = field(metadata={"help": "Chunks repeating an earlier chunk's text exactly, skipped."})
 
 
-def snapshot_from_directory(
-    root: Path, tokenizer: Any, chunk_tokens: int = 256, heldout_fraction: float = 0.1, seed: int = 0
-) -> CorpusSnapshot:
-    """Read .txt/.md/.rst files under `root` (one document each), chunk them and split by document."""
-    documents = []
-    for path in iter_text_files(root):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        chunks = chunk_by_tokens(text, tokenizer, chunk_tokens)
-        if chunks:
-            documents.append((str(path.relative_to(root)), chunks))
+def corpus_files(root: Path) -> list[Path]:
+    """Files under `root` in path order, without hidden ones (`.git/`, `.DS_Store`) or macOS archive litter."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(root).parts)
+    )
+
+
+def read_directory(
+    root: Path,
+    tokenizer: Any,
+    chunking: ChunkingConfig | None = None,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    limits: IngestLimits | None = None,
+) -> DirectoryCorpus:
+    """Every file under `root` through the product's ingest, then split by document.
+
+    1. Extract each file by its content (text, Markdown, HTML, PDF, Word, JSONL, CSV, ZIP); a file that cannot be
+       read gets a failed verdict and the rest go on, as in the web upload.
+    2. Normalise each document's text; a document whose text an earlier one had is skipped.
+    3. Chunk whole paragraphs to `chunking.chunk_tokens` of the student's tokens with its overlap, and drop chunks
+       that repeat an earlier chunk exactly (boilerplate).
+    4. Hold out whole documents, about `heldout_fraction` of the chunks, deterministically.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory.")
+    options = ExtractOptions(limits=limits or IngestLimits())
+    reports: list[FileReport] = []
+    documents: list[tuple[str, str]] = []  # (display name, normalised text)
+    seen_texts: set[str] = set()
+    repeated = 0
+    for path in corpus_files(root):
+        report = extract_file(path, path.relative_to(root).as_posix(), options)
+        reports.append(report)
+        for document in report.documents:
+            text = normalise_text(document.text)
+            if not text:
+                continue
+            if text in seen_texts:
+                repeated += 1
+                continue
+            seen_texts.add(text)
+            documents.append((document.name, text))
     if not documents:
-        raise FileNotFoundError(f"No text files ({', '.join(TEXT_SUFFIXES)}) with content under {root}.")
-    return split_by_document(documents, heldout_fraction, seed, name=root.name)
+        verdicts = "; ".join(f"{report.name}: {report.message}" for report in reports[:5]) or "no files"
+        raise FileNotFoundError(f"No file under {root} gave any usable text ({verdicts}).")
+    chunked = chunk_documents([text for _, text in documents], tokenizer, chunking or ChunkingConfig())
+    chunked, dropped = drop_duplicate_chunks(chunked)
+    pieces = [(name, [chunk.text for chunk in chunks]) for (name, _), chunks in zip(documents, chunked, strict=True)]
+    snapshot = split_by_document([(name, texts) for name, texts in pieces if texts], heldout_fraction, seed, root.name)
+    return DirectoryCorpus(snapshot, tuple(reports), repeated, dropped)

@@ -151,11 +151,14 @@ def test_it_cancels_with_a_checkpoint_and_resumes_to_the_same_expert(
     )
 
 
-def test_it_distils_from_the_command_line_and_protects_an_earlier_run(tmp_path: Path, model_cache_dir: Path) -> None:
+def test_it_distils_from_the_command_line_and_protects_an_earlier_run(
+    tmp_path: Path, model_cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corpus_dir = tmp_path / "docs"
     corpus_dir.mkdir()
     for name, chunks in toy_documents(6):
         (corpus_dir / name).write_text("\n".join(chunks))
+    (corpus_dir / "logo.png").write_bytes(bytes(range(256)) * 4)  # not text: reported, the rest go on
     args = [
         "--corpus", str(corpus_dir), "--out", str(tmp_path / "out"), "--student", STUDENT,
         "--cache-dir", str(model_cache_dir), "--epochs", "1", "--seq-len", "128", "--heldout", "0.3",
@@ -163,6 +166,9 @@ def test_it_distils_from_the_command_line_and_protects_an_earlier_run(tmp_path: 
     ]  # fmt: skip
     assert cli_main(args) == 0
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "Read 7 file(s): 1 failed, 6 ok" in printed
+    assert "  failed: logo.png: " in printed
     assert cli_main(args) == 2  # the earlier run's checkpoint is not overwritten without --resume
     assert cli_main([*args, "--resume"]) == 0
 
