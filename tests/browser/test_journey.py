@@ -28,6 +28,7 @@ from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
 from tests.browser.conftest import TINY, worker_logs
 from tests.webapp.api.live_stack import register_expert
+from webapp.experts import engine
 from webapp.tenants.models import Organization
 
 pytestmark = [pytest.mark.browser, pytest.mark.realmodel, pytest.mark.django_db(transaction=True)]
@@ -143,6 +144,7 @@ def test_it_walks_the_journey_in_a_browser(
     model_cache_dir: Path,
     screenshots: Path,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     alice = Journey(browser, web_url, screenshots)
     page = alice.page
@@ -281,6 +283,24 @@ def test_it_walks_the_journey_in_a_browser(
     assert [chosen["model"] for chosen in reply.model_extra["routing"]["experts"]] == ["it-handbook"]
     assert reply.usage.completion_tokens >= 1
 
+    # A reasoning expert's thinking streams into its own box, apart from the answer. The engine answers here as an
+    # expert distilled with qa reasoning would: the tiny experts never reason.
+    async def reasoning_stream(payload: dict[str, Any]) -> Any:
+        for piece in ["<think>\nThe VPN needs", " the certificate.\n</think>", "\n\nImport it", " first."]:
+            yield {"type": "delta", "text": piece}
+        yield {"type": "finished", "finish_reason": "stop", "prompt_tokens": 9, "completion_tokens": 12}
+
+    monkeypatch.setattr(engine, "astream", reasoning_stream)
+    page.goto("/experts/playground/")
+    page.get_by_label("Model", exact=True).select_option("it-handbook")
+    page.get_by_label("Question").fill(VPN_QUESTION)
+    page.get_by_role("button", name="Ask").click()
+    answer = page.locator("#answer-main")
+    expect(answer.locator('[data-role="usage"]')).to_contain_text("12 completion tokens")
+    expect(answer.locator('[data-role="reasoning-box"]')).to_be_visible()
+    expect(answer.locator('[data-role="reasoning"]')).to_have_text("The VPN needs the certificate.")
+    expect(answer.locator('[data-role="text"]')).to_have_text("Import it first.")
+
     # The teacher form likewise shows the chosen kind's fields only.
     page.goto("/jobs/teachers/new/")
     expect(page.get_by_label("Model spec")).to_be_visible()
@@ -292,7 +312,7 @@ def test_it_walks_the_journey_in_a_browser(
     # A refusal in a field of the kind not chosen stays in view instead of hiding with its field.
     page.get_by_label("Base URL").fill("not a url")
     page.get_by_role("radio", name="Model from the catalog").check()
-    page.get_by_label("Name").fill("Local teacher")
+    page.get_by_role("textbox", name="Name:", exact=True).fill("Local teacher")
     page.get_by_label("Model spec").fill("packaged:smollm2-135m-instruct")
     page.get_by_role("button", name="Save").click()
     expect(page.locator(".field-base_url .errorlist")).to_contain_text("Enter a valid URL")

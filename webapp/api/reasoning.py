@@ -3,7 +3,8 @@
 An expert distilled with `qa` reasoning (R1-style) writes `<think>…</think>` before its answer. The chat API
 returns the answer as `content` and the reasoning beside it as `reasoning_content` (DeepSeek's API and vLLM's
 reasoning parsers use that field; clients that do not know it read `content` as the plain answer). A reply that
-does not open with `<think>` is all content, untouched.
+does not open with `<think>` (its first characters, as the expert was trained to write it) is all content,
+untouched, and streams without delay.
 
 Streaming parts the deltas as they arrive: only what could still be the start of a tag is held back, so the
 reasoning streams as it is written and the answer follows it.
@@ -23,10 +24,9 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
 
     A reply cut off while still reasoning (max_tokens) has its reasoning so far and an empty answer.
     """
-    opening = text.lstrip()
-    if not opening.startswith(OPEN):
+    if not text.startswith(OPEN):
         return None, text
-    reasoning, closed, answer = opening[len(OPEN) :].partition(CLOSE)
+    reasoning, closed, answer = text[len(OPEN) :].partition(CLOSE)
     return reasoning.strip(), answer.lstrip() if closed else ""
 
 
@@ -51,11 +51,10 @@ class ReasoningStream:
         self.held += text
         pieces: list[tuple[Part, str]] = []
         if self.state == "start":
-            opening = self.held.lstrip()
-            if len(opening) < len(OPEN) and OPEN.startswith(opening):  # nothing yet, or what may become "<think>"
+            if len(self.held) < len(OPEN) and OPEN.startswith(self.held):  # what may still become "<think>"
                 return pieces
-            if opening.startswith(OPEN):
-                self.state, self.held = "reasoning", opening[len(OPEN) :]
+            if self.held.startswith(OPEN):
+                self.state, self.held = "reasoning", self.held[len(OPEN) :]
             else:
                 self.state = "content"
         if self.state == "reasoning":

@@ -18,7 +18,8 @@ REPLY = "<think>\nThe leave policy gives 25 days.\nHalf-days count as 0.5.\n</th
     [
         (REPLY, "The leave policy gives 25 days.\nHalf-days count as 0.5.", "You get 25 days a year."),
         ("You get 25 days a year.", None, "You get 25 days a year."),  # no reasoning: untouched
-        ("  <think>short</think>Yes.", "short", "Yes."),
+        ("<think>short</think>Yes.", "short", "Yes."),
+        ("  <think>late</think>No.", None, "  <think>late</think>No."),  # an expert trained to reason opens with it
         ("<think>\nStill thinking when max_tokens", "Still thinking when max_tokens", ""),  # cut off
         ("The tag <think> in the middle is text.", None, "The tag <think> in the middle is text."),
         ("<think></think>\n\nDirect.", "", "Direct."),
@@ -49,6 +50,7 @@ def test_it_streams_the_reasoning_first_then_the_answer_holding_back_only_a_poss
 
 def test_it_streams_a_reply_without_reasoning_as_it_comes() -> None:
     stream = ReasoningStream()
+    assert stream.feed("\n") == [("content", "\n")]
     assert stream.feed("You") == [("content", "You")]
     assert stream.feed(" get <think> 25") == [("content", " get <think> 25")]
 
