@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -279,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # our own bars say what is happening
+    # A damaged PDF's reader warnings ("EOF marker not found") would precede the file's verdict, which says it.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    # peft 0.21.2 reads `model.is_gradient_checkpointing` when it wraps the student, which transformers 5.24
+    # deprecates in favour of `is_activation_checkpointing`: a FutureWarning on every run, nothing the user can
+    # act on. Drop this filter once peft reads the new name.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     stop_requested = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -574,6 +574,11 @@ def render_card(
     ]
     if config.recipe == "qa":
         lines.append(f"- {_QA_TEACHER_ADVICE}")
+        if config.qa.reasoning:
+            lines.append(
+                "- Trained on reasoned answers (R1-style): it writes its reasoning in `<think>…</think>` before the "
+                "answer. Distillery's chat API returns that part apart, as `reasoning_content`."
+            )
     lines += [
         "",
         "## Hyperparameters",

@@ -12,7 +12,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 
 from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
-from workers.ml.distill.config import DistillConfig, EndpointTeacherConfig, LocalTeacherConfig, LoraSettings
+from workers.ml.distill.config import (
+    DistillConfig,
+    EndpointTeacherConfig,
+    LocalTeacherConfig,
+    LoraSettings,
+    QASettings,
+)
 from workers.ml.distill.errors import DistillError
 from workers.ml.distill.evaluate import LMScores, QAExample
 from workers.ml.distill.export import (
@@ -162,6 +168,16 @@ def test_it_never_writes_the_api_key(tmp_path: Path, trained: tuple[Any, LoadedM
     assert "big-model" in card
     assert "check they allow training on outputs" in card
     assert "at least ~1–3B" in card
+    assert "<think>" not in card  # trained without reasoning
+
+
+def test_the_card_says_a_reasoning_expert_thinks_before_it_answers(
+    tmp_path: Path, trained: tuple[Any, LoadedModel], model_cache_dir: Path
+) -> None:
+    config = DistillConfig(tmp_path / "run", model_cache_dir, student=SPEC, recipe="qa", qa=QASettings(reasoning=True))
+    card = (export(tmp_path / "expert", trained, config, signature=None) / "README.md").read_text()
+    assert "it writes its reasoning in `<think>…</think>` before the answer" in card
+    assert '"reasoning": true' in card  # the hyperparameters say so too
 
 
 def test_it_spots_what_vllm_would_refuse() -> None:
