@@ -307,8 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workers.ml.distill.run import distill
 
         student = load_model(config.student, CatalogConfig(cache_dir=config.model_cache_dir), progress=tqdm.write)
-        chunking = ChunkingConfig(chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens)
-        read = read_directory(args.corpus, student.tokenizer, chunking, args.heldout, args.seed)
+        try:  # the chunk sizes and the held-out share are checked where they are used
+            chunking = ChunkingConfig(chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens)
+            read = read_directory(args.corpus, student.tokenizer, chunking, args.heldout, args.seed)
+        except ValueError as error:
+            raise DistillError(str(error)) from error
         del student
         report_files(read)
         corpus = read.snapshot
@@ -319,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = distill(config, corpus, on_progress=bars, should_stop=lambda: stop_requested)
         finally:
             bars.close()
-    except (DistillError, CatalogError, FileNotFoundError, ValueError) as error:
+    except (DistillError, CatalogError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.status == "cancelled":

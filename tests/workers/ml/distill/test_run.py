@@ -173,6 +173,22 @@ def test_it_distils_from_the_command_line_and_protects_an_earlier_run(
     assert cli_main([*args, "--resume"]) == 0
 
 
+def test_the_command_line_refuses_bad_chunk_sizes_with_a_message(
+    tmp_path: Path, model_cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus_dir = tmp_path / "docs"
+    corpus_dir.mkdir()
+    (corpus_dir / "a.txt").write_text("Some text to distil.")
+    args = [
+        "--corpus", str(corpus_dir), "--out", str(tmp_path / "out"), "--student", STUDENT,
+        "--cache-dir", str(model_cache_dir), "--chunk-tokens", "64", "--overlap-tokens", "64",
+    ]  # fmt: skip
+    assert cli_main(args) == 2
+    assert "error: overlap_tokens must be between 0 and chunk_tokens - 1 (63), got 64." in capsys.readouterr().err
+    assert cli_main([*args[:-4], "--heldout", "1.5"]) == 2
+    assert "heldout_fraction must be in [0, 1), got 1.5." in capsys.readouterr().err
+
+
 def test_it_distils_kd_through_an_endpoint_that_returns_prompt_logprobs(
     tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
 ) -> None:
