@@ -44,6 +44,8 @@ from workers.ml.distill.progress import Progress
 from workers.ml.ingest.chunking import ChunkingConfig
 from workers.ml.ingest.report import FileStatus
 
+DESCRIPTION_WIDTH = 64  # a progress bar's description: longer would squeeze the bar on an 80-column terminal
+
 
 def _parser() -> argparse.ArgumentParser:
     cpu = DistillConfig.for_cpu(output_dir=Path("."), model_cache_dir=Path("."))
@@ -244,6 +246,14 @@ def report_files(read: DirectoryCorpus) -> None:
             tqdm.write(f"  {report.status}: {report.name}: {report.message}")
 
 
+def shorten(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    """`text` within `width` characters, its middle elided: a message's end holds its counts ("3 kept, 1 dropped")."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
+
+
 class ProgressBars:
     """One tqdm bar per stage, with tokens/s and loss in its postfix."""
 
@@ -267,7 +277,7 @@ class ProgressBars:
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
         if progress.message:
-            self.bar.set_description(f"{progress.stage}: {progress.message}"[:60], refresh=False)
+            self.bar.set_description(shorten(f"{progress.stage}: {progress.message}"), refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tests.workers.ml.distill.conftest import toy_documents
 from workers.ml.catalog import CatalogConfig, load_model
 from workers.ml.distill.__main__ import main as cli_main
+from workers.ml.distill.__main__ import shorten
 from workers.ml.distill.config import (
     DistillConfig,
     EvalSettings,
@@ -171,6 +172,15 @@ def test_it_distils_from_the_command_line_and_protects_an_earlier_run(
     assert "  failed: logo.png: " in printed
     assert cli_main(args) == 2  # the earlier run's checkpoint is not overwritten without --resume
     assert cli_main([*args, "--resume"]) == 0
+
+
+def test_the_progress_bar_keeps_the_counts_at_the_end_of_a_long_message() -> None:
+    message = "generating: The teacher is writing question–answer pairs: 12 kept, 3 dropped"
+    short = shorten(message, 40)
+    assert len(short) == 40
+    assert short.startswith("generating: The tea")
+    assert short.endswith("12 kept, 3 dropped")
+    assert shorten("training: step 3", 40) == "training: step 3"
 
 
 def test_the_command_line_refuses_bad_chunk_sizes_with_a_message(
