@@ -80,6 +80,9 @@ def playground(request: OrgRequest) -> HttpResponse:
     return render(request, "experts/playground.html", context, status=200)
 
 
+EVENT_OF_PART = {"reasoning": "reasoning", "content": "delta"}  # the answer's pieces keep their `delta` name
+
+
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -96,12 +99,12 @@ async def _relay(organization: Organization, model: ResolvedModel, payload: dict
                 yield _event("routing", routing)
                 if kind == "route":
                     continue
-            parts = reasoning.feed(event.get("text", "")) if kind == "delta" else []
-            if kind == "finished":
-                parts = reasoning.close()
-            for part, text in parts:
-                yield _event("reasoning" if part == "reasoning" else "delta", {"text": text})
-            if kind == "finished":
+            if kind == "delta":
+                for part, text in reasoning.feed(event.get("text", "")):
+                    yield _event(EVENT_OF_PART[part], {"text": text})
+            elif kind == "finished":
+                for part, text in reasoning.close():
+                    yield _event(EVENT_OF_PART[part], {"text": text})
                 tokens = int(event.get("prompt_tokens", 0)), int(event.get("completion_tokens", 0))
                 await sync_to_async(meter)(organization, model, decision, *tokens)
                 yield _event(

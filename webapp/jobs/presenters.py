@@ -107,7 +107,7 @@ def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = N
         # The axis extremes, written at the chart's top and bottom edges so its scale can be read.
         "axis_high": f"{high:.4g}",
         "axis_low": f"{low:.4g}",
-        "axis_low_y": LOSS_HEIGHT - LOSS_PAD,
+        "axis_low_y": LOSS_HEIGHT - 2 * LOSS_PAD,  # the label's baseline, just above the bottom edge
         "last": round(rows[-1][1], 4),
     }
 
