@@ -174,6 +174,8 @@ def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
         "rows": rows,
         "gap_closed_percent": None if gap is None else round(gap * 100, 1),
         "gap_basis": (metrics.get("gap_basis") or "perplexity").replace("_", " "),
+        # Why there is no gap closed, when the run said (older runs did not).
+        "gap_note": metrics.get("gap_note") or "the teacher was no better than the base, or not measured",
         "kl_before": _number(kl.get("before")),
         "kl_after": _number(kl.get("after")),
         "qa": qa_view,

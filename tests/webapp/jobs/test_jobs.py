@@ -645,7 +645,7 @@ def test_it_says_not_applicable_when_no_gap_was_closed_and_shows_qa_examples(cas
     }
     job = make_job(corpus, JobStatus.SUCCEEDED, recipe="qa", metrics=metrics)
     page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
-    assert "not applicable" in page
+    assert "not applicable (the teacher was no better than the base, or not measured)" in page  # no reason given
     assert '<tr><td>teacher</td>\n    <td colspan="2" class="muted">not measured</td></tr>' in page
     assert "<tr><td>expert</td><td>0.340</td></tr>" in page
     assert "Judge" not in page  # no judge ran: no judge column
@@ -655,6 +655,19 @@ def test_it_says_not_applicable_when_no_gap_was_closed_and_shows_qa_examples(cas
     assert "Question 6?" not in best
     assert "Question 0?" in worst
     assert "Question 11?" not in worst
+
+
+def test_it_says_why_the_gap_closed_is_not_applicable_when_the_run_knew(cast: Cast, corpus: Corpus) -> None:
+    metrics = {
+        "heldout": {"base": {"perplexity": 9.0}, "expert": {"perplexity": 8.0}, "teacher": {"perplexity": 9.0}},
+        "gap_closed": None,
+        "gap_note": "no held-out chunk has text before it in its document",
+        "kl_to_teacher": {"before": 0.0, "after": 0.01},
+    }
+    job = make_job(corpus, JobStatus.SUCCEEDED, metrics=metrics)
+    page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert "not applicable (no held-out chunk has text before it in its document)" in page
+    assert "the teacher was no better" not in page
 
 
 def test_it_shows_the_judges_grades_beside_rouge_when_the_teacher_judged(cast: Cast, corpus: Corpus) -> None:

@@ -344,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(result.seconds, 1),
         "perplexity": {name: round(scores["perplexity"], 3) for name, scores in heldout.items() if scores},
         "teacher_gap_closed": result.metrics.get("gap_closed"),
+        **({"why_no_gap": result.metrics["gap_note"]} if result.metrics.get("gap_note") else {}),
         "kl_to_teacher": result.metrics.get("kl_to_teacher"),
     }
     print(json.dumps(summary, indent=2))

@@ -92,6 +92,10 @@ def base_identity_from_info(info: Any) -> dict[str, Any]:
     }
 
 
+# Why "gap closed" has no value, when the run knows no more precise reason (`metrics["gap_note"]` overrides it).
+GAP_NOT_APPLICABLE = "the teacher was no better than the base, or not measured"
+
+
 def build_metrics(
     *,
     base: LMScores,
@@ -413,7 +417,7 @@ def _metrics_section(metrics: Mapping[str, Any], config: DistillConfig) -> list[
     if isinstance(gap, int | float) and not isinstance(gap, bool):
         lines.append(f"- **Gap closed** (base → teacher, in {basis.replace('_', ' ')}): {gap:.1%}")
     else:
-        lines.append("- **Gap closed**: not applicable (the teacher was no better than the base, or not measured)")
+        lines.append(f"- **Gap closed**: not applicable ({metrics.get('gap_note') or GAP_NOT_APPLICABLE})")
     if config.recipe == "kd" and config.kd.context_chunks > 0:
         lines.append(
             f"- The teacher was scored seeing up to {config.kd.context_chunks} preceding chunk(s) of each document "

@@ -265,6 +265,15 @@ def _evaluate(
         from workers.ml.distill import qa as qa_recipe
 
         qa_extra["qa_data"] = qa_recipe.generation_metrics(config)  # --- end recipe qa
+    # The teacher's only edge over the base, when both are one model, is the text before a chunk: without any,
+    # "gap closed" has nothing to measure, and the page and card should say so rather than blame the teacher.
+    with_context = sum(1 for context in contexts if context)
+    gap_note = None
+    if models.shared and with_context == 0:
+        gap_note = (
+            "no held-out chunk has text before it in its document, so the teacher (the student's own model, "
+            "reading what precedes each chunk) saw nothing the base did not"
+        )
     metrics = build_metrics(
         base=base_scores,
         expert=expert_scores,
@@ -272,7 +281,13 @@ def _evaluate(
         teacher_shares_tokenizer=shares_vocab or not isinstance(teacher, LocalTeacher),
         kl_before=kl_before,
         kl_after=kl_after,
-        extra={"heldout_chunks": len(texts), "heldout_is_train": not corpus.heldout, **qa_extra},
+        extra={
+            "heldout_chunks": len(texts),
+            "heldout_chunks_with_context": with_context,
+            "heldout_is_train": not corpus.heldout,
+            "gap_note": gap_note,
+            **qa_extra,
+        },
         **qa_metrics,
     )
     on_progress(Progress("evaluating", 1, 1, message="Evaluation done"))

@@ -25,7 +25,7 @@ from workers.ml.distill.config import (
     QASettings,
     TrainingSettings,
 )
-from workers.ml.distill.corpus import CorpusSnapshot
+from workers.ml.distill.corpus import Chunk, CorpusSnapshot
 from workers.ml.distill.errors import TeacherError, TokenizerMismatch
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.run import distill
@@ -172,6 +172,35 @@ def test_it_distils_from_the_command_line_and_protects_an_earlier_run(
     assert "  failed: logo.png: " in printed
     assert cli_main(args) == 2  # the earlier run's checkpoint is not overwritten without --resume
     assert cli_main([*args, "--resume"]) == 0
+
+
+@pytest.mark.parametrize("heldout_with_context", [False, True])
+def test_it_says_why_the_gap_closed_cannot_be_measured_when_no_heldout_chunk_has_context(
+    tmp_path: Path, model_cache_dir: Path, heldout_with_context: bool
+) -> None:
+    """The teacher is the student's own model: its one edge is the text before a chunk. Held-out documents of one
+    chunk each give it none, and the metrics say so instead of "the teacher was no better"."""
+    documents = toy_documents(12)
+    train = [Chunk(name, position, text) for name, chunks in documents[:9] for position, text in enumerate(chunks)]
+    heldout = [
+        Chunk(name, position, text)
+        for name, chunks in documents[9:]
+        for position, text in enumerate(chunks if heldout_with_context else chunks[:1])
+    ]
+    corpus = CorpusSnapshot(train=tuple(train), heldout=tuple(heldout))
+    config = tiny_config(tmp_path, model_cache_dir, teacher=LocalTeacherConfig(spec=STUDENT))
+    config = config.replace(training=dataclasses.replace(config.training, epochs=1))
+    result = distill(config, corpus)
+    metrics = json.loads((result.output_dir / "metrics.json").read_text())
+    card = (result.output_dir / "README.md").read_text()
+    if heldout_with_context:
+        assert metrics["heldout_chunks_with_context"] == 6  # 3 documents of 3 chunks: all but the first of each
+        assert metrics["gap_note"] is None
+    else:
+        assert metrics["heldout_chunks_with_context"] == 0
+        assert metrics["gap_closed"] is None  # the teacher scored exactly as the base
+        assert metrics["gap_note"].startswith("no held-out chunk has text before it in its document")
+        assert "not applicable (no held-out chunk has text before it in its document" in card
 
 
 def test_the_progress_bar_keeps_the_counts_at_the_end_of_a_long_message() -> None:
