@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from webapp.tenants.models import ApiToken, Organization
@@ -26,7 +27,7 @@ def not_found(what: str = "object") -> JsonResponse:
     return api_error(f"No such {what}.", status=404, error_type="invalid_request_error", code="not_found")
 
 
-ApiView = Callable[..., JsonResponse]
+ApiView = Callable[..., HttpResponseBase]
 
 
 def authenticate_request(request: HttpRequest) -> JsonResponse | None:
@@ -65,7 +66,7 @@ def api_token_required(view: ApiView) -> ApiView:
 
     @csrf_exempt
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         refused = authenticate_request(request)
         if refused is not None:
             return refused

@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import QuerySet
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -27,9 +28,13 @@ from webapp.jobs.models import DistillationJob
 from webapp.jobs.presenters import job_json, status_filter, teacher_json
 
 
+def _jobs(request: ApiRequest) -> QuerySet[DistillationJob]:
+    jobs = DistillationJob.objects.for_org(request.organization)
+    return jobs.select_related("corpus_version", "expert").prefetch_related("expert_versions")
+
+
 def _job(request: ApiRequest, job_id: int) -> DistillationJob | None:
-    jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus_version")
-    return jobs.filter(pk=job_id).first()
+    return _jobs(request).filter(pk=job_id).first()
 
 
 def _invalid(message: str, code: str = "invalid") -> JsonResponse:
@@ -77,7 +82,7 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
 def job_list(request: ApiRequest) -> JsonResponse:
     if request.method == "POST":
         return _create(request)
-    jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus_version")
+    jobs = _jobs(request)
     _, statuses = status_filter(request.GET.get("status"))
     if statuses:
         jobs = jobs.filter(status__in=statuses)

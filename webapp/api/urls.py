@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webapp.api import corpora, jobs, views
+from webapp.api import corpora, experts, jobs, views
 
 app_name = "api"
 urlpatterns = [
@@ -19,4 +19,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/retry", jobs.job_retry, name="job-retry"),
     path("teachers", jobs.teacher_list, name="teachers"),
+    path("experts", experts.expert_list, name="experts"),
+    path("experts/<int:expert_id>", experts.expert_detail, name="expert"),
+    path("experts/<int:expert_id>/download", experts.expert_download, name="expert-download"),
 ]

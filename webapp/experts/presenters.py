@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.core.files.storage import default_storage
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from webapp.experts import services
+from webapp.experts import privacy, services
 from webapp.experts.models import Expert, ExpertVersion, MixtureSharedExpert, UsageCounter
 from webapp.jobs.presenters import metrics_view
 from webapp.tenants.models import Organization
@@ -44,14 +43,11 @@ def expert_rows(experts: list[Expert]) -> list[ExpertRow]:
     return [ExpertRow(expert, expert.active_version, gap_closed_percent(expert.active_version)) for expert in experts]
 
 
-def read_card(version: ExpertVersion) -> str:
-    """The version's README.md (the model card) as text, cut at 64 KiB; "" when there is none."""
-    name = f"{services.storage_prefix(version)}/README.md"
-    try:
-        with default_storage.open(name, "rb") as handle:
-            return handle.read(README_MAX_BYTES).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+def read_card(version: ExpertVersion, samples: bool = True) -> str:
+    """The version's README.md (the model card) as text, cut at 64 KiB; "" when there is none. Without
+    `samples`, its example answers are left out (they quote the owner's documents)."""
+    card = services.read_stored_text(version, "README.md", limit=README_MAX_BYTES)
+    return card if samples else privacy.public_card(card)
 
 
 def signature_summary(signature: dict[str, Any]) -> dict[str, Any] | None:
@@ -102,7 +98,7 @@ def detail_context(expert: Expert, organization: Organization) -> dict[str, Any]
         "own": own,
         "version": version,
         "versions": versions,
-        "card": read_card(version) if version else "",
+        "card": read_card(version, samples) if version else "",
         "metrics": version_metrics(version, samples) if version else None,
         "samples": samples,
         "qa_rows": services.read_stored_jsonl(version, "qa_data.jsonl", limit=QA_ROWS_SHOWN)

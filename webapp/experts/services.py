@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from webapp.experts import privacy
 from webapp.experts.models import Expert, ExpertVersion, Mixture, MixtureSharedExpert, UsageCounter
 from webapp.tenants.models import AuditEvent, Organization
 
@@ -138,11 +139,20 @@ def register_from_job(job: Any) -> ExpertVersion:
 # ---------------------------------------------------------------- lifecycle
 
 
-def set_status(expert: Expert, status: str, *, user: Any) -> None:
+def set_status(expert: Expert, status: str, *, user: Any, ip_address: str | None = None) -> None:
+    """Enable or disable: a disabled expert leaves every mixture until it is enabled again."""
     if status not in Expert.Status.values:
-        raise ExpertError("Unknown status.")
+        raise ExpertError(f"Unknown status {status!r}: choose {' or '.join(Expert.Status.values)}.")
     expert.status = status
     expert.save(update_fields=["status", "updated_at"])
+    AuditEvent.record(
+        expert.organization,
+        user,
+        AuditEvent.Action.EXPERT_CHANGED,
+        target=expert.name,
+        detail={"object": "expert", "id": expert.pk, "event": status},
+        ip_address=ip_address,
+    )
 
 
 def rollback(expert: Expert, version: ExpertVersion, *, user: Any) -> None:
@@ -340,13 +350,34 @@ def download_files(version: ExpertVersion, organization: Organization) -> list[s
     return [name for name in names if default_storage.exists(f"{prefix}/{name}")]
 
 
+def download_version(expert: Expert, organization: Organization, wanted: str = "") -> ExpertVersion:
+    """The version a download of `expert` by `organization` gets: version `wanted` (a number; the owner may take
+    any, another org the active one only), or the active one. ExpertError says why there is none."""
+    if not wanted:
+        if expert.active_version is None:
+            raise ExpertError("This expert has no version to download.")
+        return expert.active_version
+    # isascii: str.isdigit() also takes "²", which int() refuses; a version number has at most 9 digits.
+    if not (wanted.isascii() and wanted.isdigit() and len(wanted) <= 9):
+        raise ExpertError("No such version.")
+    version = ExpertVersion.objects.filter(expert=expert, number=int(wanted)).first()
+    if version is None or (expert.organization_id != organization.pk and version.pk != expert.active_version_id):
+        raise ExpertError("No such version.")
+    return version
+
+
 def iter_zip(version: ExpertVersion, organization: Organization) -> Iterator[bytes]:
     """The version's files as a zip, produced in pieces (the adapter can be tens of MB)."""
     prefix = storage_prefix(version)
     folder = f"{version.expert.slug}-v{version.number}"
+    samples = can_see_samples(version.expert, organization)
     buffer = _ZipSink()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in download_files(version, organization):
+            if not samples and name in QUOTING_FILES:
+                archive.writestr(f"{folder}/{name}", QUOTING_FILES[name](version))
+                yield buffer.take()
+                continue
             with default_storage.open(f"{prefix}/{name}", "rb") as source, archive.open(f"{folder}/{name}", "w") as out:
                 while block := source.read(1 << 20):
                     out.write(block)
@@ -386,6 +417,28 @@ def store_signature(version: ExpertVersion, signature: dict[str, Any]) -> None:
     default_storage.save(name, ContentFile((json.dumps(signature) + "\n").encode()))
     version.set_signature(signature)
     version.save(update_fields=["signature", "signature_hash"])
+
+
+def read_stored_text(version: ExpertVersion, name: str, limit: int | None = None) -> str:
+    """A stored text file (its first `limit` bytes), "" when there is none."""
+    try:
+        with default_storage.open(f"{storage_prefix(version)}/{name}", "rb") as handle:
+            return handle.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def public_card_bytes(version: ExpertVersion) -> bytes:
+    return privacy.public_card(read_stored_text(version, "README.md")).encode()
+
+
+def public_metrics_bytes(version: ExpertVersion) -> bytes:
+    stored = read_stored_json(version, "metrics.json")
+    return (json.dumps(privacy.public_metrics(stored), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+# Files that quote the owner's text in places: another org without the samples gets them without those places.
+QUOTING_FILES = {"README.md": public_card_bytes, "metrics.json": public_metrics_bytes}
 
 
 def read_stored_json(version: ExpertVersion, name: str) -> Any:

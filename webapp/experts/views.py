@@ -21,7 +21,7 @@ from webapp.experts import engine, presenters, services
 from webapp.experts.forms import MixtureForm, PublishForm, TryQueryForm
 from webapp.experts.models import Expert, ExpertVersion
 from webapp.tenants.current import OrgRequest, org_member_required
-from webapp.tenants.models import AuditEvent
+from webapp.tenants.models import AuditEvent, Organization
 from webapp.tenants.permissions import Perm
 
 
@@ -67,38 +67,22 @@ def expert_download(request: OrgRequest, expert_id: int) -> HttpResponse:
     """A zip of one version's files (the active one by default); another org gets the active version of a
     shared expert only, without the training samples unless the owner shared them."""
     expert = _visible_expert(request, expert_id)
-    own = expert.organization_id == request.organization.pk
-    wanted = request.GET.get("version", "")
-    version: ExpertVersion | None
-    if wanted:
-        # isascii: str.isdigit() also takes "²", which int() refuses; a version number has at most 9 digits.
-        if not (wanted.isascii() and wanted.isdigit() and len(wanted) <= 9):
-            raise Http404("No such version.")
-        version = get_object_or_404(ExpertVersion.objects.filter(expert=expert), number=int(wanted))
-        if not own and version.pk != expert.active_version_id:
-            raise Http404("No such version.")
-    else:
-        version = expert.active_version
-    if version is None:
-        raise Http404("This expert has no version to download.")
+    try:
+        version = services.download_version(expert, request.organization, request.GET.get("version", ""))
+    except services.ExpertError as error:
+        raise Http404(str(error)) from None
+    return zip_response(expert, version, request.organization)
+
+
+def zip_response(expert: Expert, version: ExpertVersion, organization: Organization) -> StreamingHttpResponse:
+    """The version's files as a streamed zip download (the page's and the API's)."""
     version.expert = expert  # iter_zip names the folder after the expert's slug: no second query
-    response = StreamingHttpResponse(services.iter_zip(version, request.organization), content_type="application/zip")
+    response = StreamingHttpResponse(services.iter_zip(version, organization), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{expert.slug}-v{version.number}.zip"'
     return response
 
 
 # ---------------------------------------------------------------- changes (the owner org)
-
-
-def _audit(request: OrgRequest, expert: Expert, event: str, **detail: Any) -> None:
-    AuditEvent.record(
-        request.organization,
-        request.user,
-        AuditEvent.Action.EXPERT_CHANGED,
-        target=expert.name,
-        detail={"object": "expert", "id": expert.pk, "event": event, **detail},
-        ip_address=client_ip(request),
-    )
 
 
 @org_member_required(Perm.USE_EXPERTS)
@@ -108,11 +92,10 @@ def expert_status(request: OrgRequest, expert_id: int) -> HttpResponse:
     expert = _own_expert(request, expert_id)
     status = request.POST.get("status", "")
     try:
-        services.set_status(expert, status, user=request.user)
+        services.set_status(expert, status, user=request.user, ip_address=client_ip(request))
     except services.ExpertError as error:
         messages.error(request, str(error))
     else:
-        _audit(request, expert, status)
         if expert.is_active:
             messages.success(request, f"“{expert.name}” is enabled: the mixture routes to it again.")
         else:

@@ -295,6 +295,14 @@ def _timestamp(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value else None
 
 
+def _expert_made(job: DistillationJob) -> dict[str, Any] | None:
+    """The expert a job made or re-distils, and the version it made (None until it succeeded)."""
+    if job.expert_id is None:
+        return None
+    made = [version.number for version in job.expert_versions.all()]
+    return {"id": job.expert_id, "model": job.expert.slug, "version": made[0] if made else None}
+
+
 def job_json(job: DistillationJob, *, detail: bool = False) -> dict[str, Any]:
     """A job in the API: its settings, status and progress; with `detail`, metrics, logs and accounting."""
     data: dict[str, Any] = {
@@ -322,6 +330,8 @@ def job_json(job: DistillationJob, *, detail: bool = False) -> dict[str, Any]:
             "stage_message": job.stage_message,
         },
         "error": job.error or None,
+        # The expert it made (or re-distils): `model` is the name the chat API takes, `/api/v1/experts/{id}` it.
+        "expert": _expert_made(job),
         "created_at": _timestamp(job.created_at),
         "started_at": _timestamp(job.started_at),
         "finished_at": _timestamp(job.finished_at),

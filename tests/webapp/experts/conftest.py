@@ -68,7 +68,11 @@ def fake_files(name: str) -> dict[str, bytes]:
     return {
         "adapter_config.json": b'{"peft_type": "LORA"}',
         "adapter_model.safetensors": b"weights",
-        "README.md": f"# {name}\n\n<script>alert('card')</script>\n".encode(),
+        "README.md": (
+            f"# {name}\n\n<script>alert('card')</script>\n\n| model | ROUGE-L |\n|---|---|\n| expert | 0.400 |\n\n"
+            "Best answers:\n\n| question | expert's answer | reference | ROUGE-L |\n|---|---|---|---|\n"
+            "| SECRET-QUESTION? | SECRET-ANSWER | SECRET-REFERENCE | 0.900 |\n\n## Intended use\n"
+        ).encode(),
         "base.json": json.dumps({"spec": TINY_SPEC, "content_hash": "ab" * 32}).encode(),
         "metrics.json": json.dumps(METRICS).encode(),
         "config.json": b"{}",

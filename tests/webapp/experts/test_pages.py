@@ -77,6 +77,9 @@ def test_it_hides_samples_of_a_shared_expert_unless_the_owner_shares_them(cast: 
     assert "50.0%" in page
     assert "minilm-l6-v2" in page
     assert "SECRET-QUESTION" not in page
+    assert "SECRET-REFERENCE" not in page  # the card's table of best answers
+    assert "Best and worst answers: not shared" in page
+    assert "| expert | 0.400 |" in page  # the card's scores stay
     assert "Question 7?" not in page
     assert "keeps the sample answers private" in page
     # No versions table, no job links, no changes for another org.
@@ -86,6 +89,7 @@ def test_it_hides_samples_of_a_shared_expert_unless_the_owner_shares_them(cast: 
     services.publish(expert, user=cast.owner, share_samples=True)
     page = cast.client_for("outsider").get(url).content.decode()
     assert "SECRET-QUESTION about leave?" in page
+    assert "SECRET-REFERENCE" in page
     assert "Question 7?" in page
 
 
@@ -106,7 +110,7 @@ def test_it_enables_disables_and_rolls_back_with_an_audit_trail(cast: Cast) -> N
     assert not expert.is_active
     assert expert not in services.member_experts(cast.org)
     response = client.post(reverse("experts:status", args=[expert.pk]), {"status": "bogus"}, follow=True)
-    assert "Unknown status." in response.content.decode()
+    assert "Unknown status &#x27;bogus&#x27;: choose active or disabled." in response.content.decode()
     client.post(reverse("experts:rollback", args=[expert.pk, 1]))
     expert.refresh_from_db()
     assert expert.active_version.number == 1

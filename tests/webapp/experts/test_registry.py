@@ -6,8 +6,10 @@ The tiny base (tiny:llama-2l) loads in about a second on CPU, so these run in th
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.urls import reverse
@@ -168,3 +170,32 @@ def test_it_shares_an_expert_into_another_orgs_mixture_and_withdraws_it(cast: Ca
     assert other.get(reverse("experts:detail", args=[expert.pk])).status_code == 404
     services.publish(expert, user=cast.owner)
     assert expert not in services.member_experts(cast.other_org)
+
+
+def test_another_orgs_zip_carries_the_card_and_metrics_without_example_answers_unless_shared(cast: Cast) -> None:
+    expert = make_expert(cast.org, versions=1)
+    services.publish(expert, user=cast.owner)
+    url = reverse("experts:download", args=[expert.pk])
+
+    def card_and_metrics(who: str) -> tuple[str, dict[str, Any]]:
+        archive = _zip(cast.client_for(who).get(url))
+        return (
+            archive.read("leave-policy-v1/README.md").decode(),
+            json.loads(archive.read("leave-policy-v1/metrics.json")),
+        )
+
+    card, metrics = card_and_metrics("outsider")
+    assert "SECRET-REFERENCE" not in card
+    assert "Best and worst answers: not shared" in card
+    assert "| expert | 0.400 |" in card
+    assert metrics["qa"]["examples"] == []
+    assert metrics["qa"]["rouge_l"] == {"base": 0.1, "expert": 0.4}
+    assert metrics["heldout"]["expert"]["perplexity"] == 20.0
+
+    card, metrics = card_and_metrics("member")  # the owner org gets the files as they are
+    assert "SECRET-REFERENCE" in card
+    assert len(metrics["qa"]["examples"]) == 8
+    services.publish(expert, user=cast.owner, share_samples=True)
+    card, metrics = card_and_metrics("outsider")
+    assert "SECRET-REFERENCE" in card
+    assert len(metrics["qa"]["examples"]) == 8
