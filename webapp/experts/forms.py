@@ -68,10 +68,14 @@ class PublishForm(forms.Form):
         label="Also share the Q&A data it was taught, its best and worst answers and its training log",
     )
 
-    def __init__(self, *args: Any, recipe: str = "qa", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recipe: str = "qa", has_examples: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if recipe != "qa":  # a kd expert was taught the corpus text itself, never shared: only its log is extra
-            self.fields["share_samples"].label = "Also share its training log"
+        if recipe != "qa":  # a kd expert was taught the corpus text itself, never shared: only its log is extra,
+            # and the best and worst answers of an evaluation set its job was scored on
+            label = "Also share its training log"
+            if has_examples:
+                label += " and its best and worst answers on the evaluation questions"
+            self.fields["share_samples"].label = label
 
     def flag(self) -> bool:
         data: dict[str, Any] = self.cleaned_data if self.is_valid() else {}

@@ -56,8 +56,12 @@ def expert_list(request: OrgRequest) -> HttpResponse:
 def expert_detail(request: OrgRequest, expert_id: int) -> HttpResponse:
     expert = _visible_expert(request, expert_id)
     context = presenters.detail_context(expert, request.organization)
-    recipe = expert.active_version.recipe if expert.active_version else "qa"
-    context["publish_form"] = PublishForm(initial={"share_samples": expert.share_samples}, recipe=recipe)
+    version = expert.active_version
+    recipe = version.recipe if version else "qa"
+    examples = bool(((version.metrics or {}).get("qa") or {}).get("examples")) if version else False
+    context["publish_form"] = PublishForm(
+        initial={"share_samples": expert.share_samples}, recipe=recipe, has_examples=examples
+    )
     return render(request, "experts/detail.html", context)
 
 

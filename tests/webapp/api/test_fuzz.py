@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.webapp.conftest import Cast
+from tests.webapp.experts.conftest import make_expert
 from tests.webapp.jobs.conftest import make_corpus
 from webapp.corpora.models import CorpusFile
 from webapp.experts.models import Expert
@@ -189,8 +190,12 @@ def world(cast: Cast, settings: Any, tmp_path: Path) -> dict[str, Any]:
     their_file = CorpusFile.objects.create(
         organization=cast.other_org, corpus=theirs, name="b.txt", declared_size=5, status=CorpusFile.Status.UPLOADING
     )
+    expert = make_expert(cast.org)
+    their_expert = make_expert(cast.other_org, "Their expert")
     _, plaintext = ApiToken.issue(organization=cast.org, name="fuzz", created_by=cast.owner)
     return {
+        "expert": expert,
+        "their_expert": their_expert,
         "cast": cast,
         "corpus": corpus,
         "theirs": theirs,
@@ -204,6 +209,7 @@ def world(cast: Cast, settings: Any, tmp_path: Path) -> dict[str, Any]:
 def ids(world: dict[str, Any]) -> st.SearchStrategy[int]:
     """Ids of A's objects, of B's, and of nothing at all (0, huge: the URL converter takes any digits)."""
     known = [world["corpus"].pk, world["theirs"].pk, world["file"].pk, world["their_file"].pk, 1, 0]
+    known += [world["expert"].pk, world["their_expert"].pk]
     return st.sampled_from(known) | st.integers(min_value=0, max_value=10**25)
 
 
@@ -283,6 +289,7 @@ def _api_routes(world: dict[str, Any], draw: Any) -> tuple[str, str]:
     corpus_id, file_id, number = draw(ids(world)), draw(ids(world)), draw(ids(world))
     corpus_id = draw(st.sampled_from([world["corpus"].pk, corpus_id]))
     file_id = draw(st.sampled_from([world["file"].pk, file_id]))
+    expert_id = draw(st.sampled_from([world["expert"].pk, world["their_expert"].pk, number]))
     return draw(
         st.sampled_from(
             [
@@ -304,6 +311,10 @@ def _api_routes(world: dict[str, Any], draw: Any) -> tuple[str, str]:
                 ("POST", reverse("api:job-cancel", args=[number])),
                 ("POST", reverse("api:job-retry", args=[number])),
                 ("GET", reverse("api:teachers")),
+                ("GET", reverse("api:experts")),
+                ("GET", reverse("api:expert", args=[expert_id])),
+                ("PATCH", reverse("api:expert", args=[expert_id])),
+                ("GET", reverse("api:expert-download", args=[expert_id])),
                 # Any method on any route: a 405, never a crash.
                 (draw(st.sampled_from(["PATCH", "DELETE", "OPTIONS", "HEAD"])), reverse("api:job", args=[number])),
             ]

@@ -150,14 +150,20 @@ def test_it_names_what_publishing_with_samples_shares_for_the_experts_recipe(cas
     qa_expert = make_expert(cast.org, "Leave policy")
     kd_expert = make_expert(cast.org, "Expenses", versions=1)
     kd_expert.active_version.recipe = "kd"
-    kd_expert.active_version.save(update_fields=["recipe"])
+    kd_expert.active_version.metrics = {**kd_expert.active_version.metrics, "qa": None}
+    kd_expert.active_version.save(update_fields=["recipe", "metrics"])
     client = cast.client_for("admin")
     qa_page = client.get(reverse("experts:detail", args=[qa_expert.pk])).content.decode()
     kd_page = client.get(reverse("experts:detail", args=[kd_expert.pk])).content.decode()
     assert "Also share the Q&amp;A data it was taught, its best and worst answers and its training log" in qa_page
     # A kd expert learnt from the corpus text itself, which is never shared: the option shares its log only.
-    assert "Also share its training log" in kd_page
+    assert "Also share its training log</label>" in kd_page
     assert "Q&amp;A data" not in kd_page
+    # Scored on an evaluation set: its best and worst answers there are shared too.
+    kd_expert.active_version.metrics = {**kd_expert.active_version.metrics, "qa": {"examples": [{"question": "Q?"}]}}
+    kd_expert.active_version.save(update_fields=["metrics"])
+    kd_page = client.get(reverse("experts:detail", args=[kd_expert.pk])).content.decode()
+    assert "Also share its training log and its best and worst answers on the evaluation questions" in kd_page
 
 
 def test_it_lists_other_orgs_shared_experts_in_the_catalog_and_includes_them(cast: Cast) -> None:
