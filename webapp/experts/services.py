@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,12 +370,12 @@ def iter_zip(version: ExpertVersion, organization: Organization) -> Iterator[byt
     """The version's files as a zip, produced in pieces (the adapter can be tens of MB)."""
     prefix = storage_prefix(version)
     folder = f"{version.expert.slug}-v{version.number}"
-    samples = can_see_samples(version.expert, organization)
+    rewrites = rewritten_files(version, organization)
     buffer = _ZipSink()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in download_files(version, organization):
-            if not samples and name in QUOTING_FILES:
-                archive.writestr(f"{folder}/{name}", QUOTING_FILES[name](version))
+            if name in rewrites:
+                archive.writestr(f"{folder}/{name}", rewrites[name](version))
                 yield buffer.take()
                 continue
             with default_storage.open(f"{prefix}/{name}", "rb") as source, archive.open(f"{folder}/{name}", "w") as out:
@@ -437,8 +437,20 @@ def public_metrics_bytes(version: ExpertVersion) -> bytes:
     return (json.dumps(privacy.public_metrics(stored), indent=2, ensure_ascii=False) + "\n").encode()
 
 
-# Files that quote the owner's text in places: another org without the samples gets them without those places.
-QUOTING_FILES = {"README.md": public_card_bytes, "metrics.json": public_metrics_bytes}
+def public_config_bytes(version: ExpertVersion) -> bytes:
+    stored = read_stored_json(version, "config.json")
+    return (json.dumps(privacy.public_config(stored), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def rewritten_files(version: ExpertVersion, organization: Organization) -> dict[str, Callable[[ExpertVersion], bytes]]:
+    """The files another org gets in a public form: config.json without the server's paths, and, unless the owner
+    shared the samples, the card and metrics without the example answers that quote the owner's documents."""
+    if version.expert.organization_id == organization.pk:
+        return {}
+    rewrites: dict[str, Callable[[ExpertVersion], bytes]] = {"config.json": public_config_bytes}
+    if not can_see_samples(version.expert, organization):
+        rewrites.update({"README.md": public_card_bytes, "metrics.json": public_metrics_bytes})
+    return rewrites
 
 
 def read_stored_json(version: ExpertVersion, name: str) -> Any:

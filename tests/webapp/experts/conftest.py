@@ -44,6 +44,17 @@ METRICS = {
     "kl_to_teacher": {"before": 2.0, "after": 1.0},
     "qa": {"rouge_l": {"base": 0.1, "expert": 0.4}, "source": "held-out", "examples": QA_EXAMPLES},
 }
+# What DistillConfig.to_json() writes, in part: the server's paths, and an evaluation set's path.
+CONFIG = {
+    "output_dir": "/srv/distillery/jobs/job-3/out",
+    "model_cache_dir": "/srv/distillery/models",
+    "checkpoint_dir": "/srv/distillery/jobs/job-3/out/checkpoints",
+    "work_dir": "/srv/distillery/jobs/job-3/out/work",
+    "model_roots": ["/srv/distillery/models/local"],
+    "recipe": "qa",
+    "lora": {"rank": 16, "alpha": 32},
+    "evaluation": {"eval_set": "/srv/distillery/uploads/yardstick.jsonl", "max_eval_questions": 50},
+}
 QA_DATA = [{"question": "SECRET-QUESTION about leave?", "answer": "SECRET-ANSWER 25 days"}]
 
 
@@ -75,7 +86,7 @@ def fake_files(name: str) -> dict[str, bytes]:
         ).encode(),
         "base.json": json.dumps({"spec": TINY_SPEC, "content_hash": "ab" * 32}).encode(),
         "metrics.json": json.dumps(METRICS).encode(),
-        "config.json": b"{}",
+        "config.json": json.dumps(CONFIG).encode(),
         "signature.json": json.dumps(SIGNATURE).encode(),
         "qa_data.jsonl": "\n".join(json.dumps(row) for row in QA_DATA).encode(),
         "training_log.jsonl": b'{"step": 1, "loss": 2.0}\n',

@@ -15,7 +15,7 @@ import pytest
 from django.urls import reverse
 
 from tests.webapp.conftest import Cast
-from tests.webapp.experts.conftest import TINY_SPEC, TinyAdapter, make_expert, succeeded_job
+from tests.webapp.experts.conftest import CONFIG, TINY_SPEC, TinyAdapter, make_expert, succeeded_job
 from webapp.experts import services
 from webapp.experts.models import Expert, ExpertVersion
 from webapp.jobs.models import DistillationJob
@@ -172,7 +172,7 @@ def test_it_shares_an_expert_into_another_orgs_mixture_and_withdraws_it(cast: Ca
     assert expert not in services.member_experts(cast.other_org)
 
 
-def test_another_orgs_zip_carries_the_card_and_metrics_without_example_answers_unless_shared(cast: Cast) -> None:
+def test_another_orgs_zip_has_no_example_answers_unless_shared_and_never_server_paths(cast: Cast) -> None:
     expert = make_expert(cast.org, versions=1)
     services.publish(expert, user=cast.owner)
     url = reverse("experts:download", args=[expert.pk])
@@ -192,10 +192,18 @@ def test_another_orgs_zip_carries_the_card_and_metrics_without_example_answers_u
     assert metrics["qa"]["rouge_l"] == {"base": 0.1, "expert": 0.4}
     assert metrics["heldout"]["expert"]["perplexity"] == 20.0
 
+    config = json.loads(_zip(cast.client_for("outsider").get(url)).read("leave-policy-v1/config.json"))
+    assert "/srv/" not in json.dumps(config)  # no server paths, ever, for another org
+    assert config["lora"] == CONFIG["lora"]
+    assert config["evaluation"] == {"eval_set": "yardstick.jsonl", "max_eval_questions": 50}
+
     card, metrics = card_and_metrics("member")  # the owner org gets the files as they are
     assert "SECRET-REFERENCE" in card
     assert len(metrics["qa"]["examples"]) == 8
+    assert json.loads(_zip(cast.client_for("member").get(url)).read("leave-policy-v1/config.json")) == CONFIG
     services.publish(expert, user=cast.owner, share_samples=True)
     card, metrics = card_and_metrics("outsider")
     assert "SECRET-REFERENCE" in card
     assert len(metrics["qa"]["examples"]) == 8
+    config = json.loads(_zip(cast.client_for("outsider").get(url)).read("leave-policy-v1/config.json"))
+    assert "output_dir" not in config  # sharing the samples does not share the server's paths
