@@ -1,9 +1,10 @@
 from django.urls import path
 
-from webapp.api import corpora, experts, jobs, views
+from webapp.api import corpora, experts, jobs, openapi, views
 
 app_name = "api"
 urlpatterns = [
+    path("openapi.json", openapi.openapi_json, name="openapi"),
     path("organization", views.organization, name="organization"),
     path("tokens", views.token_list, name="tokens"),
     path("tokens/<int:token_id>", views.token_detail, name="token"),

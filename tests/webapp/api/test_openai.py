@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 
 from tests.webapp.api.live_stack import register_expert
+from tests.webapp.api.openapi_schema import assert_matches, response_schema
 from tests.webapp.conftest import Cast
 from webapp.experts.models import Expert, UsageCounter
 from webapp.experts.services import include_shared, mixture_for, publish
@@ -322,3 +323,11 @@ def test_an_expert_behind_this_api_teaches_through_the_endpoint_teacher(stack: d
         sum(reply.usage.prompt_tokens for reply in direct),
         sum(reply.usage.completion_tokens for reply in direct),
     )
+
+
+def test_answers_match_the_openapi_document(stack: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": NETWORK_QUESTION}]
+    chat = stack["a"].chat.completions.with_raw_response.create(model="moe", messages=messages, max_tokens=4)
+    assert_matches(response_schema("/v1/chat/completions", "post", 200), chat.http_response.json())
+    text = stack["a"].completions.with_raw_response.create(model="networking", prompt="The VPN", max_tokens=4)
+    assert_matches(response_schema("/v1/completions", "post", 200), text.http_response.json())
