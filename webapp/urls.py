@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from webapp.api.reference import api_reference
+
 urlpatterns = [
     path("", include("webapp.core.urls")),
     path("accounts/", include("webapp.accounts.urls")),
@@ -8,6 +10,7 @@ urlpatterns = [
     path("corpora/", include("webapp.corpora.urls")),
     path("jobs/", include("webapp.jobs.urls")),
     path("experts/", include("webapp.experts.urls")),
+    path("api/", api_reference, name="api-reference"),
     path("api/v1/", include("webapp.api.urls")),
     path("v1/", include("webapp.api.openai_urls")),
     path("admin/", admin.site.urls),

@@ -324,7 +324,7 @@ def test_it_walks_the_journey_in_a_browser(
     app_pages = ["/", "/corpora/", corpus_path, f"{corpus_path}chunks/", "/jobs/", "/jobs/new/", job_path]
     app_pages += ["/jobs/teachers/", "/experts/", expert_path, "/experts/mixture/", "/experts/playground/"]
     app_pages += ["/corpora/new/", "/jobs/teachers/new/", "/jobs/notifications/", "/accounts/password/change/"]
-    assert_fits_a_phone(page, [*app_pages, "/org/", "/org/members/", "/org/tokens/", "/org/audit/"])
+    assert_fits_a_phone(page, [*app_pages, "/org/", "/org/members/", "/org/tokens/", "/org/audit/", "/api/"])
     page.goto(job_path)
     alice.shot(12, "phone-job")
     page.set_viewport_size(DESKTOP)
