@@ -4,11 +4,15 @@ through the official `openai` client with an API token → another org never see
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
 from tests.webapp.api.live_stack import CORPORA
 from tests.webapp.conftest import Cast
@@ -96,3 +100,49 @@ def test_a_finished_job_s_expert_answers_routed_questions_for_its_org_only(
     assert other.model_extra["routing"]["scores"] == []
     with pytest.raises(openai.NotFoundError):
         client_b.chat.completions.create(model="it-handbook", messages=question, max_tokens=2)
+
+
+def test_a_script_distils_and_downloads_an_expert_through_the_rest_api_alone(
+    cast: Cast, tiny_jobs: None, settings: Any, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Upload → ingest → job → the expert's zip, each step a REST call with a token; the zip loads in plain peft."""
+    import torch
+    from peft import PeftModel
+
+    from tests.workers.conftest import REPO_ROOT
+    from workers.ml.catalog import CatalogConfig, load_model
+    from workers.tasks.ingest import ingest_corpus_version
+
+    settings.STORAGE_BACKEND = "filesystem"
+    _, token = ApiToken.issue(organization=cast.org, name="CI", created_by=cast.owner)
+    api = Client(headers={"Authorization": f"Bearer {token}"})
+    texts = CORPORA["networking"]
+
+    corpus = api.post("/api/v1/corpora", {"name": "IT handbook"}, content_type="application/json").json()
+    files = [SimpleUploadedFile(f"network-{n}.md", "\n\n".join(texts[n:] + texts[:n]).encode() * 3) for n in range(4)]
+    uploaded = api.post(f"/api/v1/corpora/{corpus['id']}/files", {"files": files})
+    assert uploaded.status_code == 201, uploaded.content
+    with django_capture_on_commit_callbacks(execute=False):
+        version = api.post(f"/api/v1/corpora/{corpus['id']}/ingest").json()
+    ingest_corpus_version(CorpusVersion.objects.get(corpus_id=corpus["id"], number=version["number"]).pk)
+    assert api.get(f"/api/v1/corpora/{corpus['id']}/versions/1").json()["status"] == "ready"
+
+    body = {"name": "IT handbook", "corpus": corpus["id"], "teacher": "global:0", "options": {"lora_rank": 4}}
+    with django_capture_on_commit_callbacks(execute=False):
+        job = api.post("/api/v1/jobs", body, content_type="application/json").json()
+    run_job(job["id"])
+    job = api.get(f"/api/v1/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["expert"]["model"] == "it-handbook"
+    assert job["expert"]["version"] == 1
+
+    expert = api.get(f"/api/v1/experts/{job['expert']['id']}").json()
+    assert expert["versions"][0]["job"] == job["id"]
+    download = api.get(f"/api/v1/experts/{expert['id']}/download")
+    zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content))).extractall(tmp_path / "unzipped")
+    base = load_model("tiny:llama-2l", CatalogConfig(cache_dir=REPO_ROOT / "var" / "test-model-cache", device="cpu"))
+    input_ids = base.tokenizer("Configure the VPN client", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = base.model(input_ids=input_ids).logits
+        tuned = PeftModel.from_pretrained(base.model, tmp_path / "unzipped" / "it-handbook-v1").eval()
+        assert not torch.equal(tuned(input_ids=input_ids).logits, plain)  # the trained adapter changes the logits
