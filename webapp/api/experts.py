@@ -110,10 +110,9 @@ def expert_detail(request: ApiRequest, expert_id: int) -> JsonResponse:
     if expert is None or (request.method == "PATCH" and not own):
         return not_found("expert")
     if request.method == "PATCH":
-        refused = _change(request, expert)
+        refused = _change(request, expert)  # on success, `expert` holds the new status and version
         if refused is not None:
             return refused
-        expert = _visible(request, expert_id) or expert
     if own:
         in_mixture = expert.servable
     else:

@@ -432,14 +432,13 @@ def public_card_bytes(version: ExpertVersion) -> bytes:
     return privacy.public_card(read_stored_text(version, "README.md")).encode()
 
 
-def public_metrics_bytes(version: ExpertVersion) -> bytes:
-    stored = read_stored_json(version, "metrics.json")
-    return (json.dumps(privacy.public_metrics(stored), indent=2, ensure_ascii=False) + "\n").encode()
+def _public_json(name: str, public: Callable[[Any], dict[str, Any]]) -> Callable[[ExpertVersion], bytes]:
+    """A stored JSON file's bytes after `public` rewrote it."""
 
+    def rewrite(version: ExpertVersion) -> bytes:
+        return (json.dumps(public(read_stored_json(version, name)), indent=2, ensure_ascii=False) + "\n").encode()
 
-def public_config_bytes(version: ExpertVersion) -> bytes:
-    stored = read_stored_json(version, "config.json")
-    return (json.dumps(privacy.public_config(stored), indent=2, ensure_ascii=False) + "\n").encode()
+    return rewrite
 
 
 def rewritten_files(version: ExpertVersion, organization: Organization) -> dict[str, Callable[[ExpertVersion], bytes]]:
@@ -447,9 +446,11 @@ def rewritten_files(version: ExpertVersion, organization: Organization) -> dict[
     shared the samples, the card and metrics without the example answers that quote the owner's documents."""
     if version.expert.organization_id == organization.pk:
         return {}
-    rewrites: dict[str, Callable[[ExpertVersion], bytes]] = {"config.json": public_config_bytes}
+    rewrites = {"config.json": _public_json("config.json", privacy.public_config)}
     if not can_see_samples(version.expert, organization):
-        rewrites.update({"README.md": public_card_bytes, "metrics.json": public_metrics_bytes})
+        rewrites.update(
+            {"README.md": public_card_bytes, "metrics.json": _public_json("metrics.json", privacy.public_metrics)}
+        )
     return rewrites
 
 
