@@ -3,7 +3,8 @@
     curl -H "Authorization: Bearer $TOKEN" https://host/api/v1/teachers
     curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
          -d '{"name": "Handbook expert", "corpus": 1, "teacher": "global:0", "recipe": "kd",
-              "options": {"epochs": 2, "lora_rank": 16}}' https://host/api/v1/jobs
+              "options": {"epochs": 2, "lora_rank": 16},
+              "eval_set": [{"question": "Who approves leave?", "answer": "Your manager."}]}' https://host/api/v1/jobs
     curl -H "Authorization: Bearer $TOKEN" https://host/api/v1/jobs/7
     curl -H "Authorization: Bearer $TOKEN" -X POST https://host/api/v1/jobs/7/cancel
 
@@ -17,6 +18,7 @@ import json
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import QuerySet
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -41,7 +43,21 @@ def _invalid(message: str, code: str = "invalid") -> JsonResponse:
     return api_error(message, status=400, error_type="invalid_request_error", code=code)
 
 
-TOP_LEVEL_FIELDS = frozenset({"name", "corpus", "teacher", "recipe", "options", "spend_cap_usd"})
+TOP_LEVEL_FIELDS = frozenset({"name", "corpus", "teacher", "recipe", "options", "spend_cap_usd", "eval_set"})
+
+
+def _eval_set_file(items: Any) -> SimpleUploadedFile | str:
+    """`eval_set` (a list of {"question", "answer"} objects) as the JSONL file the form checks, or what is wrong
+    with it, by index."""
+    if not isinstance(items, list) or not items:
+        return 'eval_set: must be a non-empty list of {"question", "answer"} objects.'
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(key), str) and item[key].strip() for key in ("question", "answer")
+        ):
+            return f'eval_set[{index}]: needs a "question" and an "answer" (non-empty text).'
+    lines = "".join(json.dumps({"question": item["question"], "answer": item["answer"]}) + "\n" for item in items)
+    return SimpleUploadedFile("eval_set.jsonl", lines.encode(), content_type="application/jsonl")
 
 
 def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
@@ -101,21 +117,18 @@ def _create(request: ApiRequest) -> JsonResponse:
     data = _form_data(body)
     if isinstance(data, str):
         return _invalid(data)
-    form = JobForm(data, organization=request.organization)
+    files = {}
+    if body.get("eval_set") is not None:
+        eval_set = _eval_set_file(body["eval_set"])
+        if isinstance(eval_set, str):
+            return _invalid(eval_set)
+        files["eval_set"] = eval_set
+    form = JobForm(data, files, organization=request.organization)
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
         return _invalid(f"{field}: {errors[0]}")
     try:
-        job = services.create_job(
-            request.organization,
-            request.api_token.created_by,
-            name=form.cleaned_data["name"],
-            corpus=form.cleaned_data["corpus"],
-            teacher_value=form.cleaned_data["teacher"],
-            recipe=form.cleaned_data["recipe"],
-            options=form.options(),
-            spend_cap_usd=form.cleaned_data.get("spend_cap_usd"),
-        )
+        job = form.create_job(request.api_token.created_by)
     except services.JobError as error:
         return _invalid(str(error), code="job_refused")
     return JsonResponse(job_json(job, detail=True), status=201)

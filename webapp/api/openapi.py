@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET
 
 from webapp.corpora.models import Corpus, CorpusFile, CorpusVersion
 from webapp.experts.models import Expert
-from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
+from webapp.jobs.forms import DEFAULT_OPTIONS, EVAL_SET_MAX_LINES, JobForm
 from webapp.jobs.models import DistillationJob, JobStatus
 from webapp.jobs.presenters import STATUS_FILTERS
 
@@ -116,8 +116,17 @@ def job_create_schema() -> Schema:
                 **nullable(NUMBER),
                 "description": "An endpoint teacher's spending limit: the job stops before it spends more.",
             },
+            "eval_set": {
+                "type": "array",
+                "items": obj({"question": {**STRING, "minLength": 1}, "answer": {**STRING, "minLength": 1}}),
+                "minItems": 1,
+                "maxItems": EVAL_SET_MAX_LINES,
+                "description": "Your own questions with their expected answers: at the end the base, the expert "
+                "and the teacher answer them and are scored against yours (ROUGE-L, and the teacher as judge when "
+                "it is large enough).",
+            },
         },
-        optional=("recipe", "options", "spend_cap_usd"),
+        optional=("recipe", "options", "spend_cap_usd", "eval_set"),
     )
 
 
@@ -229,6 +238,7 @@ def schemas() -> dict[str, Schema]:
         "student": STRING,
         "options": ANY_OBJECT,
         "spend_cap_usd": nullable(NUMBER),
+        "eval_set": {**BOOLEAN, "description": "Whether it was given an evaluation set."},
         "queue_position": nullable(INTEGER),
         "cancel_requested": BOOLEAN,
         "progress": progress,

@@ -356,6 +356,27 @@ class JobForm(forms.Form):
         choice = self.teacher_choices.get(self.cleaned_data.get("teacher", ""))
         return choice.snapshot if choice else {}
 
+    def create_job(self, user: Any) -> DistillationJob:
+        """The job this valid form describes, its evaluation set stored first (and removed again when the rules
+        refuse the job: services.JobError goes on to the caller)."""
+        eval_set_name = self.store_eval_set()
+        try:
+            return services.create_job(
+                self.organization,
+                user,
+                name=self.cleaned_data["name"],
+                corpus=self.cleaned_data["corpus"],
+                teacher_value=self.cleaned_data["teacher"],
+                recipe=self.cleaned_data["recipe"],
+                options=self.options(),
+                eval_set_name=eval_set_name,
+                spend_cap_usd=self.cleaned_data.get("spend_cap_usd"),
+            )
+        except services.JobError:
+            if eval_set_name:
+                default_storage.delete(eval_set_name)
+            raise
+
     def store_eval_set(self) -> str:
         """Save the validated evaluation set under the org's folder; returns its storage name ("" when none)."""
         upload = self.cleaned_data.get("eval_set")

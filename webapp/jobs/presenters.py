@@ -318,6 +318,7 @@ def job_json(job: DistillationJob, *, detail: bool = False) -> dict[str, Any]:
         "student": job.student,
         "options": job.options,
         "spend_cap_usd": float(job.spend_cap_usd) if job.spend_cap_usd is not None else None,
+        "eval_set": bool(job.eval_set_name),
         "queue_position": job.queue_position(),
         "cancel_requested": job.cancel_requested,
         "progress": {

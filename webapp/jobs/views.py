@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.files.storage import default_storage
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -191,22 +190,9 @@ def job_create(request: OrgRequest) -> HttpResponse:
 
 def _create(request: OrgRequest, form: JobForm) -> DistillationJob | None:
     """The job, or None with the refusal added to the form (no job, no stored evaluation set)."""
-    eval_set_name = form.store_eval_set()
     try:
-        return services.create_job(
-            request.organization,
-            request.user,
-            name=form.cleaned_data["name"],
-            corpus=form.cleaned_data["corpus"],
-            teacher_value=form.cleaned_data["teacher"],
-            recipe=form.cleaned_data["recipe"],
-            options=form.options(),
-            eval_set_name=eval_set_name,
-            spend_cap_usd=form.cleaned_data.get("spend_cap_usd"),
-        )
+        return form.create_job(request.user)
     except services.JobError as error:
-        if eval_set_name:
-            default_storage.delete(eval_set_name)
         form.add_error(None, str(error))
         return None
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.files.storage import default_storage
 from django.urls import reverse
 
 from tests.webapp.conftest import Cast
 from tests.webapp.jobs.conftest import SECRET_KEY, Api, make_endpoint_teacher, make_job
 from webapp.corpora.models import Corpus
 from webapp.jobs import services
+from webapp.jobs.forms import EVAL_SET_MAX_LINES
 from webapp.jobs.models import DistillationJob, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -100,9 +104,15 @@ def test_it_takes_an_org_teacher_by_its_listed_id_or_its_row_id(
         (
             {"token_budget": 3000, "pairs_per_chunk": 1},
             'unknown field(s) pairs_per_chunk, token_budget (pairs_per_chunk, token_budget go under "options"); '
-            "known: corpus, name, options, recipe, spend_cap_usd, teacher.",
+            "known: corpus, eval_set, name, options, recipe, spend_cap_usd, teacher.",
         ),
-        ({"eval_set": "x.jsonl"}, "unknown field(s) eval_set; known: corpus, name, "),
+        ({"eval_set": "x.jsonl"}, 'eval_set: must be a non-empty list of {"question", "answer"} objects.'),
+        ({"eval_set": []}, 'eval_set: must be a non-empty list of {"question", "answer"} objects.'),
+        (
+            {"eval_set": [{"question": "Q?", "answer": "A."}, {"question": "Q?", "answer": " "}]},
+            'eval_set[1]: needs a "question" and an "answer" (non-empty text).',
+        ),
+        ({"eval_set": [{"question": "Q?", "answer": "A."}, "Q?"]}, 'eval_set[1]: needs a "question" and an "answer"'),
     ],
 )
 def test_it_refuses_invalid_jobs_with_400(corpus: Corpus, api: Api, changes: dict[str, Any], message: str) -> None:
@@ -129,6 +139,34 @@ def test_it_answers_json_to_a_body_over_the_upload_limit(corpus: Corpus, api: Ap
     response = create(api, corpus, name="x" * 200)
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "The request body is too large."
+
+
+def test_it_takes_an_evaluation_set_as_a_list_of_questions_and_answers(
+    corpus: Corpus, api: Api, django_capture_on_commit_callbacks: Any
+) -> None:
+    eval_set = [{"question": "Who approves leave?", "answer": "Your manager."}, {"question": "Q2?", "answer": "A2"}]
+    with django_capture_on_commit_callbacks(execute=False):
+        response = create(api, corpus, eval_set=eval_set)
+    assert response.status_code == 201, response.content
+    assert response.json()["eval_set"] is True
+    job = DistillationJob.objects.get()
+    with default_storage.open(job.eval_set_name) as stored:
+        assert [json.loads(line) for line in stored.read().decode().splitlines()] == eval_set
+
+
+def test_it_stores_no_evaluation_set_for_a_refused_job(
+    corpus: Corpus, api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(services, "cross_tokenizer_kd_available", lambda: False)
+    refused = create(api, corpus, teacher="global:1", eval_set=[{"question": "Q?", "answer": "A."}])
+    assert refused.json()["error"]["code"] == "job_refused"
+    assert not [path for path in (tmp_path / "media").rglob("*") if path.is_file()]
+    too_many = [{"question": f"Q{n}?", "answer": "A."} for n in range(EVAL_SET_MAX_LINES + 1)]
+    response = create(api, corpus, eval_set=too_many)
+    assert (
+        response.json()["error"]["message"]
+        == f"eval_set: The evaluation set has more than {EVAL_SET_MAX_LINES} questions."
+    )
 
 
 def test_it_refuses_a_body_that_is_not_a_json_object(api: Api) -> None:
