@@ -1,4 +1,5 @@
-"""REST API for experts: list, inspect, download (PEFT zip), enable or disable, choose the version served.
+"""REST API for experts: list, inspect, download (PEFT zip), enable or disable, choose the version served, share
+in the catalog (with or without the samples), delete.
 
     curl -H "Authorization: Bearer $TOKEN" https://host/api/v1/experts
     curl -H "Authorization: Bearer $TOKEN" -o expert.zip https://host/api/v1/experts/3/download
@@ -25,7 +26,7 @@ from webapp.experts.models import Expert, ExpertVersion, MixtureSharedExpert
 from webapp.experts.views import zip_response
 from webapp.tenants.models import Organization
 
-CHANGEABLE_FIELDS = frozenset({"status", "active_version"})
+CHANGEABLE_FIELDS = frozenset({"status", "active_version", "shared", "share_samples"})
 
 
 def _timestamp(value: Any) -> int | None:
@@ -102,15 +103,26 @@ def expert_list(request: ApiRequest) -> JsonResponse:
     return JsonResponse({"object": "list", "data": data})
 
 
-@require_http_methods(["GET", "PATCH"])
+@require_http_methods(["GET", "PATCH", "DELETE"])
 @api_token_required
 def expert_detail(request: ApiRequest, expert_id: int) -> JsonResponse:
     expert = _visible(request, expert_id)
     own = expert is not None and expert.organization_id == request.organization.pk
-    if expert is None or (request.method == "PATCH" and not own):
+    if expert is None or (request.method != "GET" and not own):  # changes are the owner org's alone
         return not_found("expert")
+    if request.method == "DELETE":
+        if expert.shared:  # other orgs may route to it: withdrawing first makes deleting a local matter
+            return api_error(
+                'This expert is shared: withdraw it first (PATCH {"shared": false}); other organizations may '
+                "route to it.",
+                status=409,
+                error_type="invalid_request_error",
+                code="expert_shared",
+            )
+        services.delete_expert(expert, user=request.api_token.created_by)
+        return JsonResponse({"object": "expert", "id": expert_id, "deleted": True})
     if request.method == "PATCH":
-        refused = _change(request, expert)  # on success, `expert` holds the new status and version
+        refused = _change(request, expert)  # on success, `expert` holds the changes
         if refused is not None:
             return refused
     if own:
@@ -123,16 +135,17 @@ def expert_detail(request: ApiRequest, expert_id: int) -> JsonResponse:
 
 
 def _change(request: ApiRequest, expert: Expert) -> JsonResponse | None:
-    """Apply `status` and/or `active_version` from the JSON body; the 400 to answer when it cannot."""
+    """Apply the JSON body's changes, all checked before any is made; the 400 to answer when one cannot be."""
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
         return _invalid("The body must be a JSON object.")
+    changeable = ", ".join(sorted(CHANGEABLE_FIELDS))
     if not isinstance(body, dict) or not body:
-        return _invalid(f"The body must be a JSON object with {' and/or '.join(sorted(CHANGEABLE_FIELDS))}.")
+        return _invalid(f"The body must be a JSON object with any of {changeable}.")
     unknown = sorted(set(body) - CHANGEABLE_FIELDS)
     if unknown:
-        return _invalid(f"unknown field(s) {', '.join(unknown)}; changeable: {', '.join(sorted(CHANGEABLE_FIELDS))}.")
+        return _invalid(f"unknown field(s) {', '.join(unknown)}; changeable: {changeable}.")
     version = None
     if "active_version" in body:
         number = body["active_version"]
@@ -144,11 +157,24 @@ def _change(request: ApiRequest, expert: Expert) -> JsonResponse | None:
     status = body.get("status")
     if "status" in body and status not in Expert.Status.values:
         return _invalid(f"status: must be {' or '.join(Expert.Status.values)}.")
+    for flag in ("shared", "share_samples"):
+        if flag in body and not isinstance(body[flag], bool):
+            return _invalid(f"{flag}: must be true or false.")
+    shared = body.get("shared", expert.shared)
+    if shared and not expert.shared and expert.active_version_id is None and version is None:
+        return _invalid("shared: this expert has no version to share.")
+    if body.get("share_samples") and not shared:
+        return _invalid('share_samples: only a shared expert shares its samples (set "shared": true too).')
     user = request.api_token.created_by
     if status is not None and status != expert.status:
         services.set_status(expert, status, user=user, ip_address=client_ip(request))
     if version is not None and version.pk != expert.active_version_id:
         services.rollback(expert, version, user=user)
+    share_samples = body.get("share_samples", expert.share_samples)
+    if shared and (not expert.shared or share_samples != expert.share_samples):
+        services.publish(expert, user=user, share_samples=share_samples)
+    elif not shared and expert.shared:
+        services.withdraw(expert, user=user)
     return None
 
 

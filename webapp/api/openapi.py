@@ -360,9 +360,19 @@ def schemas() -> dict[str, Schema]:
         "ExpertDetail": expert_detail,
         "ExpertVersion": expert_version,
         "ExpertChange": obj(
-            {"status": enum(Expert.Status.values), "active_version": INTEGER},
-            optional=("status", "active_version"),
+            {
+                "status": {**enum(Expert.Status.values), "description": "A disabled expert leaves every mixture."},
+                "active_version": {**INTEGER, "description": "The version to serve (any of this expert's)."},
+                "shared": {**BOOLEAN, "description": "In every organization's catalog (owners' and admins' tokens)."},
+                "share_samples": {
+                    **BOOLEAN,
+                    "description": "With `shared`: other organizations also see the Q&A data, the best and worst "
+                    "answers and the training log.",
+                },
+            },
+            optional=("status", "active_version", "shared", "share_samples"),
             minProperties=1,
+            description="The changes to make; all are checked before any is made.",
         ),
         "Model": model,
         "ChatCompletionRequest": chat_request(),
@@ -734,12 +744,20 @@ def rest_paths() -> dict[str, Any]:
             ),
             "patch": operation(
                 "changeExpert",
-                "Enable or disable an expert, or choose the version it serves",
+                "Enable or disable an expert, choose the version it serves, share it or withdraw it",
                 "Experts",
                 ok=("200", ref("ExpertDetail")),
                 errors=("400", "401", "404"),
                 parameters=[expert_id],
                 body=json_body(ref("ExpertChange")),
+            ),
+            "delete": operation(
+                "deleteExpert",
+                "Delete an expert and its stored versions (a shared one is withdrawn first)",
+                "Experts",
+                ok=("200", obj({"object": {"const": "expert"}, "id": INTEGER, "deleted": {"const": True}})),
+                errors=("401", "404", "409"),
+                parameters=[expert_id],
             ),
         },
         "/api/v1/experts/{expert_id}/download": {

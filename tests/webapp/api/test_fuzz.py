@@ -314,6 +314,7 @@ def _api_routes(world: dict[str, Any], draw: Any) -> tuple[str, str]:
                 ("GET", reverse("api:experts")),
                 ("GET", reverse("api:expert", args=[expert_id])),
                 ("PATCH", reverse("api:expert", args=[expert_id])),
+                ("DELETE", reverse("api:expert", args=[expert_id])),
                 ("GET", reverse("api:expert-download", args=[expert_id])),
                 # Any method on any route: a 405, never a crash.
                 (draw(st.sampled_from(["PATCH", "DELETE", "OPTIONS", "HEAD"])), reverse("api:job", args=[number])),

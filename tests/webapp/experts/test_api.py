@@ -162,9 +162,12 @@ def test_it_disables_enables_and_rolls_back_with_an_audit_trail(cast: Cast, api:
         ({"active_version": 9}, "active_version: this expert has no version 9."),
         ({"active_version": "1"}, "active_version: must be a version number."),
         ({"status": "disabled", "active_version": 9}, "active_version: this expert has no version 9."),
-        ({"name": "New"}, "unknown field(s) name; changeable: active_version, status."),
-        ({}, "The body must be a JSON object with active_version and/or status."),
-        ([], "The body must be a JSON object with active_version and/or status."),
+        ({"name": "New"}, "unknown field(s) name; changeable: active_version, share_samples, shared, status."),
+        ({}, "The body must be a JSON object with any of active_version, share_samples, shared, status."),
+        ([], "The body must be a JSON object with any of active_version, share_samples, shared, status."),
+        ({"shared": "yes"}, "shared: must be true or false."),
+        ({"share_samples": True}, 'share_samples: only a shared expert shares its samples (set "shared": true too).'),
+        ({"status": "disabled", "share_samples": True}, "share_samples: only a shared expert shares its samples"),
     ],
 )
 def test_it_refuses_a_bad_change_with_a_clear_error_and_changes_nothing(
@@ -173,9 +176,9 @@ def test_it_refuses_a_bad_change_with_a_clear_error_and_changes_nothing(
     expert = make_expert(cast.org)
     response = patch(api["a"], expert, body)
     assert response.status_code == 400
-    assert response.json()["error"]["message"] == message
+    assert response.json()["error"]["message"].startswith(message)
     expert.refresh_from_db()
-    assert (expert.status, expert.active_version.number) == ("active", 2)
+    assert (expert.status, expert.active_version.number, expert.shared) == ("active", 2, False)
 
 
 def test_it_answers_404_for_another_orgs_experts_and_their_changes(cast: Cast, api: dict[str, Any]) -> None:
@@ -198,3 +201,46 @@ def test_it_answers_404_for_another_orgs_experts_and_their_changes(cast: Cast, a
         assert response.json()["error"]["code"] == "not_found"
     assert Expert.objects.filter(status="disabled").count() == 0
     assert Client().get(reverse("api:experts")).status_code == 401
+
+
+def test_it_shares_an_expert_with_or_without_its_samples_and_withdraws_it(cast: Cast, api: dict[str, Any]) -> None:
+    expert = make_expert(cast.org)
+
+    shared = patch(api["a"], expert, {"shared": True}).json()
+
+    assert (shared["shared"], shared["samples_shared"]) == (True, True)  # the owner always sees its samples
+    seen = api["b"].get(reverse("api:expert", args=[expert.pk])).json()
+    assert seen["samples_shared"] is False
+    assert patch(api["a"], expert, {"share_samples": True}).status_code == 200
+    assert api["b"].get(reverse("api:expert", args=[expert.pk])).json()["samples_shared"] is True
+    services.include_shared(cast.other_org, expert)
+    patch(api["a"], expert, {"shared": False})
+    assert api["b"].get(reverse("api:expert", args=[expert.pk])).status_code == 404
+    assert expert not in services.member_experts(cast.other_org)  # withdrawn from the other org's mixture too
+    actions = AuditEvent.objects.filter(organization=cast.org).values_list("action", flat=True)
+    assert AuditEvent.Action.EXPERT_PUBLISHED in actions
+    assert AuditEvent.Action.EXPERT_WITHDRAWN in actions
+
+
+def test_it_refuses_to_share_an_expert_without_a_version(cast: Cast, api: dict[str, Any]) -> None:
+    expert = make_expert(cast.org, versions=0)
+    response = patch(api["a"], expert, {"shared": True})
+    assert response.json()["error"]["message"] == "shared: this expert has no version to share."
+    expert.refresh_from_db()
+    assert not expert.shared
+
+
+def test_it_deletes_an_expert_only_once_it_is_withdrawn(cast: Cast, api: dict[str, Any]) -> None:
+    expert = make_expert(cast.org)
+    services.publish(expert, user=cast.owner)
+    url = reverse("api:expert", args=[expert.pk])
+    assert api["b"].delete(url).status_code == 404  # another org never deletes it
+
+    refused = api["a"].delete(url)
+
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "expert_shared"
+    patch(api["a"], expert, {"shared": False})
+    assert api["a"].delete(url).json() == {"object": "expert", "id": expert.pk, "deleted": True}
+    assert not Expert.objects.filter(pk=expert.pk).exists()
+    assert api["a"].get(url).status_code == 404
