@@ -801,7 +801,10 @@ def openai_paths() -> dict[str, Any]:
     return {
         "/v1/models": {
             "get": operation(
-                "listModels", "moe, base, and the mixture's experts", tag, ok=("200", list_of(ref("Model")))
+                "listModels",
+                "The routed mixture (moe), the base, and the mixture's experts",
+                tag,
+                ok=("200", list_of(ref("Model"))),
             )
         },
         "/v1/models/{model}": {
