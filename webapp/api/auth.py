@@ -29,6 +29,10 @@ def not_found(what: str = "object") -> JsonResponse:
 
 ApiView = Callable[..., HttpResponseBase]
 
+# What a models-only token reaches: the OpenAI-compatible routes (`webapp/api/openai_urls.py`). Every other route,
+# present or added later, needs a full-access token.
+MODELS_NAMESPACES = frozenset({"openai"})
+
 
 def authenticate_request(request: HttpRequest) -> JsonResponse | None:
     """Check `Authorization: Bearer dst_…` and set `request.api_token` / `request.organization`.
@@ -51,6 +55,15 @@ def authenticate_request(request: HttpRequest) -> JsonResponse | None:
             status=401,
             error_type="authentication_error",
             code="invalid_api_key",
+        )
+    match = request.resolver_match
+    if token.scope != ApiToken.Scope.FULL and (match is None or match.namespace not in MODELS_NAMESPACES):
+        return api_error(
+            "This token may only call the OpenAI-compatible API (/v1/): create a token with full access for the "
+            "REST API.",
+            status=403,
+            error_type="permission_error",
+            code="insufficient_scope",
         )
     request.api_token = token  # type: ignore[attr-defined]
     request.organization = token.organization  # type: ignore[attr-defined]

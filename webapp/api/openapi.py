@@ -24,6 +24,7 @@ from webapp.experts.models import Expert
 from webapp.jobs.forms import DEFAULT_OPTIONS, EVAL_SET_MAX_LINES, JobForm
 from webapp.jobs.models import DistillationJob, JobStatus
 from webapp.jobs.presenters import STATUS_FILTERS
+from webapp.tenants.models import ApiToken
 
 Schema = dict[str, Any]
 
@@ -330,6 +331,10 @@ def schemas() -> dict[str, Schema]:
             "object": {"const": "api_token"},
             "name": STRING,
             "prefix": STRING,
+            "scope": {
+                **enum(ApiToken.Scope.values),
+                "description": "full: every route; models: the OpenAI-compatible API (/v1/) only.",
+            },
             "created_at": UNIX_TIME,
             "last_used_at": nullable(UNIX_TIME),
             "revoked": BOOLEAN,
@@ -466,6 +471,7 @@ def completion() -> Schema:
 ERRORS = {
     "400": "The request is invalid; `error.message` says what to change.",
     "401": "No token, or a revoked or unknown one.",
+    "403": "The token's access does not reach this route (a models-only token, outside /v1/).",
     "404": "No such object for this organization (another organization's ids answer the same).",
     "409": "The object's state does not allow it now.",
     "413": "Over a size limit.",
@@ -835,6 +841,15 @@ def openai_paths() -> dict[str, Any]:
     }
 
 
+def with_scope_refusal(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every REST operation that takes a token also answers 403 to a models-only one (`webapp/api/auth.py`)."""
+    for item in paths.values():
+        for operation in item.values():
+            if operation.get("security") != []:
+                operation["responses"]["403"] = {"description": ERRORS["403"], "content": json_content(ref("Error"))}
+    return paths
+
+
 def document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -842,15 +857,16 @@ def document(server_url: str) -> dict[str, Any]:
             "title": "Distillery API",
             "version": "1",
             "description": "Corpora, distillation jobs and experts (`/api/v1/`), and an OpenAI-compatible API "
-            "to query them (`/v1/`). One bearer token for both: create it under API tokens. Every id is scoped to "
-            "the token's organization; another organization's ids answer 404.",
+            "to query them (`/v1/`). One bearer token for both: create it under API tokens (a models-only token "
+            "reaches `/v1/` alone). Every id is scoped to the token's organization; another organization's ids "
+            "answer 404.",
         },
         "servers": [{"url": server_url}],
         "security": [{"bearerAuth": []}],
         "tags": [
             {"name": name} for name in ("Corpora", "Jobs", "Experts", "OpenAI-compatible", "Organization", "Meta")
         ],
-        "paths": {**rest_paths(), **openai_paths()},
+        "paths": {**with_scope_refusal(rest_paths()), **openai_paths()},
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "dst_…"}},
             "schemas": schemas(),

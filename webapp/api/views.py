@@ -15,6 +15,7 @@ def _token_json(token: ApiToken) -> dict[str, object]:
         "object": "api_token",
         "name": token.name,
         "prefix": token.display_prefix,
+        "scope": token.scope,
         "created_at": int(token.created_at.timestamp()),
         "last_used_at": int(token.last_used_at.timestamp()) if token.last_used_at else None,
         "revoked": token.revoked_at is not None,

@@ -44,8 +44,22 @@ class RoleForm(forms.Form):
 class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
-        fields = ["name"]
-        help_texts = {"name": "What uses this token, e.g. “CI pipeline”."}
+        fields = ["name", "scope"]
+        labels = {"scope": "Access"}
+        help_texts = {
+            "name": "What uses this token, e.g. “CI pipeline”.",
+            "scope": "Models only suits a token that ships inside an app: it can chat with your experts and "
+            "nothing else.",
+        }
+        widgets = {"scope": forms.RadioSelect}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["scope"].required = False  # left out: full access, as before the choice existed
+        self.fields["scope"].initial = ApiToken.Scope.FULL
+
+    def clean_scope(self) -> str:
+        return self.cleaned_data.get("scope") or ApiToken.Scope.FULL
 
 
 class DeleteOrganizationForm(forms.Form):

@@ -110,7 +110,19 @@ class ApiToken(TenantOwnedModel):
     # last_used_at is written at most this often, so a busy API client does not write on every request.
     LAST_USED_RESOLUTION = timedelta(minutes=1)
 
+    class Scope(models.TextChoices):
+        # Least privilege for what ships inside an app: a leaked models-only token reads or changes no corpus,
+        # job or expert (OpenAI's restricted keys, GitHub's fine-grained tokens).
+        FULL = "full", "Full access: corpora, jobs, experts and the models"
+        MODELS = "models", "Models only: chat and completions, for an app that queries the experts"
+
     name = models.CharField(max_length=100)
+    scope = models.CharField(
+        max_length=16,
+        choices=Scope.choices,
+        default=Scope.FULL,
+        help_text="What the token may call: everything, or only the OpenAI-compatible API (/v1/).",
+    )
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     # The first characters, shown in lists so a user can tell tokens apart; useless for authentication.
     display_prefix = models.CharField(max_length=16, editable=False)
@@ -130,17 +142,22 @@ class ApiToken(TenantOwnedModel):
         return hashlib.sha256(plaintext.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, *, organization: Organization, name: str, created_by: Any) -> tuple[ApiToken, str]:
+    def issue(
+        cls, *, organization: Organization, name: str, created_by: Any, scope: str = Scope.FULL
+    ) -> tuple[ApiToken, str]:
         """Create a token; returns the row and the plaintext, which is never retrievable again."""
         plaintext = cls.PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(
             organization=organization,
             name=name,
+            scope=scope,
             created_by=created_by,
             token_hash=cls.hash_token(plaintext),
             display_prefix=plaintext[:10],
         )
-        AuditEvent.record(organization, created_by, AuditEvent.Action.TOKEN_CREATED, target=token.name)
+        AuditEvent.record(
+            organization, created_by, AuditEvent.Action.TOKEN_CREATED, target=token.name, detail={"scope": scope}
+        )
         return token, plaintext
 
     @classmethod

@@ -181,7 +181,9 @@ def api_tokens(request: OrgRequest) -> HttpResponse:
     form = ApiTokenForm(request.POST or None)
     new_plaintext = None
     if request.method == "POST" and form.is_valid():
-        _, new_plaintext = ApiToken.issue(organization=org, name=form.cleaned_data["name"], created_by=request.user)
+        _, new_plaintext = ApiToken.issue(
+            organization=org, name=form.cleaned_data["name"], created_by=request.user, scope=form.cleaned_data["scope"]
+        )
         form = ApiTokenForm()
     # Queries: the org's tokens with their creators in one join.
     tokens = ApiToken.objects.for_org(org).select_related("created_by")

@@ -136,3 +136,22 @@ def test_the_openai_api_serves_unmetered_when_redis_is_away(
     )
     assert response.status_code == 503  # past the rate limit, on to the (absent) engine: not a 500
     assert response.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_a_models_only_token_reaches_the_openai_api_and_nothing_else(cast: Cast, settings: Any) -> None:
+    settings.INFERENCE_URL = "http://127.0.0.1:9"  # closed: a request that passes the token check gets 503
+    settings.INFERENCE_TIMEOUT_SECONDS = 2.0
+    token, plaintext = ApiToken.issue(organization=cast.org, name="App", created_by=cast.owner, scope="models")
+    client = Client(headers=bearer(plaintext))
+
+    assert client.get("/v1/models").status_code == 200
+    chat = {"model": "base", "messages": [{"role": "user", "content": "Hi"}]}
+    assert client.post("/v1/chat/completions", json.dumps(chat), content_type="application/json").status_code == 503
+    for url in (reverse("api:organization"), reverse("api:corpora"), reverse("api:token", args=[token.pk])):
+        refused = client.get(url)
+        assert refused.status_code == 403, url
+        assert refused.json()["error"]["type"] == "permission_error"
+        assert refused.json()["error"]["code"] == "insufficient_scope"
+    _, full = ApiToken.issue(organization=cast.org, name="CI", created_by=cast.owner)
+    listed = Client(headers=bearer(full)).get(reverse("api:tokens")).json()["data"]
+    assert {item["name"]: item["scope"] for item in listed} == {"App": "models", "CI": "full"}

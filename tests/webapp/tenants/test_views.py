@@ -238,6 +238,21 @@ def test_it_shows_a_new_token_once_and_stores_only_its_hash(cast: Cast) -> None:
     assert plaintext not in client.get(reverse("tenants:tokens")).content.decode()
 
 
+def test_it_issues_a_models_only_token_and_lists_each_tokens_access(cast: Cast) -> None:
+    client = cast.client_for("admin")
+    page = client.get(reverse("tenants:tokens")).content.decode()
+    assert 'value="full" id="id_scope_0" checked' in page  # full access unless chosen otherwise
+    client.post(reverse("tenants:tokens"), {"name": "Chat app", "scope": "models"})
+    client.post(reverse("tenants:tokens"), {"name": "CI"})  # no choice sent: full access
+    scopes = dict(ApiToken.objects.filter(organization=cast.org).values_list("name", "scope"))
+    assert scopes == {"Chat app": "models", "CI": "full"}
+    rows = client.get(reverse("tenants:tokens")).content.decode()
+    assert "<td>models only</td>" in rows
+    assert "<td>full</td>" in rows
+    created = AuditEvent.objects.filter(organization=cast.org, action=AuditEvent.Action.TOKEN_CREATED)
+    assert sorted(event.detail["scope"] for event in created) == ["full", "models"]
+
+
 def test_it_renders_the_token_partial_for_htmx(cast: Cast) -> None:
     response = cast.client_for("owner").post(reverse("tenants:tokens"), {"name": "CI"}, headers={"HX-Request": "true"})
     body = response.content.decode()
