@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.api.auth import ApiRequest, api_error, api_token_required, not_found
 from webapp.core.http import client_ip
-from webapp.experts import presenters, privacy, services
+from webapp.experts import presenters, services
 from webapp.experts.models import Expert, ExpertVersion, MixtureSharedExpert
 from webapp.experts.views import zip_response
 from webapp.tenants.models import Organization
@@ -33,8 +33,8 @@ def _timestamp(value: Any) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def version_json(version: ExpertVersion, *, active: bool, samples: bool, own: bool) -> dict[str, Any]:
-    metrics = version.metrics or {}
+def version_json(version: ExpertVersion, viewer: Organization, *, active: bool, own: bool) -> dict[str, Any]:
+    view = None if own else services.public_view(version, viewer)
     data: dict[str, Any] = {
         "number": version.number,
         "active": active,
@@ -42,7 +42,7 @@ def version_json(version: ExpertVersion, *, active: bool, samples: bool, own: bo
         "teacher": version.teacher_label,
         "base": {"spec": version.base_spec, "content_hash": version.base_hash},
         "gap_closed": presenters.gap_closed_percent(version),
-        "metrics": metrics if samples else privacy.public_metrics(metrics),
+        "metrics": view.metrics(version.metrics) if view else version.metrics or {},
         "size_bytes": version.size_bytes,
         "created_at": _timestamp(version.created_at),
     }
@@ -73,7 +73,7 @@ def expert_json(expert: Expert, viewer: Organization, *, in_mixture: bool, detai
         versions = list(expert.versions.all()) if own else [v for v in [expert.active_version] if v is not None]
         data["samples_shared"] = samples
         data["versions"] = [
-            version_json(version, active=version.pk == expert.active_version_id, samples=samples, own=own)
+            version_json(version, viewer, active=version.pk == expert.active_version_id, own=own)
             for version in versions
         ]
     return data

@@ -14,8 +14,9 @@ from typing import Any
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from webapp.experts import privacy, services
+from webapp.experts import services
 from webapp.experts.models import Expert, ExpertVersion, MixtureSharedExpert, UsageCounter
+from webapp.experts.privacy import PublicView
 from webapp.jobs.presenters import metrics_view
 from webapp.tenants.models import Organization
 
@@ -43,11 +44,11 @@ def expert_rows(experts: list[Expert]) -> list[ExpertRow]:
     return [ExpertRow(expert, expert.active_version, gap_closed_percent(expert.active_version)) for expert in experts]
 
 
-def read_card(version: ExpertVersion, samples: bool = True) -> str:
-    """The version's README.md (the model card) as text, cut at 64 KiB; "" when there is none. Without
-    `samples`, its example answers are left out (they quote the owner's documents)."""
+def read_card(version: ExpertVersion, view: PublicView | None = None) -> str:
+    """The version's README.md (the model card) as text, cut at 64 KiB; "" when there is none. Another org's
+    `view` leaves out what it may not see."""
     card = services.read_stored_text(version, "README.md", limit=README_MAX_BYTES)
-    return card if samples else privacy.public_card(card)
+    return view.card(card) if view else card
 
 
 def signature_summary(signature: dict[str, Any]) -> dict[str, Any] | None:
@@ -65,12 +66,9 @@ def signature_summary(signature: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def version_metrics(version: ExpertVersion, samples: bool) -> dict[str, Any] | None:
-    """The jobs page's metrics table for a version, without the sample answers when `samples` is False."""
-    view = metrics_view(version.metrics or {})
-    if view and view.get("qa") and not samples:
-        view["qa"] = {**view["qa"], "best": [], "worst": []}
-    return view
+def version_metrics(version: ExpertVersion, view: PublicView | None = None) -> dict[str, Any] | None:
+    """The jobs page's metrics table for a version; another org's `view` leaves out what it may not see."""
+    return metrics_view(view.metrics(version.metrics) if view else version.metrics or {})
 
 
 def detail_context(expert: Expert, organization: Organization) -> dict[str, Any]:
@@ -78,6 +76,7 @@ def detail_context(expert: Expert, organization: Organization) -> dict[str, Any]
     own = expert.organization_id == organization.pk
     samples = services.can_see_samples(expert, organization)
     version = expert.active_version
+    view = services.public_view(version, organization) if version else None
     versions: list[dict[str, Any]] = []
     if own:
         for row in expert.versions.select_related("job"):
@@ -98,8 +97,8 @@ def detail_context(expert: Expert, organization: Organization) -> dict[str, Any]
         "own": own,
         "version": version,
         "versions": versions,
-        "card": read_card(version, samples) if version else "",
-        "metrics": version_metrics(version, samples) if version else None,
+        "card": read_card(version, view) if version else "",
+        "metrics": version_metrics(version, view) if version else None,
         "samples": samples,
         "qa_rows": services.read_stored_jsonl(version, "qa_data.jsonl", limit=QA_ROWS_SHOWN)
         if version and samples

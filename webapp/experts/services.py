@@ -375,7 +375,7 @@ def iter_zip(version: ExpertVersion, organization: Organization) -> Iterator[byt
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in download_files(version, organization):
             if name in rewrites:
-                archive.writestr(f"{folder}/{name}", rewrites[name](version))
+                archive.writestr(f"{folder}/{name}", rewrites[name]())
                 yield buffer.take()
                 continue
             with default_storage.open(f"{prefix}/{name}", "rb") as source, archive.open(f"{folder}/{name}", "w") as out:
@@ -428,30 +428,29 @@ def read_stored_text(version: ExpertVersion, name: str, limit: int | None = None
         return ""
 
 
-def public_card_bytes(version: ExpertVersion) -> bytes:
-    return privacy.public_card(read_stored_text(version, "README.md")).encode()
-
-
-def _public_json(name: str, public: Callable[[Any], dict[str, Any]]) -> Callable[[ExpertVersion], bytes]:
-    """A stored JSON file's bytes after `public` rewrote it."""
-
-    def rewrite(version: ExpertVersion) -> bytes:
-        return (json.dumps(public(read_stored_json(version, name)), indent=2, ensure_ascii=False) + "\n").encode()
-
-    return rewrite
-
-
-def rewritten_files(version: ExpertVersion, organization: Organization) -> dict[str, Callable[[ExpertVersion], bytes]]:
-    """The files another org gets in a public form: config.json without the server's paths, and, unless the owner
-    shared the samples, the card and metrics without the example answers that quote the owner's documents."""
+def public_view(version: ExpertVersion, organization: Organization) -> privacy.PublicView | None:
+    """How `version` reads to `organization`: None for its owner org (every file as stored)."""
     if version.expert.organization_id == organization.pk:
+        return None
+    urls = privacy.endpoint_urls(read_stored_json(version, "config.json"))
+    return privacy.PublicView(samples=can_see_samples(version.expert, organization), urls=urls)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def rewritten_files(version: ExpertVersion, organization: Organization) -> dict[str, Callable[[], bytes]]:
+    """The files another org gets in their public form (`privacy`): the card and metrics without the example
+    answers unless the owner shared the samples, config.json without the server's paths, and no endpoint URL."""
+    view = public_view(version, organization)
+    if view is None:
         return {}
-    rewrites = {"config.json": _public_json("config.json", privacy.public_config)}
-    if not can_see_samples(version.expert, organization):
-        rewrites.update(
-            {"README.md": public_card_bytes, "metrics.json": _public_json("metrics.json", privacy.public_metrics)}
-        )
-    return rewrites
+    return {
+        "README.md": lambda: view.card(read_stored_text(version, "README.md")).encode(),
+        "metrics.json": lambda: _json_bytes(view.metrics(read_stored_json(version, "metrics.json"))),
+        "config.json": lambda: _json_bytes(view.config(read_stored_json(version, "config.json"))),
+    }
 
 
 def read_stored_json(version: ExpertVersion, name: str) -> Any:

@@ -52,6 +52,7 @@ CONFIG = {
     "work_dir": "/srv/distillery/jobs/job-3/out/work",
     "model_roots": ["/srv/distillery/models/local"],
     "recipe": "qa",
+    "teacher": {"type": "endpoint", "base_url": "https://llm.internal.acme.example/v1", "model": "acme-70b"},
     "lora": {"rank": 16, "alpha": 32},
     "evaluation": {"eval_set": "/srv/distillery/uploads/yardstick.jsonl", "max_eval_questions": 50},
 }
@@ -80,7 +81,8 @@ def fake_files(name: str) -> dict[str, bytes]:
         "adapter_config.json": b'{"peft_type": "LORA"}',
         "adapter_model.safetensors": b"weights",
         "README.md": (
-            f"# {name}\n\n<script>alert('card')</script>\n\n| model | ROUGE-L |\n|---|---|\n| expert | 0.400 |\n\n"
+            f"# {name}\n\n<script>alert('card')</script>\n\n- **Teacher**: acme-70b @ https://llm.internal.acme.example/v1"
+            "\n\n| model | ROUGE-L |\n|---|---|\n| expert | 0.400 |\n\n"
             "Best answers:\n\n| question | expert's answer | reference | ROUGE-L |\n|---|---|---|---|\n"
             "| SECRET-QUESTION? | SECRET-ANSWER | SECRET-REFERENCE | 0.900 |\n\n## Intended use\n"
         ).encode(),

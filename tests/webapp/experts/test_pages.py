@@ -78,6 +78,8 @@ def test_it_hides_samples_of_a_shared_expert_unless_the_owner_shares_them(cast: 
     assert "minilm-l6-v2" in page
     assert "SECRET-QUESTION" not in page
     assert "SECRET-REFERENCE" not in page  # the card's table of best answers
+    assert "llm.internal.acme.example" not in page  # the owner's endpoint
+    assert "acme-70b @ (endpoint URL not shared)" in page
     assert "Best and worst answers: not shared" in page
     assert "| expert | 0.400 |" in page  # the card's scores stay
     assert "Question 7?" not in page

@@ -1,4 +1,5 @@
-"""What another org sees of a card and metrics whose owner kept the samples: every number, none of the text."""
+"""What another org sees of a shared expert: every number; no example answers unless the owner shares the samples;
+never the owner's endpoint URL or the server's paths."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from webapp.experts.privacy import WITHHELD_NOTE, public_card, public_metrics
-from workers.ml.distill.config import DistillConfig
+from webapp.experts.privacy import WITHHELD_NOTE, WITHHELD_URL, PublicView, endpoint_urls
+from workers.ml.distill.config import DistillConfig, EndpointTeacherConfig
 from workers.ml.distill.evaluate import LMScores, QAExample
 from workers.ml.distill.export import build_metrics, render_card
 
@@ -55,7 +56,7 @@ def test_it_takes_every_example_answer_out_of_a_real_card_and_keeps_the_rest(
     assert "QUESTION-11?" in card  # the exporter quotes them
     assert "REFERENCE-0" in card
 
-    public = public_card(card)
+    public = PublicView(samples=False).card(card)
 
     for text in ("QUESTION-", "ANSWER-", "REFERENCE-", "Best answers:", "Worst answers:"):
         assert text not in public
@@ -71,15 +72,47 @@ def test_it_takes_every_example_answer_out_of_a_real_card_and_keeps_the_rest(
 
 def test_it_leaves_a_card_without_examples_as_it_is(tmp_path: Path) -> None:
     card = card_for(build_metrics(base=scores(30.0), expert=scores(20.0), teacher=scores(10.0)), tmp_path)
-    assert public_card(card) == card
+    assert PublicView(samples=False).card(card) == card
 
 
 def test_it_keeps_every_score_of_the_metrics_and_no_example() -> None:
     metrics = qa_metrics()
-    public = public_metrics(metrics)
+    public = PublicView(samples=False).metrics(metrics)
     assert public["qa"]["examples"] == []
     assert public["qa"]["examples_withheld"] is True
     assert public["qa"]["rouge_l"] == metrics["qa"]["rouge_l"]
     assert public["heldout"] == metrics["heldout"]
     assert len(metrics["qa"]["examples"]) == 12  # the stored metrics are not changed
-    assert public_metrics({"gap_closed": 0.5, "qa": None}) == {"gap_closed": 0.5, "qa": None}
+    assert PublicView(samples=False).metrics({"gap_closed": 0.5, "qa": None}) == {"gap_closed": 0.5, "qa": None}
+    assert PublicView(samples=True).metrics(metrics) == metrics
+
+
+def test_it_withholds_an_endpoint_teachers_url_everywhere_it_is_named(tmp_path: Path) -> None:
+    url = "https://llm.internal.acme.example/v1"
+    teacher = EndpointTeacherConfig(base_url=url, model="acme-70b", api_key="sk-0123456789abcdef")
+    config = DistillConfig(tmp_path / "run", tmp_path / "cache", recipe="qa", teacher=teacher).to_json()
+    judge = {"judge": f"acme-70b @ {url}", "mean_grade": {"base": 1.0, "expert": 4.0}}
+    metrics = qa_metrics(judge)
+    card = render_card(
+        config=DistillConfig(tmp_path / "run", tmp_path / "cache", recipe="qa", teacher=teacher),
+        config_json=config,
+        base_identity={"spec": "tiny:llama-2l", "content_hash": "ab" * 32},
+        teacher_label=teacher.label,
+        metrics=metrics,
+        data_stats={"train_chunks": 12},
+        signature=None,
+        adapter_config={"r": 4},
+    )
+    assert url in card  # the exporter names it, for the owner
+
+    view = PublicView(samples=True, urls=endpoint_urls(config))
+
+    assert url not in view.card(card)
+    assert f"acme-70b @ {WITHHELD_URL}" in view.card(card)
+    assert "QUESTION-11?" in view.card(card)  # shared samples stay
+    assert view.metrics(metrics)["qa"]["judge"]["judge"] == f"acme-70b @ {WITHHELD_URL}"
+    public_config = view.config(config)
+    assert public_config["teacher"]["base_url"] == WITHHELD_URL
+    assert public_config["teacher"]["model"] == "acme-70b"
+    assert "output_dir" not in public_config
+    assert endpoint_urls({"teacher": {"type": "local", "spec": "packaged:smollm2-135m-instruct"}}) == ()

@@ -192,18 +192,23 @@ def test_another_orgs_zip_has_no_example_answers_unless_shared_and_never_server_
     assert metrics["qa"]["rouge_l"] == {"base": 0.1, "expert": 0.4}
     assert metrics["heldout"]["expert"]["perplexity"] == 20.0
 
+    assert "llm.internal.acme.example" not in card  # nor the owner's endpoint
     config = json.loads(_zip(cast.client_for("outsider").get(url)).read("leave-policy-v1/config.json"))
     assert "/srv/" not in json.dumps(config)  # no server paths, ever, for another org
+    assert "llm.internal.acme.example" not in json.dumps(config)
     assert config["lora"] == CONFIG["lora"]
     assert config["evaluation"] == {"eval_set": "yardstick.jsonl", "max_eval_questions": 50}
 
     card, metrics = card_and_metrics("member")  # the owner org gets the files as they are
     assert "SECRET-REFERENCE" in card
+    assert "acme-70b @ https://llm.internal.acme.example/v1" in card
     assert len(metrics["qa"]["examples"]) == 8
     assert json.loads(_zip(cast.client_for("member").get(url)).read("leave-policy-v1/config.json")) == CONFIG
     services.publish(expert, user=cast.owner, share_samples=True)
     card, metrics = card_and_metrics("outsider")
     assert "SECRET-REFERENCE" in card
     assert len(metrics["qa"]["examples"]) == 8
+    assert "llm.internal.acme.example" not in card
     config = json.loads(_zip(cast.client_for("outsider").get(url)).read("leave-policy-v1/config.json"))
-    assert "output_dir" not in config  # sharing the samples does not share the server's paths
+    assert "output_dir" not in config  # sharing the samples does not share the server's paths or the endpoint
+    assert config["teacher"]["base_url"] == "(endpoint URL not shared)"
