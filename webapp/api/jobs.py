@@ -98,11 +98,38 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
 def job_list(request: ApiRequest) -> JsonResponse:
     if request.method == "POST":
         return _create(request)
-    jobs = _jobs(request)
+    page = _page(request.GET.get("limit"), request.GET.get("after"))
+    if isinstance(page, str):
+        return _invalid(page)
+    limit, after = page
+    jobs = _jobs(request).order_by("-pk")  # newest first, and a cursor that no new job can shift
     _, statuses = status_filter(request.GET.get("status"))
     if statuses:
         jobs = jobs.filter(status__in=statuses)
-    return JsonResponse({"object": "list", "data": [job_json(job) for job in jobs[:200]]})
+    if after is not None:
+        jobs = jobs.filter(pk__lt=after)
+    found = list(jobs[: limit + 1])
+    data = [job_json(job) for job in found[:limit]]
+    return JsonResponse({"object": "list", "data": data, "has_more": len(found) > limit})
+
+
+MAX_PAGE = 200
+
+
+def _page(limit: str | None, after: str | None) -> tuple[int, int | None] | str:
+    """OpenAI's list paging: `limit` jobs (1–200, default 200) older than job `after`; or what is wrong."""
+
+    def whole(value: str) -> int | None:
+        # isascii: str.isdigit() also takes "²", which int() refuses; 18 digits fit a bigint id.
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+
+    size = whole(limit) if limit is not None else MAX_PAGE
+    if size is None or not 1 <= size <= MAX_PAGE:
+        return f"limit: must be a whole number from 1 to {MAX_PAGE}."
+    cursor = whole(after) if after is not None else None
+    if after is not None and cursor is None:
+        return "after: must be a job's id (the last `id` of the previous page)."
+    return size, cursor
 
 
 def _create(request: ApiRequest) -> JsonResponse:

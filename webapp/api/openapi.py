@@ -56,6 +56,13 @@ def list_of(item: Schema) -> Schema:
     return obj({"object": {"const": "list"}, "data": {"type": "array", "items": item}})
 
 
+def paged_list_of(item: Schema) -> Schema:
+    schema = list_of(item)
+    schema["properties"]["has_more"] = {**BOOLEAN, "description": "More follow: ask for them with `after`."}
+    schema["required"].append("has_more")
+    return schema
+
+
 def enum(values: Any) -> Schema:
     return {"type": "string", "enum": [str(value) for value in values]}
 
@@ -684,10 +691,15 @@ def rest_paths() -> dict[str, Any]:
         "/api/v1/jobs": {
             "get": operation(
                 "listJobs",
-                "The organization's distillation jobs, newest first (200 at most)",
+                "The organization's distillation jobs, newest first, a page at a time",
                 "Jobs",
-                ok=("200", list_of(ref("Job"))),
-                parameters=[query("status", enum(status_values), "A status, or a group: active, queued, …")],
+                ok=("200", paged_list_of(ref("Job"))),
+                errors=("400", "401"),
+                parameters=[
+                    query("status", enum(status_values), "A status, or a group: active, queued, …"),
+                    query("limit", {**INTEGER, "minimum": 1, "maximum": 200, "default": 200}, "Jobs per page."),
+                    query("after", INTEGER, "The next page: the last `id` of the previous one (while `has_more`)."),
+                ],
             ),
             "post": operation(
                 "createJob",

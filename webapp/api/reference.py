@@ -36,7 +36,7 @@ def type_label(schema: Schema) -> str:
     if kind == "array":
         items = schema.get("items")
         return f"list of {type_label(items)}" if items else "list"
-    if kind == "object" and schema.get("properties", {}).keys() == {"object", "data"}:
+    if kind == "object" and {"object", "data"} <= schema.get("properties", {}).keys():
         return f"list of {type_label(schema['properties']['data'].get('items', {}))}"
     if isinstance(kind, list):
         return " or ".join(kind)
@@ -97,7 +97,7 @@ def fields(schema: Schema, prefix: str = "") -> list[dict[str, Any]]:
             }
         )
         inner = _inline_object(prop)
-        if inner is not None and inner["properties"].keys() != {"object", "data"}:
+        if inner is not None and not {"object", "data"} <= inner["properties"].keys():
             in_list = prop.get("type") == "array" or any(o.get("type") == "array" for o in prop.get("anyOf", []))
             rows += fields(inner, f"{prefix}{name}{'[]' if in_list else ''}.")
     return rows

@@ -327,7 +327,11 @@ def test_it_never_fails_a_rest_api_request(world: dict[str, Any]) -> None:
     client = Client()
 
     @settings(FUZZ, max_examples=300)
-    @given(data=st.data(), payload=payloads(), query=st.dictionaries(st.sampled_from(["status", "x"]), FORM_TEXT))
+    @given(
+        data=st.data(),
+        payload=payloads(),
+        query=st.dictionaries(st.sampled_from(["status", "limit", "after", "version", "x"]), FORM_TEXT),
+    )
     def attack(data: st.DataObject, payload: tuple[bytes, str], query: dict[str, str]) -> None:
         method, path = _api_routes(world, data.draw)
         body, content_type = payload

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
 from tests.webapp.conftest import Cast
-from tests.webapp.jobs.conftest import SECRET_KEY, Api, make_endpoint_teacher, make_job
+from tests.webapp.jobs.conftest import SECRET_KEY, Api, make_corpus, make_endpoint_teacher, make_job
 from webapp.corpora.models import Corpus
 from webapp.jobs import services
 from webapp.jobs.forms import EVAL_SET_MAX_LINES
@@ -190,6 +191,34 @@ def test_it_answers_400_with_the_rules_refusal(
     assert limited.status_code == 400
     assert "the most allowed at once (2)" in limited.json()["error"]["message"]
     assert DistillationJob.objects.count() == 2
+
+
+def test_it_pages_through_the_jobs_newest_first(cast: Cast, corpus: Corpus, api: Api) -> None:
+    for number in range(5):
+        make_job(corpus, JobStatus.SUCCEEDED if number % 2 else JobStatus.FAILED, name=f"Job {number}")
+    make_job(make_corpus(cast.other_org, "Theirs"), JobStatus.SUCCEEDED, name="Their job")
+    names, after, pages = [], None, 0
+    while True:
+        query = {"limit": 2, **({"after": after} if after else {})}
+        page = api.get(reverse("api:jobs") + "?" + urlencode(query)).json()
+        names += [job["name"] for job in page["data"]]
+        pages += 1
+        if not page["has_more"]:
+            break
+        after = page["data"][-1]["id"]
+    assert names == [f"Job {number}" for number in (4, 3, 2, 1, 0)]
+    assert pages == 3
+    succeeded = api.get(reverse("api:jobs") + "?status=succeeded&limit=1").json()
+    assert ([job["name"] for job in succeeded["data"]], succeeded["has_more"]) == (["Job 3"], True)
+    for query, message in [
+        ("limit=0", "limit: must be a whole number from 1 to 200."),
+        ("limit=201", "limit: must be a whole number from 1 to 200."),
+        ("limit=x", "limit: must be a whole number from 1 to 200."),
+        ("after=%C2%B2", "after: must be a job's id (the last `id` of the previous page)."),
+    ]:
+        refused = api.get(reverse("api:jobs") + "?" + query)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == message
 
 
 def test_it_lists_the_orgs_jobs_with_a_status_filter(cast: Cast, corpus: Corpus, api: Api) -> None:
