@@ -195,6 +195,17 @@ def corpus_ingest(request: ApiRequest, corpus_id: int) -> JsonResponse:
 
 @require_http_methods(["GET"])
 @api_token_required
+def version_list(request: ApiRequest, corpus_id: int) -> JsonResponse:
+    """Every version of the corpus, newest first: what each ingest made, and which one a job would pin."""
+    corpus = _corpus(request, corpus_id)
+    if corpus is None:
+        return not_found("corpus")
+    versions = corpus.versions.order_by("-number")
+    return JsonResponse({"object": "list", "data": [{"object": "corpus.version", **version_json(v)} for v in versions]})
+
+
+@require_http_methods(["GET"])
+@api_token_required
 def version_detail(request: ApiRequest, corpus_id: int, number: int) -> JsonResponse:
     corpus = _corpus(request, corpus_id)
     version = corpus.versions.filter(number=number).first() if corpus else None

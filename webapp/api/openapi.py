@@ -678,6 +678,16 @@ def rest_paths() -> dict[str, Any]:
                 parameters=[corpus_id],
             )
         },
+        "/api/v1/corpora/{corpus_id}/versions": {
+            "get": operation(
+                "listCorpusVersions",
+                "Every version of a corpus, newest first",
+                "Corpora",
+                ok=("200", list_of(ref("CorpusVersion"))),
+                errors=("401", "404"),
+                parameters=[corpus_id],
+            )
+        },
         "/api/v1/corpora/{corpus_id}/versions/{number}": {
             "get": operation(
                 "getCorpusVersion",

@@ -14,6 +14,7 @@ urlpatterns = [
     path("corpora/<int:corpus_id>/files/<int:file_id>", corpora.file_detail, name="corpus-file"),
     path("corpora/<int:corpus_id>/files/<int:file_id>/content", corpora.file_content, name="corpus-file-content"),
     path("corpora/<int:corpus_id>/ingest", corpora.corpus_ingest, name="corpus-ingest"),
+    path("corpora/<int:corpus_id>/versions", corpora.version_list, name="corpus-versions"),
     path("corpora/<int:corpus_id>/versions/<int:number>", corpora.version_detail, name="corpus-version"),
     path("jobs", jobs.job_list, name="jobs"),
     path("jobs/<int:job_id>", jobs.job_detail, name="job"),

@@ -304,6 +304,7 @@ def _api_routes(world: dict[str, Any], draw: Any) -> tuple[str, str]:
                 ("GET", reverse("api:corpus-file", args=[corpus_id, file_id])),
                 ("PUT", reverse("api:corpus-file-content", args=[corpus_id, file_id])),
                 ("POST", reverse("api:corpus-ingest", args=[corpus_id])),
+                ("GET", reverse("api:corpus-versions", args=[corpus_id])),
                 ("GET", reverse("api:corpus-version", args=[corpus_id, number])),
                 ("GET", reverse("api:jobs")),
                 ("POST", reverse("api:jobs")),

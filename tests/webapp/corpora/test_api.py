@@ -90,6 +90,7 @@ def endpoints(corpus: Corpus, file: CorpusFile) -> list[tuple[str, str]]:
         ("delete", reverse("api:corpus-file", args=[c, f])),
         ("put", reverse("api:corpus-file-content", args=[c, f])),
         ("post", reverse("api:corpus-ingest", args=[c])),
+        ("get", reverse("api:corpus-versions", args=[c])),
         ("get", reverse("api:corpus-version", args=[c, 1])),
     ]
 
@@ -322,6 +323,8 @@ def test_it_queues_an_ingest_and_reports_the_version(
     version = api.get(reverse("api:corpus-version", args=[corpus.pk, 1]))
     assert version.status_code == 200
     assert version.json()["number"] == 1
+    versions = api.get(reverse("api:corpus-versions", args=[corpus.pk])).json()["data"]
+    assert [(v["object"], v["number"], v["status"]) for v in versions] == [("corpus.version", 1, "queued")]
     detail = api.get(reverse("api:corpus", args=[corpus.pk])).json()
     assert detail["latest_version"]["number"] == 1
     assert detail["current_version"] is None
