@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import redis
+from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from webapp.tenants.models import ApiToken, Organization
+
+logger = logging.getLogger(__name__)
 
 
 class ApiRequest(HttpRequest):
@@ -65,9 +73,46 @@ def authenticate_request(request: HttpRequest) -> JsonResponse | None:
             error_type="permission_error",
             code="insufficient_scope",
         )
+    limited = rate_limited(token.organization)
+    if limited is not None:
+        return limited
     request.api_token = token  # type: ignore[attr-defined]
     request.organization = token.organization  # type: ignore[attr-defined]
     return None
+
+
+def rate_limited(organization: Organization) -> JsonResponse | None:
+    """At most API_RATE_LIMIT_PER_MINUTE requests per org per calendar minute, over both APIs (one Redis INCR a
+    request): the 429 to answer past it, with Retry-After."""
+    limit = int(settings.API_RATE_LIMIT_PER_MINUTE)
+    if limit <= 0:
+        return None
+    now = time.time()
+    window = int(now // 60)
+    key = f"api-rate:{organization.pk}:{window}"
+    try:
+        if cache.add(key, 1, timeout=120):
+            count = 1
+        else:
+            try:
+                count = cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.set(key, 1, timeout=120)
+                count = 1
+    except redis.RedisError as error:  # Redis away: serve unmetered (logged) rather than answer 500
+        logger.warning("API rate limit skipped: the cache is unavailable (%s)", error)
+        return None
+    if count <= limit:
+        return None
+    retry_after = max(1, math.ceil((window + 1) * 60 - now))
+    response = api_error(
+        f"Rate limit reached: {limit} requests per minute for this organization. Retry in {retry_after} s.",
+        status=429,
+        error_type="rate_limit_error",
+        code="rate_limit_exceeded",
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
 
 
 def api_token_required(view: ApiView) -> ApiView:

@@ -26,10 +26,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -87,39 +85,6 @@ def _engine_down(error: Exception) -> JsonResponse:
         error_type="server_error",
         code="engine_unavailable",
     )
-
-
-def _rate_limited(organization: Organization) -> JsonResponse | None:
-    """At most API_RATE_LIMIT_PER_MINUTE requests per org per calendar minute (one Redis INCR per request)."""
-    limit = int(settings.API_RATE_LIMIT_PER_MINUTE)
-    if limit <= 0:
-        return None
-    now = time.time()
-    window = int(now // 60)
-    key = f"api-rate:{organization.pk}:{window}"
-    try:
-        if cache.add(key, 1, timeout=120):
-            count = 1
-        else:
-            try:
-                count = cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.set(key, 1, timeout=120)
-                count = 1
-    except redis.RedisError as error:  # Redis away: serve unmetered (logged) rather than answer 500
-        logger.warning("API rate limit skipped: the cache is unavailable (%s)", error)
-        return None
-    if count <= limit:
-        return None
-    retry_after = max(1, math.ceil((window + 1) * 60 - now))
-    response = api_error(
-        f"Rate limit reached: {limit} requests per minute for this organization. Retry in {retry_after} s.",
-        status=429,
-        error_type="rate_limit_error",
-        code="rate_limit_exceeded",
-    )
-    response["Retry-After"] = str(retry_after)
-    return response
 
 
 # ---------------------------------------------------------------- /v1/models
@@ -527,12 +492,9 @@ async def _open_stream(call: Call) -> HttpResponseBase:
 
 def _prepare(request: ApiRequest, chat: bool) -> Call | JsonResponse:
     """Authenticate, rate-limit, validate and resolve (the database part, run in a thread by the async views)."""
-    refused = authenticate_request(request)
+    refused = authenticate_request(request)  # the rate limit included
     if refused is not None:
         return refused
-    limited = _rate_limited(request.organization)
-    if limited is not None:
-        return limited
     try:
         body = _json_body(request)
         name = body.get("model")

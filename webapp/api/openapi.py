@@ -846,7 +846,7 @@ def openai_paths() -> dict[str, Any]:
                 "Chat with the routed mixture, the base or one expert",
                 tag,
                 ok=stream_or_json(ref("ChatCompletion"), "completion"),
-                errors=("400", "401", "404", "429", "503"),
+                errors=("400", "401", "404", "503"),
                 body=json_body(ref("ChatCompletionRequest")),
             )
         },
@@ -856,19 +856,24 @@ def openai_paths() -> dict[str, Any]:
                 "Complete a prompt (raw text, no chat template)",
                 tag,
                 ok=stream_or_json(ref("Completion"), "completion"),
-                errors=("400", "401", "404", "429", "503"),
+                errors=("400", "401", "404", "503"),
                 body=json_body(ref("CompletionRequest")),
             )
         },
     }
 
 
-def with_scope_refusal(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every REST operation that takes a token also answers 403 to a models-only one (`webapp/api/auth.py`)."""
+def with_token_refusals(paths: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, Any]:
+    """What every operation that takes a token may also answer (`webapp/api/auth.py`): 429 past the org's rate
+    limit, and on the REST API 403 to a models-only token."""
     for item in paths.values():
         for operation in item.values():
             if operation.get("security") != []:
-                operation["responses"]["403"] = {"description": ERRORS["403"], "content": json_content(ref("Error"))}
+                for status in statuses:
+                    operation["responses"][status] = {
+                        "description": ERRORS[status],
+                        "content": json_content(ref("Error")),
+                    }
     return paths
 
 
@@ -888,7 +893,10 @@ def document(server_url: str) -> dict[str, Any]:
         "tags": [
             {"name": name} for name in ("Corpora", "Jobs", "Experts", "OpenAI-compatible", "Organization", "Meta")
         ],
-        "paths": {**with_scope_refusal(rest_paths()), **openai_paths()},
+        "paths": {
+            **with_token_refusals(rest_paths(), ("403", "429")),
+            **with_token_refusals(openai_paths(), ("429",)),
+        },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "dst_…"}},
             "schemas": schemas(),

@@ -121,13 +121,13 @@ def test_the_openai_api_serves_unmetered_when_redis_is_away(
 ) -> None:
     import redis
 
-    from webapp.api import openai_compat
+    from webapp.api import auth
 
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise redis.ConnectionError("Connection refused")
 
     settings.INFERENCE_URL = "http://127.0.0.1:9"
-    monkeypatch.setattr(openai_compat.cache, "add", unreachable)
+    monkeypatch.setattr(auth.cache, "add", unreachable)
     response = Client().post(
         "/v1/chat/completions",
         {"model": "base", "messages": [{"role": "user", "content": "Hi"}]},
@@ -155,3 +155,21 @@ def test_a_models_only_token_reaches_the_openai_api_and_nothing_else(cast: Cast,
     _, full = ApiToken.issue(organization=cast.org, name="CI", created_by=cast.owner)
     listed = Client(headers=bearer(full)).get(reverse("api:tokens")).json()["data"]
     assert {item["name"]: item["scope"] for item in listed} == {"App": "models", "CI": "full"}
+
+
+def test_the_rate_limit_counts_every_api_request_of_the_org(
+    cast: Cast, tokens: dict[str, tuple[ApiToken, str]], settings: Any
+) -> None:
+    settings.API_RATE_LIMIT_PER_MINUTE = 3
+    client = Client(headers=bearer(tokens["a"][1]))
+    assert [client.get(url).status_code for url in ("/api/v1/organization", "/v1/models", "/api/v1/corpora")] == [
+        200,
+        200,
+        200,
+    ]
+    limited = client.get("/api/v1/jobs")
+    assert limited.status_code == 429
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert int(limited["Retry-After"]) >= 1
+    # Another org has its own budget.
+    assert Client(headers=bearer(tokens["b"][1])).get("/api/v1/organization").status_code == 200
