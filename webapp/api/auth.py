@@ -45,7 +45,8 @@ MODELS_NAMESPACES = frozenset({"openai"})
 def authenticate_request(request: HttpRequest) -> JsonResponse | None:
     """Check `Authorization: Bearer dst_…` and set `request.api_token` / `request.organization`.
 
-    None when the token is good; otherwise the 401 to answer.
+    None when the request may go on; otherwise the answer: 401 (no token, or a bad one), 403 (a models-only token
+    off the OpenAI-compatible routes) or 429 (past the org's rate limit).
     """
     header = request.headers.get("Authorization", "")
     scheme, _, plaintext = header.partition(" ")
