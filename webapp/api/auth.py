@@ -31,6 +31,11 @@ def api_error(message: str, *, status: int, error_type: str, code: str | None = 
     return JsonResponse({"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status)
 
 
+def invalid(message: str, code: str = "invalid") -> JsonResponse:
+    """A 400 whose message says what to change."""
+    return api_error(message, status=400, error_type="invalid_request_error", code=code)
+
+
 def not_found(what: str = "object") -> JsonResponse:
     return api_error(f"No such {what}.", status=404, error_type="invalid_request_error", code="not_found")
 

@@ -19,18 +19,15 @@ from typing import Any
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from webapp.api.auth import ApiRequest, api_error, api_token_required, not_found
+from webapp.api.auth import ApiRequest, api_error, api_token_required, invalid, not_found
 from webapp.core.http import client_ip
 from webapp.experts import presenters, services
 from webapp.experts.models import Expert, ExpertVersion, MixtureSharedExpert
 from webapp.experts.views import zip_response
+from webapp.jobs.presenters import unix_time
 from webapp.tenants.models import Organization
 
 CHANGEABLE_FIELDS = frozenset({"status", "active_version", "shared", "share_samples"})
-
-
-def _timestamp(value: Any) -> int | None:
-    return int(value.timestamp()) if value else None
 
 
 def version_json(version: ExpertVersion, viewer: Organization, *, active: bool, own: bool) -> dict[str, Any]:
@@ -44,7 +41,7 @@ def version_json(version: ExpertVersion, viewer: Organization, *, active: bool, 
         "gap_closed": presenters.gap_closed_percent(version),
         "metrics": view.metrics(version.metrics) if view else version.metrics or {},
         "size_bytes": version.size_bytes,
-        "created_at": _timestamp(version.created_at),
+        "created_at": unix_time(version.created_at),
     }
     if own:  # jobs are the owner org's alone
         data["job"] = version.job_id
@@ -66,7 +63,7 @@ def expert_json(expert: Expert, viewer: Organization, *, in_mixture: bool, detai
         "in_mixture": in_mixture,
         "active_version": expert.active_version.number if expert.active_version else None,
         "gap_closed": presenters.gap_closed_percent(expert.active_version),
-        "created_at": _timestamp(expert.created_at),
+        "created_at": unix_time(expert.created_at),
     }
     if detail:
         samples = services.can_see_samples(expert, viewer)
@@ -85,10 +82,6 @@ def _mixture_ids(organization: Organization) -> set[int]:
 
 def _visible(request: ApiRequest, expert_id: int) -> Expert | None:
     return services.visible_experts(request.organization).filter(pk=expert_id).first()
-
-
-def _invalid(message: str) -> JsonResponse:
-    return api_error(message, status=400, error_type="invalid_request_error", code="invalid")
 
 
 @require_GET
@@ -139,32 +132,32 @@ def _change(request: ApiRequest, expert: Expert) -> JsonResponse | None:
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
-        return _invalid("The body must be a JSON object.")
+        return invalid("The body must be a JSON object.")
     changeable = ", ".join(sorted(CHANGEABLE_FIELDS))
     if not isinstance(body, dict) or not body:
-        return _invalid(f"The body must be a JSON object with any of {changeable}.")
+        return invalid(f"The body must be a JSON object with any of {changeable}.")
     unknown = sorted(set(body) - CHANGEABLE_FIELDS)
     if unknown:
-        return _invalid(f"unknown field(s) {', '.join(unknown)}; changeable: {changeable}.")
+        return invalid(f"unknown field(s) {', '.join(unknown)}; changeable: {changeable}.")
     version = None
     if "active_version" in body:
         number = body["active_version"]
         if isinstance(number, bool) or not isinstance(number, int):
-            return _invalid("active_version: must be a version number.")
+            return invalid("active_version: must be a version number.")
         version = expert.versions.filter(number=number).first()
         if version is None:
-            return _invalid(f"active_version: this expert has no version {number}.")
+            return invalid(f"active_version: this expert has no version {number}.")
     status = body.get("status")
     if "status" in body and status not in Expert.Status.values:
-        return _invalid(f"status: must be {' or '.join(Expert.Status.values)}.")
+        return invalid(f"status: must be {' or '.join(Expert.Status.values)}.")
     for flag in ("shared", "share_samples"):
         if flag in body and not isinstance(body[flag], bool):
-            return _invalid(f"{flag}: must be true or false.")
+            return invalid(f"{flag}: must be true or false.")
     shared = body.get("shared", expert.shared)
     if shared and not expert.shared and expert.active_version_id is None and version is None:
-        return _invalid("shared: this expert has no version to share.")
+        return invalid("shared: this expert has no version to share.")
     if body.get("share_samples") and not shared:
-        return _invalid('share_samples: only a shared expert shares its samples (set "shared": true too).')
+        return invalid('share_samples: only a shared expert shares its samples (set "shared": true too).')
     user = request.api_token.created_by
     if status is not None and status != expert.status:
         services.set_status(expert, status, user=user, ip_address=client_ip(request))

@@ -23,7 +23,7 @@ from django.db.models import QuerySet
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from webapp.api.auth import ApiRequest, api_error, api_token_required, not_found
+from webapp.api.auth import ApiRequest, api_error, api_token_required, invalid, not_found
 from webapp.jobs import services
 from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
 from webapp.jobs.models import DistillationJob
@@ -37,10 +37,6 @@ def _jobs(request: ApiRequest) -> QuerySet[DistillationJob]:
 
 def _job(request: ApiRequest, job_id: int) -> DistillationJob | None:
     return _jobs(request).filter(pk=job_id).first()
-
-
-def _invalid(message: str, code: str = "invalid") -> JsonResponse:
-    return api_error(message, status=400, error_type="invalid_request_error", code=code)
 
 
 TOP_LEVEL_FIELDS = frozenset({"name", "corpus", "teacher", "recipe", "options", "spend_cap_usd", "eval_set"})
@@ -100,7 +96,7 @@ def job_list(request: ApiRequest) -> JsonResponse:
         return _create(request)
     page = _page(request.GET.get("limit"), request.GET.get("after"))
     if isinstance(page, str):
-        return _invalid(page)
+        return invalid(page)
     limit, after = page
     jobs = _jobs(request).order_by("-pk")  # newest first, and a cursor that no new job can shift
     _, statuses = status_filter(request.GET.get("status"))
@@ -136,28 +132,28 @@ def _create(request: ApiRequest) -> JsonResponse:
     try:
         body = json.loads(request.body or b"{}")
     except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django's HTML 400 otherwise
-        return _invalid("The request body is too large.")
+        return invalid("The request body is too large.")
     except ValueError:
-        return _invalid("The body must be a JSON object.")
+        return invalid("The body must be a JSON object.")
     if not isinstance(body, dict):
-        return _invalid("The body must be a JSON object.")
+        return invalid("The body must be a JSON object.")
     data = _form_data(body)
     if isinstance(data, str):
-        return _invalid(data)
+        return invalid(data)
     files = {}
     if body.get("eval_set") is not None:
         eval_set = _eval_set_file(body["eval_set"])
         if isinstance(eval_set, str):
-            return _invalid(eval_set)
+            return invalid(eval_set)
         files["eval_set"] = eval_set
     form = JobForm(data, files, organization=request.organization)
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
-        return _invalid(f"{field}: {errors[0]}")
+        return invalid(f"{field}: {errors[0]}")
     try:
         job = form.create_job(request.api_token.created_by)
     except services.JobError as error:
-        return _invalid(str(error), code="job_refused")
+        return invalid(str(error), code="job_refused")
     return JsonResponse(job_json(job, detail=True), status=201)
 
 

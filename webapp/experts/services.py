@@ -428,12 +428,14 @@ def read_stored_text(version: ExpertVersion, name: str, limit: int | None = None
         return ""
 
 
-def public_view(version: ExpertVersion, organization: Organization) -> privacy.PublicView | None:
-    """How `version` reads to `organization`: None for its owner org (every file as stored)."""
+def public_view(version: ExpertVersion, organization: Organization, config: Any = None) -> privacy.PublicView | None:
+    """How `version` reads to `organization`: None for its owner org (every file as stored). `config`: the
+    version's config.json when the caller already read it."""
     if version.expert.organization_id == organization.pk:
         return None
-    urls = privacy.endpoint_urls(read_stored_json(version, "config.json"))
-    return privacy.PublicView(samples=can_see_samples(version.expert, organization), urls=urls)
+    if config is None:
+        config = read_stored_json(version, "config.json")
+    return privacy.PublicView(samples=can_see_samples(version.expert, organization), urls=privacy.endpoint_urls(config))
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -443,13 +445,15 @@ def _json_bytes(data: Any) -> bytes:
 def rewritten_files(version: ExpertVersion, organization: Organization) -> dict[str, Callable[[], bytes]]:
     """The files another org gets in their public form (`privacy`): the card and metrics without the example
     answers unless the owner shared the samples, config.json without the server's paths, and no endpoint URL."""
-    view = public_view(version, organization)
-    if view is None:
+    if version.expert.organization_id == organization.pk:
         return {}
+    config = read_stored_json(version, "config.json")  # read once: it names the URL to withhold, and is sent
+    view = public_view(version, organization, config)
+    assert view is not None
     return {
         "README.md": lambda: view.card(read_stored_text(version, "README.md")).encode(),
         "metrics.json": lambda: _json_bytes(view.metrics(read_stored_json(version, "metrics.json"))),
-        "config.json": lambda: _json_bytes(view.config(read_stored_json(version, "config.json"))),
+        "config.json": lambda: _json_bytes(view.config(config)),
     }
 
 

@@ -291,7 +291,8 @@ def usage(organization: Organization) -> dict[str, Any]:
 # ---------------------------------------------------------------- API shapes
 
 
-def _timestamp(value: datetime | None) -> int | None:
+def unix_time(value: datetime | None) -> int | None:
+    """A timestamp as the API gives it: whole seconds since the Unix epoch (None stays None)."""
     return int(value.timestamp()) if value else None
 
 
@@ -333,9 +334,9 @@ def job_json(job: DistillationJob, *, detail: bool = False) -> dict[str, Any]:
         "error": job.error or None,
         # The expert it made (or re-distils): `model` is the name the chat API takes, `/api/v1/experts/{id}` it.
         "expert": _expert_made(job),
-        "created_at": _timestamp(job.created_at),
-        "started_at": _timestamp(job.started_at),
-        "finished_at": _timestamp(job.finished_at),
+        "created_at": unix_time(job.created_at),
+        "started_at": unix_time(job.started_at),
+        "finished_at": unix_time(job.finished_at),
     }
     if detail:
         data.update(
