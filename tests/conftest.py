@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,30 @@ def _start_worker(
         "INFO",
     ]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def worker_on_test_database(log_dir: Path, hostname: str, **extra_env: str) -> Iterator[None]:
+    """A cpu worker process on the test's own database (a `transaction=True` test commits there), until exit."""
+    from django.db import connection
+
+    from webapp.core.health import workers_by_queue
+
+    settings_dict = connection.settings_dict
+    database_url = (
+        f"postgres://{settings_dict['USER']}:{settings_dict['PASSWORD']}@{settings_dict['HOST']}:"
+        f"{settings_dict['PORT']}/{settings_dict['NAME']}"
+    )
+    process = _start_worker(CPU_QUEUE, log_dir, {"DATABASE_URL": database_url, **extra_env}, hostname=hostname)
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while hostname not in workers_by_queue(timeout=1.0).get(CPU_QUEUE, []):
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"worker did not start: {(log_dir / 'worker-cpu.log').read_text()[-3000:]}")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

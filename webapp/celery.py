@@ -36,10 +36,18 @@ app.conf.beat_schedule = {
     "sweep-corpora": {"task": "distillery.ingest.sweep", "schedule": 60.0},
     # Jobs whose worker died (lease expired) or whose message was lost are sent again; they resume.
     "sweep-jobs": {"task": "distillery.jobs.sweep", "schedule": 60.0},
+    # Webhook deliveries that are due: retries, and first attempts whose message was lost.
+    "sweep-webhooks": {"task": "distillery.webhooks.sweep", "schedule": 30.0},
 }
 
 # Lazy: the task modules import Django models, so they load once Django is set up (worker start, first use).
-TASK_MODULES = ["workers.tasks.system", "workers.tasks.ingest", "workers.tasks.jobs", "workers.tasks.experts"]
+TASK_MODULES = [
+    "workers.tasks.system",
+    "workers.tasks.ingest",
+    "workers.tasks.jobs",
+    "workers.tasks.experts",
+    "workers.tasks.webhooks",
+]
 app.autodiscover_tasks(lambda: TASK_MODULES, related_name=None)
 
 

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "webapp.jobs",
     "webapp.experts",
     "webapp.api",
+    "webapp.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -244,6 +245,19 @@ GLOBAL_TEACHERS = env.list(
 # addresses are always refused, private ranges only when the operator allows them.
 TEACHER_ENDPOINT_ALLOWED_HOSTS = env.list("TEACHER_ENDPOINT_ALLOWED_HOSTS", default=[])
 TEACHER_ENDPOINT_ALLOW_PRIVATE = env.bool("TEACHER_ENDPOINT_ALLOW_PRIVATE", default=False)
+
+# ------------------------------------------------------------------ webhooks
+# Seconds a receiver has to answer one delivery attempt.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# Seconds before each retry of a failed delivery; after the last one it is marked failed (it can be redelivered
+# by hand). The default is Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (~27 h).
+WEBHOOK_RETRY_DELAYS_SECONDS = [
+    int(value) for value in env.list("WEBHOOK_RETRY_DELAYS_SECONDS", default=[5, 300, 1800, 7200, 18000, 36000, 36000])
+]
+# Like the teacher endpoints: hosts an org may send webhooks to (empty: any public host), and whether private
+# addresses are allowed (a deployment inside a company network that posts to its own CI, say).
+WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
 
 # ------------------------------------------------------------------ auth
 AUTH_PASSWORD_VALIDATORS = [

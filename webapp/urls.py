@@ -6,6 +6,7 @@ from webapp.api.reference import api_reference
 urlpatterns = [
     path("", include("webapp.core.urls")),
     path("accounts/", include("webapp.accounts.urls")),
+    path("org/webhooks/", include("webapp.webhooks.urls")),
     path("org/", include("webapp.tenants.urls")),
     path("corpora/", include("webapp.corpora.urls")),
     path("jobs/", include("webapp.jobs.urls")),

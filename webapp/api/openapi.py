@@ -386,6 +386,7 @@ def schemas() -> dict[str, Schema]:
             minProperties=1,
             description="The changes to make; all are checked before any is made.",
         ),
+        **webhook_schemas(),
         "Model": model,
         "ChatCompletionRequest": chat_request(),
         "CompletionRequest": completion_request(),
@@ -877,6 +878,75 @@ def with_token_refusals(paths: dict[str, Any], statuses: tuple[str, ...]) -> dic
     return paths
 
 
+# ---------------------------------------------------------------- webhooks (requests Distillery sends)
+
+JOB_EVENTS = {
+    "job.succeeded": "A job finished and registered its expert: `data.expert.model` is the name the chat API takes.",
+    "job.failed": "A job failed: `data.error` says why. It can be retried (POST /api/v1/jobs/{id}/retry).",
+    "job.cancelled": "A job was cancelled, queued or running.",
+}
+
+
+def webhook_schemas() -> dict[str, Schema]:
+    timestamp = {**STRING, "format": "date-time", "description": "When the event happened (UTC)."}
+    return {
+        "JobEvent": obj(
+            {"type": enum(list(JOB_EVENTS)), "timestamp": timestamp, "data": ref("Job")},
+            description="A job ended: the job as `GET /api/v1/jobs/{id}` gives it (without its details).",
+        ),
+        "PingEvent": obj(
+            {
+                "type": enum(["ping"]),
+                "timestamp": timestamp,
+                "data": obj(
+                    {
+                        "object": enum(["ping"]),
+                        "endpoint": {**INTEGER, "description": "The endpoint's id."},
+                        "organization": {**STRING, "description": "The organization's slug."},
+                        "sent_by": {**STRING, "description": "Who pressed “Send test event”."},
+                    }
+                ),
+            },
+            description="A test event, sent from the endpoint's page.",
+        ),
+    }
+
+
+WEBHOOK_HEADERS = {
+    "webhook-id": "The event's id (`msg_…`): the same on every attempt and redelivery; de-duplicate on it.",
+    "webhook-timestamp": "Unix seconds of this attempt; refuse one far from your clock (replays).",
+    "webhook-signature": "`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` keyed "
+    "with the endpoint's secret (its base64 part after `whsec_`), as Standard Webhooks define it.",
+}
+
+
+def webhooks() -> dict[str, Any]:
+    """The events an org's webhook endpoints receive, as OpenAPI 3.1 describes requests an API sends."""
+    parameters = [
+        {"name": name, "in": "header", "required": True, "schema": STRING, "description": description}
+        for name, description in WEBHOOK_HEADERS.items()
+    ]
+    responses = {
+        "2XX": {"description": "Delivered. Any other answer, a redirect or none within the timeout is retried."}
+    }
+
+    def event(name: str, summary: str, schema: str) -> Schema:
+        return {
+            "post": {
+                "operationId": "webhook_" + name.replace(".", "_"),
+                "summary": summary,
+                "tags": ["Webhooks"],
+                "parameters": parameters,
+                "requestBody": json_body(ref(schema)),
+                "responses": responses,
+            }
+        }
+
+    events = {name: event(name, summary, "JobEvent") for name, summary in JOB_EVENTS.items()}
+    events["ping"] = event("ping", "A test event, sent from the endpoint's page.", "PingEvent")
+    return events
+
+
 def document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -891,12 +961,14 @@ def document(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "security": [{"bearerAuth": []}],
         "tags": [
-            {"name": name} for name in ("Corpora", "Jobs", "Experts", "OpenAI-compatible", "Organization", "Meta")
+            {"name": name}
+            for name in ("Corpora", "Jobs", "Experts", "OpenAI-compatible", "Organization", "Meta", "Webhooks")
         ],
         "paths": {
             **with_token_refusals(rest_paths(), ("403", "429")),
             **with_token_refusals(openai_paths(), ("429",)),
         },
+        "webhooks": webhooks(),
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "dst_…"}},
             "schemas": schemas(),

@@ -134,7 +134,9 @@ def _responses(operation: Schema) -> list[dict[str, Any]]:
 def sections(document: Schema) -> list[dict[str, Any]]:
     """Operations grouped by tag, in the document's tag order."""
     by_tag: dict[str, list[dict[str, Any]]] = {tag["name"]: [] for tag in document["tags"]}
-    for path, item in document["paths"].items():
+    # Webhooks are requests Distillery sends to the org's endpoint, named by their event.
+    sent = {f"{event} → your endpoint": item for event, item in document.get("webhooks", {}).items()}
+    for path, item in {**document["paths"], **sent}.items():
         for method in METHODS:
             if method not in item:
                 continue

@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import logging
-import socket
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
@@ -20,13 +17,13 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
+from webapp.core.outbound import OutboundPolicy, url_refusal
 from webapp.corpora.models import Corpus
 from webapp.jobs.models import ACTIVE_STATUSES, DistillationJob, JobStatus, Notification, Teacher
 from webapp.tenants.models import Organization
+from webapp.webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
-# Cloud metadata services: never a teacher, whatever the operator allows.
-METADATA_HOSTS = {"169.254.169.254", "fd00:ec2::254", "metadata.google.internal", "100.100.100.200"}
 # Tokenizer families of the catalog specs the web process knows without loading anything (kd needs the same).
 TOKENIZER_FAMILIES = {
     "packaged:smollm2-135m-instruct": "smollm2",
@@ -154,30 +151,18 @@ def qa_teacher_advice(teacher: dict[str, Any]) -> str | None:
 
 def check_endpoint_url(url: str) -> None:
     """Refuse endpoints that would make the server probe its own network (SSRF); see the settings."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobError("The endpoint must be an http(s) URL with a host.")
-    host = parts.hostname.lower()
-    allowed = [h.lower() for h in settings.TEACHER_ENDPOINT_ALLOWED_HOSTS]
-    if allowed and host not in allowed:
-        raise JobError(f"{host} is not on this server's list of allowed teacher hosts.")
-    if host in METADATA_HOSTS:
-        raise JobError("Cloud metadata addresses cannot be teachers.")
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)}
-    except OSError as error:
-        raise JobError(f"The host {host} cannot be resolved.") from error
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 reaches 169.254.169.254: judge the IPv4 address
-        if str(ip) in METADATA_HOSTS or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-            raise JobError(f"{host} resolves to {ip}, a link-local or reserved address: refused.")
-        if (ip.is_private or ip.is_loopback) and not settings.TEACHER_ENDPOINT_ALLOW_PRIVATE and host not in allowed:
-            raise JobError(
-                f"{host} resolves to the private address {ip}: the operator must allow private endpoints "
-                "(TEACHER_ENDPOINT_ALLOW_PRIVATE) or list the host (TEACHER_ENDPOINT_ALLOWED_HOSTS)."
-            )
+    refusal = url_refusal(
+        url,
+        OutboundPolicy(
+            allow_private=settings.TEACHER_ENDPOINT_ALLOW_PRIVATE,
+            allowed_hosts=settings.TEACHER_ENDPOINT_ALLOWED_HOSTS,
+            noun="teacher",
+            private_setting="TEACHER_ENDPOINT_ALLOW_PRIVATE",
+            hosts_setting="TEACHER_ENDPOINT_ALLOWED_HOSTS",
+        ),
+    )
+    if refusal:
+        raise JobError(refusal)
 
 
 # ---------------------------------------------------------------- estimates and limits
@@ -350,6 +335,7 @@ def cancel_job(job: DistillationJob) -> None:
     if job.status == JobStatus.QUEUED:
         job.status, job.finished_at = JobStatus.CANCELLED, timezone.now()
         job.save(update_fields=["status", "finished_at"])
+        webhooks.job_ended(job)  # no worker ends this one: the event goes out from here
         return
     job.cancel_requested = True
     job.save(update_fields=["cancel_requested"])
@@ -376,8 +362,9 @@ def retry_job(job: DistillationJob) -> DistillationJob:
 
 
 def notify_job_ended(job_id: int) -> None:
-    """In the app for the job's creator, and by email when the deployment sends email."""
-    job = DistillationJob.objects.select_related("created_by").get(pk=job_id)
+    """To the org's webhooks; in the app for the job's creator, and by email when the deployment sends email."""
+    job = DistillationJob.objects.select_related("created_by", "organization").get(pk=job_id)
+    webhooks.job_ended(job)
     if job.created_by is None:
         return
     url = reverse("jobs:detail", args=[job.pk])

@@ -29,6 +29,7 @@ class Perm(StrEnum):
     VIEW_TEACHERS = "teachers.view"
     MANAGE_TEACHERS = "teachers.manage"
     MANAGE_TOKENS = "tokens.manage"
+    MANAGE_WEBHOOKS = "webhooks.manage"
     PUBLISH_EXPERTS = "experts.publish"
     USE_CORPORA = "corpora.use"
     USE_JOBS = "jobs.use"
@@ -41,7 +42,7 @@ _ALL = frozenset(Role)
 _OWNER_ADMIN = frozenset({Role.OWNER, Role.ADMIN})
 _OWNER = frozenset({Role.OWNER})
 
-# Owner: everything. Admin: members (not owners), teachers and their secrets, API tokens, publishing.
+# Owner: everything. Admin: members (not owners), teachers and their secrets, API tokens, webhooks, publishing.
 # Member: corpora, jobs, experts, playground, and read-only teachers.
 PERMISSIONS: dict[Perm, frozenset[Role]] = {
     Perm.VIEW_ORG: _ALL,
@@ -54,6 +55,7 @@ PERMISSIONS: dict[Perm, frozenset[Role]] = {
     Perm.VIEW_TEACHERS: _ALL,
     Perm.MANAGE_TEACHERS: _OWNER_ADMIN,
     Perm.MANAGE_TOKENS: _OWNER_ADMIN,
+    Perm.MANAGE_WEBHOOKS: _OWNER_ADMIN,
     Perm.PUBLISH_EXPERTS: _OWNER_ADMIN,
     Perm.USE_CORPORA: _ALL,
     Perm.USE_JOBS: _ALL,

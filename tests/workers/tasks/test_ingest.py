@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.conftest import _start_worker
+from tests.conftest import worker_on_test_database
 from tests.webapp.conftest import Cast
 from tests.workers.ml.ingest.files import pdf_bytes, zip_bytes
 from webapp.corpora import services
@@ -230,29 +229,8 @@ def test_it_keeps_repeated_documents_and_chunks_once(corpus: Corpus, django_capt
 @pytest.fixture
 def ingest_worker(tmp_path: Path, media_root: Path) -> Iterator[None]:
     """A cpu worker process on the test database and the test's storage folder."""
-    from webapp.core.health import workers_by_queue
-
-    settings_dict = connection.settings_dict
-    database_url = (
-        f"postgres://{settings_dict['USER']}:{settings_dict['PASSWORD']}@{settings_dict['HOST']}:"
-        f"{settings_dict['PORT']}/{settings_dict['NAME']}"
-    )
-    hostname = "ingest-test@distillery"
-    process = _start_worker(
-        "cpu",
-        tmp_path,
-        {"DATABASE_URL": database_url, "DATA_DIR": str(media_root.parent)},
-        hostname=hostname,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while hostname not in workers_by_queue(timeout=1.0).get("cpu", []):
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail(f"worker did not start: {(tmp_path / 'worker-cpu.log').read_text()[-3000:]}")
+    with worker_on_test_database(tmp_path, "ingest-test@distillery", DATA_DIR=str(media_root.parent)):
         yield
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.celery_worker

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.webapp.webhooks.receiver import Receiver, running_receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def private_webhooks(settings: pytest.FixtureRequest) -> None:
+    """The receiver listens on 127.0.0.1: allowed, as an operator inside a company network would."""
+    settings.WEBHOOK_ALLOW_PRIVATE = True

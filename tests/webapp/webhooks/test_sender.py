@@ -1,0 +1,89 @@
+"""One signed POST to a real HTTP server: what the receiver gets and how each kind of answer is read."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from openai import OpenAI
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from tests.webapp.webhooks.receiver import Receiver
+from webapp.webhooks.models import new_secret
+from webapp.webhooks.sender import EXCERPT_BYTES, send
+
+BODY = json.dumps({"type": "ping", "timestamp": "2026-11-29T12:00:00Z", "data": {"object": "ping"}})
+
+
+def test_it_posts_a_body_that_standard_webhooks_and_openai_verify(receiver: Receiver) -> None:
+    secret = new_secret()
+
+    outcome = send(receiver.url, secret, "msg_1", BODY, timeout_s=5)
+
+    assert outcome.ok
+    assert outcome.status_code == 200
+    assert outcome.excerpt == "thanks"
+    [request] = receiver.requests
+    assert request.path == "/hooks/distillery"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["webhook-id"] == "msg_1"
+    assert Webhook(secret).verify(request.body, request.headers) == json.loads(BODY)
+    OpenAI(api_key="unused").webhooks.verify_signature(request.body, request.headers, secret=secret)
+
+
+def test_its_signature_fails_for_another_secret_or_an_altered_body(receiver: Receiver) -> None:
+    secret = new_secret()
+    send(receiver.url, secret, "msg_1", BODY, timeout_s=5)
+    [request] = receiver.requests
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(request.body, request.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(request.body.replace(b"ping", b"pong"), request.headers)
+
+
+def test_it_reads_a_non_2xx_answer_as_a_failure_with_the_receivers_words(receiver: Receiver) -> None:
+    receiver.status, receiver.reply = 503, b"maintenance " * 200
+
+    outcome = send(receiver.url, new_secret(), "msg_1", BODY, timeout_s=5)
+
+    assert not outcome.ok
+    assert outcome.status_code == 503
+    assert "HTTP 503" in outcome.error
+    assert outcome.excerpt.startswith("maintenance")
+    assert len(outcome.excerpt) <= EXCERPT_BYTES
+
+
+def test_it_does_not_follow_a_redirect(receiver: Receiver) -> None:
+    receiver.status, receiver.location = 301, "http://169.254.169.254/latest/meta-data"
+
+    outcome = send(receiver.url, new_secret(), "msg_1", BODY, timeout_s=5)
+
+    assert not outcome.ok
+    assert outcome.status_code == 301
+    assert "do not follow redirects" in outcome.error
+    assert "169.254.169.254" in outcome.error
+    assert len(receiver.requests) == 1
+
+
+def test_it_gives_up_on_a_receiver_that_does_not_answer_in_time(receiver: Receiver) -> None:
+    receiver.delay_s = 2.0
+
+    outcome = send(receiver.url, new_secret(), "msg_1", BODY, timeout_s=0.3)
+
+    assert not outcome.ok
+    assert outcome.status_code is None
+    assert outcome.error == "No answer within 0.3 s."
+
+
+def test_it_reports_a_refused_connection() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    outcome = send(f"http://127.0.0.1:{port}/", new_secret(), "msg_1", BODY, timeout_s=2)
+
+    assert not outcome.ok
+    assert outcome.status_code is None
+    assert outcome.error.startswith("Could not connect")

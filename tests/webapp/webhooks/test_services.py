@@ -1,0 +1,225 @@
+"""Events to endpoints: who gets what, one attempt at a time, retries on the row's schedule, and the sweep."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from standardwebhooks import Webhook
+
+from tests.webapp.api.openapi_schema import assert_matches
+from tests.webapp.conftest import Cast
+from tests.webapp.jobs.conftest import make_corpus, make_job
+from tests.webapp.webhooks.receiver import Receiver
+from webapp.jobs import services as job_services
+from webapp.jobs.models import JobStatus
+from webapp.tenants.models import Organization
+from webapp.webhooks import services
+from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
+from workers.tasks import webhooks as tasks
+
+pytestmark = pytest.mark.django_db
+
+JOB_EVENTS = ["job.succeeded", "job.failed", "job.cancelled"]
+
+
+def endpoint(org: Organization, url: str, events: list[str] | None = None, **fields: Any) -> WebhookEndpoint:
+    made, _ = WebhookEndpoint.create(
+        organization=org, url=url, description="", events=JOB_EVENTS if events is None else events, created_by=None
+    )
+    for name, value in fields.items():
+        setattr(made, name, value)
+    made.save()
+    return made
+
+
+def test_it_sends_a_job_end_only_to_the_orgs_active_subscribed_endpoints(cast: Cast) -> None:
+    wants_all = endpoint(cast.org, "https://a.example.com/hook")
+    endpoint(cast.org, "https://b.example.com/hook", events=["job.failed"])
+    endpoint(cast.org, "https://c.example.com/hook", is_active=False)
+    endpoint(cast.other_org, "https://d.example.com/hook")
+    job = make_job(make_corpus(cast.org), JobStatus.SUCCEEDED)
+
+    job_services.notify_job_ended(job.pk)
+
+    [delivery] = WebhookDelivery.objects.all()
+    assert delivery.endpoint == wants_all
+    assert delivery.organization == cast.org
+    assert delivery.event_type == "job.succeeded"
+    assert delivery.status == WebhookDelivery.Status.PENDING
+    assert delivery.payload["data"]["id"] == job.pk
+    assert delivery.payload["data"]["status"] == "succeeded"
+    assert delivery.message_id.startswith("msg_")
+    # The body is what the API reference documents as a JobEvent, with the job as GET /api/v1/jobs/{id} gives it.
+    assert_matches({"$ref": "#/components/schemas/JobEvent"}, delivery.payload)
+
+
+def test_it_gives_every_endpoint_of_one_event_the_same_webhook_id(cast: Cast) -> None:
+    endpoint(cast.org, "https://a.example.com/hook")
+    endpoint(cast.org, "https://b.example.com/hook")
+    job = make_job(make_corpus(cast.org), JobStatus.FAILED, error="The teacher's endpoint refused the key.")
+
+    job_services.notify_job_ended(job.pk)
+
+    deliveries = WebhookDelivery.objects.all()
+    assert {d.event_type for d in deliveries} == {"job.failed"}
+    assert len({d.message_id for d in deliveries}) == 1
+    assert len(deliveries) == 2
+    assert deliveries[0].payload["data"]["error"] == "The teacher's endpoint refused the key."
+
+
+def test_it_sends_job_cancelled_when_a_queued_job_is_cancelled(cast: Cast) -> None:
+    endpoint(cast.org, "https://a.example.com/hook")
+    job = make_job(make_corpus(cast.org), JobStatus.QUEUED)
+
+    job_services.cancel_job(job)
+
+    [delivery] = WebhookDelivery.objects.all()
+    assert delivery.event_type == "job.cancelled"
+    assert delivery.payload["data"]["status"] == "cancelled"
+
+
+def test_it_sends_nothing_while_a_running_job_is_only_asked_to_cancel(cast: Cast) -> None:
+    endpoint(cast.org, "https://a.example.com/hook")
+    job_services.cancel_job(make_job(make_corpus(cast.org), JobStatus.TRAINING))
+    assert not WebhookDelivery.objects.exists()  # the worker sends job.cancelled once it has stopped
+
+
+@pytest.mark.usefixtures("private_webhooks")
+def test_it_delivers_a_signed_event_and_records_the_answer(cast: Cast, receiver: Receiver) -> None:
+    hook = endpoint(cast.org, receiver.url)
+    job_services.notify_job_ended(make_job(make_corpus(cast.org), JobStatus.SUCCEEDED).pk)
+    delivery = WebhookDelivery.objects.get()
+
+    services.attempt(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.SUCCEEDED
+    assert delivery.attempts == 1
+    assert delivery.response_status == 200
+    assert delivery.response_excerpt == "thanks"
+    assert delivery.next_attempt_at is None
+    assert delivery.last_error == ""
+    [request] = receiver.requests
+    assert request.headers["webhook-id"] == delivery.message_id
+    assert Webhook(hook.secret).verify(request.body, request.headers) == delivery.payload
+
+
+@pytest.mark.usefixtures("private_webhooks")
+def test_it_retries_on_the_schedule_then_fails_for_good(cast: Cast, receiver: Receiver, settings: Any) -> None:
+    settings.WEBHOOK_RETRY_DELAYS_SECONDS = [5, 300]
+    receiver.status, receiver.reply = 500, b"database is down"
+    endpoint(cast.org, receiver.url)
+    [delivery] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
+
+    before = timezone.now()
+    services.attempt(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.PENDING
+    assert delivery.attempts == 1
+    assert timedelta(seconds=4) < delivery.next_attempt_at - before < timedelta(seconds=7)
+    assert delivery.response_status == 500
+    assert "HTTP 500" in delivery.last_error
+    assert services.attempt(delivery.pk) is None  # not due yet: nothing is sent
+    assert len(receiver.requests) == 1
+
+    for expected_attempts, expected_status in ((2, "pending"), (3, "failed")):
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+        services.attempt(delivery.pk)
+        delivery.refresh_from_db()
+        assert (delivery.attempts, delivery.status) == (expected_attempts, expected_status)
+    assert delivery.next_attempt_at is None
+    assert delivery.max_attempts == 3
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery.message_id] * 3
+
+
+@pytest.mark.usefixtures("private_webhooks")
+def test_it_sends_an_attempt_once_while_another_worker_holds_it(cast: Cast, receiver: Receiver) -> None:
+    endpoint(cast.org, receiver.url)
+    [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
+
+    assert WebhookDelivery.claim(delivery.pk, lease=timedelta(minutes=1)) is not None  # a worker took it
+    assert services.attempt(delivery.pk) is None  # a duplicate message finds it taken
+    assert receiver.requests == []
+
+
+def test_it_refuses_a_private_address_at_delivery_time(cast: Cast, receiver: Receiver, settings: Any) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    endpoint(cast.org, receiver.url)  # allowed when it was saved
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
+
+    services.attempt(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert receiver.requests == []
+    assert "resolves to the private address 127.0.0.1" in delivery.last_error
+    assert "WEBHOOK_ALLOW_PRIVATE" in delivery.last_error
+
+
+def test_it_gives_up_on_a_delivery_whose_endpoint_was_disabled(cast: Cast) -> None:
+    hook = endpoint(cast.org, "https://a.example.com/hook")
+    [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
+    hook.is_active = False
+    hook.save()
+
+    services.attempt(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.FAILED
+    assert delivery.attempts == 0
+    assert "disabled" in delivery.last_error
+
+
+@pytest.mark.usefixtures("private_webhooks")
+def test_a_redelivery_is_a_new_delivery_with_the_same_webhook_id(cast: Cast, receiver: Receiver) -> None:
+    endpoint(cast.org, receiver.url)
+    [first] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 7})
+    services.attempt(first.pk)
+
+    again = services.redeliver(first)
+    services.attempt(again.pk)
+
+    assert again.pk != first.pk
+    assert again.message_id == first.message_id
+    assert [json.loads(r.body)["data"] for r in receiver.requests] == [{"id": 7}, {"id": 7}]
+    assert WebhookDelivery.objects.get(pk=again.pk).status == WebhookDelivery.Status.SUCCEEDED
+
+
+def test_a_ping_goes_to_its_endpoint_whatever_it_subscribes_to(cast: Cast) -> None:
+    hook = endpoint(cast.org, "https://a.example.com/hook", events=[])
+    other = endpoint(cast.org, "https://b.example.com/hook")
+
+    delivery = services.send_test_event(hook, cast.owner)
+
+    assert delivery.endpoint == hook
+    assert delivery.event_type == "ping"
+    assert not other.deliveries.exists()
+    assert delivery.payload["data"] == {
+        "object": "ping",
+        "endpoint": hook.pk,
+        "organization": cast.org.slug,
+        "sent_by": "olivia",
+    }
+    assert_matches({"$ref": "#/components/schemas/PingEvent"}, delivery.payload)
+
+
+@pytest.mark.usefixtures("private_webhooks")
+def test_the_sweep_sends_the_due_deliveries_only(
+    cast: Cast, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint(cast.org, receiver.url)
+    [due] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
+    [later] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 2})
+    WebhookDelivery.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now() + timedelta(minutes=5))
+    # The sweep's messages run here, in this process, instead of on a worker.
+    monkeypatch.setattr(tasks.deliver_webhook, "delay", lambda delivery_id: tasks.deliver_webhook.apply((delivery_id,)))
+
+    assert tasks.sweep_webhooks() == 1
+
+    assert WebhookDelivery.objects.get(pk=due.pk).status == WebhookDelivery.Status.SUCCEEDED
+    assert WebhookDelivery.objects.get(pk=later.pk).attempts == 0
+    assert [json.loads(r.body)["type"] for r in receiver.requests] == ["job.succeeded"]

@@ -1,0 +1,146 @@
+"""Webhook rules: which endpoints an event goes to, what it says, and one delivery attempt.
+
+1. `emit` writes one delivery row per subscribed active endpoint of the org, in the caller's transaction, and
+   sends each to the workers once it commits. The row is the record: a lost message or a dead worker is made
+   good by beat's sweep (`workers/tasks/webhooks.py`), which sends every due delivery again.
+2. `attempt` claims a due delivery with a conditional UPDATE, checks the URL again (a name may resolve
+   elsewhere by now), signs and POSTs it, and records the outcome: delivered, retried after the next of
+   WEBHOOK_RETRY_DELAYS_SECONDS, or failed once they are spent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.core.outbound import OutboundPolicy, url_refusal
+from webapp.tenants.models import Organization
+from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
+from webapp.webhooks.sender import send
+
+logger = logging.getLogger(__name__)
+
+
+def outbound_policy() -> OutboundPolicy:
+    return OutboundPolicy(
+        allow_private=settings.WEBHOOK_ALLOW_PRIVATE,
+        allowed_hosts=settings.WEBHOOK_ALLOWED_HOSTS,
+        noun="webhook",
+        private_setting="WEBHOOK_ALLOW_PRIVATE",
+        hosts_setting="WEBHOOK_ALLOWED_HOSTS",
+    )
+
+
+def check_url(url: str) -> str | None:
+    """Why the server may not POST to `url`, or None."""
+    return url_refusal(url, outbound_policy())
+
+
+def _body(delivery: WebhookDelivery) -> str:
+    return json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _send_on_commit(deliveries: list[WebhookDelivery]) -> None:
+    def send_all() -> None:
+        from workers.tasks.webhooks import deliver_webhook
+
+        for delivery in deliveries:
+            try:
+                deliver_webhook.delay(delivery.pk)
+            except Exception:  # the broker is down: the row stays due and beat's sweep sends it
+                logger.warning("webhook delivery %s: not sent to the workers; the sweep will", delivery.pk)
+
+    transaction.on_commit(send_all)
+
+
+def emit(
+    organization: Organization, event_type: str, data: dict[str, Any], *, only: WebhookEndpoint | None = None
+) -> list[WebhookDelivery]:
+    """Queue `event_type` with `data` to every active endpoint of `organization` that subscribes to it
+    (or to `only`). Returns the deliveries made; none when no endpoint wants it."""
+    endpoints = [only] if only is not None else WebhookEndpoint.objects.for_org(organization).filter(is_active=True)
+    targets = [endpoint for endpoint in endpoints if endpoint.wants(event_type)]
+    if not targets:
+        return []
+    now = timezone.now()
+    payload = {"type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data}
+    message_id = f"msg_{uuid.uuid4().hex}"
+    deliveries = WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(
+            organization=organization,
+            endpoint=endpoint,
+            message_id=message_id,
+            event_type=event_type,
+            payload=payload,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for endpoint in targets
+    )
+    _send_on_commit(deliveries)
+    return deliveries
+
+
+def send_test_event(endpoint: WebhookEndpoint, actor: Any) -> WebhookDelivery:
+    """A `ping` to one endpoint, from its page: the way to check the receiver and its signature check."""
+    data = {
+        "object": "ping",
+        "endpoint": endpoint.pk,
+        "organization": endpoint.organization.slug,
+        "sent_by": actor.get_username(),
+    }
+    return emit(endpoint.organization, EventType.PING, data, only=endpoint)[0]
+
+
+def redeliver(delivery: WebhookDelivery) -> WebhookDelivery:
+    """The same event again, as a new delivery with the same `webhook-id` (a receiver that got it dedupes)."""
+    now = timezone.now()
+    copy = WebhookDelivery.objects.create(
+        organization=delivery.organization,
+        endpoint=delivery.endpoint,
+        message_id=delivery.message_id,
+        event_type=delivery.event_type,
+        payload=delivery.payload,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    _send_on_commit([copy])
+    return copy
+
+
+def attempt(delivery_id: int) -> WebhookDelivery | None:
+    """One attempt at a due delivery; None when it is not due (delivered, scheduled later, or another worker's)."""
+    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+    delivery = WebhookDelivery.claim(delivery_id, lease=timedelta(seconds=4 * timeout + 30))
+    if delivery is None:
+        return None
+    endpoint = delivery.endpoint
+    if not endpoint.is_active:
+        delivery.give_up("The endpoint was disabled before this delivery was sent.")
+        return delivery
+    refusal = check_url(endpoint.url)
+    if refusal:
+        delivery.record_attempt(ok=False, status_code=None, error=refusal, excerpt="")
+        return delivery
+    outcome = send(endpoint.url, endpoint.secret, delivery.message_id, _body(delivery), timeout)
+    delivery.record_attempt(
+        ok=outcome.ok, status_code=outcome.status_code, error=outcome.error, excerpt=outcome.excerpt
+    )
+    return delivery
+
+
+def job_ended(job: Any) -> list[WebhookDelivery]:
+    """`job.succeeded`, `job.failed` or `job.cancelled` with the job as the jobs API gives it."""
+    from webapp.jobs.presenters import job_json
+
+    event_type = f"job.{job.status}"
+    if event_type not in EventType.values:
+        return []
+    return emit(job.organization, event_type, job_json(job))
