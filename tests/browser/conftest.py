@@ -85,6 +85,7 @@ def stack_data_dir(tmp_path: Path, settings: Any) -> Path:
     settings.CHECKPOINTS_DIR = data / "checkpoints"
     settings.MOE_BASE_MODEL = TINY
     settings.GLOBAL_TEACHERS = [TINY_TEACHER]
+    settings.WEBHOOK_ALLOW_PRIVATE = True  # the journey's webhook receiver listens on 127.0.0.1
     return data
 
 
@@ -92,6 +93,7 @@ def stack_data_dir(tmp_path: Path, settings: Any) -> Path:
 def stack_workers(transactional_db: None, stack_data_dir: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A Celery worker per queue, started as the Procfile starts them, on the test database and the data directory
     the served app writes to: the ingest (cpu) and the distillation (gpu) of what the browser uploads and starts."""
+    from django.conf import settings
     from django.db import connection
 
     from tests.conftest import _start_worker
@@ -107,6 +109,10 @@ def stack_workers(transactional_db: None, stack_data_dir: Path, tmp_path: Path) 
         "MOE_BASE_MODEL": TINY,
         "GLOBAL_TEACHERS": TINY_TEACHER,
         "TORCH_THREADS_WORKER_GPU": "2",
+        "WEBHOOK_ALLOW_PRIVATE": "1",
+        # The served app's keys: a worker reads what it encrypted (webhook secrets), as every host must.
+        "SECRET_KEY": settings.SECRET_KEY,
+        "FIELD_ENCRYPTION_KEYS": ",".join(settings.FIELD_ENCRYPTION_KEYS),
     }
     logs = tmp_path / "worker-logs"
     logs.mkdir()

@@ -3,6 +3,7 @@ inference engine, PostgreSQL, Redis): sign up → create an organization → upl
 files (per-file verdicts) → corpus ready → a `kd` job with the tiny models → progress bar at 100% and the loss
 chart → the expert in the mixture → a routed, streamed answer in the playground with the routing scores →
 download the expert's zip and load it with plain peft → an API token used with the official `openai` client →
+a webhook endpoint that received the test event and the job's end, signed →
 another organization, in its own browser session, sees none of it.
 
 A second expert (a toy cooking one, registered in the database as a finished job would leave it) is in the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,9 +27,11 @@ import torch
 from axe_playwright_python.sync_playwright import Axe
 from django.db import connections
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
+from standardwebhooks import Webhook
 
 from tests.browser.conftest import TINY, worker_logs
 from tests.webapp.api.live_stack import register_expert
+from tests.webapp.webhooks.receiver import Receiver, running_receiver
 from webapp.experts import engine
 from webapp.tenants.models import Organization
 
@@ -134,6 +138,13 @@ class Journey:
         expect(page.get_by_role("status")).to_contain_text(f"You own {organization}")
 
 
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """The company's CI, listening for webhooks."""
+    with running_receiver() as running:
+        yield running
+
+
 def test_it_walks_the_journey_in_a_browser(
     browser: Any,
     web_url: str,
@@ -145,6 +156,7 @@ def test_it_walks_the_journey_in_a_browser(
     screenshots: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    receiver: Receiver,
 ) -> None:
     alice = Journey(browser, web_url, screenshots)
     page = alice.page
@@ -158,6 +170,21 @@ def test_it_walks_the_journey_in_a_browser(
     expect(page).to_have_url(re.compile(r"/org/$"))
     expect(page.locator(".org-name, #org-switch")).to_contain_text("Acme IT")
     alice.shot(2, "org-created")
+
+    # 1b. A webhook endpoint for the company's CI (htmx swaps in its signing secret, shown once); a test event sent
+    #     from its page goes through the cpu worker and shows as delivered while the deliveries table polls.
+    page.goto("/org/webhooks/")
+    page.get_by_label("URL").fill(receiver.url)
+    page.get_by_label("Description").fill("CI pipeline")
+    page.get_by_role("button", name="Add endpoint").click()
+    secret = page.locator("#new-secret").inner_text().strip()
+    page.get_by_role("link", name=receiver.url).click()
+    webhook_path = urlparse(page.url).path
+    page.get_by_role("button", name="Send test event").click()
+    expect(page.locator("#deliveries")).to_contain_text("delivered (HTTP 200)", timeout=INGEST_TIMEOUT_MS)
+    ping = receiver.wait_for(1)[0]
+    assert Webhook(secret).verify(ping.body, ping.headers)["data"]["sent_by"] == "alice"
+    alice.shot(15, "webhook")
 
     # 2. A corpus, and a folder uploaded into it: upload.js sends each file with its own progress bar and shows
     #    the upload's verdict per file; the binary file is refused before any byte is stored.
@@ -218,6 +245,11 @@ def test_it_walks_the_journey_in_a_browser(
     )
     expect(panel.locator(".loss-curve figcaption")).to_contain_text("Training loss")
     alice.shot(7, "job-succeeded")
+    # The CI heard of it too: a signed job.succeeded naming the expert's model for the chat API.
+    job_request = receiver.wait_for(2)[1]
+    job_event = Webhook(secret).verify(job_request.body, job_request.headers)
+    assert job_event["type"] == "job.succeeded"
+    assert job_event["data"]["expert"]["model"] == "it-handbook"
 
     # 5. The job's expert is in the organization's mixture, next to the toy cooking expert.
     register_cooking_expert("Acme IT", expert_dirs, engine_service)
@@ -324,7 +356,8 @@ def test_it_walks_the_journey_in_a_browser(
     app_pages = ["/", "/corpora/", corpus_path, f"{corpus_path}chunks/", "/jobs/", "/jobs/new/", job_path]
     app_pages += ["/jobs/teachers/", "/experts/", expert_path, "/experts/mixture/", "/experts/playground/"]
     app_pages += ["/corpora/new/", "/jobs/teachers/new/", "/jobs/notifications/", "/accounts/password/change/"]
-    assert_fits_a_phone(page, [*app_pages, "/org/", "/org/members/", "/org/tokens/", "/org/audit/", "/api/"])
+    org_pages = ["/org/", "/org/members/", "/org/tokens/", "/org/audit/", "/org/webhooks/", webhook_path]
+    assert_fits_a_phone(page, [*app_pages, *org_pages, "/api/"])
     page.goto(job_path)
     alice.shot(12, "phone-job")
     page.set_viewport_size(DESKTOP)

@@ -5,6 +5,7 @@ org A: owner, admin, member.  org B: outsider (its owner) — must see none of A
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,3 +49,16 @@ def cast(db: None) -> Cast:
     Membership.objects.create(organization=org, user=member, role=Role.MEMBER)
     other_org = Organization.create_with_owner(name="Globex", owner=outsider)
     return Cast(org=org, other_org=other_org, owner=owner, admin=admin, member=member, outsider=outsider)
+
+
+@pytest.fixture
+def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """*.example.com resolves to a public address (no DNS in tests); every other name resolves as usual."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".example.com"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)

@@ -22,6 +22,7 @@ class EndpointForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
         initial=[event.value for event in SUBSCRIBABLE_EVENTS],
         help_text="A test event (ping) can be sent to any endpoint from its page.",
+        error_messages={"required": "Choose at least one event."},
     )
 
     class Meta:

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from webapp.core.encryption import DecryptionError
 from webapp.core.outbound import OutboundPolicy, url_refusal
 from webapp.tenants.models import Organization
 from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
@@ -115,10 +116,15 @@ def redeliver(delivery: WebhookDelivery) -> WebhookDelivery:
     return copy
 
 
+def attempt_lease() -> timedelta:
+    """How long a claimed attempt may take before beat's sweep sends the delivery again (its worker died)."""
+    return timedelta(seconds=4 * settings.WEBHOOK_TIMEOUT_SECONDS + 30)
+
+
 def attempt(delivery_id: int) -> WebhookDelivery | None:
     """One attempt at a due delivery; None when it is not due (delivered, scheduled later, or another worker's)."""
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
-    delivery = WebhookDelivery.claim(delivery_id, lease=timedelta(seconds=4 * timeout + 30))
+    delivery = WebhookDelivery.claim(delivery_id, lease=attempt_lease())
     if delivery is None:
         return None
     endpoint = delivery.endpoint
@@ -129,7 +135,12 @@ def attempt(delivery_id: int) -> WebhookDelivery | None:
     if refusal:
         delivery.record_attempt(ok=False, status_code=None, error=refusal, excerpt="")
         return delivery
-    outcome = send(endpoint.url, endpoint.secret, delivery.message_id, _body(delivery), timeout)
+    try:
+        secret = endpoint.secret
+    except DecryptionError as error:  # keys changed without rotation: say so in the log, do not crash the task
+        delivery.record_attempt(ok=False, status_code=None, error=f"Not signed: {error}", excerpt="")
+        return delivery
+    outcome = send(endpoint.url, secret, delivery.message_id, _body(delivery), timeout)
     delivery.record_attempt(
         ok=outcome.ok, status_code=outcome.status_code, error=outcome.error, excerpt=outcome.excerpt
     )

@@ -27,8 +27,9 @@ from webapp.webhooks.models import WebhookDelivery, WebhookEndpoint
 from webapp.webhooks.sender import USER_AGENT
 
 DELIVERIES_PER_PAGE = 25
-# The deliveries table re-fetches itself while an attempt is due this soon, so a test event's outcome appears.
-LIVE_WINDOW = timedelta(seconds=60)
+# The deliveries table re-fetches itself while an attempt is due this soon (or in flight), so a test event's
+# outcome appears without a reload.
+LIVE_WINDOW = timedelta(seconds=30)
 
 
 def _endpoint(request: OrgRequest, endpoint_id: int) -> WebhookEndpoint:
@@ -76,9 +77,9 @@ def _detail_context(
     request: OrgRequest, endpoint: WebhookEndpoint, form: EndpointForm | None = None, new_secret: str | None = None
 ) -> dict[str, object]:
     deliveries = endpoint.deliveries.all()
-    live = deliveries.filter(
-        status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now() + LIVE_WINDOW
-    ).exists()
+    # An attempt in flight has pushed its delivery's next attempt one lease ahead: that counts as soon too.
+    soon = timezone.now() + LIVE_WINDOW + services.attempt_lease()
+    live = deliveries.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=soon).exists()
     return {
         "endpoint": endpoint,
         "form": form or EndpointForm(instance=endpoint),

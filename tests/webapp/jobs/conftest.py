@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,16 +54,8 @@ def make_corpus(organization: Organization, name: str = "Handbook", *, tokens: i
 
 
 @pytest.fixture(autouse=True)
-def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
-    """*.example.com resolves to a public address (no DNS in tests); every other name resolves as usual."""
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(host, str) and host.endswith(".example.com"):
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+def _resolve_example_com(public_dns: None) -> None:
+    """Every test here: *.example.com is public (tests/webapp/conftest.py)."""
 
 
 @pytest.fixture

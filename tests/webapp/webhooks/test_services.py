@@ -160,6 +160,19 @@ def test_it_refuses_a_private_address_at_delivery_time(cast: Cast, receiver: Rec
     assert "WEBHOOK_ALLOW_PRIVATE" in delivery.last_error
 
 
+def test_it_records_a_secret_it_cannot_decrypt_instead_of_crashing(cast: Cast) -> None:
+    hook = endpoint(cast.org, "https://a.example.com/hook")
+    WebhookEndpoint.objects.filter(pk=hook.pk).update(secret_encrypted="written-under-a-key-since-removed")
+    [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
+
+    services.attempt(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1
+    assert delivery.status == WebhookDelivery.Status.PENDING  # retried: the operator may restore the key
+    assert delivery.last_error.startswith("Not signed: A stored secret cannot be decrypted")
+
+
 def test_it_gives_up_on_a_delivery_whose_endpoint_was_disabled(cast: Cast) -> None:
     hook = endpoint(cast.org, "https://a.example.com/hook")
     [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
