@@ -31,7 +31,7 @@ class EndpointForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["url"].widget.attrs.update(placeholder="https://", inputmode="url")
+        self.fields["url"].widget.attrs.update({"placeholder": "https://", "inputmode": "url", "class": "url-input"})
 
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]
