@@ -6,6 +6,7 @@ org A: owner, admin, member.  org B: outsider (its owner) — must see none of A
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from tests.webapp.webhooks.receiver import Receiver, running_receiver
 from webapp.tenants.models import Membership, Organization
 from webapp.tenants.permissions import Role
 
@@ -62,3 +64,10 @@ def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real HTTP server that receives webhooks (tests/webapp/webhooks/receiver.py)."""
+    with running_receiver() as running:
+        yield running

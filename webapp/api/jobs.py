@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import QuerySet
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.api.auth import ApiRequest, api_error, api_token_required, invalid, not_found
+from webapp.api.params import json_object, page
 from webapp.jobs import services
 from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
 from webapp.jobs.models import DistillationJob
@@ -94,10 +94,10 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
 def job_list(request: ApiRequest) -> JsonResponse:
     if request.method == "POST":
         return _create(request)
-    page = _page(request.GET.get("limit"), request.GET.get("after"))
-    if isinstance(page, str):
-        return invalid(page)
-    limit, after = page
+    paging = page(request, "job")
+    if isinstance(paging, JsonResponse):
+        return paging
+    limit, after = paging
     jobs = _jobs(request).order_by("-pk")  # newest first, and a cursor that no new job can shift
     _, statuses = status_filter(request.GET.get("status"))
     if statuses:
@@ -109,34 +109,10 @@ def job_list(request: ApiRequest) -> JsonResponse:
     return JsonResponse({"object": "list", "data": data, "has_more": len(found) > limit})
 
 
-MAX_PAGE = 200
-
-
-def _page(limit: str | None, after: str | None) -> tuple[int, int | None] | str:
-    """OpenAI's list paging: `limit` jobs (1–200, default 200) older than job `after`; or what is wrong."""
-
-    def whole(value: str) -> int | None:
-        # isascii: str.isdigit() also takes "²", which int() refuses; 18 digits fit a bigint id.
-        return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
-
-    size = whole(limit) if limit is not None else MAX_PAGE
-    if size is None or not 1 <= size <= MAX_PAGE:
-        return f"limit: must be a whole number from 1 to {MAX_PAGE}."
-    cursor = whole(after) if after is not None else None
-    if after is not None and cursor is None:
-        return "after: must be a job's id (the last `id` of the previous page)."
-    return size, cursor
-
-
 def _create(request: ApiRequest) -> JsonResponse:
-    try:
-        body = json.loads(request.body or b"{}")
-    except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django's HTML 400 otherwise
-        return invalid("The request body is too large.")
-    except ValueError:
-        return invalid("The body must be a JSON object.")
-    if not isinstance(body, dict):
-        return invalid("The body must be a JSON object.")
+    body = json_object(request)
+    if isinstance(body, JsonResponse):
+        return body
     data = _form_data(body)
     if isinstance(data, str):
         return invalid(data)

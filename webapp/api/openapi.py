@@ -809,6 +809,101 @@ def rest_paths() -> dict[str, Any]:
                 ],
             )
         },
+        **webhook_paths(),
+    }
+
+
+def webhook_paths() -> dict[str, Any]:
+    tag = "Webhooks"
+    endpoint_id = path_id("endpoint_id", "webhook endpoint")
+    return {
+        "/api/v1/webhooks": {
+            "get": operation(
+                "listWebhookEndpoints",
+                "The organization's webhook endpoints",
+                tag,
+                ok=("200", list_of(ref("WebhookEndpoint"))),
+            ),
+            "post": operation(
+                "createWebhookEndpoint",
+                "Add an endpoint; the answer holds its signing secret, once",
+                tag,
+                ok=("201", ref("WebhookEndpointWithSecret")),
+                errors=("400", "401"),
+                body=json_body(ref("WebhookEndpointWrite")),
+            ),
+        },
+        "/api/v1/webhooks/{endpoint_id}": {
+            "get": operation(
+                "getWebhookEndpoint",
+                "One endpoint",
+                tag,
+                ok=("200", ref("WebhookEndpoint")),
+                errors=("401", "404"),
+                parameters=[endpoint_id],
+            ),
+            "patch": operation(
+                "changeWebhookEndpoint",
+                "Change its URL, description, events, or enable or disable it",
+                tag,
+                ok=("200", ref("WebhookEndpoint")),
+                errors=("400", "401", "404"),
+                parameters=[endpoint_id],
+                body=json_body({**ref("WebhookEndpointWrite"), "description": "Any of the fields."}),
+            ),
+            "delete": operation(
+                "deleteWebhookEndpoint",
+                "Delete an endpoint and its delivery log",
+                tag,
+                ok=("200", obj({"object": {"const": "webhook_endpoint"}, "id": INTEGER, "deleted": {"const": True}})),
+                errors=("401", "404"),
+                parameters=[endpoint_id],
+            ),
+        },
+        "/api/v1/webhooks/{endpoint_id}/roll-secret": {
+            "post": operation(
+                "rollWebhookSecret",
+                "A new signing secret, in this answer only; the old one stops verifying",
+                tag,
+                ok=("200", ref("WebhookEndpointWithSecret")),
+                errors=("401", "404"),
+                parameters=[endpoint_id],
+            )
+        },
+        "/api/v1/webhooks/{endpoint_id}/test": {
+            "post": operation(
+                "testWebhookEndpoint",
+                "Send a ping event now; its delivery tells the outcome",
+                tag,
+                ok=("202", ref("WebhookDelivery")),
+                errors=("401", "404", "409"),
+                parameters=[endpoint_id],
+            )
+        },
+        "/api/v1/webhooks/{endpoint_id}/deliveries": {
+            "get": operation(
+                "listWebhookDeliveries",
+                "The endpoint's deliveries, newest first",
+                tag,
+                ok=("200", paged_list_of(ref("WebhookDelivery"))),
+                errors=("400", "401", "404"),
+                parameters=[
+                    endpoint_id,
+                    query("limit", {**INTEGER, "minimum": 1, "maximum": 200, "default": 200}, "Deliveries per page."),
+                    query("after", INTEGER, "The next page: the last `id` of the previous one (while `has_more`)."),
+                ],
+            )
+        },
+        "/api/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver": {
+            "post": operation(
+                "redeliverWebhook",
+                "Send a delivered or failed event again, with the same webhook_id",
+                tag,
+                ok=("202", ref("WebhookDelivery")),
+                errors=("401", "404", "409"),
+                parameters=[endpoint_id, path_id("delivery_id", "delivery")],
+            )
+        },
     }
 
 
@@ -889,7 +984,49 @@ JOB_EVENTS = {
 
 def webhook_schemas() -> dict[str, Schema]:
     timestamp = {**STRING, "format": "date-time", "description": "When the event happened (UTC)."}
+    event_types = enum([*JOB_EVENTS, "ping"])
+    endpoint_fields: dict[str, Schema] = {
+        "object": {"const": "webhook_endpoint"},
+        "id": INTEGER,
+        "url": {**STRING, "format": "uri", "description": "Where the events are POSTed."},
+        "description": STRING,
+        "events": {"type": "array", "items": enum(JOB_EVENTS), "description": "The events it receives."},
+        "enabled": {**BOOLEAN, "description": "A disabled endpoint receives nothing."},
+        "created_at": UNIX_TIME,
+    }
+    secret = {
+        **STRING,
+        "description": "The signing secret (`whsec_…`): in the answer of a create or a roll only, never again.",
+    }
     return {
+        "WebhookEndpoint": obj(endpoint_fields),
+        "WebhookEndpointWithSecret": obj({**endpoint_fields, "secret": secret}),
+        "WebhookEndpointWrite": obj(
+            {
+                "url": {**STRING, "format": "uri", "description": "An http(s) URL the server may reach."},
+                "description": STRING,
+                "events": {"type": "array", "items": enum(JOB_EVENTS), "minItems": 1},
+                "enabled": BOOLEAN,
+            },
+            optional=("description", "enabled"),
+            description="A new endpoint; a change (PATCH) gives any of these fields and keeps the others.",
+        ),
+        "WebhookDelivery": obj(
+            {
+                "object": {"const": "webhook_delivery"},
+                "id": INTEGER,
+                "endpoint": INTEGER,
+                "webhook_id": {**STRING, "description": "The `webhook-id` header: the same on every attempt."},
+                "type": event_types,
+                "status": enum(["pending", "succeeded", "failed"]),
+                "attempts": INTEGER,
+                "max_attempts": INTEGER,
+                "response_status": {**nullable(INTEGER), "description": "The receiver's last HTTP status."},
+                "error": {**nullable(STRING), "description": "Why the last attempt failed."},
+                "next_attempt_at": {**nullable(UNIX_TIME), "description": "While pending: when it is tried."},
+                "created_at": UNIX_TIME,
+            }
+        ),
         "JobEvent": obj(
             {"type": enum(list(JOB_EVENTS)), "timestamp": timestamp, "data": ref("Job")},
             description="A job ended: the job as `GET /api/v1/jobs/{id}` gives it (without its details).",

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webapp.api import corpora, experts, jobs, openapi, views
+from webapp.api import corpora, experts, jobs, openapi, views, webhooks
 
 app_name = "api"
 urlpatterns = [
@@ -24,4 +24,14 @@ urlpatterns = [
     path("experts", experts.expert_list, name="experts"),
     path("experts/<int:expert_id>", experts.expert_detail, name="expert"),
     path("experts/<int:expert_id>/download", experts.expert_download, name="expert-download"),
+    path("webhooks", webhooks.endpoint_list, name="webhooks"),
+    path("webhooks/<int:endpoint_id>", webhooks.endpoint_detail, name="webhook"),
+    path("webhooks/<int:endpoint_id>/roll-secret", webhooks.endpoint_roll_secret, name="webhook-roll-secret"),
+    path("webhooks/<int:endpoint_id>/test", webhooks.endpoint_test, name="webhook-test"),
+    path("webhooks/<int:endpoint_id>/deliveries", webhooks.delivery_list, name="webhook-deliveries"),
+    path(
+        "webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>/redeliver",
+        webhooks.delivery_redeliver,
+        name="webhook-redeliver",
+    ),
 ]

@@ -89,19 +89,24 @@ def emit(
     return deliveries
 
 
-def send_test_event(endpoint: WebhookEndpoint, actor: Any) -> WebhookDelivery:
-    """A `ping` to one endpoint, from its page: the way to check the receiver and its signature check."""
-    data = {
-        "object": "ping",
-        "endpoint": endpoint.pk,
-        "organization": endpoint.organization.slug,
-        "sent_by": actor.get_username(),
-    }
+class WebhookError(Exception):
+    """A request the endpoint's state refuses (disabled, or the delivery still being tried); the message says so."""
+
+
+def send_test_event(endpoint: WebhookEndpoint, sent_by: str) -> WebhookDelivery:
+    """A `ping` to one endpoint, from its page or the API: the way to check the receiver and its signature check."""
+    if not endpoint.is_active:
+        raise WebhookError("The endpoint is disabled: enable it to send it events.")
+    data = {"object": "ping", "endpoint": endpoint.pk, "organization": endpoint.organization.slug, "sent_by": sent_by}
     return emit(endpoint.organization, EventType.PING, data, only=endpoint)[0]
 
 
 def redeliver(delivery: WebhookDelivery) -> WebhookDelivery:
     """The same event again, as a new delivery with the same `webhook-id` (a receiver that got it dedupes)."""
+    if not delivery.endpoint.is_active:
+        raise WebhookError("The endpoint is disabled: enable it to redeliver.")
+    if delivery.status == WebhookDelivery.Status.PENDING:
+        raise WebhookError("This delivery is still being tried.")
     now = timezone.now()
     copy = WebhookDelivery.objects.create(
         organization=delivery.organization,

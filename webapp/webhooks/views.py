@@ -112,10 +112,11 @@ def endpoint_detail(request: OrgRequest, endpoint_id: int) -> HttpResponse:
 @require_POST
 def send_test(request: OrgRequest, endpoint_id: int) -> HttpResponse:
     endpoint = _endpoint(request, endpoint_id)
-    if not endpoint.is_active:
-        messages.error(request, "The endpoint is disabled: enable it to send it events.")
+    try:
+        services.send_test_event(endpoint, request.user.get_username())
+    except services.WebhookError as error:
+        messages.error(request, str(error))
     else:
-        services.send_test_event(endpoint, request.user)
         messages.success(request, "Sent a test event (ping). Its outcome appears below in a few seconds.")
     return redirect("webhooks:detail", endpoint.pk)
 
@@ -176,11 +177,10 @@ def delivery_detail(request: OrgRequest, endpoint_id: int, delivery_id: int) -> 
 @require_POST
 def redeliver(request: OrgRequest, endpoint_id: int, delivery_id: int) -> HttpResponse:
     delivery = _delivery(request, endpoint_id, delivery_id)
-    if not delivery.endpoint.is_active:
-        messages.error(request, "The endpoint is disabled: enable it to redeliver.")
-    elif delivery.status == WebhookDelivery.Status.PENDING:
-        messages.error(request, "This delivery is still being tried.")
-    else:
+    try:
         services.redeliver(delivery)
+    except services.WebhookError as error:
+        messages.error(request, str(error))
+    else:
         messages.success(request, f"Sent {delivery.event_type} again, with the same webhook-id.")
     return redirect("webhooks:detail", endpoint_id)

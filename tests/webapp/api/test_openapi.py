@@ -19,7 +19,10 @@ from tests.webapp.jobs.conftest import make_corpus, make_job
 from webapp.corpora.models import CorpusFile
 from webapp.experts import services as expert_services
 from webapp.jobs.models import JobStatus
+from webapp.jobs.presenters import job_json
 from webapp.tenants.models import ApiToken
+from webapp.webhooks import services as webhook_services
+from webapp.webhooks.models import WebhookEndpoint
 
 API_NAMESPACES = {"api": "/api/v1/", "openai": "/v1/"}
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -77,7 +80,7 @@ def test_it_reads_the_job_options_off_the_job_form(db: None) -> None:
 
 
 @pytest.fixture
-def world(cast: Cast, settings: Any, tmp_path: Path) -> dict[str, Any]:
+def world(cast: Cast, settings: Any, tmp_path: Path, public_dns: None) -> dict[str, Any]:
     """One of each object for org A (and a shared expert of org B), and A's token."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.STORAGE_BACKEND = "filesystem"
@@ -94,6 +97,10 @@ def world(cast: Cast, settings: Any, tmp_path: Path) -> dict[str, Any]:
     theirs = make_expert(cast.other_org, "Travel rules")
     expert_services.publish(theirs, user=cast.outsider)
     token, plaintext = ApiToken.issue(organization=cast.org, name="A", created_by=cast.owner)
+    hook, _ = WebhookEndpoint.create(
+        organization=cast.org, url="https://ci.example.com/h", description="", events=["job.failed"], created_by=None
+    )
+    delivery = webhook_services.emit(cast.org, "job.failed", job_json(job))[0]
     return {
         "ids": {
             "corpus_id": corpus.pk,
@@ -103,6 +110,8 @@ def world(cast: Cast, settings: Any, tmp_path: Path) -> dict[str, Any]:
             "expert_id": expert.pk,
             "token_id": token.pk,
             "model": expert.slug,
+            "endpoint_id": hook.pk,
+            "delivery_id": delivery.pk,
         },
         "theirs": theirs,
         "client": Client(headers={"Authorization": f"Bearer {plaintext}"}),
@@ -156,6 +165,14 @@ def test_changes_and_refusals_answer_what_the_document_says(world: dict[str, Any
         ("post", "/api/v1/jobs/{job_id}/cancel", None, 409),
         ("patch", "/api/v1/experts/{expert_id}", {"status": "disabled", "active_version": 1}, 200),
         ("patch", "/api/v1/experts/{expert_id}", {"status": "paused"}, 400),
+        ("post", "/api/v1/webhooks", {"url": "https://deploy.example.com/h", "events": ["job.succeeded"]}, 201),
+        ("post", "/api/v1/webhooks", {"url": "ftp://deploy.example.com/h", "events": ["job.succeeded"]}, 400),
+        ("post", "/api/v1/webhooks/{endpoint_id}/roll-secret", None, 200),
+        ("post", "/api/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver", None, 409),  # still pending
+        ("post", "/api/v1/webhooks/{endpoint_id}/test", None, 202),
+        ("patch", "/api/v1/webhooks/{endpoint_id}", {"enabled": False}, 200),
+        ("post", "/api/v1/webhooks/{endpoint_id}/test", None, 409),
+        ("delete", "/api/v1/webhooks/{endpoint_id}", None, 200),
         ("post", "/v1/chat/completions", {"model": "moe"}, 400),
         ("post", "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "Hi"}]}, 404),
         ("post", "/v1/chat/completions", {"model": "base", "messages": [{"role": "user", "content": "Hi"}]}, 503),

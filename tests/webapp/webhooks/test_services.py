@@ -192,6 +192,7 @@ def test_a_redelivery_is_a_new_delivery_with_the_same_webhook_id(cast: Cast, rec
     endpoint(cast.org, receiver.url)
     [first] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 7})
     services.attempt(first.pk)
+    first.refresh_from_db()
 
     again = services.redeliver(first)
     services.attempt(again.pk)
@@ -202,11 +203,27 @@ def test_a_redelivery_is_a_new_delivery_with_the_same_webhook_id(cast: Cast, rec
     assert WebhookDelivery.objects.get(pk=again.pk).status == WebhookDelivery.Status.SUCCEEDED
 
 
+def test_it_refuses_to_redeliver_while_pending_or_disabled(cast: Cast) -> None:
+    hook = endpoint(cast.org, "https://a.example.com/hook")
+    [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 7})
+    with pytest.raises(services.WebhookError, match="still being tried"):
+        services.redeliver(delivery)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=WebhookDelivery.Status.FAILED)
+    hook.is_active = False
+    hook.save()
+    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery.pk)
+    with pytest.raises(services.WebhookError, match="disabled"):
+        services.redeliver(delivery)
+    with pytest.raises(services.WebhookError, match="disabled"):
+        services.send_test_event(hook, "olivia")
+    assert WebhookDelivery.objects.count() == 1
+
+
 def test_a_ping_goes_to_its_endpoint_whatever_it_subscribes_to(cast: Cast) -> None:
     hook = endpoint(cast.org, "https://a.example.com/hook", events=[])
     other = endpoint(cast.org, "https://b.example.com/hook")
 
-    delivery = services.send_test_event(hook, cast.owner)
+    delivery = services.send_test_event(hook, cast.owner.get_username())
 
     assert delivery.endpoint == hook
     assert delivery.event_type == "ping"
