@@ -245,11 +245,11 @@ def test_it_walks_the_journey_in_a_browser(
     )
     expect(panel.locator(".loss-curve figcaption")).to_contain_text("Training loss")
     alice.shot(7, "job-succeeded")
-    # The CI heard of it too: a signed job.succeeded naming the expert's model for the chat API.
-    job_request = receiver.wait_for(2)[1]
-    job_event = Webhook(secret).verify(job_request.body, job_request.headers)
-    assert job_event["type"] == "job.succeeded"
-    assert job_event["data"]["expert"]["model"] == "it-handbook"
+    # The CI heard of both ends, signed: the corpus was ready, then the job succeeded, naming the expert's model.
+    events = [Webhook(secret).verify(request.body, request.headers) for request in receiver.wait_for(3)]
+    assert [event["type"] for event in events] == ["ping", "corpus.ready", "job.succeeded"]
+    assert events[1]["data"]["corpus"]["name"] == "IT handbook"
+    assert events[2]["data"]["expert"]["model"] == "it-handbook"
 
     # 5. The job's expert is in the organization's mixture, next to the toy cooking expert.
     register_cooking_expert("Acme IT", expert_dirs, engine_service)

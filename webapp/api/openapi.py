@@ -975,6 +975,10 @@ def with_token_refusals(paths: dict[str, Any], statuses: tuple[str, ...]) -> dic
 
 # ---------------------------------------------------------------- webhooks (requests Distillery sends)
 
+CORPUS_EVENTS = {
+    "corpus.ready": "An ingest made a new version of a corpus: a job can distil it now.",
+    "corpus.failed": "An ingest failed: `data.version.error` says why, and each file's verdict is listed.",
+}
 JOB_EVENTS = {
     "job.succeeded": "A job finished and registered its expert: `data.expert.model` is the name the chat API takes.",
     "job.failed": "A job failed: `data.error` says why. It can be retried (POST /api/v1/jobs/{id}/retry).",
@@ -984,13 +988,14 @@ JOB_EVENTS = {
 
 def webhook_schemas() -> dict[str, Schema]:
     timestamp = {**STRING, "format": "date-time", "description": "When the event happened (UTC)."}
-    event_types = enum([*JOB_EVENTS, "ping"])
+    subscribable = enum([*CORPUS_EVENTS, *JOB_EVENTS])
+    event_types = enum([*CORPUS_EVENTS, *JOB_EVENTS, "ping"])
     endpoint_fields: dict[str, Schema] = {
         "object": {"const": "webhook_endpoint"},
         "id": INTEGER,
         "url": {**STRING, "format": "uri", "description": "Where the events are POSTed."},
         "description": STRING,
-        "events": {"type": "array", "items": enum(JOB_EVENTS), "description": "The events it receives."},
+        "events": {"type": "array", "items": subscribable, "description": "The events it receives."},
         "enabled": {**BOOLEAN, "description": "A disabled endpoint receives nothing."},
         "created_at": UNIX_TIME,
     }
@@ -1005,7 +1010,7 @@ def webhook_schemas() -> dict[str, Schema]:
             {
                 "url": {**STRING, "format": "uri", "description": "An http(s) URL the server may reach."},
                 "description": STRING,
-                "events": {"type": "array", "items": enum(JOB_EVENTS), "minItems": 1},
+                "events": {"type": "array", "items": subscribable, "minItems": 1},
                 "enabled": BOOLEAN,
             },
             optional=("description", "enabled"),
@@ -1026,6 +1031,20 @@ def webhook_schemas() -> dict[str, Schema]:
                 "next_attempt_at": {**nullable(UNIX_TIME), "description": "While pending: when it is tried."},
                 "created_at": UNIX_TIME,
             }
+        ),
+        "CorpusEvent": obj(
+            {
+                "type": enum(list(CORPUS_EVENTS)),
+                "timestamp": timestamp,
+                "data": obj(
+                    {
+                        "corpus": obj({"id": INTEGER, "name": STRING}),
+                        "version": ref("CorpusVersion"),
+                    }
+                ),
+            },
+            description="An ingest ended: the corpus, and the version as `GET /api/v1/corpora/{id}/versions/{n}` "
+            "gives it.",
         ),
         "JobEvent": obj(
             {"type": enum(list(JOB_EVENTS)), "timestamp": timestamp, "data": ref("Job")},
@@ -1079,7 +1098,8 @@ def webhooks() -> dict[str, Any]:
             }
         }
 
-    events = {name: event(name, summary, "JobEvent") for name, summary in JOB_EVENTS.items()}
+    events = {name: event(name, summary, "CorpusEvent") for name, summary in CORPUS_EVENTS.items()}
+    events.update({name: event(name, summary, "JobEvent") for name, summary in JOB_EVENTS.items()})
     events["ping"] = event("ping", "A test event, sent from the endpoint's page.", "PingEvent")
     return events
 

@@ -23,6 +23,8 @@ from webapp.tenants.models import Organization, TenantOwnedModel
 
 
 class EventType(models.TextChoices):
+    CORPUS_READY = "corpus.ready", "corpus.ready: an ingest made a new version of a corpus, ready to distil"
+    CORPUS_FAILED = "corpus.failed", "corpus.failed: an ingest failed"
     JOB_SUCCEEDED = "job.succeeded", "job.succeeded: a distillation job finished and registered its expert"
     JOB_FAILED = "job.failed", "job.failed: a distillation job failed"
     JOB_CANCELLED = "job.cancelled", "job.cancelled: a distillation job was cancelled"
@@ -30,7 +32,13 @@ class EventType(models.TextChoices):
     PING = "ping", "ping: a test event"
 
 
-SUBSCRIBABLE_EVENTS = [EventType.JOB_SUCCEEDED, EventType.JOB_FAILED, EventType.JOB_CANCELLED]
+SUBSCRIBABLE_EVENTS = [
+    EventType.CORPUS_READY,
+    EventType.CORPUS_FAILED,
+    EventType.JOB_SUCCEEDED,
+    EventType.JOB_FAILED,
+    EventType.JOB_CANCELLED,
+]
 
 
 def new_secret() -> str:

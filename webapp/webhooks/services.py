@@ -160,3 +160,18 @@ def job_ended(job: Any) -> list[WebhookDelivery]:
     if event_type not in EventType.values:
         return []
     return emit(job.organization, event_type, job_json(job))
+
+
+def corpus_ingested(version: Any) -> list[WebhookDelivery]:
+    """`corpus.ready` or `corpus.failed` with the corpus and the version as the corpora API gives it."""
+    from webapp.corpora.presenters import version_json
+
+    event_type = {"ready": EventType.CORPUS_READY, "failed": EventType.CORPUS_FAILED}.get(version.status)
+    if event_type is None:
+        return []
+    corpus = version.corpus
+    data = {
+        "corpus": {"id": corpus.pk, "name": corpus.name},
+        "version": {"object": "corpus.version", **version_json(version)},
+    }
+    return emit(corpus.organization, event_type, data)

@@ -32,6 +32,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from webapp.corpora.models import Chunk, Corpus, CorpusVersion, Document, Example, VersionFile
+from webapp.webhooks import services as webhooks
 from workers.ml.ingest import (
     ChunkingConfig,
     ExtractOptions,
@@ -313,6 +314,8 @@ def _finish(version: CorpusVersion, attempt: int, status: str, *, error: str = "
         if newest == version.pk:
             corpus.status = Corpus.Status.READY if status == CorpusVersion.Status.READY else Corpus.Status.FAILED
         corpus.save(update_fields=["current_version", "status", "updated_at"])
+        # corpus.ready / corpus.failed to the org's webhooks, sent once this commits.
+        webhooks.corpus_ingested(CorpusVersion.objects.select_related("corpus__organization").get(pk=version.pk))
 
 
 @shared_task(name="distillery.ingest.sweep", time_limit=120, expires=60)

@@ -14,10 +14,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.conftest import worker_on_test_database
+from tests.webapp.api.openapi_schema import assert_matches
 from tests.webapp.conftest import Cast
 from tests.workers.ml.ingest.files import pdf_bytes, zip_bytes
 from webapp.corpora import services
 from webapp.corpora.models import Chunk, Corpus, CorpusFile, CorpusVersion, Document, Example, VersionFile
+from webapp.webhooks.models import WebhookEndpoint
 from workers.tasks.ingest import LostClaim, ingest_corpus_version, run_ingest
 
 PARAGRAPH = (
@@ -208,6 +210,39 @@ def test_it_fails_the_version_with_a_message_when_no_file_gives_text(
     assert version.error == "No file gave any usable text: see each file's verdict."
     assert corpus.status == Corpus.Status.FAILED
     assert corpus.current_version is None
+
+
+def test_it_tells_the_orgs_webhooks_when_an_ingest_ends(
+    cast: Cast, corpus: Corpus, public_dns: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    hook, _ = WebhookEndpoint.create(
+        organization=cast.org, url="https://ci.example.com/h", description="", events=["corpus.ready"], created_by=None
+    )
+    add(corpus, "leave.md", document("Leave"))
+    version = queue_ingest(corpus, django_capture_on_commit_callbacks)
+
+    with django_capture_on_commit_callbacks(execute=False) as sent:  # the deliveries go out once this commits
+        ingest_corpus_version(version.pk)
+
+    [delivery] = hook.deliveries.all()
+    assert len(sent) == 1
+    assert delivery.event_type == "corpus.ready"
+    assert delivery.payload["data"]["corpus"] == {"id": corpus.pk, "name": "Handbook"}
+    assert delivery.payload["data"]["version"]["status"] == "ready"
+    assert delivery.payload["data"]["version"]["files"][0]["verdict"] == "ok"
+    assert_matches({"$ref": "#/components/schemas/CorpusEvent"}, delivery.payload)
+
+    hook.events = ["corpus.failed"]
+    hook.save()
+    add(corpus, "scan.pdf", pdf_bytes([None]))
+    CorpusFile.objects.filter(corpus=corpus, name="leave.md").delete()
+    failed = queue_ingest(corpus, django_capture_on_commit_callbacks)
+    ingest_corpus_version(failed.pk)
+
+    event = hook.deliveries.get(event_type="corpus.failed").payload
+    assert event["data"]["version"]["error"] == "No file gave any usable text: see each file's verdict."
+    assert event["data"]["version"]["number"] == 2
+    assert_matches({"$ref": "#/components/schemas/CorpusEvent"}, event)
 
 
 def test_it_keeps_repeated_documents_and_chunks_once(corpus: Corpus, django_capture_on_commit_callbacks: Any) -> None:
