@@ -257,6 +257,8 @@ WEBHOOK_RETRY_DELAYS_SECONDS = [
 # Like the teacher endpoints: hosts an org may send webhooks to (empty: any public host), and whether private
 # addresses are allowed (a deployment inside a company network that posts to its own CI, say).
 WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
+# Days a finished delivery stays in an endpoint's log (beat's sweep forgets older ones).
+WEBHOOK_LOG_RETENTION_DAYS = env.int("WEBHOOK_LOG_RETENTION_DAYS", default=30)
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
 
 # ------------------------------------------------------------------ auth

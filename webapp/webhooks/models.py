@@ -133,6 +133,12 @@ class WebhookDelivery(TenantOwnedModel):
         return cls.objects.filter(status=cls.Status.PENDING, next_attempt_at__lte=timezone.now())
 
     @classmethod
+    def expired(cls) -> models.QuerySet[WebhookDelivery]:
+        """Finished deliveries past the log's retention (pending ones are kept whatever their age)."""
+        cutoff = timezone.now() - timedelta(days=settings.WEBHOOK_LOG_RETENTION_DAYS)
+        return cls.objects.exclude(status=cls.Status.PENDING).filter(created_at__lt=cutoff)
+
+    @classmethod
     def claim(cls, delivery_id: int, lease: timedelta) -> WebhookDelivery | None:
         """Take a due delivery for one attempt (one conditional UPDATE), or None when it is not due or taken."""
         now = timezone.now()

@@ -24,8 +24,10 @@ def deliver_webhook(delivery_id: int) -> str:
 
 @shared_task(name="distillery.webhooks.sweep", time_limit=60, expires=30, ignore_result=True)
 def sweep_webhooks() -> int:
-    """Beat, every 30 s: send the deliveries that are due (first attempts whose message was lost, retries)."""
+    """Beat, every 30 s: send the deliveries that are due (first attempts whose message was lost, retries), and
+    forget finished ones older than WEBHOOK_LOG_RETENTION_DAYS, so the log does not grow without end."""
     due = list(WebhookDelivery.due().order_by("next_attempt_at").values_list("pk", flat=True)[:SWEEP_BATCH])
     for delivery_id in due:
         deliver_webhook.delay(delivery_id)
+    WebhookDelivery.expired().delete()
     return len(due)

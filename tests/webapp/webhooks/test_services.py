@@ -238,7 +238,7 @@ def test_a_ping_goes_to_its_endpoint_whatever_it_subscribes_to(cast: Cast) -> No
 
 
 @pytest.mark.usefixtures("private_webhooks")
-def test_the_sweep_sends_the_due_deliveries_only(
+def test_the_sweep_sends_the_due_deliveries_and_forgets_old_finished_ones(
     cast: Cast, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     endpoint(cast.org, receiver.url)
@@ -248,8 +248,19 @@ def test_the_sweep_sends_the_due_deliveries_only(
     # The sweep's messages run here, in this process, instead of on a worker.
     monkeypatch.setattr(tasks.deliver_webhook, "delay", lambda delivery_id: tasks.deliver_webhook.apply((delivery_id,)))
 
+    old = services.emit(cast.org, EventType.JOB_FAILED, {"id": 3})[0]
+    stuck = services.emit(cast.org, EventType.JOB_FAILED, {"id": 4})[0]
+    long_ago = timezone.now() - timedelta(days=31)
+    WebhookDelivery.objects.filter(pk=old.pk).update(status="failed", created_at=long_ago, next_attempt_at=None)
+    WebhookDelivery.objects.filter(pk=stuck.pk).update(
+        created_at=long_ago, next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
+
     assert tasks.sweep_webhooks() == 1
 
     assert WebhookDelivery.objects.get(pk=due.pk).status == WebhookDelivery.Status.SUCCEEDED
     assert WebhookDelivery.objects.get(pk=later.pk).attempts == 0
     assert [json.loads(r.body)["type"] for r in receiver.requests] == ["job.succeeded"]
+    # A finished delivery past the log's 30 days is forgotten; a pending one is kept, whatever its age.
+    assert not WebhookDelivery.objects.filter(pk=old.pk).exists()
+    assert WebhookDelivery.objects.filter(pk=stuck.pk).exists()
