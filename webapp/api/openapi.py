@@ -19,6 +19,7 @@ from django import forms
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from webapp.api.params import MAX_PAGE
 from webapp.corpora.models import Corpus, CorpusFile, CorpusVersion
 from webapp.experts.models import Expert
 from webapp.jobs.forms import DEFAULT_OPTIONS, EVAL_SET_MAX_LINES, JobForm
@@ -529,6 +530,14 @@ def query(name: str, schema: Schema, description: str) -> Schema:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def paging(what: str) -> list[Schema]:
+    """OpenAI's list paging (webapp/api/params.page): `limit` per page, then `after` the last id."""
+    return [
+        query("limit", {**INTEGER, "minimum": 1, "maximum": MAX_PAGE, "default": MAX_PAGE}, f"{what} per page."),
+        query("after", INTEGER, "The next page: the last `id` of the previous one (while `has_more`)."),
+    ]
+
+
 def json_body(schema: Schema, required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": json_content(schema)}
 
@@ -708,8 +717,7 @@ def rest_paths() -> dict[str, Any]:
                 errors=("400", "401"),
                 parameters=[
                     query("status", enum(status_values), "A status, or a group: active, queued, …"),
-                    query("limit", {**INTEGER, "minimum": 1, "maximum": 200, "default": 200}, "Jobs per page."),
-                    query("after", INTEGER, "The next page: the last `id` of the previous one (while `has_more`)."),
+                    *paging("Jobs"),
                 ],
             ),
             "post": operation(
@@ -889,8 +897,7 @@ def webhook_paths() -> dict[str, Any]:
                 errors=("400", "401", "404"),
                 parameters=[
                     endpoint_id,
-                    query("limit", {**INTEGER, "minimum": 1, "maximum": 200, "default": 200}, "Deliveries per page."),
-                    query("after", INTEGER, "The next page: the last `id` of the previous one (while `has_more`)."),
+                    *paging("Deliveries"),
                 ],
             )
         },
