@@ -93,9 +93,6 @@ class WebhookEndpoint(TenantOwnedModel):
     def wants(self, event_type: str) -> bool:
         return self.is_active and (event_type == EventType.PING or event_type in self.events)
 
-    def event_labels(self) -> list[str]:
-        return [event for event in self.events if event in EventType.values]
-
 
 class WebhookDelivery(TenantOwnedModel):
     """One event on its way to one endpoint: the record of every attempt's outcome, and the next one's time."""
