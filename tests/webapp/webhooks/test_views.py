@@ -194,6 +194,16 @@ def test_it_edits_the_url_and_events(cast: Cast, hook: WebhookEndpoint) -> None:
     }
 
 
+def test_it_keeps_the_endpoint_and_shows_why_when_an_edit_is_refused(cast: Cast, hook: WebhookEndpoint) -> None:
+    response = cast.client_for("owner").post(
+        reverse("webhooks:detail", args=[hook.pk]), {"url": "http://10.0.0.8/h", "events": ["job.failed"]}
+    )
+    assert response.status_code == 200
+    assert "10.0.0.8 resolves to the private address 10.0.0.8" in response.content.decode()
+    hook.refresh_from_db()
+    assert (hook.url, hook.events) == (PUBLIC_URL, ["job.succeeded"])
+
+
 def test_it_rolls_the_secret_and_shows_the_new_one_once(cast: Cast, hook: WebhookEndpoint) -> None:
     old = hook.secret
     page = cast.client_for("owner").post(reverse("webhooks:roll-secret", args=[hook.pk])).content.decode()
