@@ -18,13 +18,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from webapp.core.encryption import DecryptionError
 from webapp.core.outbound import OutboundPolicy, url_refusal
 from webapp.tenants.models import Organization
 from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
-from webapp.webhooks.sender import send
+from webapp.webhooks.sender import SendOutcome, send
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ def attempt_lease() -> timedelta:
 
 def attempt(delivery_id: int) -> WebhookDelivery | None:
     """One attempt at a due delivery; None when it is not due (delivered, scheduled later, or another worker's)."""
-    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
     delivery = WebhookDelivery.claim(delivery_id, lease=attempt_lease())
     if delivery is None:
         return None
@@ -136,20 +136,43 @@ def attempt(delivery_id: int) -> WebhookDelivery | None:
     if not endpoint.is_active:
         delivery.give_up("The endpoint was disabled before this delivery was sent.")
         return delivery
-    refusal = check_url(endpoint.url)
-    if refusal:
-        delivery.record_attempt(ok=False, status_code=None, error=refusal, excerpt="")
-        return delivery
-    try:
-        secret = endpoint.secret
-    except DecryptionError as error:  # keys changed without rotation: say so in the log, do not crash the task
-        delivery.record_attempt(ok=False, status_code=None, error=f"Not signed: {error}", excerpt="")
-        return delivery
-    outcome = send(endpoint.url, secret, delivery.message_id, _body(delivery), timeout)
+    outcome = _send(delivery)
     delivery.record_attempt(
         ok=outcome.ok, status_code=outcome.status_code, error=outcome.error, excerpt=outcome.excerpt
     )
+    if delivery.status == WebhookDelivery.Status.FAILED:
+        _notify_failure(delivery)
     return delivery
+
+
+def _send(delivery: WebhookDelivery) -> SendOutcome:
+    """The attempt itself, or why it could not be made (a refused URL, a secret no key decrypts)."""
+    endpoint = delivery.endpoint
+    refusal = check_url(endpoint.url)
+    if refusal:
+        return SendOutcome(False, None, refusal, "")
+    try:
+        secret = endpoint.secret
+    except DecryptionError as error:  # keys changed without rotation: say so in the log, do not crash the task
+        return SendOutcome(False, None, f"Not signed: {error}", "")
+    return send(endpoint.url, secret, delivery.message_id, _body(delivery), settings.WEBHOOK_TIMEOUT_SECONDS)
+
+
+def _notify_failure(delivery: WebhookDelivery) -> None:
+    """A delivery that spent every retry tells whoever added the endpoint, in the app: nothing else would."""
+    from webapp.jobs.models import Notification
+
+    endpoint = delivery.endpoint
+    creator = endpoint.created_by
+    if creator is None or endpoint.organization.role_of(creator) is None:
+        return
+    Notification.objects.create(
+        organization=endpoint.organization,
+        recipient=creator,
+        message=f"Webhook {delivery.event_type} to {endpoint.url} failed after {delivery.attempts} attempts: "
+        f"{delivery.last_error}"[:300],
+        url=reverse("webhooks:delivery", args=[endpoint.pk, delivery.pk]),
+    )
 
 
 def job_ended(job: Any) -> list[WebhookDelivery]:

@@ -15,8 +15,8 @@ from tests.webapp.conftest import Cast
 from tests.webapp.jobs.conftest import make_corpus, make_job
 from tests.webapp.webhooks.receiver import Receiver
 from webapp.jobs import services as job_services
-from webapp.jobs.models import JobStatus
-from webapp.tenants.models import Organization
+from webapp.jobs.models import JobStatus, Notification
+from webapp.tenants.models import Membership, Organization
 from webapp.webhooks import services
 from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
 from workers.tasks import webhooks as tasks
@@ -112,7 +112,7 @@ def test_it_delivers_a_signed_event_and_records_the_answer(cast: Cast, receiver:
 def test_it_retries_on_the_schedule_then_fails_for_good(cast: Cast, receiver: Receiver, settings: Any) -> None:
     settings.WEBHOOK_RETRY_DELAYS_SECONDS = [5, 300]
     receiver.status, receiver.reply = 500, b"database is down"
-    endpoint(cast.org, receiver.url)
+    endpoint(cast.org, receiver.url, created_by=cast.admin)
     [delivery] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
 
     before = timezone.now()
@@ -134,6 +134,24 @@ def test_it_retries_on_the_schedule_then_fails_for_good(cast: Cast, receiver: Re
     assert delivery.next_attempt_at is None
     assert delivery.max_attempts == 3
     assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery.message_id] * 3
+    # Whoever added the endpoint hears of it in the app (once, at the end), with a link to the delivery.
+    [note] = Notification.objects.filter(recipient=cast.admin)
+    assert note.message.startswith(f"Webhook job.failed to {receiver.url} failed after 3 attempts: Answered HTTP 500")
+    assert note.url == f"/org/webhooks/{delivery.endpoint_id}/deliveries/{delivery.pk}/"
+
+
+@pytest.mark.usefixtures("private_webhooks")
+def test_it_tells_no_one_who_has_left_the_org(cast: Cast, receiver: Receiver, settings: Any) -> None:
+    settings.WEBHOOK_RETRY_DELAYS_SECONDS = []  # one attempt, then failed
+    receiver.status = 410
+    endpoint(cast.org, receiver.url, created_by=cast.member)
+    Membership.objects.filter(organization=cast.org, user=cast.member).delete()
+    [delivery] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
+
+    services.attempt(delivery.pk)
+
+    assert WebhookDelivery.objects.get(pk=delivery.pk).status == WebhookDelivery.Status.FAILED
+    assert not Notification.objects.exists()
 
 
 @pytest.mark.usefixtures("private_webhooks")
