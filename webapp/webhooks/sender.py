@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,14 +34,38 @@ def signed_headers(secret: str, message_id: str, body: str, now: datetime | None
     }
 
 
-def send(url: str, secret: str, message_id: str, body: str, timeout_s: float) -> SendOutcome:
-    """POST `body` to `url`, signed; any 2xx is delivered. Redirects are not followed: one may lead off the
-    checked host, and a receiver that moved should be given its new URL."""
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """`url` with its host replaced by `address`, and the Host header and TLS server name that keep it the same
+    request to the same site: (url, headers, request extensions). The certificate is still checked against the
+    name, so pinning the address weakens nothing."""
+    parts = httpx.URL(url)
+    host_header = parts.host if parts.port is None else f"{parts.host}:{parts.port}"
+    extensions = {"sni_hostname": parts.host} if parts.scheme == "https" else {}
+    return str(parts.copy_with(host=address)), {"host": host_header}, extensions
+
+
+def send(
+    url: str,
+    secret: str,
+    message_id: str,
+    body: str,
+    timeout_s: float,
+    *,
+    address: str | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> SendOutcome:
+    """POST `body` to `url`, signed; any 2xx is delivered. With `address`, connect there instead of resolving the
+    name again (the address the URL check approved). Redirects are not followed: one may lead off the checked
+    host, and a receiver that moved should be given its new URL."""
     headers = signed_headers(secret, message_id, body)
+    extensions: dict[str, str] = {}
+    if address is not None:
+        url, host, extensions = pinned(url, address)
+        headers.update(host)
     try:
         with (
-            httpx.Client(timeout=timeout_s, follow_redirects=False) as client,
-            client.stream("POST", url, content=body.encode(), headers=headers) as response,
+            httpx.Client(timeout=timeout_s, follow_redirects=False, verify=verify) as client,
+            client.stream("POST", url, content=body.encode(), headers=headers, extensions=extensions) as response,
         ):
             excerpt = b""
             for part in response.iter_bytes():

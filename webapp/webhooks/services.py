@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from webapp.core.encryption import DecryptionError
-from webapp.core.outbound import OutboundPolicy, url_refusal
+from webapp.core.outbound import OutboundPolicy, Refusal, allowed_address, url_refusal
 from webapp.tenants.models import Organization
 from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
 from webapp.webhooks.sender import SendOutcome, send
@@ -148,14 +148,15 @@ def attempt(delivery_id: int) -> WebhookDelivery | None:
 def _send(delivery: WebhookDelivery) -> SendOutcome:
     """The attempt itself, or why it could not be made (a refused URL, a secret no key decrypts)."""
     endpoint = delivery.endpoint
-    refusal = check_url(endpoint.url)
-    if refusal:
-        return SendOutcome(False, None, refusal, "")
+    address = allowed_address(endpoint.url, outbound_policy())  # checked again: the name may resolve elsewhere now
+    if isinstance(address, Refusal):
+        return SendOutcome(False, None, address.refusal, "")
     try:
         secret = endpoint.secret
     except DecryptionError as error:  # keys changed without rotation: say so in the log, do not crash the task
         return SendOutcome(False, None, f"Not signed: {error}", "")
-    return send(endpoint.url, secret, delivery.message_id, _body(delivery), settings.WEBHOOK_TIMEOUT_SECONDS)
+    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+    return send(endpoint.url, secret, delivery.message_id, _body(delivery), timeout, address=address)
 
 
 def _notify_failure(delivery: WebhookDelivery) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from openai import OpenAI
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.webapp.webhooks.receiver import Receiver
+from tests.webapp.webhooks.receiver import Receiver, running_receiver, self_signed_tls
 from webapp.webhooks.models import new_secret
 from webapp.webhooks.sender import EXCERPT_BYTES, send
 
@@ -87,3 +88,29 @@ def test_it_reports_a_refused_connection() -> None:
     assert not outcome.ok
     assert outcome.status_code is None
     assert outcome.error.startswith("Could not connect")
+
+
+def test_it_connects_to_the_checked_address_without_resolving_the_name_again(receiver: Receiver) -> None:
+    port = receiver.url.split(":")[2].split("/")[0]
+    unresolvable = f"http://hooks.invalid:{port}/hooks/distillery"  # .invalid never resolves (RFC 6761)
+
+    outcome = send(unresolvable, new_secret(), "msg_1", BODY, timeout_s=5, address="127.0.0.1")
+
+    assert outcome.ok
+    assert receiver.requests[0].headers["host"] == f"hooks.invalid:{port}"
+
+
+def test_it_checks_the_certificate_against_the_name_when_pinned_to_an_address(tmp_path: Path) -> None:
+    server_tls, client_trust = self_signed_tls(tmp_path, "hooks.test")
+    with running_receiver(tls=server_tls, host="hooks.test") as tls_receiver:
+        outcome = send(
+            tls_receiver.url, new_secret(), "msg_1", BODY, timeout_s=5, address="127.0.0.1", verify=client_trust
+        )
+        assert outcome.ok, outcome.error
+        assert tls_receiver.requests[0].headers["host"].startswith("hooks.test:")
+
+        other_name = tls_receiver.url.replace("hooks.test", "other.test")  # the certificate does not hold it
+        refused = send(other_name, new_secret(), "msg_2", BODY, timeout_s=5, address="127.0.0.1", verify=client_trust)
+        assert not refused.ok
+        assert "certificate" in refused.error.lower()
+        assert len(tls_receiver.requests) == 1

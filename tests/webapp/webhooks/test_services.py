@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -189,6 +190,35 @@ def test_it_records_a_secret_it_cannot_decrypt_instead_of_crashing(cast: Cast) -
     assert delivery.attempts == 1
     assert delivery.status == WebhookDelivery.Status.PENDING  # retried: the operator may restore the key
     assert delivery.last_error.startswith("Not signed: A stored secret cannot be decrypted")
+
+
+def test_a_name_that_resolves_elsewhere_after_the_check_does_not_move_the_delivery(
+    cast: Cast, receiver: Receiver, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the check sees an allowed address, a second lookup would give another. Only one is made."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]  # a listed host may be private: the receiver's 127.0.0.1
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    answers = iter(["127.0.0.1", "10.255.255.1"])  # the second would be another machine of the server's network
+    lookups = []
+
+    real = socket.getaddrinfo
+
+    def rebinding_dns(host: str, port_: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.example.com":
+            return real(host, port_, *args, **kwargs)  # an address: itself
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port_))]
+
+    endpoint(cast.org, f"http://hooks.example.com:{port}/hooks/distillery")
+    [delivery] = services.emit(cast.org, EventType.JOB_SUCCEEDED, {"id": 1})
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+
+    services.attempt(delivery.pk)
+
+    after = WebhookDelivery.objects.get(pk=delivery.pk)
+    assert after.status == WebhookDelivery.Status.SUCCEEDED, after.last_error
+    assert lookups == ["hooks.example.com"]
+    assert receiver.requests[0].headers["host"] == f"hooks.example.com:{port}"
 
 
 def test_it_gives_up_on_a_delivery_whose_endpoint_was_disabled(cast: Cast) -> None:
