@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -44,6 +46,17 @@ def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]
     return str(parts.copy_with(host=address)), {"host": host_header}, extensions
 
 
+def through_proxy(url: str) -> bool:
+    """Whether the environment sends `url` through an outbound proxy (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as
+    httpx would. The proxy resolves the name itself, so there is no address to pin; guarding what it reaches is
+    its job (and an address in the tunnel would fail the certificate check)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    return bool(proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass_environment(
+        parts.hostname or ""
+    )
+
+
 def send(
     url: str,
     secret: str,
@@ -59,7 +72,7 @@ def send(
     host, and a receiver that moved should be given its new URL."""
     headers = signed_headers(secret, message_id, body)
     extensions: dict[str, str] = {}
-    if address is not None:
+    if address is not None and not through_proxy(url):
         url, host, extensions = pinned(url, address)
         headers.update(host)
     try:

@@ -114,3 +114,17 @@ def test_it_checks_the_certificate_against_the_name_when_pinned_to_an_address(tm
         assert not refused.ok
         assert "certificate" in refused.error.lower()
         assert len(tls_receiver.requests) == 1
+
+
+def test_behind_an_outbound_proxy_it_leaves_the_name_to_the_proxy(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = receiver.url.split("/hooks")[0]  # the receiver plays the proxy: it records the absolute request URL
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+
+    outcome = send("http://hooks.invalid/h", new_secret(), "msg_1", BODY, timeout_s=5, address="203.0.113.9")
+
+    assert outcome.ok
+    assert receiver.requests[0].path == "http://hooks.invalid/h"  # the name went to the proxy, not the address
