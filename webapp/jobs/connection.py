@@ -55,18 +55,24 @@ def _without(secret: str, text: str) -> str:
 def check_endpoint(teacher: Teacher) -> ConnectionResult:
     """A one-token chat completion with the saved key; the answer or the error, never the key itself."""
     try:
-        services.check_endpoint_url(teacher.base_url)  # again: the name may resolve elsewhere by now
+        address = services.check_endpoint_url(teacher.base_url)  # again: the name may resolve elsewhere by now
     except services.JobError as error:
         return ConnectionResult(False, str(error))
-    from openai import OpenAI, OpenAIError  # only this page needs the client
+    import httpx2
+    from openai import DefaultHttpxClient, OpenAI, OpenAIError  # only this page needs the client
+
+    from workers.ml.pinned_http import pinned_transport
 
     key = teacher.api_key()
+    # To the address just checked, not a new lookup; a transport of httpx2, the openai client's HTTP library.
+    transport = pinned_transport(teacher.base_url, address, http=httpx2)
     client = OpenAI(
         base_url=teacher.base_url,
         # The client refuses an empty key; servers without auth (a local vLLM) ignore this placeholder.
         api_key=key or "none",
         timeout=ENDPOINT_TIMEOUT_S,
         max_retries=0,
+        http_client=None if transport is None else DefaultHttpxClient(transport=transport, follow_redirects=False),
     )
     try:
         response = client.chat.completions.create(

@@ -17,7 +17,7 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from webapp.core.outbound import OutboundPolicy, url_refusal
+from webapp.core.outbound import OutboundPolicy, Refusal, allowed_address
 from webapp.corpora.models import Corpus
 from webapp.jobs.models import ACTIVE_STATUSES, DistillationJob, JobStatus, Notification, Teacher
 from webapp.tenants.models import Organization
@@ -149,9 +149,10 @@ def qa_teacher_advice(teacher: dict[str, Any]) -> str | None:
     )
 
 
-def check_endpoint_url(url: str) -> None:
-    """Refuse endpoints that would make the server probe its own network (SSRF); see the settings."""
-    refusal = url_refusal(
+def check_endpoint_url(url: str) -> str:
+    """Refuse endpoints that would make the server probe its own network (SSRF); see the settings. Returns the
+    checked address, for a client to connect to instead of resolving the name again (workers/ml/pinned_http.py)."""
+    address = allowed_address(
         url,
         OutboundPolicy(
             allow_private=settings.TEACHER_ENDPOINT_ALLOW_PRIVATE,
@@ -161,8 +162,9 @@ def check_endpoint_url(url: str) -> None:
             hosts_setting="TEACHER_ENDPOINT_ALLOWED_HOSTS",
         ),
     )
-    if refusal:
-        raise JobError(refusal)
+    if isinstance(address, Refusal):
+        raise JobError(address.refusal)
+    return address
 
 
 # ---------------------------------------------------------------- estimates and limits

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ssl
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import httpx
 from standardwebhooks.webhooks import Webhook
+
+from workers.ml.pinned_http import pinned_transport
 
 USER_AGENT = "Distillery-Webhooks/1"
 # What is kept of a receiver's answer, for the delivery log: enough to read an error message, never a page.
@@ -36,27 +36,6 @@ def signed_headers(secret: str, message_id: str, body: str, now: datetime | None
     }
 
 
-def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """`url` with its host replaced by `address`, and the Host header and TLS server name that keep it the same
-    request to the same site: (url, headers, request extensions). The certificate is still checked against the
-    name, so pinning the address weakens nothing."""
-    parts = httpx.URL(url)
-    host_header = parts.host if parts.port is None else f"{parts.host}:{parts.port}"
-    extensions = {"sni_hostname": parts.host} if parts.scheme == "https" else {}
-    return str(parts.copy_with(host=address)), {"host": host_header}, extensions
-
-
-def through_proxy(url: str) -> bool:
-    """Whether the environment sends `url` through an outbound proxy (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as
-    httpx would. The proxy resolves the name itself, so there is no address to pin; guarding what it reaches is
-    its job (and an address in the tunnel would fail the certificate check)."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    return bool(proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass_environment(
-        parts.hostname or ""
-    )
-
-
 def send(
     url: str,
     secret: str,
@@ -68,17 +47,14 @@ def send(
     verify: ssl.SSLContext | bool = True,
 ) -> SendOutcome:
     """POST `body` to `url`, signed; any 2xx is delivered. With `address`, connect there instead of resolving the
-    name again (the address the URL check approved). Redirects are not followed: one may lead off the checked
-    host, and a receiver that moved should be given its new URL."""
+    name again (the address the URL check approved; workers/ml/pinned_http.py). Redirects are not followed: one
+    may lead off the checked host, and a receiver that moved should be given its new URL."""
     headers = signed_headers(secret, message_id, body)
-    extensions: dict[str, str] = {}
-    if address is not None and not through_proxy(url):
-        url, host, extensions = pinned(url, address)
-        headers.update(host)
+    transport = pinned_transport(url, address, verify=verify)
     try:
         with (
-            httpx.Client(timeout=timeout_s, follow_redirects=False, verify=verify) as client,
-            client.stream("POST", url, content=body.encode(), headers=headers, extensions=extensions) as response,
+            httpx.Client(timeout=timeout_s, follow_redirects=False, verify=verify, transport=transport) as client,
+            client.stream("POST", url, content=body.encode(), headers=headers) as response,
         ):
             excerpt = b""
             for part in response.iter_bytes():

@@ -190,6 +190,7 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
     """The engine's DistillConfig from the job's validated settings."""
     import torch
 
+    from webapp.jobs.services import JobError, check_endpoint_url
     from workers.ml.distill.config import (
         DistillConfig,
         EndpointTeacherConfig,
@@ -199,6 +200,7 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
         LoraSettings,
         QASettings,
     )
+    from workers.ml.distill.errors import TeacherError
 
     options = job.options
     on_gpu = torch.cuda.is_available()
@@ -212,11 +214,16 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
         if job.spend_cap_usd is not None and price:
             # The money cap as a token cap at the dearer of the two prices, so the cap is never overspent.
             cap = int(Decimal(job.spend_cap_usd) * 1_000_000 / Decimal(str(price)))
+        try:  # checked again at each start: the name may resolve elsewhere since the teacher was saved
+            address = check_endpoint_url(snapshot["base_url"])
+        except JobError as error:
+            raise TeacherError(f"The teacher's endpoint is refused: {error}") from error
         teacher = EndpointTeacherConfig(
             base_url=snapshot["base_url"],
             model=snapshot["model_name"],
             api_key=job.teacher.api_key() if job.teacher else "",
             max_tokens_budget=cap,
+            connect_address=address,  # the checked address: a changed DNS answer cannot move the job's requests
         )
     else:
         teacher = LocalTeacherConfig(spec=snapshot["spec"])

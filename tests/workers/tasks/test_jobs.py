@@ -5,6 +5,7 @@ the fault tier (tests/faults/test_worker_killed.py)."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ import pytest
 from django.utils import timezone
 
 from tests.webapp.conftest import Cast
+from tests.webapp.jobs.conftest import SECRET_KEY, make_endpoint_teacher
 from tests.workers.ml.distill.conftest import toy_documents
 from webapp.corpora.models import Chunk, Corpus, CorpusVersion, Document
 from webapp.jobs import services
 from webapp.jobs.models import DistillationJob, JobStatus, Notification
+from workers.ml.distill.errors import TeacherError
 from workers.tasks import jobs as job_tasks
 from workers.tasks.jobs import JobRunner, LeaseLost, run_job, sweep_jobs
 
@@ -75,6 +78,28 @@ def test_it_hands_the_jobs_qa_options_to_the_engine(cast: Cast, django_capture_o
     assert (config.qa.pairs_per_chunk, config.qa.reward_threshold, config.qa.reasoning) == (4, 2, True)
     plain = new_job(cast, django_capture_on_commit_callbacks)
     assert job_tasks.build_config(plain, job_tasks.job_dirs(plain)).qa.reasoning is False
+
+
+def test_it_checks_an_endpoint_teachers_url_again_and_pins_the_jobs_requests_to_its_address(
+    cast: Cast, settings: Any, public_dns: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.TEACHER_ENDPOINT_ALLOW_PRIVATE = False
+    teacher = make_endpoint_teacher(cast.org, base_url="https://api.example.com/v1")
+    job = new_job(cast, django_capture_on_commit_callbacks)
+    job.recipe = DistillationJob.Recipe.QA
+    job.teacher = teacher
+    job.teacher_snapshot = {"kind": "endpoint", "base_url": teacher.base_url, "model_name": "big-model"}
+
+    config = job_tasks.build_config(job, job_tasks.job_dirs(job))
+
+    assert config.teacher.connect_address == "93.184.216.34"  # what *.example.com resolves to in tests
+    assert config.teacher.api_key == SECRET_KEY
+    # Since the teacher was saved, its name has come to point into the server's own network: the job fails.
+    job.teacher_snapshot = {**job.teacher_snapshot, "base_url": "http://10.0.0.7/v1"}
+    with pytest.raises(
+        TeacherError, match=re.escape("The teacher's endpoint is refused: 10.0.0.7 resolves to the private")
+    ):
+        job_tasks.build_config(job, job_tasks.job_dirs(job))
 
 
 def cancel_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:

@@ -53,6 +53,13 @@ class EndpointTeacherConfig:
         default=None,
         metadata={"help": "Stop sending requests once this many tokens (in + out) were used (a spend cap)."},
     )
+    connect_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "Connect to this IP address instead of resolving base_url's host again: the address a caller's "
+            "SSRF check approved (Host header and TLS name stay the URL's). None resolves as usual."
+        },
+    )
 
     @property
     def label(self) -> str:

@@ -345,6 +345,17 @@ def test_it_says_an_unreachable_endpoint_cannot_be_reached() -> None:
     assert "after 2 attempts; check the URL" in str(raised.value)
 
 
+def test_it_reaches_the_endpoint_at_the_address_it_was_given_without_resolving_the_name(stub: OpenAIStub) -> None:
+    port = stub.base_url.split(":")[2].split("/")[0]
+    base_url = f"http://teacher.invalid:{port}/v1"  # .invalid never resolves (RFC 6761)
+
+    with _endpoint(stub, base_url=base_url, connect_address="127.0.0.1") as teacher:
+        [answer] = teacher.chat(_ask("capital of France"), max_new_tokens=8)
+
+    assert answer == "echo: capital of France"
+    assert stub.requests[0].headers["host"] == f"teacher.invalid:{port}"
+
+
 def test_it_checks_the_connection_with_a_one_token_request(stub: OpenAIStub) -> None:
     with _endpoint(stub) as teacher:
         message = teacher.check_connection()

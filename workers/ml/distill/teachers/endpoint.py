@@ -17,12 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+import httpx2
 import openai
 import torch
 
 from workers.ml.distill.config import EndpointTeacherConfig
 from workers.ml.distill.errors import TeacherError
 from workers.ml.distill.teachers.base import Conversation, Teacher, TeacherBudgetExhausted, TokenUsage
+from workers.ml.pinned_http import pinned_transport
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +93,17 @@ class EndpointTeacher(Teacher):
         self._closed = False
         # Newer OpenAI models refuse `max_tokens`; switched to `max_completion_tokens` when a server says so.
         self._max_tokens_field = "max_tokens"
+        transport = pinned_transport(config.base_url, config.connect_address, http=httpx2)  # the openai client's
         self._client = openai.OpenAI(
             # vLLM without --api-key accepts any key; the client insists on one, so send a placeholder.
             api_key=config.api_key or "EMPTY",
             base_url=config.base_url,
             timeout=config.timeout_s,
             max_retries=0,
+            # Pinned to the checked address, redirects are not followed: one could lead to a host never checked.
+            http_client=None
+            if transport is None
+            else openai.DefaultHttpxClient(transport=transport, follow_redirects=False),
         )
         self._executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="teacher-http")
 
