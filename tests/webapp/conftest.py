@@ -6,6 +6,7 @@ org A: owner, admin, member.  org B: outsider (its owner) — must see none of A
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,3 +72,12 @@ def receiver() -> Iterator[Receiver]:
     """A real HTTP server that receives webhooks (tests/webapp/webhooks/receiver.py)."""
     with running_receiver() as running:
         yield running
+
+
+@pytest.fixture
+def fresh_rate_window() -> None:
+    """The API rate limit counts per calendar minute (one Redis INCR): a test that needs its requests counted
+    together starts with at least 15 s of the minute left, or waits for the next one."""
+    left = 60 - time.time() % 60
+    if left < 15:
+        time.sleep(left + 0.1)

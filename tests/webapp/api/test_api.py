@@ -157,6 +157,7 @@ def test_a_models_only_token_reaches_the_openai_api_and_nothing_else(cast: Cast,
     assert {item["name"]: item["scope"] for item in listed} == {"App": "models", "CI": "full"}
 
 
+@pytest.mark.usefixtures("fresh_rate_window")
 def test_the_rate_limit_counts_every_api_request_of_the_org(
     cast: Cast, tokens: dict[str, tuple[ApiToken, str]], settings: Any
 ) -> None:

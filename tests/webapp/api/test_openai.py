@@ -260,6 +260,7 @@ def test_an_unknown_model_is_404(stack: dict[str, Any]) -> None:
     assert caught.value.body["code"] == "model_not_found"
 
 
+@pytest.mark.usefixtures("fresh_rate_window")
 def test_over_the_rate_limit_is_429_with_retry_after(stack: dict[str, Any], settings: Any) -> None:
     from django.core.cache import cache
 
