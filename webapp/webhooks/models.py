@@ -126,6 +126,20 @@ class WebhookDelivery(TenantOwnedModel):
         return f"{self.event_type} → {self.endpoint_id} ({self.status})"
 
     @classmethod
+    def queued(cls, endpoint: WebhookEndpoint, message_id: str, event_type: str, payload: Any) -> WebhookDelivery:
+        """An unsaved delivery of one event to `endpoint`, due now."""
+        now = timezone.now()
+        return cls(
+            organization_id=endpoint.organization_id,
+            endpoint=endpoint,
+            message_id=message_id,
+            event_type=event_type,
+            payload=payload,
+            next_attempt_at=now,
+            created_at=now,
+        )
+
+    @classmethod
     def due(cls) -> models.QuerySet[WebhookDelivery]:
         return cls.objects.filter(status=cls.Status.PENDING, next_attempt_at__lte=timezone.now())
 

@@ -71,20 +71,11 @@ def emit(
     targets = [endpoint for endpoint in endpoints if endpoint.wants(event_type)]
     if not targets:
         return []
-    now = timezone.now()
-    payload = {"type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data}
+    timestamp = timezone.now().isoformat().replace("+00:00", "Z")
+    payload = {"type": event_type, "timestamp": timestamp, "data": data}
     message_id = f"msg_{uuid.uuid4().hex}"
     deliveries = WebhookDelivery.objects.bulk_create(
-        WebhookDelivery(
-            organization=organization,
-            endpoint=endpoint,
-            message_id=message_id,
-            event_type=event_type,
-            payload=payload,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        for endpoint in targets
+        WebhookDelivery.queued(endpoint, message_id, event_type, payload) for endpoint in targets
     )
     _send_on_commit(deliveries)
     return deliveries
@@ -108,16 +99,8 @@ def redeliver(delivery: WebhookDelivery) -> WebhookDelivery:
         raise WebhookError("The endpoint is disabled: enable it to redeliver.")
     if delivery.status == WebhookDelivery.Status.PENDING:
         raise WebhookError("This delivery is still being tried.")
-    now = timezone.now()
-    copy = WebhookDelivery.objects.create(
-        organization=delivery.organization,
-        endpoint=delivery.endpoint,
-        message_id=delivery.message_id,
-        event_type=delivery.event_type,
-        payload=delivery.payload,
-        next_attempt_at=now,
-        created_at=now,
-    )
+    copy = WebhookDelivery.queued(delivery.endpoint, delivery.message_id, delivery.event_type, delivery.payload)
+    copy.save()
     _send_on_commit([copy])
     return copy
 
