@@ -53,6 +53,7 @@ from peft import get_peft_model
 from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
 from workers.ml.distill.precision import bf16_autocast
+from workers.ml.distill.progress import Progress
 from workers.ml.distill.regional_compile import compiled_layers
 from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, teacher_targets
 from workers.ml.distill.train import DataPlan, train
@@ -187,23 +188,35 @@ def train_once(
     torch.manual_seed(0)
     expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
     n_lora = count(expert, trainable=True)
-    marks: list[float] = []
+    step_marks: list[tuple[float, int]] = []  # (time, step) of each step's report
     run_dir = scratch / f"train-{settings.torch_compile}"
+
+    def on_progress(progress: Progress) -> None:
+        if progress.stage == "training" and not progress.message:  # a step's report, not the start's or a notice
+            step_marks.append((time.perf_counter(), progress.step))
+
     sync(device)
     started = time.perf_counter()
     outcome = train(
         expert, plan, kd_loss(kd, cache=cache), settings, run_dir / "ck", run_dir / "log.jsonl",
-        on_progress=lambda progress: marks.append(time.perf_counter()), should_stop=lambda: False,
+        on_progress=on_progress, should_stop=lambda: False,
     )  # fmt: skip
     sync(device)
     train_s = time.perf_counter() - started
     expert.unload()  # the student's base weights back, for the next run
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    tokens = [entry["tokens"] for entry in log]
-    # Reports arrive a step late on a GPU, so the first mark is the first step done plus the second's launch.
-    steady = (tokens[-1] - tokens[0]) / (marks[-1] - marks[0]) if len(marks) > 1 else float("nan")
+    log = [entry for entry in log if "loss" in entry]  # step lines, not evaluations
+    tokens_at = {entry["step"]: entry["tokens"] for entry in log}
+    # The first step holds compilation (when on). Reports arrive a step late on a GPU, so the second report
+    # also holds the third step's launch: the steady rate runs from the second report to the last.
+    if len(step_marks) > 2:
+        (start_time, start_step), (end_time, end_step) = step_marks[1], step_marks[-1]
+        steady = (tokens_at[end_step] - tokens_at[start_step]) / (end_time - start_time)
+    else:
+        steady = float("nan")
     run = TrainRun(
-        compile=settings.torch_compile, train_s=round(train_s, 2), first_step_s=round(marks[0] - started, 2),
+        compile=settings.torch_compile, train_s=round(train_s, 2),
+        first_step_s=round(step_marks[0][0] - started, 2) if step_marks else float("nan"),
         steady_tokens_per_s=round(steady, 1), first_loss=log[0]["loss"], last_loss=log[-1]["loss"],
     )  # fmt: skip
     return run, outcome.train_tokens, n_lora

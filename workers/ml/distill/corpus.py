@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from workers.ml.ingest.chunking import ChunkingConfig, chunk_documents, drop_duplicate_chunks
-from workers.ml.ingest.extract import ExtractOptions, extract_file
 from workers.ml.ingest.limits import IngestLimits
 from workers.ml.ingest.normalise import normalise_text
+from workers.ml.ingest.options import ExtractOptions
 from workers.ml.ingest.report import FileReport
 from workers.ml.ingest.split import heldout_documents
 
@@ -151,6 +151,10 @@ def read_directory(
        that repeat an earlier chunk exactly (boilerplate).
     4. Hold out whole documents, about `heldout_fraction` of the chunks, deterministically.
     """
+    # Imported here: the document parsers (PDF, Word, HTML) are the CLI's concern, not training's, and a GPU host
+    # that only trains (bench/gpu_distill.py on a lent machine) need not have them installed.
+    from workers.ml.ingest.extract import extract_file
+
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory.")
     options = ExtractOptions(limits=limits or IngestLimits())
