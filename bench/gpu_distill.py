@@ -222,7 +222,7 @@ def train_once(
     return run, outcome.train_tokens, n_lora
 
 
-PROFILE_TOP = 12
+PROFILE_TOP = 20
 
 
 def profile_work(work: Callable[[], object], device: torch.device) -> dict[str, Any]:
@@ -245,7 +245,10 @@ def profile_work(work: Callable[[], object], device: torch.device) -> dict[str, 
         wall = time.perf_counter() - started
     events = profiler.key_averages()
     if cuda:
-        kernels = [event for event in events if event.self_device_time_total > 0]
+        # Kernels only: an aten op's own "device time" repeats its kernels' (the first version summed both).
+        kernels = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA] or [
+            event for event in events if event.self_device_time_total > 0
+        ]
         busy_us = sum(event.self_device_time_total for event in kernels)
         ranked = sorted(kernels, key=lambda event: event.self_device_time_total, reverse=True)
         own_us = [event.self_device_time_total for event in ranked]
