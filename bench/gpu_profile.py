@@ -40,7 +40,7 @@ from peft import get_peft_model
 
 from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
-from workers.ml.distill.losses import _chunk_terms, teacher_topk
+from workers.ml.distill.losses import _chunk_terms, compiled_loss, teacher_topk
 from workers.ml.distill.packing import PackedBatch
 from workers.ml.distill.precision import bf16_autocast
 from workers.ml.distill.regional_compile import compiled_layers
@@ -78,6 +78,13 @@ def two_stage_topk(logits: torch.Tensor, k: int, group: int) -> tuple[torch.Tens
     return values, ids
 
 
+def legacy_teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The product's normaliser until 2026-11-30: an fp32 copy of the logits and a logsumexp over it."""
+    ids = logits.topk(k, dim=-1).indices
+    values = logits.gather(-1, ids).float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    return values, ids
+
+
 def topk_section(logits: torch.Tensor, k: int, device: torch.device) -> list[dict[str, Any]]:
     reference = logits.topk(k, dim=-1).values.float()
     variants: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]]] = {
@@ -85,7 +92,8 @@ def topk_section(logits: torch.Tensor, k: int, device: torch.device) -> list[dic
         "torch.topk sorted=False": lambda: logits.topk(k, dim=-1, sorted=False),
         "two-stage, groups of 2048": lambda: two_stage_topk(logits, k, 2048),
         "two-stage, groups of 8192": lambda: two_stage_topk(logits, k, 8192),
-        "teacher_topk (product: top-k + fp32 normaliser)": lambda: teacher_topk(logits, k)[:2],
+        "teacher_topk (product: top-k + fused log-softmax)": lambda: teacher_topk(logits, k)[:2],
+        "top-k + fp32 copy + logsumexp (before 2026-11-30)": lambda: legacy_teacher_topk(logits, k),
     }
     compiled_topk = torch.compile(teacher_topk, dynamic=False)
     variants["teacher_topk compiled"] = lambda: compiled_topk(logits, k)[:2]
@@ -238,7 +246,7 @@ def train_profile(
             parts = loss_fn(expert, batch)
         parts.total.backward()
 
-    with compiled_layers(expert, compiled):
+    with compiled_layers(expert, compiled), compiled_loss(compiled):
         micro_batch()  # compilation, when on, outside the profile
         return profile_work(micro_batch, device)
 

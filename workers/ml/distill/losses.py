@@ -21,6 +21,9 @@ Two teacher forms:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,37 @@ IGNORE_INDEX = -100
 # a whole micro-batch at once, a CPU machine's RAM is better spent elsewhere.
 CPU_CHUNK_POSITIONS = 2048
 GPU_CHUNK_POSITIONS = 32768
+
+# Whether a GPU's loss runs compiled (see `compiled_loss`), and the compiled chunk function, made once.
+_compile_on_gpu: ContextVar[bool] = ContextVar("compile_loss_on_gpu", default=False)
+_compiled_chunk_terms: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@contextmanager
+def compiled_loss(enabled: bool) -> Iterator[None]:
+    """Inside the block, a loss over CUDA logits runs compiled (a CPU's stays eager).
+
+    Eager, the loss is a chain of passes over the (n, V) logits — log-softmax, gather, and in backward the
+    softmax gradient and the gather's scatter into zeros. Compiled, they fuse: on an H200, forward plus
+    backward over 16k positions of a 152k vocabulary took 12.7 ms instead of 32 ms, for ~4 s of compilation
+    (bench/gpu_profile.py). On a CPU compilation took ~24 s to save ~0.2 s per 1,024 positions, which a CPU
+    run rarely pays back. Training turns this on exactly when it compiles the model's layers.
+    """
+    token = _compile_on_gpu.set(enabled)
+    try:
+        yield
+    finally:
+        _compile_on_gpu.reset(token)
+
+
+def _chunk_function(logits: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    global _compiled_chunk_terms
+    if not (logits.is_cuda and _compile_on_gpu.get()):
+        return _chunk_terms
+    if _compiled_chunk_terms is None:
+        # Static shapes: micro-batches are padded to one shape while compiled (regional_compile.padded_rows).
+        _compiled_chunk_terms = torch.compile(_chunk_terms, dynamic=False)
+    return _compiled_chunk_terms
 
 
 def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -103,9 +137,12 @@ def _chunk_terms(
     One log-softmax over the vocabulary serves both the CE (at τ = 1) and the divergence: it is the only
     full-vocabulary pass of the cached path, which keeps the loss lean.
     """
-    logits = logits.float()  # (n, V)
-    scaled = logits if temperature == 1.0 else logits / temperature
-    student_lp = F.log_softmax(scaled, dim=-1)  # (n, V)
+    if temperature == 1.0:
+        # Straight from bf16 logits to fp32 log-probs in one kernel, with a bf16 gradient: a separate fp32 copy
+        # of the (n, V) logits and its cast back in backward cost a GPU ~7 ms a micro-batch of 16k positions.
+        student_lp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (n, V)
+    else:
+        student_lp = F.log_softmax(logits.float() / temperature, dim=-1)  # (n, V)
     safe_labels = labels.clamp(min=0).unsqueeze(-1)  # (n, 1); ignored rows are zero-weighted below
     topk = teacher_logits is None
     if topk and (topk_logprobs is None or topk_ids is None or topk_tail is None):
@@ -119,13 +156,13 @@ def _chunk_terms(
     elif topk:
         picked = student_lp.gather(-1, topk_ids.long())  # (n, k)
     if alpha <= 0:
-        ce = logits.new_zeros(())
+        ce = student_lp.new_zeros(())
     elif temperature == 1.0:
         if picked_label is None:
             picked_label = student_lp.gather(-1, safe_labels).squeeze(-1)
         ce = -(picked_label * weights).sum()
     else:
-        ce = -(F.log_softmax(logits, dim=-1).gather(-1, safe_labels).squeeze(-1) * weights).sum()
+        ce = -(F.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, safe_labels).squeeze(-1) * weights).sum()
     if not topk:
         teacher_lp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (n, V)
         div = divergence(student_lp, teacher_lp, kind, beta)
@@ -194,6 +231,7 @@ def distillation_loss(
     total_ce = logits.new_zeros((), dtype=torch.float32)
     total_div = logits.new_zeros((), dtype=torch.float32)
     count = logits.shape[0]
+    chunk_terms = _chunk_function(logits)
     for start in range(0, count, chunk_positions):
         part = slice(start, start + chunk_positions)
         args = (
@@ -213,7 +251,7 @@ def distillation_loss(
             # Recompute the chunk's (n, V) temporaries in backward instead of keeping all chunks' alive.
             ce, div = checkpoint(_chunk_terms, *args, use_reentrant=False)
         else:
-            ce, div = _chunk_terms(*args)
+            ce, div = chunk_terms(*args)
         total_ce = total_ce + ce
         total_div = total_div + div
     ce_mean, div_mean = total_ce / positions, total_div / positions
@@ -227,17 +265,18 @@ def teacher_topk(
     """The teacher's k most likely next tokens at temperature τ and the log of the mass left outside them.
 
     (..., V) -> log-probs (..., k) fp32, ids (..., k), tail (...) — the form the teacher cache stores.
-    Top-k runs on the raw logits (same order as the log-probs) and only the normaliser takes a pass over the
-    vocabulary in fp32, so no (..., V) log-softmax is materialised: on a GPU that pass, not the teacher's
-    forward, would dominate the cache build.
+    Top-k runs on the raw logits (same order as the log-probs). At τ = 1 the log-probs come from one fused
+    log-softmax kernel that reads bf16 logits and writes fp32: on an H200, for 16k positions of a 152k
+    vocabulary, ~7 ms where an fp32 copy and a logsumexp (its max, subtraction, exp and sum each a pass over
+    the vocabulary) took 23 ms, as long as the top-k itself (bench/gpu_profile.py).
     """
     k = min(k, teacher_logits.shape[-1])
     ids = teacher_logits.topk(k, dim=-1).indices  # (..., k)
-    scaled = teacher_logits.float()  # a copy only from bf16 logits
-    if temperature != 1.0:  # a division by 1 would copy all (..., V) logits once more (~30% of this on a CPU)
-        scaled = scaled / temperature
-    log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (..., 1)
-    values = teacher_logits.gather(-1, ids).float() / temperature - log_norm  # (..., k)
+    if temperature == 1.0:
+        values = F.log_softmax(teacher_logits, dim=-1, dtype=torch.float32).gather(-1, ids)  # (..., k)
+    else:
+        scaled = teacher_logits.float() / temperature  # (..., V)
+        values = (scaled.gather(-1, ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)).float()  # (..., k)
     return values, ids, log_tail_mass(values)
 
 
