@@ -52,6 +52,7 @@ from peft import get_peft_model
 
 from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
+from workers.ml.distill.losses import compiled_vocabulary_passes
 from workers.ml.distill.precision import bf16_autocast
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.regional_compile import compiled_layers
@@ -140,7 +141,7 @@ def teacher_pass(
     marks: list[tuple[float, int]] = []  # (time, tokens of the batch) after each teacher batch
     sync(device)
     started = time.perf_counter()
-    with compiled_layers(teacher, variant == "on"):
+    with compiled_layers(teacher, variant == "on"), compiled_vocabulary_passes(variant == "on"):
         cache = TeacherCache.open_or_build(
             scratch / f"cache-{variant}", {"bench": "gpu"}, teacher, segments, top_k=top_k, temperature=1.0,
             batch_tokens=batch_tokens, pad_token_id=0,

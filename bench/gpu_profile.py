@@ -40,7 +40,7 @@ from peft import get_peft_model
 
 from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
-from workers.ml.distill.losses import _chunk_terms, compiled_loss, teacher_topk
+from workers.ml.distill.losses import _chunk_terms, compiled_vocabulary_passes, teacher_topk
 from workers.ml.distill.packing import PackedBatch
 from workers.ml.distill.precision import bf16_autocast
 from workers.ml.distill.regional_compile import compiled_layers
@@ -199,7 +199,7 @@ def main() -> int:
         print(f"top-k  {entry['variant']:<50}{entry['ms']:>9.2f} ms  same values: {entry['same_values']}")
 
     def teacher_profile(compiled: bool) -> dict[str, Any]:
-        with compiled_layers(teacher, compiled):
+        with compiled_layers(teacher, compiled), compiled_vocabulary_passes(compiled):
             return profile_work(lambda: teacher_targets(teacher, teacher_segments, batch_rows, top_k, 1.0, 0), device)
 
     section("teacher_eager", lambda: teacher_profile(False))
@@ -246,7 +246,7 @@ def train_profile(
             parts = loss_fn(expert, batch)
         parts.total.backward()
 
-    with compiled_layers(expert, compiled), compiled_loss(compiled):
+    with compiled_layers(expert, compiled), compiled_vocabulary_passes(compiled):
         micro_batch()  # compilation, when on, outside the profile
         return profile_work(micro_batch, device)
 

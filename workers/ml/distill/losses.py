@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,20 +40,25 @@ IGNORE_INDEX = -100
 CPU_CHUNK_POSITIONS = 2048
 GPU_CHUNK_POSITIONS = 32768
 
-# Whether a GPU's loss runs compiled (see `compiled_loss`), and the compiled chunk function, made once.
-_compile_on_gpu: ContextVar[bool] = ContextVar("compile_loss_on_gpu", default=False)
-_compiled_chunk_terms: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+# Whether passes over a GPU's vocabulary run compiled (see `compiled_vocabulary_passes`), and the compiled
+# functions, each made once.
+_compile_on_gpu: ContextVar[bool] = ContextVar("compile_vocabulary_passes_on_gpu", default=False)
+_compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 @contextmanager
-def compiled_loss(enabled: bool) -> Iterator[None]:
-    """Inside the block, a loss over CUDA logits runs compiled (a CPU's stays eager).
+def compiled_vocabulary_passes(enabled: bool) -> Iterator[None]:
+    """Inside the block, the passes over CUDA logits — the student's loss and the teacher's normaliser — run
+    compiled (a CPU's stay eager).
 
-    Eager, the loss is a chain of passes over the (n, V) logits — log-softmax, gather, and in backward the
-    softmax gradient and the gather's scatter into zeros. Compiled, they fuse: on an H200, forward plus
-    backward over 16k positions of a 152k vocabulary took 12.7 ms instead of 32 ms, for ~4 s of compilation
-    (bench/gpu_profile.py). On a CPU compilation took ~24 s to save ~0.2 s per 1,024 positions, which a CPU
-    run rarely pays back. Training turns this on exactly when it compiles the model's layers.
+    Eager, each is a chain of kernels over the (n, V) logits: an fp32 copy (PyTorch's log-softmax converts
+    bf16 input before it starts), the log-softmax, a gather, and in backward the softmax gradient, the cast
+    back and the gather's scatter into zeros. Compiled, they fuse into a read or two of the bf16 logits. On an
+    H200 with 16k positions of a 152k vocabulary (bench/gpu_profile.py): the loss, forward plus backward,
+    12.7 ms instead of 32 ms; the teacher's top-k with its normaliser 23 ms instead of 37 ms (the top-k
+    itself is 20). Each costs a few seconds of compilation once per process. On a CPU compiling the loss took
+    ~24 s to save ~0.2 s per 1,024 positions, which a CPU run rarely pays back. Training and the teacher pass
+    turn this on exactly when they compile the model's layers.
     """
     token = _compile_on_gpu.set(enabled)
     try:
@@ -61,14 +67,13 @@ def compiled_loss(enabled: bool) -> Iterator[None]:
         _compile_on_gpu.reset(token)
 
 
-def _chunk_function(logits: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    global _compiled_chunk_terms
+def _on_gpu_compiled(function: Callable[..., Any], logits: torch.Tensor, *, dynamic: bool | None) -> Callable[..., Any]:
+    """`function` compiled when `logits` are on a GPU inside `compiled_vocabulary_passes(True)`, else itself."""
     if not (logits.is_cuda and _compile_on_gpu.get()):
-        return _chunk_terms
-    if _compiled_chunk_terms is None:
-        # Static shapes: micro-batches are padded to one shape while compiled (regional_compile.padded_rows).
-        _compiled_chunk_terms = torch.compile(_chunk_terms, dynamic=False)
-    return _compiled_chunk_terms
+        return function
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function, dynamic=dynamic)
+    return _compiled[function]
 
 
 def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -231,7 +236,8 @@ def distillation_loss(
     total_ce = logits.new_zeros((), dtype=torch.float32)
     total_div = logits.new_zeros((), dtype=torch.float32)
     count = logits.shape[0]
-    chunk_terms = _chunk_function(logits)
+    # Static shapes: micro-batches are padded to one shape while compiled (regional_compile.padded_rows).
+    chunk_terms = _on_gpu_compiled(_chunk_terms, logits, dynamic=False)
     for start in range(0, count, chunk_positions):
         part = slice(start, start + chunk_positions)
         args = (
@@ -272,12 +278,17 @@ def teacher_topk(
     """
     k = min(k, teacher_logits.shape[-1])
     ids = teacher_logits.topk(k, dim=-1).indices  # (..., k)
-    if temperature == 1.0:
-        values = F.log_softmax(teacher_logits, dim=-1, dtype=torch.float32).gather(-1, ids)  # (..., k)
-    else:
-        scaled = teacher_logits.float() / temperature  # (..., V)
-        values = (scaled.gather(-1, ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)).float()  # (..., k)
+    # The number of kept positions changes from batch to batch: shapes are dynamic (one compilation).
+    values = _on_gpu_compiled(_logprobs_at, teacher_logits, dynamic=True)(teacher_logits, ids, temperature)
     return values, ids, log_tail_mass(values)
+
+
+def _logprobs_at(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / τ) at `ids`, in fp32: (..., V), (..., k) -> (..., k)."""
+    if temperature == 1.0:
+        return F.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, ids)
+    scaled = logits.float() / temperature  # (..., V)
+    return scaled.gather(-1, ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)
 
 
 def log_tail_mass(topk_logprobs: torch.Tensor) -> torch.Tensor:

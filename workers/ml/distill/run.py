@@ -34,9 +34,11 @@ from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMismatch
 from workers.ml.distill.evaluate import TeacherComparison, compare_with_teacher, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
+from workers.ml.distill.losses import compiled_vocabulary_passes
 from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
+from workers.ml.distill.regional_compile import AUTO_MIN_TEACHER_FLOPS, compiled_layers, should_compile
 from workers.ml.distill.signature import compute_signature
-from workers.ml.distill.teacher_cache import TeacherCache
+from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment
 from workers.ml.distill.teachers import (
     LocalTeacher,
     Teacher,
@@ -168,22 +170,40 @@ def _prepare_kd(
 
     local = isinstance(teacher, LocalTeacher)
     top_k = config.kd.cache_top_k if local else min(config.kd.cache_top_k, kd_recipe.ENDPOINT_MAX_TOP_K)
-    cache = TeacherCache.open_or_build(
-        config.work / "teacher-cache",
-        fingerprint,
-        teacher.model if isinstance(teacher, LocalTeacher) else None,
-        data.teacher_segments,
-        top_k=top_k,
-        temperature=config.kd.temperature,
-        batch_tokens=_teacher_batch_tokens(models),
-        pad_token_id=pad_token_id,
-        on_progress=report,
-        should_stop=should_stop,
-        source=None if local else kd_recipe.endpoint_targets(teacher, data.teacher_segments, top_k),
-    )
+    with _compiled_teacher(config, teacher, data.teacher_segments):
+        cache = TeacherCache.open_or_build(
+            config.work / "teacher-cache",
+            fingerprint,
+            teacher.model if isinstance(teacher, LocalTeacher) else None,
+            data.teacher_segments,
+            top_k=top_k,
+            temperature=config.kd.temperature,
+            batch_tokens=_teacher_batch_tokens(models),
+            pad_token_id=pad_token_id,
+            on_progress=report,
+            should_stop=should_stop,
+            source=None if local else kd_recipe.endpoint_targets(teacher, data.teacher_segments, top_k),
+        )
     if cache is None:
         return None
     return plan, kd_recipe.kd_loss(config.kd, cache=cache)
+
+
+@contextlib.contextmanager
+def _compiled_teacher(config: DistillConfig, teacher: Teacher, segments: Sequence[TeacherSegment]) -> Iterator[None]:
+    """A local teacher's layers and normaliser compiled for its pass over the corpus where that pays (GPU, long
+    corpora: regional_compile.AUTO_MIN_TEACHER_FLOPS) or training.torch_compile is 'on'."""
+    if not isinstance(teacher, LocalTeacher):
+        yield
+        return
+    setting = config.training.torch_compile
+    flops = 2.0 * parameter_count(teacher.model) * sum(len(segment.tokens) for segment in segments)
+    compiling = should_compile(setting, teacher.device, flops, thresholds=AUTO_MIN_TEACHER_FLOPS)
+    with (
+        compiled_layers(teacher.model, compiling, fall_back=setting == "auto") as compiled,
+        compiled_vocabulary_passes(compiled),
+    ):
+        yield
 
 
 def _require_endpoint_logprobs(config: DistillConfig, teacher: Teacher, models: _Models) -> None:

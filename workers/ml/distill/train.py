@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from workers.ml.device import parameter_count
 from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.errors import OutOfMemory
-from workers.ml.distill.losses import LossParts, compiled_loss
+from workers.ml.distill.losses import LossParts, compiled_vocabulary_passes
 from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
 from workers.ml.distill.precision import autocasts_bf16, bf16_autocast
 from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
@@ -389,7 +389,7 @@ def train(
         logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
     with (
         compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto") as compiled,
-        compiled_loss(compiled),  # a GPU's loss compiles along with the layers
+        compiled_vocabulary_passes(compiled),  # a GPU's loss compiles along with the layers
     ):
         on_progress(Progress("training", start_step, total_steps, message=_start_message(plan, start_step, compiled)))
         defer = _reads_back_late(device)
