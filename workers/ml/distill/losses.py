@@ -43,6 +43,7 @@ GPU_CHUNK_POSITIONS = 32768
 # Whether passes over a GPU's vocabulary run compiled (see `compiled_vocabulary_passes`), and the compiled
 # functions, each made once.
 _compile_on_gpu: ContextVar[bool] = ContextVar("compile_vocabulary_passes_on_gpu", default=False)
+COMPILED_DEVICE_TYPES = frozenset({"cuda"})  # where those passes compile (tests add "cpu" to check the graphs)
 _compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
@@ -69,7 +70,7 @@ def compiled_vocabulary_passes(enabled: bool) -> Iterator[None]:
 
 def _on_gpu_compiled(function: Callable[..., Any], logits: torch.Tensor, *, dynamic: bool | None) -> Callable[..., Any]:
     """`function` compiled when `logits` are on a GPU inside `compiled_vocabulary_passes(True)`, else itself."""
-    if not (logits.is_cuda and _compile_on_gpu.get()):
+    if not (logits.device.type in COMPILED_DEVICE_TYPES and _compile_on_gpu.get()):
         return function
     if function not in _compiled:
         _compiled[function] = torch.compile(function, dynamic=dynamic)

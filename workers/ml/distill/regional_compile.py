@@ -69,11 +69,14 @@ def _on_path(*names: str) -> bool:
 # bench/gpu_distill.py --shape smollm2), so it pays back after ~13 micro-batches (7e12 FLOPs); 2e13 (~37k
 # tokens of SmolLM2, ~3 min eager) leaves a clear gain and keeps tiny test models, whose steps take
 # milliseconds, eager.
-# GPU, estimated and not yet measured: a compilation of ~40 s against ~0.1 s saved per step of the GPU
-# benchmark's 16k tokens (3.2e13 FLOPs each) pays back after ~400 steps; bench/gpu_distill.py reports both.
-AUTO_MIN_TRAIN_FLOPS = {"cpu": 2e13, "cuda": 1.3e16}
-# The teacher's pass (forward only, 2·N FLOPs a token) compiles on a GPU past this; a CPU's teacher stays eager
-# under "auto" (compiling its layers gained 7% a batch on 2 cores, against ~9 s of compilation).
+# GPU, measured on an H200 (bench/gpu_distill.py, docs/benchmarks.md): compiling a 0.5B student's layers and
+# loss costs ~8.4 s once (cold caches) and takes a step of 16k tokens from 225 to 125 ms (72.8k → 130.7k
+# tokens/s), so it pays back after ~1.4M tokens (2.7e15 FLOPs); 6e15 leaves a clear gain.
+AUTO_MIN_TRAIN_FLOPS = {"cpu": 2e13, "cuda": 6e15}
+# The teacher's pass (forward only, 2·N FLOPs a token) compiles on a GPU past this. Measured on an H200 with a
+# 1.5B teacher: ~9.8 s of compilation for 98.5k → 126k tokens/s (another run: 112k), paid back after 4.4M
+# tokens (1.4e16 FLOPs; 11M at the slower rate). A CPU's teacher stays eager under "auto": compiling its
+# layers gained 7% a batch on 2 cores, against ~9 s of compilation.
 AUTO_MIN_TEACHER_FLOPS = {"cuda": 3.6e16}
 
 
@@ -117,11 +120,18 @@ def should_compile(
 
 
 @contextmanager
-def compiled_layers(model: torch.nn.Module, enabled: bool, *, fall_back: bool = False) -> Iterator[bool]:
+def compiled_layers(
+    model: torch.nn.Module, enabled: bool, *, fall_back: bool = False, static_shapes: bool = False
+) -> Iterator[bool]:
     """Compile `model`'s decoder layers in place while the block runs; yields whether they were compiled.
 
-    Packed rows are always seq_len wide, so shapes are static but for a shorter last micro-batch, which makes
-    torch compile once more with a dynamic batch dimension (its "automatic dynamic" shapes).
+    With `static_shapes` (training: packed rows are always seq_len wide and micro-batches are padded to one
+    size, `padded_rows`) the layers compile for exactly the shapes they see. Without (the teacher's pass, whose
+    rows are as long as a batch's longest segment), torch compiles once more with dynamic dimensions when a
+    shape changes (its "automatic dynamic" shapes). That memory is kept per layer class, so a student of
+    the teacher's architecture compiled after it inherits dynamic shapes (seen on a CPU with the dynamic-shape
+    log; the likely cause of an H200 run whose 0.5B student took 28 s for its first compiled step, against
+    10 s in an earlier run, and stepped 6% slower). Training therefore asks for static shapes.
     With `fall_back` (the "auto" setting), a layer that fails to compile runs eagerly — torch's own
     `suppress_errors`, which logs the failure — instead of failing the run; "on" lets the error through.
     On exit the layers run eagerly again, so evaluation and export after training pay no compilation.
@@ -133,7 +143,7 @@ def compiled_layers(model: torch.nn.Module, enabled: bool, *, fall_back: bool = 
         yield False
         return
     for layer in layers:
-        layer.compile()
+        layer.compile(dynamic=False if static_shapes else None)
     # The first layer's input comes from a frozen embedding and needs no gradient, the others' inputs do: two
     # graphs, two compilations. Asking for the first input's gradient too costs one layer's input gradient in
     # backward (~1/L of it) and saves a compilation (~10 s on a CPU).

@@ -388,7 +388,7 @@ def train(
     if compiling:
         logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
     with (
-        compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto") as compiled,
+        compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto", static_shapes=True) as compiled,
         compiled_vocabulary_passes(compiled),  # a GPU's loss compiles along with the layers
     ):
         on_progress(Progress("training", start_step, total_steps, message=_start_message(plan, start_step, compiled)))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from workers.ml.distill import losses
 from workers.ml.distill.losses import IGNORE_INDEX, distillation_loss, teacher_topk
 
 V = 50
@@ -146,3 +147,68 @@ def test_it_chunks_positions_without_changing_the_loss_or_gradient(batch) -> Non
 def test_it_is_zero_when_student_equals_teacher(batch) -> None:  # type: ignore[no-untyped-def]
     loss = distillation_loss(batch["teacher"], batch["labels"], teacher_logits=batch["teacher"], alpha=0.0, kind="jsd")
     assert math.isclose(float(loss.total), 0.0, abs_tol=1e-6)
+
+
+def test_it_gives_bf16_logits_the_loss_and_gradient_of_their_fp32_copy(batch) -> None:  # type: ignore[no-untyped-def]
+    """bf16 logits go straight into an fp32 log-softmax (no separate fp32 copy): same numbers as the copy."""
+    values, ids, tail = teacher_topk(batch["teacher"], 8)
+    targets = {"teacher_topk_logprobs": values, "teacher_topk_ids": ids, "teacher_topk_tail": tail}
+    half = batch["student"].bfloat16().requires_grad_(True)
+    copied = half.detach().float().requires_grad_(True)
+
+    ours = distillation_loss(half, batch["labels"], alpha=0.5, **targets)
+    reference = distillation_loss(copied, batch["labels"], alpha=0.5, **targets)
+    ours.total.backward()
+    reference.total.backward()
+
+    assert ours.total.dtype == torch.float32
+    torch.testing.assert_close(ours.total, reference.total)
+    assert half.grad is not None
+    assert copied.grad is not None
+    assert half.grad.dtype == torch.bfloat16  # the gradient comes back in the logits' own dtype
+    assert copied.grad.abs().sum() > 0
+    torch.testing.assert_close(half.grad.float(), copied.grad, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_it_takes_the_teachers_top_k_from_bf16_logits_as_from_their_fp32_copy(batch, temperature) -> None:  # type: ignore[no-untyped-def]
+    logits = batch["teacher"].bfloat16()
+
+    values, ids, tail = teacher_topk(logits, 8, temperature)
+    reference_values, reference_ids, reference_tail = teacher_topk(logits.float(), 8, temperature)
+
+    assert values.dtype == torch.float32
+    assert torch.equal(ids, reference_ids)
+    torch.testing.assert_close(values, reference_values)
+    torch.testing.assert_close(tail, reference_tail)
+
+
+def test_it_computes_the_same_loss_and_teacher_targets_with_the_vocabulary_passes_compiled(
+    batch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU compiles the loss and the teacher's normaliser; here the CPU compiles them to check the graphs."""
+    monkeypatch.setattr(losses, "COMPILED_DEVICE_TYPES", frozenset({"cpu"}))
+    monkeypatch.setattr(losses, "_compiled", {})
+    eager_targets = teacher_topk(batch["teacher"], 8, 1.5)
+    student = batch["student"].clone().requires_grad_(True)
+    eager = distillation_loss(student, batch["labels"], alpha=0.5, **_as_targets(eager_targets))
+    eager.total.backward()
+    eager_grad, student.grad = student.grad, None
+    assert losses._compiled == {}  # outside the block nothing compiles
+
+    with losses.compiled_vocabulary_passes(True):
+        compiled_targets = teacher_topk(batch["teacher"], 8, 1.5)
+        compiled = distillation_loss(student, batch["labels"], alpha=0.5, **_as_targets(compiled_targets))
+    compiled.total.backward()
+
+    assert set(losses._compiled) == {losses._chunk_terms, losses._logprobs_at}
+    for ours, reference in zip(compiled_targets, eager_targets, strict=True):
+        torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(compiled.total, eager.total)
+    torch.testing.assert_close(student.grad, eager_grad)
+
+
+def _as_targets(targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    values, ids, tail = targets
+    return {"teacher_topk_logprobs": values, "teacher_topk_ids": ids, "teacher_topk_tail": tail}

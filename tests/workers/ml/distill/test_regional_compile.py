@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.workers.ml.distill.conftest import KDCase, build_cache, peft_student, run_with_evaluation
 from workers.ml.catalog import LoadedModel
@@ -16,6 +18,7 @@ from workers.ml.distill.config import TrainingSettings
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.kd import build_kd_data, kd_loss
 from workers.ml.distill.regional_compile import (
+    AUTO_MIN_TEACHER_FLOPS,
     AUTO_MIN_TRAIN_FLOPS,
     CompileUnavailable,
     _input_requires_grad,
@@ -220,3 +223,66 @@ def test_it_asks_for_the_first_layers_input_gradient_so_all_layers_share_one_gra
     _input_requires_grad(torch.nn.Identity(), (), {"hidden_states": frozen_embedding_output})
 
     assert frozen_embedding_output.requires_grad
+
+
+def test_it_compiles_a_teacher_pass_under_auto_only_on_a_gpu_past_its_own_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CPU's teacher stays eager under auto (7% a batch against ~9 s of compilation); 'on' still compiles it."""
+    enough = AUTO_MIN_TEACHER_FLOPS["cuda"]
+    assert should_compile("auto", CPU, enough * 1000, thresholds=AUTO_MIN_TEACHER_FLOPS) is False
+    assert should_compile("on", CPU, 0, thresholds=AUTO_MIN_TEACHER_FLOPS) is True
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # triton "installed"
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    assert should_compile("auto", CUDA, enough, thresholds=AUTO_MIN_TEACHER_FLOPS) is True
+    assert should_compile("auto", CUDA, enough / 2, thresholds=AUTO_MIN_TEACHER_FLOPS) is False
+
+
+class _SymbolCounter(logging.Handler):
+    """Counts the symbolic (dynamic) dimensions torch creates while compiling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.symbols = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "create_symbol" in record.getMessage():
+            self.symbols += 1
+
+
+@pytest.mark.parametrize("static_shapes", [True, False])
+def test_it_compiles_training_layers_for_their_own_shapes_after_a_teacher_pass_of_other_shapes(
+    static_shapes: bool,
+) -> None:
+    """torch remembers per layer class that shapes changed and compiles the next model's layers with dynamic
+    shapes: a student trained after a compiled teacher pass would compile slower, into slower kernels."""
+
+    def model(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+
+    torch._dynamo.reset()  # other tests compiled the same layer class
+    counter = _SymbolCounter()
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    torch._logging.set_logs(dynamic=logging.INFO)
+    shapes_log.addHandler(counter)
+    try:
+        teacher, student = model(0).eval(), model(1)
+        with compiled_layers(teacher, True), torch.inference_mode():
+            teacher(input_ids=torch.randint(0, 128, (2, 24)))  # the teacher's rows: 24 tokens
+        with compiled_layers(student, True, static_shapes=static_shapes):
+            student(input_ids=torch.randint(0, 128, (2, 16))).logits.sum().backward()  # training rows: 16
+    finally:
+        shapes_log.removeHandler(counter)
+        torch._logging.set_logs()
+        torch._dynamo.reset()
+
+    if static_shapes:
+        assert counter.symbols == 0
+    else:
+        assert counter.symbols > 0  # what training avoids

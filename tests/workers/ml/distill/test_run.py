@@ -28,7 +28,9 @@ from workers.ml.distill.config import (
 from workers.ml.distill.corpus import Chunk, CorpusSnapshot
 from workers.ml.distill.errors import TeacherError, TokenizerMismatch
 from workers.ml.distill.progress import Progress
-from workers.ml.distill.run import distill
+from workers.ml.distill.regional_compile import repeated_layers
+from workers.ml.distill.run import _compiled_teacher, distill
+from workers.ml.distill.teacher_cache import TeacherSegment
 from workers.ml.distill.teachers import LocalTeacher
 
 STUDENT = "tiny:llama-2l"
@@ -386,3 +388,19 @@ def test_it_scores_base_and_expert_when_a_kd_teacher_cannot_chat(
     assert rouge["expert"] is not None
     notes = result.metrics["qa_evaluation"]["eval_set"]["notes"]
     assert notes == ["teacher not scored: The teacher tiny:llama-4l has no chat template (it is a base model)."]
+
+
+@pytest.mark.parametrize(("setting", "compiled"), [("on", True), ("auto", False), ("off", False)])
+def test_it_compiles_a_local_teachers_layers_for_its_pass_only_where_the_setting_says(
+    tmp_path: Path, model_cache_dir: Path, setting: str, compiled: bool
+) -> None:
+    """'auto' leaves a CPU's teacher eager (a GPU compiles it past AUTO_MIN_TEACHER_FLOPS); 'on' compiles it."""
+    config = tiny_config(tmp_path, model_cache_dir)
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, torch_compile=setting))
+    teacher = LocalTeacher(load_model("tiny:llama-4l", CatalogConfig(cache_dir=model_cache_dir, device="cpu")))
+    layers = repeated_layers(teacher.model)
+    assert layers is not None
+
+    with _compiled_teacher(config, teacher, [TeacherSegment(tokens=tuple(range(2_000)), target_offset=0)]):
+        assert [layer._compiled_call_impl is not None for layer in layers] == [compiled] * len(layers)
+    assert all(layer._compiled_call_impl is None for layer in layers)
