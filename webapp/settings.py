@@ -259,6 +259,8 @@ WEBHOOK_RETRY_DELAYS_SECONDS = [
 WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
 # Days a finished delivery stays in an endpoint's log (beat's sweep forgets older ones).
 WEBHOOK_LOG_RETENTION_DAYS = env.int("WEBHOOK_LOG_RETENTION_DAYS", default=30)
+# An endpoint whose every delivery failed (all retries spent) for this many days is disabled; 0: never.
+WEBHOOK_DISABLE_AFTER_DAYS = env.int("WEBHOOK_DISABLE_AFTER_DAYS", default=5)
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
 
 # ------------------------------------------------------------------ auth

@@ -1004,6 +1004,11 @@ def webhook_schemas() -> dict[str, Schema]:
         "description": STRING,
         "events": {"type": "array", "items": subscribable, "description": "The events it receives."},
         "enabled": {**BOOLEAN, "description": "A disabled endpoint receives nothing."},
+        "disabled_reason": {
+            **nullable(STRING),
+            "description": "Why the server disabled it: every delivery failed for `WEBHOOK_DISABLE_AFTER_DAYS` "
+            "(5 by default). Null when enabled or disabled by a person; enabling it clears this.",
+        },
         "created_at": UNIX_TIME,
     }
     secret = {

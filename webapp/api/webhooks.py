@@ -37,6 +37,7 @@ def endpoint_json(endpoint: WebhookEndpoint, secret: str | None = None) -> dict[
         "description": endpoint.description,
         "events": endpoint.events,
         "enabled": endpoint.is_active,
+        "disabled_reason": endpoint.disabled_reason or None,
         "created_at": unix_time(endpoint.created_at),
     }
     if secret is not None:
@@ -117,8 +118,8 @@ def endpoint_list(request: ApiRequest) -> JsonResponse:
         created_by=request.api_token.created_by,
     )
     if body.get("enabled") is False:
-        endpoint.is_active = False
-        endpoint.save(update_fields=["is_active"])
+        endpoint.set_active(False)
+        endpoint.save(update_fields=["is_active", "disabled_at", "disabled_reason"])
     _audit(request, AuditEvent.Action.WEBHOOK_CREATED, endpoint, events=endpoint.events)
     return JsonResponse(endpoint_json(endpoint, secret), status=201)
 
@@ -145,7 +146,7 @@ def endpoint_detail(request: ApiRequest, endpoint_id: int) -> JsonResponse:
         changed = list(form.changed_data)
         endpoint = form.save(commit=False)
         if "enabled" in body and body["enabled"] != endpoint.is_active:
-            endpoint.is_active = body["enabled"]
+            endpoint.set_active(body["enabled"])
             changed.append("enabled")
         endpoint.save()
         _audit(request, AuditEvent.Action.WEBHOOK_CHANGED, endpoint, changed=changed)

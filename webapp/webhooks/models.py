@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -54,6 +54,11 @@ class WebhookEndpoint(TenantOwnedModel):
     events = models.JSONField(default=list, help_text="The event types this endpoint receives.")
     secret_encrypted = models.TextField(editable=False)
     is_active = models.BooleanField(default=True)
+    # When it was last enabled: a run of failed deliveries that disables it counts from here at the earliest.
+    enabled_at = models.DateTimeField(default=timezone.now)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    # Why the server disabled it (every delivery failed for WEBHOOK_DISABLE_AFTER_DAYS); blank when a person did.
+    disabled_reason = models.CharField(max_length=300, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -89,6 +94,30 @@ class WebhookEndpoint(TenantOwnedModel):
         self.secret_encrypted = encrypt(secret)
         self.save(update_fields=["secret_encrypted"])
         return secret
+
+    def set_active(self, active: bool, *, reason: str = "") -> None:
+        """Enable or disable it (unsaved). Enabling starts a new count of failures; `reason` says why the server
+        disabled it, and is cleared when anyone enables it again."""
+        if active == self.is_active:
+            return
+        self.is_active = active
+        if active:
+            self.enabled_at, self.disabled_at, self.disabled_reason = timezone.now(), None, ""
+        else:
+            self.disabled_at, self.disabled_reason = timezone.now(), reason[:300]
+
+    def failing_since(self) -> tuple[datetime, int] | None:
+        """(when the run began, how many deliveries it failed) of the failures since the endpoint last delivered
+        an event or was enabled, or None when it has not failed a delivery for good since then."""
+        floor = self.enabled_at
+        last_delivered = self.deliveries.filter(status=WebhookDelivery.Status.SUCCEEDED).aggregate(
+            at=models.Max("last_attempt_at")
+        )["at"]
+        if last_delivered is not None and last_delivered > floor:
+            floor = last_delivered
+        failed = self.deliveries.filter(status=WebhookDelivery.Status.FAILED, created_at__gte=floor)
+        run = failed.aggregate(first=models.Min("created_at"), count=models.Count("id"))
+        return None if run["first"] is None else (run["first"], run["count"])
 
     def wants(self, event_type: str) -> bool:
         return self.is_active and (event_type == EventType.PING or event_type in self.events)

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from webapp.core.encryption import DecryptionError
 from webapp.core.outbound import OutboundPolicy, Refusal, allowed_address, url_refusal
-from webapp.tenants.models import Organization
+from webapp.tenants.models import AuditEvent, Organization
 from webapp.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
 from webapp.webhooks.sender import SendOutcome, send
 
@@ -124,7 +124,7 @@ def attempt(delivery_id: int) -> WebhookDelivery | None:
         ok=outcome.ok, status_code=outcome.status_code, error=outcome.error, excerpt=outcome.excerpt
     )
     if delivery.status == WebhookDelivery.Status.FAILED:
-        _notify_failure(delivery)
+        _notify_failure(delivery, disabled=_disable_if_failing(endpoint))
     return delivery
 
 
@@ -142,21 +142,52 @@ def _send(delivery: WebhookDelivery) -> SendOutcome:
     return send(endpoint.url, secret, delivery.message_id, _body(delivery), timeout, address=address)
 
 
-def _notify_failure(delivery: WebhookDelivery) -> None:
-    """A delivery that spent every retry tells whoever added the endpoint, in the app: nothing else would."""
+def _disable_if_failing(endpoint: WebhookEndpoint) -> bool:
+    """Disable an endpoint whose every delivery failed for WEBHOOK_DISABLE_AFTER_DAYS (0: never), as Stripe and
+    Svix do: a receiver gone for good would otherwise be retried for ever, event after event. Whether it did."""
+    days = settings.WEBHOOK_DISABLE_AFTER_DAYS
+    run = endpoint.failing_since() if days and endpoint.is_active else None
+    if run is None or timezone.now() - run[0] < timedelta(days=days):
+        return False
+    first, count = run
+    reason = (
+        f"Disabled automatically: every delivery since {first:%Y-%m-%d %H:%M} UTC failed ({count} in all). "
+        "Enable it again once the receiver answers."
+    )
+    endpoint.set_active(False, reason=reason)
+    endpoint.save(update_fields=["is_active", "disabled_at", "disabled_reason"])
+    AuditEvent.record(
+        endpoint.organization,
+        None,
+        AuditEvent.Action.WEBHOOK_CHANGED,
+        target=endpoint.url,
+        detail={"is_active": False, "reason": reason},
+    )
+    logger.warning("webhook endpoint %s disabled: every delivery failed for %s days", endpoint.pk, days)
+    return True
+
+
+def _notify_failure(delivery: WebhookDelivery, *, disabled: bool) -> None:
+    """A delivery that spent every retry tells whoever added the endpoint, in the app: nothing else would.
+
+    When that failure also disabled the endpoint, the one notice says so and links to the endpoint's page.
+    """
     from webapp.jobs.models import Notification
 
     endpoint = delivery.endpoint
     creator = endpoint.created_by
     if creator is None or endpoint.organization.role_of(creator) is None:
         return
-    Notification.objects.create(
-        organization=endpoint.organization,
-        recipient=creator,
-        message=f"Webhook {delivery.event_type} to {endpoint.url} failed after {delivery.attempts} attempts: "
-        f"{delivery.last_error}"[:300],
-        url=reverse("webhooks:delivery", args=[endpoint.pk, delivery.pk]),
-    )
+    failed = f"{delivery.event_type} failed after {delivery.attempts} attempts: {delivery.last_error}"
+    if disabled:
+        days = settings.WEBHOOK_DISABLE_AFTER_DAYS
+        message = f"Webhook endpoint {endpoint.url} was disabled: every delivery failed for {days} days. Last, {failed}"
+        url = reverse("webhooks:detail", args=[endpoint.pk])
+    else:
+        message = f"Webhook {delivery.event_type} to {endpoint.url} failed after {delivery.attempts} attempts: "
+        message += delivery.last_error
+        url = reverse("webhooks:delivery", args=[endpoint.pk, delivery.pk])
+    Notification.objects.create(organization=endpoint.organization, recipient=creator, message=message[:300], url=url)
 
 
 def job_ended(job: Any) -> list[WebhookDelivery]:

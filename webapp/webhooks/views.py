@@ -136,8 +136,8 @@ def roll_secret(request: OrgRequest, endpoint_id: int) -> HttpResponse:
 @require_POST
 def toggle(request: OrgRequest, endpoint_id: int) -> HttpResponse:
     endpoint = _endpoint(request, endpoint_id)
-    endpoint.is_active = not endpoint.is_active
-    endpoint.save(update_fields=["is_active"])
+    endpoint.set_active(not endpoint.is_active)
+    endpoint.save(update_fields=["is_active", "enabled_at", "disabled_at", "disabled_reason"])
     _audit(request, AuditEvent.Action.WEBHOOK_CHANGED, endpoint, is_active=endpoint.is_active)
     messages.success(request, "Enabled: events are sent again." if endpoint.is_active else "Disabled: no events.")
     return redirect("webhooks:detail", endpoint.pk)

@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from standardwebhooks import Webhook
 
+from tests.webapp.api.openapi_schema import assert_documented
 from tests.webapp.conftest import Cast
 from tests.webapp.webhooks.receiver import Receiver
 from webapp.tenants.models import ApiToken, AuditEvent
@@ -189,3 +190,21 @@ def test_a_models_only_token_cannot_reach_webhooks(cast: Cast, hook: WebhookEndp
     response = Token(cast.org, cast.owner, ApiToken.Scope.MODELS).send("GET", "")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "insufficient_scope"
+
+
+def test_it_says_why_the_server_disabled_an_endpoint_and_forgets_it_once_enabled(
+    token: Token, hook: WebhookEndpoint
+) -> None:
+    assert token.send("GET", f"/{hook.pk}").json()["disabled_reason"] is None
+    reason = "Disabled automatically: every delivery since 2026-11-20 10:00 UTC failed (9 in all)."
+    hook.set_active(False, reason=reason)
+    hook.save()
+
+    response = token.send("GET", f"/{hook.pk}")
+    assert_documented("/api/v1/webhooks/{endpoint_id}", "GET", response)
+    assert (response.json()["enabled"], response.json()["disabled_reason"]) == (False, reason)
+
+    enabled = token.send("PATCH", f"/{hook.pk}", {"enabled": True}).json()
+    assert (enabled["enabled"], enabled["disabled_reason"]) == (True, None)
+    hook.refresh_from_db()
+    assert hook.disabled_at is None

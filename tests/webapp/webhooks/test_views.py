@@ -257,3 +257,21 @@ def test_it_deletes_the_endpoint_and_its_log(cast: Cast, delivery: WebhookDelive
     assert not WebhookEndpoint.objects.exists()
     assert not WebhookDelivery.objects.exists()
     assert AuditEvent.objects.filter(action=AuditEvent.Action.WEBHOOK_DELETED).exists()
+
+
+def test_it_shows_why_the_server_disabled_an_endpoint_until_someone_enables_it(
+    cast: Cast, hook: WebhookEndpoint
+) -> None:
+    reason = "Disabled automatically: every delivery since 2026-11-20 10:00 UTC failed (9 in all)."
+    hook.set_active(False, reason=reason)
+    hook.save()
+    client = cast.client_for("admin")
+
+    assert "disabled: failing" in client.get(reverse("webhooks:list")).content.decode()
+    assert reason in client.get(reverse("webhooks:detail", args=[hook.pk])).content.decode()
+
+    page = client.post(reverse("webhooks:toggle", args=[hook.pk]), follow=True).content.decode()
+    assert "Enabled: events are sent again." in page
+    assert reason not in page
+    hook.refresh_from_db()
+    assert (hook.is_active, hook.disabled_reason, hook.disabled_at) == (True, "", None)
