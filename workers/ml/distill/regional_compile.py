@@ -128,10 +128,11 @@ def compiled_layers(
     With `static_shapes` (training: packed rows are always seq_len wide and micro-batches are padded to one
     size, `padded_rows`) the layers compile for exactly the shapes they see. Without (the teacher's pass, whose
     rows are as long as a batch's longest segment), torch compiles once more with dynamic dimensions when a
-    shape changes (its "automatic dynamic" shapes). That memory is kept per layer class, so a student of
-    the teacher's architecture compiled after it inherits dynamic shapes (seen on a CPU with the dynamic-shape
-    log; the likely cause of an H200 run whose 0.5B student took 28 s for its first compiled step, against
-    10 s in an earlier run, and stepped 6% slower). Training therefore asks for static shapes.
+    shape changes (its "automatic dynamic" shapes). torch remembers that per layer class, in the process
+    (forgotten at each entry here, see below) and through its profile-guided dynamic shapes on disk, so a
+    student of the teacher's architecture compiled after it would inherit dynamic shapes (seen on a CPU with
+    the dynamic-shape log; the likely cause of an H200 run whose 0.5B student took 28 s for its first
+    compiled step, against 10 s in an earlier run, and stepped 6% slower). Training asks for static shapes.
     With `fall_back` (the "auto" setting), a layer that fails to compile runs eagerly — torch's own
     `suppress_errors`, which logs the failure — instead of failing the run; "on" lets the error through.
     On exit the layers run eagerly again, so evaluation and export after training pay no compilation.
@@ -142,6 +143,11 @@ def compiled_layers(
             logger.warning("torch.compile skipped: no stack of repeated decoder layers found in the model")
         yield False
         return
+    # Forget what earlier runs in this process compiled. torch keeps every compiled variant of a function
+    # (here the layer class's forward) and, past `recompile_limit` (8) variants, runs it eagerly for the rest
+    # of the process without an error: a GPU worker lives for many jobs, and from about its fourth every job's
+    # layers would run eagerly. Kernels come back from inductor's disk cache, so recompiling is quick.
+    torch._dynamo.reset()
     for layer in layers:
         layer.compile(dynamic=False if static_shapes else None)
     # The first layer's input comes from a frozen embedding and needs no gradient, the others' inputs do: two

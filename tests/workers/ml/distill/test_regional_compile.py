@@ -251,11 +251,10 @@ class _SymbolCounter(logging.Handler):
 
 
 @pytest.mark.parametrize("static_shapes", [True, False])
-def test_it_compiles_training_layers_for_their_own_shapes_after_a_teacher_pass_of_other_shapes(
-    static_shapes: bool,
-) -> None:
-    """torch remembers per layer class that shapes changed and compiles the next model's layers with dynamic
-    shapes: a student trained after a compiled teacher pass would compile slower, into slower kernels."""
+def test_it_compiles_training_layers_for_exactly_the_shapes_they_see(static_shapes: bool) -> None:
+    """Once a shape changes, torch compiles its layers again with dynamic shapes (slower to compile, slower
+    kernels) and remembers that from process to process (its profile-guided "automatic dynamic"), so a
+    student trained after a teacher of the same architecture could inherit them. Training asks for static."""
 
     def model(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -265,17 +264,15 @@ def test_it_compiles_training_layers_for_their_own_shapes_after_a_teacher_pass_o
         )  # fmt: skip
         return LlamaForCausalLM(config)
 
-    torch._dynamo.reset()  # other tests compiled the same layer class
     counter = _SymbolCounter()
     shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     torch._logging.set_logs(dynamic=logging.INFO)
     shapes_log.addHandler(counter)
     try:
-        teacher, student = model(0).eval(), model(1)
-        with compiled_layers(teacher, True), torch.inference_mode():
-            teacher(input_ids=torch.randint(0, 128, (2, 24)))  # the teacher's rows: 24 tokens
+        student = model(1)
         with compiled_layers(student, True, static_shapes=static_shapes):
-            student(input_ids=torch.randint(0, 128, (2, 16))).logits.sum().backward()  # training rows: 16
+            for seq_len in (24, 16):  # a shape that changes, as a teacher's rows and then the student's do
+                student(input_ids=torch.randint(0, 128, (2, seq_len))).logits.sum().backward()
     finally:
         shapes_log.removeHandler(counter)
         torch._logging.set_logs()
@@ -285,3 +282,26 @@ def test_it_compiles_training_layers_for_their_own_shapes_after_a_teacher_pass_o
         assert counter.symbols == 0
     else:
         assert counter.symbols > 0  # what training avoids
+
+
+def test_it_compiles_the_layers_of_every_run_in_a_long_lived_worker() -> None:
+    """torch keeps each compiled variant of the layers' forward and, past its recompile limit, runs them eagerly
+    for the rest of the process without an error; a GPU worker's later jobs must still be compiled."""
+    from torch._dynamo.utils import counters
+
+    graphs_per_run = []
+    with torch._dynamo.config.patch(recompile_limit=2):  # 8 in torch: a few jobs of other shapes reach it
+        for run, seq_len in enumerate((12, 14, 16, 18)):
+            torch.manual_seed(run)
+            config = LlamaConfig(
+                vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2,
+            )  # fmt: skip
+            model = LlamaForCausalLM(config)
+            before = counters["stats"]["unique_graphs"]
+            with compiled_layers(model, True, static_shapes=True):
+                model(input_ids=torch.randint(0, 128, (2, seq_len))).logits.sum().backward()
+            graphs_per_run.append(counters["stats"]["unique_graphs"] - before)
+    torch._dynamo.reset()
+
+    assert all(graphs > 0 for graphs in graphs_per_run), graphs_per_run
