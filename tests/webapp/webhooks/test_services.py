@@ -319,110 +319,93 @@ def _age(delivery: WebhookDelivery, days: float) -> None:
     WebhookDelivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - timedelta(days=days))
 
 
-@pytest.mark.usefixtures("private_webhooks")
-def test_it_disables_an_endpoint_whose_every_delivery_failed_for_days(
-    cast: Cast, receiver: Receiver, settings: Any
-) -> None:
-    """As Stripe and Svix do: a receiver gone for good is not retried for ever, event after event."""
+@pytest.fixture
+def failing(cast: Cast, receiver: Receiver, settings: Any, private_webhooks: None) -> WebhookEndpoint:
+    """An endpoint enabled a month ago whose receiver answers 503; one attempt per delivery; disabled after 5 days."""
     settings.WEBHOOK_RETRY_DELAYS_SECONDS = []  # one attempt, then failed
     settings.WEBHOOK_DISABLE_AFTER_DAYS = 5
     receiver.status = 503
     hook = endpoint(cast.org, receiver.url, created_by=cast.admin)
     WebhookEndpoint.objects.filter(pk=hook.pk).update(enabled_at=timezone.now() - timedelta(days=30))
-    [first] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
-    services.attempt(first.pk)
-    _age(first, 4)
-    [second] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 2})
-    services.attempt(second.pk)  # failing for 4 days: still enabled
     hook.refresh_from_db()
-    assert hook.is_active
+    return hook
+
+
+def _event(cast: Cast, job_id: int) -> WebhookDelivery:
+    """One job.failed event, attempted at once."""
+    [delivery] = services.emit(cast.org, EventType.JOB_FAILED, {"id": job_id})
+    services.attempt(delivery.pk)
+    return delivery
+
+
+def test_it_disables_an_endpoint_whose_every_delivery_failed_for_days(
+    cast: Cast, receiver: Receiver, failing: WebhookEndpoint
+) -> None:
+    """As Stripe and Svix do: a receiver gone for good is not retried for ever, event after event."""
+    first = _event(cast, 1)
+    _age(first, 4)
+    _event(cast, 2)  # failing for 4 days: still enabled
+    failing.refresh_from_db()
+    assert failing.is_active
     _age(first, 6)
 
-    [third] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 3})
-    services.attempt(third.pk)
+    _event(cast, 3)
 
-    hook.refresh_from_db()
-    assert not hook.is_active
-    assert hook.disabled_at is not None
-    assert hook.disabled_reason.startswith("Disabled automatically: every delivery since ")
-    assert "(3 in all)" in hook.disabled_reason
+    failing.refresh_from_db()
+    assert not failing.is_active
+    assert failing.disabled_at is not None
+    assert failing.disabled_reason.startswith("Disabled automatically: every delivery since ")
+    assert "(3 in all)" in failing.disabled_reason
     assert services.emit(cast.org, EventType.JOB_FAILED, {"id": 4}) == []
     # One notice for the last failure, saying the endpoint is off, with a link to its page; the earlier two
     # failures had their own.
     notes = list(Notification.objects.filter(recipient=cast.admin).order_by("pk"))
     assert len(notes) == 3
     assert notes[-1].message.startswith(f"Webhook endpoint {receiver.url} was disabled: every delivery failed for 5")
-    assert notes[-1].url == f"/org/webhooks/{hook.pk}/"
+    assert notes[-1].url == f"/org/webhooks/{failing.pk}/"
     event = AuditEvent.objects.get(organization=cast.org, action=AuditEvent.Action.WEBHOOK_CHANGED)
     assert (event.actor, event.detail["is_active"], event.target) == (None, False, receiver.url)
 
 
-@pytest.mark.usefixtures("private_webhooks")
 def test_it_keeps_an_endpoint_that_delivered_anything_within_the_window(
-    cast: Cast, receiver: Receiver, settings: Any
+    cast: Cast, receiver: Receiver, failing: WebhookEndpoint
 ) -> None:
-    settings.WEBHOOK_RETRY_DELAYS_SECONDS = []
-    settings.WEBHOOK_DISABLE_AFTER_DAYS = 5
-    hook = endpoint(cast.org, receiver.url)
-    WebhookEndpoint.objects.filter(pk=hook.pk).update(enabled_at=timezone.now() - timedelta(days=30))
-    receiver.status = 500
-    [old_failure] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
-    services.attempt(old_failure.pk)
-    _age(old_failure, 10)
+    _age(_event(cast, 1), 10)
     receiver.status = 200
-    [delivered] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 2})
-    services.attempt(delivered.pk)  # 2 days ago, it answered
+    delivered = _event(cast, 2)  # 2 days ago, it answered
     WebhookDelivery.objects.filter(pk=delivered.pk).update(last_attempt_at=timezone.now() - timedelta(days=2))
     receiver.status = 500
 
-    [failure] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 3})
-    services.attempt(failure.pk)
+    _event(cast, 3)
 
-    hook.refresh_from_db()
-    assert hook.is_active
-    assert hook.failing_since() is not None
-    assert hook.failing_since()[1] == 1  # the run began after the last delivery
+    failing.refresh_from_db()
+    assert failing.is_active
+    run = failing.failing_since()
+    assert run is not None
+    assert run[1] == 1  # the run began after the last delivery
 
 
-@pytest.mark.usefixtures("private_webhooks")
-def test_enabling_an_endpoint_again_starts_a_new_count_of_failures(
-    cast: Cast, receiver: Receiver, settings: Any
+def test_enabling_an_endpoint_again_starts_a_new_count_of_failures(cast: Cast, failing: WebhookEndpoint) -> None:
+    _age(_event(cast, 1), 10)
+    _event(cast, 2)
+    failing.refresh_from_db()
+    assert not failing.is_active
+
+    failing.set_active(True)
+    failing.save()
+    _event(cast, 3)
+
+    failing.refresh_from_db()
+    assert failing.is_active  # the failures before it was enabled again do not count
+    assert (failing.disabled_reason, failing.disabled_at) == ("", None)
+
+
+def test_it_never_disables_an_endpoint_when_the_setting_is_zero(
+    cast: Cast, failing: WebhookEndpoint, settings: Any
 ) -> None:
-    settings.WEBHOOK_RETRY_DELAYS_SECONDS = []
-    settings.WEBHOOK_DISABLE_AFTER_DAYS = 5
-    receiver.status = 500
-    hook = endpoint(cast.org, receiver.url)
-    WebhookEndpoint.objects.filter(pk=hook.pk).update(enabled_at=timezone.now() - timedelta(days=30))
-    [old] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
-    services.attempt(old.pk)
-    _age(old, 10)
-    [crossing] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 2})
-    services.attempt(crossing.pk)
-    hook.refresh_from_db()
-    assert not hook.is_active
-
-    hook.set_active(True)
-    hook.save()
-    [after] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 3})
-    services.attempt(after.pk)
-
-    hook.refresh_from_db()
-    assert hook.is_active  # the failures before it was enabled again do not count
-    assert (hook.disabled_reason, hook.disabled_at) == ("", None)
-
-
-@pytest.mark.usefixtures("private_webhooks")
-def test_it_never_disables_an_endpoint_when_the_setting_is_zero(cast: Cast, receiver: Receiver, settings: Any) -> None:
-    settings.WEBHOOK_RETRY_DELAYS_SECONDS = []
     settings.WEBHOOK_DISABLE_AFTER_DAYS = 0
-    receiver.status = 500
-    hook = endpoint(cast.org, receiver.url)
-    WebhookEndpoint.objects.filter(pk=hook.pk).update(enabled_at=timezone.now() - timedelta(days=30))
-    [old] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 1})
-    services.attempt(old.pk)
-    _age(old, 20)
-    [again] = services.emit(cast.org, EventType.JOB_FAILED, {"id": 2})
-    services.attempt(again.pk)
+    _age(_event(cast, 1), 20)
+    _event(cast, 2)
 
-    hook.refresh_from_db()
-    assert hook.is_active
+    failing.refresh_from_db()
+    assert failing.is_active

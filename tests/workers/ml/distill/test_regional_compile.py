@@ -238,6 +238,16 @@ def test_it_compiles_a_teacher_pass_under_auto_only_on_a_gpu_past_its_own_thresh
     assert should_compile("auto", CUDA, enough / 2, thresholds=AUTO_MIN_TEACHER_FLOPS) is False
 
 
+def _tiny_llama(seed: int) -> torch.nn.Module:
+    """A two-layer Llama built from a config: compiles in a second or two on a CPU."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
 class _SymbolCounter(logging.Handler):
     """Counts the symbolic (dynamic) dimensions torch creates while compiling."""
 
@@ -256,20 +266,12 @@ def test_it_compiles_training_layers_for_exactly_the_shapes_they_see(static_shap
     kernels) and remembers that from process to process (its profile-guided "automatic dynamic"), so a
     student trained after a teacher of the same architecture could inherit them. Training asks for static."""
 
-    def model(seed: int) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2,
-        )  # fmt: skip
-        return LlamaForCausalLM(config)
-
     counter = _SymbolCounter()
     shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     torch._logging.set_logs(dynamic=logging.INFO)
     shapes_log.addHandler(counter)
     try:
-        student = model(1)
+        student = _tiny_llama(seed=1)
         with compiled_layers(student, True, static_shapes=static_shapes):
             for seq_len in (24, 16):  # a shape that changes, as a teacher's rows and then the student's do
                 student(input_ids=torch.randint(0, 128, (2, seq_len))).logits.sum().backward()
@@ -292,12 +294,7 @@ def test_it_compiles_the_layers_of_every_run_in_a_long_lived_worker() -> None:
     graphs_per_run = []
     with torch._dynamo.config.patch(recompile_limit=2):  # 8 in torch: a few jobs of other shapes reach it
         for run, seq_len in enumerate((12, 14, 16, 18)):
-            torch.manual_seed(run)
-            config = LlamaConfig(
-                vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2,
-            )  # fmt: skip
-            model = LlamaForCausalLM(config)
+            model = _tiny_llama(seed=run)
             before = counters["stats"]["unique_graphs"]
             with compiled_layers(model, True, static_shapes=True):
                 model(input_ids=torch.randint(0, 128, (2, seq_len))).logits.sum().backward()
