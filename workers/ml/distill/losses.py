@@ -144,8 +144,8 @@ def _chunk_terms(
     full-vocabulary pass of the cached path, which keeps the loss lean.
     """
     if temperature == 1.0:
-        # Straight from bf16 logits to fp32 log-probs in one kernel, with a bf16 gradient: a separate fp32 copy
-        # of the (n, V) logits and its cast back in backward cost a GPU ~7 ms a micro-batch of 16k positions.
+        # fp32 log-probs from bf16 logits, the gradient back in bf16. Eager, PyTorch still converts the logits
+        # to fp32 first; compiled (a GPU's, compiled_vocabulary_passes) the conversion fuses into the softmax.
         student_lp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (n, V)
     else:
         student_lp = F.log_softmax(logits.float() / temperature, dim=-1)  # (n, V)
@@ -272,10 +272,10 @@ def teacher_topk(
     """The teacher's k most likely next tokens at temperature τ and the log of the mass left outside them.
 
     (..., V) -> log-probs (..., k) fp32, ids (..., k), tail (...) — the form the teacher cache stores.
-    Top-k runs on the raw logits (same order as the log-probs). At τ = 1 the log-probs come from one fused
-    log-softmax kernel that reads bf16 logits and writes fp32: on an H200, for 16k positions of a 152k
-    vocabulary, ~7 ms where an fp32 copy and a logsumexp (its max, subtraction, exp and sum each a pass over
-    the vocabulary) took 23 ms, as long as the top-k itself (bench/gpu_profile.py).
+    Top-k runs on the raw logits (same order as the log-probs). At τ = 1 the log-probs come from one
+    log-softmax with an fp32 output: on an H200, for 16k positions of a 152k vocabulary, ~16 ms where an fp32
+    copy and a logsumexp (its max, subtraction, exp and sum each a pass over the vocabulary) took 23 ms, as
+    long as the top-k itself; compiled (compiled_vocabulary_passes) it fuses into ~3 ms (bench/gpu_profile.py).
     """
     k = min(k, teacher_logits.shape[-1])
     ids = teacher_logits.topk(k, dim=-1).indices  # (..., k)
