@@ -142,8 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         "--compile",
         choices=["auto", "on", "off"],
         default=None,
-        help="torch.compile the student's decoder layers (default auto: where a compiler is at hand and the run "
-        "is long enough to pay it back).",
+        help="torch.compile the student's decoder layers (on a GPU its loss too, and a local teacher's layers for "
+        "its pass) (default auto: where a compiler is at hand and the work is long enough to pay it back).",
     )
     parser.add_argument(
         "--precision",
