@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -26,6 +27,8 @@ from webapp.jobs.models import ACTIVE_STATUSES, DistillationJob, JobStatus, Noti
 from webapp.tenants.current import OrgRequest, org_member_required
 from webapp.tenants.models import AuditEvent
 from webapp.tenants.permissions import Perm
+
+JOBS_PER_PAGE = 50  # newest first; older pages are a link away
 
 
 def _job(request: OrgRequest, job_id: int) -> DistillationJob:
@@ -153,9 +156,11 @@ def job_list(request: OrgRequest) -> HttpResponse:
     jobs = DistillationJob.objects.for_org(request.organization).select_related("corpus")
     if statuses:
         jobs = jobs.filter(status__in=statuses)
-    rows = presenters.job_rows(list(jobs[:200]))
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    rows = presenters.job_rows(list(page.object_list))
     context: dict[str, Any] = {
         "rows": rows,
+        "page": page,
         "chosen": chosen,
         "filters": presenters.STATUS_FILTERS,
         "any_active": any(row.job.is_active for row in rows),

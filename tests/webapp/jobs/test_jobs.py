@@ -869,3 +869,43 @@ def test_a_job_end_is_emailed_to_its_creator_when_the_deployment_sends_email(
     assert mailoutbox[0].to == [cast.member.email]
     assert mailoutbox[0].subject == "[Distillery] Job “Leave expert” failed. Out of memory: lower seq_len."
     assert reverse("jobs:detail", args=[job.pk]) in mailoutbox[0].body
+
+
+def test_it_pages_a_long_list_newest_first_keeping_the_filter(
+    cast: Cast, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No job drops out of the list however many there are (it used to show the newest 200 only)."""
+    monkeypatch.setattr("webapp.jobs.views.JOBS_PER_PAGE", 2)
+    for number in range(5):
+        make_job(corpus, JobStatus.FAILED, name=f"Broken {number}")
+    make_job(corpus, JobStatus.SUCCEEDED, name="Done")
+    client = cast.client_for("member")
+    url = reverse("jobs:list")
+
+    first = client.get(url + "?status=failed").content.decode()
+    assert "Broken 4" in first
+    assert "Broken 3" in first
+    assert "Broken 2" not in first
+    assert "Page 1 of 3 (5 jobs)" in first
+    assert f'href="{url}?status=failed&amp;page=2"' in first
+    assert "Newer</a>" not in first
+
+    last = client.get(url + "?status=failed&page=3").content.decode()
+    assert "Broken 0" in last
+    assert "Done" not in last
+    assert f'href="{url}?status=failed&amp;page=2"' in last
+    assert "Older</a>" not in last
+    beyond = client.get(url + "?status=failed&page=99").content.decode()
+    assert "Broken 0" in beyond  # a page past the end shows the last one, not an error
+
+
+def test_the_polling_table_stays_on_its_page(cast: Cast, corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webapp.jobs.views.JOBS_PER_PAGE", 1)
+    make_job(corpus, JobStatus.TRAINING, name="Older running")
+    make_job(corpus, JobStatus.QUEUED, name="Newest")
+    headers = {"HX-Request": "true", "HX-Target": "jobs-table"}
+
+    table = cast.client_for("member").get(reverse("jobs:list") + "?page=2", headers=headers).content.decode()
+
+    assert "Older running" in table
+    assert f'hx-get="{reverse("jobs:list")}?page=2" hx-trigger="every 5s"' in table
