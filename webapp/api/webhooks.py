@@ -119,7 +119,7 @@ def endpoint_list(request: ApiRequest) -> JsonResponse:
     )
     if body.get("enabled") is False:
         endpoint.set_active(False)
-        endpoint.save(update_fields=["is_active", "disabled_at", "disabled_reason"])
+        endpoint.save(update_fields=endpoint.ACTIVATION_FIELDS)
     _audit(request, AuditEvent.Action.WEBHOOK_CREATED, endpoint, events=endpoint.events)
     return JsonResponse(endpoint_json(endpoint, secret), status=201)
 

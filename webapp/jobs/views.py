@@ -16,6 +16,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -162,6 +163,8 @@ def job_list(request: OrgRequest) -> HttpResponse:
         "rows": rows,
         "page": page,
         "chosen": chosen,
+        # The list's address up to its page number, the filter kept: the pager's links and the poll share it.
+        "page_url": reverse("jobs:list") + (f"?status={chosen}&page=" if chosen else "?page="),
         "filters": presenters.STATUS_FILTERS,
         "any_active": any(row.job.is_active for row in rows),
     }

@@ -95,6 +95,9 @@ class WebhookEndpoint(TenantOwnedModel):
         self.save(update_fields=["secret_encrypted"])
         return secret
 
+    # What `set_active` changes: the fields a caller saves after it.
+    ACTIVATION_FIELDS = ("is_active", "enabled_at", "disabled_at", "disabled_reason")
+
     def set_active(self, active: bool, *, reason: str = "") -> None:
         """Enable or disable it (unsaved). Enabling starts a new count of failures; `reason` says why the server
         disabled it, and is cleared when anyone enables it again."""

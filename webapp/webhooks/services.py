@@ -155,7 +155,7 @@ def _disable_if_failing(endpoint: WebhookEndpoint) -> bool:
         "Enable it again once the receiver answers."
     )
     endpoint.set_active(False, reason=reason)
-    endpoint.save(update_fields=["is_active", "disabled_at", "disabled_reason"])
+    endpoint.save(update_fields=endpoint.ACTIVATION_FIELDS)
     AuditEvent.record(
         endpoint.organization,
         None,

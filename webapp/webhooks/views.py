@@ -137,7 +137,7 @@ def roll_secret(request: OrgRequest, endpoint_id: int) -> HttpResponse:
 def toggle(request: OrgRequest, endpoint_id: int) -> HttpResponse:
     endpoint = _endpoint(request, endpoint_id)
     endpoint.set_active(not endpoint.is_active)
-    endpoint.save(update_fields=["is_active", "enabled_at", "disabled_at", "disabled_reason"])
+    endpoint.save(update_fields=endpoint.ACTIVATION_FIELDS)
     _audit(request, AuditEvent.Action.WEBHOOK_CHANGED, endpoint, is_active=endpoint.is_active)
     messages.success(request, "Enabled: events are sent again." if endpoint.is_active else "Disabled: no events.")
     return redirect("webhooks:detail", endpoint.pk)
