@@ -21,10 +21,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.api.auth import ApiRequest, api_error, api_token_required, invalid, not_found
 from webapp.core.http import client_ip
+from webapp.core.times import unix_time
 from webapp.experts import presenters, services
 from webapp.experts.models import Expert, ExpertVersion, MixtureSharedExpert
 from webapp.experts.views import zip_response
-from webapp.jobs.presenters import unix_time
 from webapp.tenants.models import Organization
 
 CHANGEABLE_FIELDS = frozenset({"status", "active_version", "shared", "share_samples"})

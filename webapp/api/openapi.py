@@ -70,7 +70,6 @@ def enum(values: Any) -> Schema:
 
 STRING, INTEGER, NUMBER, BOOLEAN = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 UNIX_TIME = {"type": "integer", "description": "Seconds since the Unix epoch."}
-ISO_TIME = {"type": "string", "format": "date-time"}
 ANY_OBJECT = {"type": "object"}
 
 
@@ -188,8 +187,8 @@ def schemas() -> dict[str, Schema]:
             "files_total": INTEGER,
             "error": nullable(STRING),
             "stats": {**ANY_OBJECT, "description": "Documents, chunks, tokens, held-out share, languages…"},
-            "created_at": ISO_TIME,
-            "finished_at": nullable(ISO_TIME),
+            "created_at": UNIX_TIME,
+            "finished_at": nullable(UNIX_TIME),
             "files": {"type": "array", "items": version_file},
         },
         optional=("object",),

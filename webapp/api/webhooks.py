@@ -20,7 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from webapp.api.auth import ApiRequest, api_error, api_token_required, invalid, not_found
 from webapp.api.params import json_object, page
 from webapp.core.http import client_ip
-from webapp.jobs.presenters import unix_time
+from webapp.core.times import unix_time
 from webapp.tenants.models import AuditEvent
 from webapp.webhooks import services
 from webapp.webhooks.forms import EndpointForm

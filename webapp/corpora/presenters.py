@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from webapp.core.times import unix_time
 from webapp.corpora.models import Chunk, Corpus, CorpusFile, CorpusVersion, VersionFile
 from webapp.corpora.services import ACCEPTED_SUFFIXES, Limits
 
@@ -55,8 +56,8 @@ def version_json(version: CorpusVersion) -> dict[str, Any]:
         "files_total": version.files_total,
         "error": version.error or None,
         "stats": version.stats,
-        "created_at": version.created_at.isoformat(),
-        "finished_at": version.finished_at.isoformat() if version.finished_at else None,
+        "created_at": unix_time(version.created_at),
+        "finished_at": unix_time(version.finished_at),
         "files": [
             {
                 "id": entry.file_id,

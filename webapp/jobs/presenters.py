@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
+from webapp.core.times import unix_time
 from webapp.jobs import services
 from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
 from webapp.jobs.models import ACTIVE_STATUSES, STAGES, DistillationJob, JobStatus, Teacher
@@ -289,11 +290,6 @@ def usage(organization: Organization) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- API shapes
-
-
-def unix_time(value: datetime | None) -> int | None:
-    """A timestamp as the API gives it: whole seconds since the Unix epoch (None stays None)."""
-    return int(value.timestamp()) if value else None
 
 
 def _expert_made(job: DistillationJob) -> dict[str, Any] | None:

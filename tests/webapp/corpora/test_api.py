@@ -323,6 +323,9 @@ def test_it_queues_an_ingest_and_reports_the_version(
     version = api.get(reverse("api:corpus-version", args=[corpus.pk, 1]))
     assert version.status_code == 200
     assert version.json()["number"] == 1
+    # Unix seconds, like every other object of the API (it once gave ISO strings here alone).
+    created = corpus.versions.get(number=1).created_at
+    assert (version.json()["created_at"], version.json()["finished_at"]) == (int(created.timestamp()), None)
     versions = api.get(reverse("api:corpus-versions", args=[corpus.pk])).json()["data"]
     assert [(v["object"], v["number"], v["status"]) for v in versions] == [("corpus.version", 1, "queued")]
     detail = api.get(reverse("api:corpus", args=[corpus.pk])).json()
