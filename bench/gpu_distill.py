@@ -22,6 +22,9 @@ normaliser eager and compiled, and reports both passes (first batch and steady r
 top-1 targets agree. The product compiles a GPU teacher past `AUTO_MIN_TEACHER_FLOPS`. Training reads the
 first pass's cache; the headline counts the faster pass.
 
+`--cuda-graphs` adds a third training run, "on+graphs": compiled layers captured as CUDA graphs
+(`training.cuda_graphs`, torch.compile's "reduce-overhead" mode), against the ~18% host time of a compiled step.
+
 Then it profiles one teacher batch and one eager training micro-batch (`profile` in the JSON): wall time, the
 GPU's busy share (summed kernel time / wall: low means the GPU waits for the host) and the top ops by their own
 time, so one run on a lent GPU also says where the time goes.
@@ -187,13 +190,14 @@ def train_once(
     settings: TrainingSettings,
     device: torch.device,
     scratch: Path,
+    label: str,
 ) -> tuple[TrainRun, int, int]:
-    """One training run from a fresh, seeded LoRA: (timings, trained tokens, LoRA parameters)."""
+    """One training run (`label`: its variant) from a fresh, seeded LoRA: (timings, trained tokens, LoRA parameters)."""
     torch.manual_seed(0)
     expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
     n_lora = count(expert, trainable=True)
     step_marks: list[tuple[float, int]] = []  # (time, step) of each step's report
-    run_dir = scratch / f"train-{settings.torch_compile}"
+    run_dir = scratch / f"train-{label}"
 
     def on_progress(progress: Progress) -> None:
         if progress.stage == "training" and not progress.message:  # a step's report, not the start's or a notice
@@ -219,7 +223,7 @@ def train_once(
     else:
         steady = float("nan")
     run = TrainRun(
-        compile=settings.torch_compile, train_s=round(train_s, 2),
+        compile=label, train_s=round(train_s, 2),
         first_step_s=round(step_marks[0][0] - started, 2) if step_marks else float("nan"),
         steady_tokens_per_s=round(steady, 1), first_loss=log[0]["loss"], last_loss=log[-1]["loss"],
     )  # fmt: skip
@@ -323,6 +327,11 @@ def main() -> int:
         default="both",
         help="Teacher layers eager, compiled or both in the teacher pass.",
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="Also train with the compiled layers captured as CUDA graphs (training.cuda_graphs), as 'on+graphs'.",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_distill.json"))
     args = parser.parse_args()
 
@@ -356,6 +365,8 @@ def main() -> int:
     )  # fmt: skip
     kd = KDSettings(alpha=0.5, context_chunks=0, cache_top_k=args.top_k)
     variants = ["off", "on"] if args.compile == "both" else [args.compile]
+    if args.cuda_graphs:
+        variants.append("on+graphs")
 
     teacher_variants = ["off", "on"] if args.compile_teacher == "both" else [args.compile_teacher]
     with tempfile.TemporaryDirectory() as scratch:
@@ -393,10 +404,12 @@ def main() -> int:
             torch.cuda.empty_cache()
         runs: list[TrainRun] = []
         for variant in variants:
-            settings = dataclasses.replace(base_settings, torch_compile=variant)
+            settings = dataclasses.replace(
+                base_settings, torch_compile="off" if variant == "off" else "on", cuda_graphs=variant == "on+graphs"
+            )
             plan = DataPlan(segments, settings, pad_token_id=0)
             try:
-                run, trained, n_lora = train_once(student, plan, cache, kd, settings, device, Path(scratch))
+                run, trained, n_lora = train_once(student, plan, cache, kd, settings, device, Path(scratch), variant)
             except Exception as error:  # reported in the JSON; the other variant stands
                 if variant == variants[-1] and not runs:
                     raise
@@ -483,21 +496,26 @@ def main() -> int:
         result["teacher_compiled_steady_speedup"] = round(
             teacher_runs[1].steady_tokens_per_s / teacher_runs[0].steady_tokens_per_s, 3
         )
-    if len(runs) == 2:
+    by_variant = {run.compile: run for run in runs}
+    if {"on", "on+graphs"} <= by_variant.keys():
+        graphs, plain = by_variant["on+graphs"], by_variant["on"]
+        result["cuda_graphs_speedup"] = round(plain.train_s / graphs.train_s, 3)
+        result["cuda_graphs_steady_speedup"] = round(graphs.steady_tokens_per_s / plain.steady_tokens_per_s, 3)
+    if [run.compile for run in runs[:2]] == ["off", "on"]:
         result["compiled_speedup"] = round(runs[0].train_s / runs[1].train_s, 3)
         result["compiled_steady_speedup"] = round(runs[1].steady_tokens_per_s / runs[0].steady_tokens_per_s, 3)
-    print(f"{'stage':<22}{'seconds':>9}{'first step':>12}{'tokens/s':>11}{'steady tok/s':>14}{'MFU':>8}")
+    print(f"{'stage':<28}{'seconds':>9}{'first step':>12}{'tokens/s':>11}{'steady tok/s':>14}{'MFU':>8}")
     for run in teacher_runs:
         label = f"teacher, compile {run.compile}"
-        print(f"{label:<22}{run.seconds:>9.1f}{run.first_batch_s:>12.1f}{trained / run.seconds:>11,.0f}"
+        print(f"{label:<28}{run.seconds:>9.1f}{run.first_batch_s:>12.1f}{trained / run.seconds:>11,.0f}"
               f"{run.steady_tokens_per_s:>14,.0f}{flops_teacher / run.seconds / 1e12 / peak:>8.1%}")  # fmt: skip
     for run in runs:
         label = f"training, compile {run.compile}"
-        print(f"{label:<22}{run.train_s:>9.1f}{run.first_step_s:>12.1f}{trained / run.train_s:>11,.0f}"
+        print(f"{label:<28}{run.train_s:>9.1f}{run.first_step_s:>12.1f}{trained / run.train_s:>11,.0f}"
               f"{run.steady_tokens_per_s:>14,.0f}{train_mfu(run.train_s):>8.1%}")  # fmt: skip
-    total = f"{'total (faster run)':<22}{total_s:>9.1f}{'':>12}{result['tokens_per_s']:>11,.0f}{'':>14}"
+    total = f"{'total (faster run)':<28}{total_s:>9.1f}{'':>12}{result['tokens_per_s']:>11,.0f}{'':>14}"
     print(f"{total}{result['mfu']:>8.1%}")
-    steady = f"{'steady (faster runs)':<22}{'':>9}{'':>12}{'':>11}{result['steady_tokens_per_s']:>14,.0f}"
+    steady = f"{'steady (faster runs)':<28}{'':>9}{'':>12}{'':>11}{result['steady_tokens_per_s']:>14,.0f}"
     print(f"{steady}{result['mfu_steady']:>8.1%}")
     for label, report in profiles.items():
         print_profile(label.replace("_", " "), report)

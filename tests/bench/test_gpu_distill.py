@@ -5,20 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.bench.scripts import run_bench
 
 
-def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_both(tmp_path: Path) -> None:
+def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_each(tmp_path: Path) -> None:
     out = tmp_path / "gpu_distill.json"
-    result = run_bench("bench/gpu_distill.py", "--tiny", "--out", str(out))
+    result = run_bench("bench/gpu_distill.py", "--tiny", "--cuda-graphs", "--out", str(out))
     report = json.loads(out.read_text())
     assert report["partial"] is False  # written after each pass with "partial": true, then whole at the end
-    assert result.stdout.count("done: {'compile'") == 4  # two teacher passes, two trainings, said as they end
-    eager, compiled = report["runs"]
-    assert (eager["compile"], compiled["compile"]) == ("off", "on")
+    assert result.stdout.count("done: {'compile'") == 5  # two teacher passes, three trainings, said as they end
+    eager, compiled, graphs = report["runs"]
+    assert (eager["compile"], compiled["compile"], graphs["compile"]) == ("off", "on", "on+graphs")
     # The same LoRA init and data: compilation changes the speed, not the training.
     assert compiled["first_loss"] == eager["first_loss"]
     assert abs(compiled["last_loss"] - eager["last_loss"]) < 1e-4
+    # CUDA graphs (skipped by inductor on a CPU) change neither; their speed-up against "on" is reported.
+    assert (graphs["first_loss"], graphs["last_loss"]) == pytest.approx((compiled["first_loss"], compiled["last_loss"]))
+    assert report["cuda_graphs_steady_speedup"] > 0
+    assert report["compiled_steady_speedup"] > 0
     assert report["tokens"] == 8192
     assert all(run["steady_tokens_per_s"] > 0 and run["train_s"] > 0 for run in report["runs"])
     assert 0 < report["mfu"] < 1

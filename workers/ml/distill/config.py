@@ -138,11 +138,25 @@ class TrainingSettings:
             "'off' never."
         },
     )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={
+            "help": "On a GPU, capture the compiled decoder layers as CUDA graphs (torch.compile's "
+            "'reduce-overhead' mode), replaying each layer's kernels without the host launching them one by one. "
+            "Experimental and off: an H200 profile showed ~18% of a compiled step's time as host time, and the "
+            "gain is not yet measured (bench/gpu_distill.py --cuda-graphs). Needs torch_compile to compile; "
+            "no effect on a CPU."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.torch_compile not in COMPILE_SETTINGS:
             raise ValueError(
                 f"training.torch_compile must be one of {', '.join(COMPILE_SETTINGS)}, not {self.torch_compile!r}."
+            )
+        if self.cuda_graphs and self.torch_compile == "off":
+            raise ValueError(
+                "training.cuda_graphs captures compiled layers: it needs training.torch_compile on or auto."
             )
 
 

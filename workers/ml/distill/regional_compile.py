@@ -121,7 +121,12 @@ def should_compile(
 
 @contextmanager
 def compiled_layers(
-    model: torch.nn.Module, enabled: bool, *, fall_back: bool = False, static_shapes: bool = False
+    model: torch.nn.Module,
+    enabled: bool,
+    *,
+    fall_back: bool = False,
+    static_shapes: bool = False,
+    cuda_graphs: bool = False,
 ) -> Iterator[bool]:
     """Compile `model`'s decoder layers in place while the block runs; yields whether they were compiled.
 
@@ -133,6 +138,9 @@ def compiled_layers(
     student of the teacher's architecture compiled after it would inherit dynamic shapes (seen on a CPU with
     the dynamic-shape log; the likely cause of an H200 run whose 0.5B student took 28 s for its first
     compiled step, against 10 s in an earlier run, and stepped 6% slower). Training asks for static shapes.
+    With `cuda_graphs` each compiled layer is also captured as a CUDA graph on a GPU (torch.compile's
+    "reduce-overhead" mode: cudagraph trees, one graph per layer and direction); the caller marks each
+    micro-batch with `torch.compiler.cudagraph_mark_step_begin()`. Inductor skips the capture on a CPU.
     With `fall_back` (the "auto" setting), a layer that fails to compile runs eagerly — torch's own
     `suppress_errors`, which logs the failure — instead of failing the run; "on" lets the error through.
     On exit the layers run eagerly again, so evaluation and export after training pay no compilation.
@@ -149,7 +157,7 @@ def compiled_layers(
     # layers would run eagerly. Kernels come back from inductor's disk cache, so recompiling is quick.
     torch._dynamo.reset()
     for layer in layers:
-        layer.compile(dynamic=False if static_shapes else None)
+        layer.compile(dynamic=False if static_shapes else None, mode="reduce-overhead" if cuda_graphs else None)
     # The first layer's input comes from a frozen embedding and needs no gradient, the others' inputs do: two
     # graphs, two compilations. Asking for the first input's gradient too costs one layer's input gradient in
     # backward (~1/L of it) and saves a compilation (~10 s on a CPU).

@@ -388,7 +388,13 @@ def train(
     if compiling:
         logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
     with (
-        compiled_layers(model, compiling, fall_back=settings.torch_compile == "auto", static_shapes=True) as compiled,
+        compiled_layers(
+            model,
+            compiling,
+            fall_back=settings.torch_compile == "auto",
+            static_shapes=True,
+            cuda_graphs=settings.cuda_graphs,
+        ) as compiled,
         compiled_vocabulary_passes(compiled),  # a GPU's loss compiles along with the layers
     ):
         on_progress(Progress("training", start_step, total_steps, message=_start_message(plan, start_step, compiled)))
@@ -414,6 +420,10 @@ def train(
                         if compiled:
                             piece = padded_rows(piece, math.ceil(settings.micro_batch_size / pieces))
                         batch = plan.collate(piece).to(device)
+                        if compiled and settings.cuda_graphs:
+                            # The last micro-batch's graph outputs are spent (its backward ran): their memory
+                            # may be reused by this one's replay.
+                            torch.compiler.cudagraph_mark_step_begin()
                         with bf16_autocast(model, device, use_bf16):
                             parts = loss_fn(model, batch)
                         weight = parts.positions / max(1, step_labels)

@@ -156,6 +156,56 @@ def test_it_trains_compiled_to_the_losses_and_weights_of_eager_training(
         torch.testing.assert_close(compiled_weights[name], weight, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_it_asks_for_cuda_graphs_per_layer_and_marks_each_micro_batch_when_set(
+    tmp_path: Path,
+    tiny_student: LoadedModel,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CUDA-graph plumbing, on a CPU: inductor skips the capture here, so the losses must stay eager's."""
+    graphs = dataclasses.replace(kd_case, training=dataclasses.replace(kd_case.training, torch_compile="on"))
+    graphs = dataclasses.replace(graphs, training=dataclasses.replace(graphs.training, cuda_graphs=True))
+    _, eager_log, _ = run_with_evaluation(tmp_path, tiny_student, tiny_teacher, toy_corpus, kd_case, "eager")
+    modes: list[object] = []
+    original_compile = torch.nn.Module.compile
+
+    def recording_compile(module: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        modes.append(kwargs.get("mode"))
+        original_compile(module, *args, **kwargs)
+
+    marks: list[int] = []
+    forwards: list[int] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", recording_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(forwards)))
+
+    def count_forwards(loss_fn: Any) -> Any:
+        def loss(model: Any, batch: Any) -> Any:
+            forwards.append(1)
+            return loss_fn(model, batch)
+
+        return loss
+
+    _, graphs_log, _ = run_with_evaluation(
+        tmp_path, tiny_student, tiny_teacher, toy_corpus, graphs, "graphs", wrap_loss=count_forwards
+    )
+
+    layers = repeated_layers(tiny_student.model)
+    assert layers is not None
+    assert modes == ["reduce-overhead"] * len(layers)
+    assert marks == list(range(len(forwards)))  # one mark before each training forward, none elsewhere
+    assert len(forwards) > 4
+    for ours, theirs in zip(graphs_log, eager_log, strict=True):
+        if "loss" in theirs:
+            assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4, abs=1e-5), ours["step"]
+
+
+def test_it_refuses_cuda_graphs_without_compilation() -> None:
+    with pytest.raises(ValueError, match=r"training\.cuda_graphs captures compiled layers"):
+        TrainingSettings(torch_compile="off", cuda_graphs=True)
+
+
 def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     latest = _latest_checkpoint(run_dir / "checkpoints")
     assert latest is not None
