@@ -4,8 +4,9 @@
 (random Qwen2-0.5B-like student, Qwen2-1.5B-like teacher, bf16, 16 rows of 1,024 tokens):
 
 1. Kernel-level profiles of one teacher batch (forward, head, top-k) and one training micro-batch (forward,
-   loss from the cache, backward), each with the decoder layers eager and compiled: the GPU's busy share
-   (kernel time / wall) and the top kernels by their own time.
+   loss from the cache, backward), each with the decoder layers eager and compiled (training also compiled
+   and replayed as CUDA graphs, `train_graphs`): the GPU's busy share (kernel time / wall) and the top
+   kernels by their own time.
 2. The teacher's top-k over the vocabulary (the cache build's largest non-matmul kernel): torch.topk as the
    product calls it against unsorted and two-stage variants, on the teacher's real logits. Every variant
    must pick the same values as torch.topk.
@@ -222,13 +223,14 @@ def main() -> int:
         expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
         section("train_eager", lambda: train_profile(expert, batch, cache, kd, device, compiled=False))
         section("train_compiled", lambda: train_profile(expert, batch, cache, kd, device, compiled=True))
+        section("train_graphs", lambda: train_profile(expert, batch, cache, kd, device, compiled=True, graphs=True))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     section("loss", lambda: loss_section(micro_batch * seq_len, vocab, top_k, device, dtype))
     for entry in result.get("loss", []):
         print(f"loss   {entry['variant']:<20}{entry['ms']:>9.2f} ms (first {entry['first_ms']:.0f} ms), "
               f"loss diff {entry['loss_diff']:.2e}, grad max diff {entry['grad_max_diff']:.2e}")  # fmt: skip
-    for label in ("teacher_eager", "teacher_compiled", "train_eager", "train_compiled"):
+    for label in ("teacher_eager", "teacher_compiled", "train_eager", "train_compiled", "train_graphs"):
         if label in result:
             print_profile(label.replace("_", " "), result[label])
     save()
@@ -237,17 +239,26 @@ def main() -> int:
 
 def train_profile(
     expert: torch.nn.Module, batch: PackedBatch, cache: TeacherCache, kd: KDSettings, device: torch.device,
-    *, compiled: bool,
+    *, compiled: bool, graphs: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """One micro-batch's profile; with `graphs` the compiled layers replay as CUDA graphs (training.cuda_graphs)."""
     loss_fn = kd_loss(kd, cache=cache)
 
     def micro_batch() -> None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # as train() does before each micro-batch
         with bf16_autocast(expert, device, device.type == "cuda"):
             parts = loss_fn(expert, batch)
         parts.total.backward()
 
-    with compiled_layers(expert, compiled), compiled_vocabulary_passes(compiled):
-        micro_batch()  # compilation, when on, outside the profile
+    with (
+        compiled_layers(expert, compiled, static_shapes=graphs, cuda_graphs=graphs),
+        compiled_vocabulary_passes(compiled),
+    ):
+        # Compilation, when on, outside the profile; CUDA graphs are recorded on a later call than the first
+        # (cudagraph trees warm up once), so they get three.
+        for _ in range(3 if graphs else 1):
+            micro_batch()
         return profile_work(micro_batch, device)
 
 

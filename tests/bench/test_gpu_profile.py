@@ -22,9 +22,10 @@ def test_it_profiles_teacher_and_training_and_compares_top_k_and_loss_variants(t
     assert (eager_loss["variant"], compiled_loss["variant"]) == ("eager (product)", "compiled")
     assert compiled_loss["loss_diff"] < 1e-4
     assert compiled_loss["grad_max_diff"] < 1e-6
-    for unit in ("teacher_eager", "teacher_compiled", "train_eager", "train_compiled"):
+    for unit in ("teacher_eager", "teacher_compiled", "train_eager", "train_compiled", "train_graphs"):
         assert report[unit]["wall_ms"] > 0, unit
         assert any(entry["name"] == "aten::mm" for entry in report[unit]["top"]), unit
     # Compiled layers run as fused graphs: far fewer aten ops than the eager layers' small kernels.
     assert report["train_compiled"]["aten_ops"] < report["train_eager"]["aten_ops"]
     assert "profile: train compiled" in result.stdout
+    assert "profile: train graphs" in result.stdout
