@@ -57,6 +57,19 @@ STICKING_OUT_JS = """() => {
     .map((element) => `${element.tagName.toLowerCase()}.${element.className} (${width(element)}px)`);
 }"""
 
+# The relative luminance (WCAG: 0 black, 1 white) of the page's background and of its text colour.
+PAGE_LUMINANCE_JS = """() => {
+  const luminance = (css) => {
+    const [r, g, b] = css.match(/[\\d.]+/g).slice(0, 3).map((value) => {
+      const channel = Number(value) / 255;
+      return channel <= 0.03928 ? channel / 12.92 : ((channel + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const root = getComputedStyle(document.documentElement);
+  return [luminance(root.backgroundColor), luminance(root.color)];
+}"""
+
 # The folder a user picks: an IT handbook in several formats, plus what real folders also hold.
 HANDBOOK = {
     "vpn.md": "# VPN\n\n"
@@ -361,6 +374,12 @@ def test_it_walks_the_journey_in_a_browser(
     page.goto(job_path)
     alice.shot(12, "phone-job")
     page.set_viewport_size(DESKTOP)
+    # 9b. The same pages with the system set to dark mode: each is dark, and axe-core still finds no violation
+    #     (its colour-contrast rule reads the dark palette's text against its backgrounds).
+    assert_reads_in_dark_mode(page, [*app_pages, *org_pages, "/api/"])
+    page.goto(job_path)
+    alice.shot(16, "dark-job")
+    page.emulate_media(color_scheme="light")
 
     # 10. Another organization, in its own browser session, sees none of Acme IT's corpora, jobs or experts.
     bob = Journey(browser, web_url, screenshots)
@@ -394,6 +413,24 @@ def assert_fits_a_phone(page: Page, paths: list[str]) -> None:
         if found:
             violations[path] = [f"{rule['id']} ({rule['impact']}) at {rule['nodes'][0]['target']}" for rule in found]
     assert too_wide == {}
+    assert violations == {}
+
+
+def assert_reads_in_dark_mode(page: Page, paths: list[str]) -> None:
+    """With the system's colour scheme dark, each page paints a dark background under light text, and axe-core
+    finds no violation (contrast included) on it. Leaves the page in dark mode."""
+    page.emulate_media(color_scheme="dark")
+    not_dark, violations = {}, {}
+    for path in paths:
+        page.goto(path)
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        background, ink = page.evaluate(PAGE_LUMINANCE_JS)
+        if not (background < 0.05 and ink > 0.5):
+            not_dark[path] = (background, ink)
+        found = AXE.run(page).response["violations"]
+        if found:
+            violations[path] = [f"{rule['id']} ({rule['impact']}) at {rule['nodes'][0]['target']}" for rule in found]
+    assert not_dark == {}
     assert violations == {}
 
 
