@@ -251,6 +251,10 @@ def train_profile(
             parts = loss_fn(expert, batch)
         parts.total.backward()
 
+    if graphs:  # .grad buffers outside the graphs' memory pool, as train() allocates them
+        for param in expert.parameters():
+            if param.requires_grad:
+                param.grad = torch.zeros_like(param)
     with (
         compiled_layers(expert, compiled, static_shapes=graphs, cuda_graphs=graphs),
         compiled_vocabulary_passes(compiled),

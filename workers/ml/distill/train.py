@@ -397,6 +397,13 @@ def train(
         ) as compiled,
         compiled_vocabulary_passes(compiled),  # a GPU's loss compiles along with the layers
     ):
+        graphs = compiled and settings.cuda_graphs
+        if graphs:
+            # A gradient that a captured backward allocated lives in the graphs' memory pool, and the next
+            # micro-batch's replay overwrites it: accumulation needs .grad buffers allocated outside the capture,
+            # kept (zeroed, not freed) from step to step (torch's cudagraph_trees says as much when it happens).
+            for param in params:
+                param.grad = torch.zeros_like(param)
         on_progress(Progress("training", start_step, total_steps, message=_start_message(plan, start_step, compiled)))
         defer = _reads_back_late(device)
         pending: _StepRecord | None = None
@@ -420,7 +427,7 @@ def train(
                         if compiled:
                             piece = padded_rows(piece, math.ceil(settings.micro_batch_size / pieces))
                         batch = plan.collate(piece).to(device)
-                        if compiled and settings.cuda_graphs:
+                        if graphs:
                             # The last micro-batch's graph outputs are spent (its backward ran): their memory
                             # may be reused by this one's replay.
                             torch.compiler.cudagraph_mark_step_begin()
@@ -433,7 +440,7 @@ def train(
             except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
                 if not _is_oom(error):
                     raise
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=not graphs)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 if settings.micro_batch_size // pieces <= 1:
@@ -452,7 +459,7 @@ def train(
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm).detach()
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=not graphs)
             step += 1
             step_tokens = sum(plan.tokens(rows) for rows in micro_batches)
             tokens_seen += step_tokens

@@ -180,9 +180,13 @@ def test_it_asks_for_cuda_graphs_per_layer_and_marks_each_micro_batch_when_set(
     monkeypatch.setattr(torch.nn.Module, "compile", recording_compile)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(forwards)))
 
+    gradient_buffers: list[tuple[int | None, ...]] = []
+
     def count_forwards(loss_fn: Any) -> Any:
         def loss(model: Any, batch: Any) -> Any:
             forwards.append(1)
+            trainable = [param for param in model.parameters() if param.requires_grad]
+            gradient_buffers.append(tuple(None if p.grad is None else p.grad.data_ptr() for p in trainable))
             return loss_fn(model, batch)
 
         return loss
@@ -196,6 +200,10 @@ def test_it_asks_for_cuda_graphs_per_layer_and_marks_each_micro_batch_when_set(
     assert modes == ["reduce-overhead"] * len(layers)
     assert marks == list(range(len(forwards)))  # one mark before each training forward, none elsewhere
     assert len(forwards) > 4
+    # Gradients accumulate into .grad buffers allocated before any capture and kept (zeroed) from step to step:
+    # a buffer a captured backward allocated would be overwritten by the next micro-batch's replay.
+    assert None not in gradient_buffers[0]
+    assert set(gradient_buffers) == {gradient_buffers[0]}
     for ours, theirs in zip(graphs_log, eager_log, strict=True):
         if "loss" in theirs:
             assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4, abs=1e-5), ours["step"]
