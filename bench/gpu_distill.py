@@ -55,6 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peft import get_peft_model
+from torch._dynamo.utils import counters
 
 from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
@@ -180,6 +181,9 @@ class TrainRun:
     steady_tokens_per_s: float  # the steps after the first
     first_loss: float
     last_loss: float
+    # "on+graphs": how often inductor fell back from CUDA graphs (0 when every compiled layer was captured;
+    # the reasons are in the log with TORCH_LOGS=cudagraphs).
+    cudagraph_skips: int = 0
 
 
 def train_once(
@@ -203,6 +207,7 @@ def train_once(
         if progress.stage == "training" and not progress.message:  # a step's report, not the start's or a notice
             step_marks.append((time.perf_counter(), progress.step))
 
+    skips_before = counters["inductor"]["cudagraph_skips"]
     sync(device)
     started = time.perf_counter()
     outcome = train(
@@ -226,6 +231,7 @@ def train_once(
         compile=label, train_s=round(train_s, 2),
         first_step_s=round(step_marks[0][0] - started, 2) if step_marks else float("nan"),
         steady_tokens_per_s=round(steady, 1), first_loss=log[0]["loss"], last_loss=log[-1]["loss"],
+        cudagraph_skips=counters["inductor"]["cudagraph_skips"] - skips_before,
     )  # fmt: skip
     return run, outcome.train_tokens, n_lora
 
@@ -517,6 +523,9 @@ def main() -> int:
     print(f"{total}{result['mfu']:>8.1%}")
     steady = f"{'steady (faster runs)':<28}{'':>9}{'':>12}{'':>11}{result['steady_tokens_per_s']:>14,.0f}"
     print(f"{steady}{result['mfu_steady']:>8.1%}")
+    for run in runs:
+        if run.compile == "on+graphs" and run.cudagraph_skips:
+            print(f"CUDA graphs: inductor fell back {run.cudagraph_skips} time(s) (TORCH_LOGS=cudagraphs says why)")
     for label, report in profiles.items():
         print_profile(label.replace("_", " "), report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

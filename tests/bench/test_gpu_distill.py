@@ -24,6 +24,10 @@ def test_it_runs_teacher_and_training_eager_and_compiled_and_reports_each(tmp_pa
     # CUDA graphs (skipped by inductor on a CPU) change neither; their speed-up against "on" is reported.
     assert (graphs["first_loss"], graphs["last_loss"]) == pytest.approx((compiled["first_loss"], compiled["last_loss"]))
     assert report["cuda_graphs_steady_speedup"] > 0
+    # The run counts inductor's fallbacks from CUDA graphs: on a CPU it skips the capture, and says so.
+    assert (eager["cudagraph_skips"], compiled["cudagraph_skips"]) == (0, 0)
+    assert graphs["cudagraph_skips"] >= 1
+    assert "CUDA graphs: inductor fell back" in result.stdout
     assert report["compiled_steady_speedup"] > 0
     assert report["tokens"] == 8192
     assert all(run["steady_tokens_per_s"] > 0 and run["train_s"] > 0 for run in report["runs"])
