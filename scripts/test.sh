@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, starts PostgreSQL and Redis when they do not answer,
-# lints, and runs every test tier CI runs (unit, real-model, Celery workers). Extra arguments go to pytest.
+# lints (ruff, and mypy on the pure ML packages), and runs every test tier CI runs (unit, real-model, Celery
+# workers). Extra arguments go to pytest.
 #   scripts/test.sh            # everything
 #   scripts/test.sh --fast     # inner loop: skips the real-model tier (the browser tier is part of it)
 set -euo pipefail
@@ -31,6 +32,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 say "Lint: ruff check + format --check"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+say "Types: mypy on the pure ML packages (workers/ml, workers/moe)"
+# Settings and the checked folders are pyproject.toml's [tool.mypy]; .mypy_cache keeps reruns to seconds.
+"$VENV/bin/mypy"
 
 say "Django system checks and migrations"
 "$PY" manage.py check --fail-level WARNING

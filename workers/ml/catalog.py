@@ -104,11 +104,11 @@ def load_model(spec: str, config: CatalogConfig, *, progress: ProgressCallback =
     device = _device(config)
     dtype = default_dtype(device)
     if prefix == packaged.PREFIX:
-        model = _named(packaged.PACKAGED_MODELS, prefix, value, spec)
-        return packaged.load(model, config.cache_dir, device, dtype, progress)
+        packaged_model = _named(packaged.PACKAGED_MODELS, prefix, value, spec)
+        return packaged.load(packaged_model, config.cache_dir, device, dtype, progress)
     if prefix == tiny.PREFIX:
-        model = _named(tiny.TINY_MODELS, prefix, value, spec)
-        return tiny.load(model, config.cache_dir, config.seed, device, dtype, progress)
+        tiny_model = _named(tiny.TINY_MODELS, prefix, value, spec)
+        return tiny.load(tiny_model, config.cache_dir, config.seed, device, dtype, progress)
     return hub.load(value, config.model_roots, config.cache_dir, device, dtype, progress)
 
 
@@ -128,11 +128,11 @@ def prepare_model(spec: str, config: CatalogConfig, *, progress: ProgressCallbac
     """Do the slow one-off work for `spec` (GGUF conversion, tokenizer extraction, download), not loading."""
     prefix, value = _split(spec)
     if prefix == packaged.PREFIX:
-        model = _named(packaged.PACKAGED_MODELS, prefix, value, spec)
-        return packaged.prepare(model, config.cache_dir, progress)[0]
+        packaged_model = _named(packaged.PACKAGED_MODELS, prefix, value, spec)
+        return packaged.prepare(packaged_model, config.cache_dir, progress)[0]
     if prefix == tiny.PREFIX:
-        model = _named(tiny.TINY_MODELS, prefix, value, spec)
-        return tiny.prepare(model, config.cache_dir, config.seed, progress)
+        tiny_model = _named(tiny.TINY_MODELS, prefix, value, spec)
+        return tiny.prepare(tiny_model, config.cache_dir, config.seed, progress)
     return hub.prepare(value, config.model_roots, config.cache_dir, progress)
 
 

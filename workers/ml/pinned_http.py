@@ -24,7 +24,8 @@ def _pinned_transport_class(http: ModuleType) -> type:
     """A transport class of the `http` library (httpx, or httpx2 under the openai client): the two share the API
     but not their classes, so a transport must come from the library of the client that uses it."""
 
-    class PinnedTransport(http.HTTPTransport):  # type: ignore[name-defined,misc]
+    # The base comes from the module passed in, which mypy cannot see into (a ModuleType's attributes are unknown).
+    class PinnedTransport(http.HTTPTransport):  # type: ignore[name-defined]
         """Sends requests for `host` to `address`; refuses any other host (a redirect there was never checked)."""
 
         def __init__(self, host: str, address: str, **kwargs: Any) -> None:
@@ -52,7 +53,8 @@ def through_proxy(url: str) -> bool:
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
-    return not urllib.request.proxy_bypass_environment(parts.hostname or "")
+    # Undocumented in CPython and so missing from typeshed's stubs; urllib.request has it since Python 3.2.
+    return not urllib.request.proxy_bypass_environment(parts.hostname or "")  # type: ignore[attr-defined]
 
 
 def pinned_transport(url: str, address: str | None, *, http: ModuleType = httpx, **kwargs: Any) -> Any:

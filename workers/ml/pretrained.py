@@ -52,7 +52,8 @@ def load_pretrained_dir(directory: Path, device: torch.device, dtype: torch.dtyp
     except (OSError, ValueError, KeyError) as exc:
         raise ModelUnavailable(f"{label} could not be loaded as a causal language model ({first_line(exc)}).") from exc
     if device.type != "cuda":
-        model.to(device)
+        # transformers wraps `to` in functools.wraps, whose typeshed type is no descriptor: mypy binds `device` to self.
+        model.to(device)  # type: ignore[arg-type]
     if tokenizer.pad_token is None:
         # Batched generation and training pad; EOS is the usual stand-in for models without a pad token.
         tokenizer.pad_token = tokenizer.eos_token

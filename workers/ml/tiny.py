@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -22,7 +22,17 @@ PREFIX = "tiny"
 
 # SmolLM2's vocabulary: ids 0..2 are <|endoftext|>, <|im_start|>, <|im_end|> (bos = 1, eos = pad = 2).
 SMOLLM2_VOCAB_SIZE = 49152
-_SPECIAL_TOKEN_IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+
+
+class _SpecialTokenIds(TypedDict):
+    """Keyword arguments of LlamaConfig and GenerationConfig.update: a TypedDict so each one is type-checked."""
+
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+
+
+_SPECIAL_TOKEN_IDS: _SpecialTokenIds = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
 TOKENIZER_NAME = "smollm2-135m-instruct"
 
 

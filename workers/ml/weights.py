@@ -15,8 +15,9 @@ _HASH_DOMAIN = b"distillery-weights-v1\n"
 
 def _tensor_record(name: str, tensor: torch.Tensor) -> tuple[bytes, memoryview]:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    # numpy has no bf16: a byte view hashes every dtype the same way and copies nothing.
-    raw = memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    # numpy has no bf16: a byte view hashes every dtype the same way and copies nothing. `.data` is the array's
+    # memoryview (what memoryview(array) gives, but typed: numpy's stubs declare __buffer__ only for Python 3.12+).
+    raw = flat.view(torch.uint8).numpy().data.cast("B")
     dtype = str(tensor.dtype).removeprefix("torch.")
     shape = ",".join(str(size) for size in tensor.shape)
     header = f"{name}\0{dtype}\0{shape}\0{raw.nbytes}\0".encode()

@@ -425,10 +425,10 @@ class Engine:
                 self._fail(self._jobs.get(id(row)), closed)
             while True:
                 try:
-                    job = self._queue.get_nowait()
+                    queued = self._queue.get_nowait()  # a job, or the shutdown's None (_fail ignores it)
                 except queue.Empty:
                     break
-                self._fail(job, closed)
+                self._fail(queued, closed)
 
     def _take_arrivals(self) -> list[_Job] | None:
         """Queued jobs that fit the batch; when idle, block for the first and wait briefly for company."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
 
 from workers.moe.lora import NO_ADAPTERS, LoraAssignment, LoraPool
 
@@ -264,6 +265,7 @@ class Batch:
         if first > 0:
             self.mask = self.mask[:, first:]
             for layer in self.cache.layers:
+                assert _filled_attention(layer)
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
         self.assignment = self._assignment(self.rows)
 
@@ -274,6 +276,8 @@ class Batch:
         else:
             length = max(self.mask.shape[1], mask.shape[1])
             for old, new in zip(self.cache.layers, cache.layers, strict=True):
+                assert _filled_attention(old)
+                assert _filled_attention(new)
                 old.keys = torch.cat([_left_pad(old.keys, length), _left_pad(new.keys, length)])  # (B+b, H, L, D)
                 old.values = torch.cat([_left_pad(old.values, length), _left_pad(new.values, length)])
             self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
@@ -318,6 +322,19 @@ def forward_last(
                     use_cache=cache is not None, logits_to_keep=1,
                 )  # fmt: skip
     return out.logits[:, -1, :]  # (B, V)
+
+
+class _FilledAttentionLayer(Protocol):
+    """A cache layer after a prefill: the keys and values of every position so far, (B, H, L, D) each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def _filled_attention(layer: object) -> TypeGuard[_FilledAttentionLayer]:
+    """Whether `layer` holds keys and values: every layer of the cache a prefill filled does (a hybrid model's
+    linear-attention layers would hold a recurrent state instead, which a Batch cannot pad or trim)."""
+    return isinstance(layer, CacheLayerMixin) and layer.keys is not None and layer.values is not None
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:

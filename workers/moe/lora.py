@@ -92,10 +92,10 @@ class LoraBatchState:
         top_k = max(len(row) for row in rows)
         if len(used) == 1 and top_k == 1:
             (slot,) = used
-            weights = [row[0][1] if row and row[0][0] == slot else 0.0 for row in rows]
+            single_weights = [row[0][1] if row and row[0][0] == slot else 0.0 for row in rows]
             row_weights = None
-            if any(weight != 1.0 for weight in weights):
-                row_weights = torch.tensor(weights, device=device, dtype=dtype).view(-1, 1, 1)  # (B, 1, 1)
+            if any(weight != 1.0 for weight in single_weights):
+                row_weights = torch.tensor(single_weights, device=device, dtype=dtype).view(-1, 1, 1)  # (B, 1, 1)
             return LoraAssignment("single", slot=slot, row_weights=row_weights)
         padded = [list(row) + [(ZERO_SLOT, 0.0)] * (top_k - len(row)) for row in rows]
         indices = torch.tensor([[slot for slot, _ in row] for row in padded], device=device)  # (B, K)
@@ -122,10 +122,11 @@ class MultiLoraLinear(nn.Module):
         self.state = state
         self.in_features = base.in_features
         self.out_features = base.out_features
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        device, dtype = base.weight.device, base.weight.dtype
         # Plain attributes, not buffers: they are not part of the base's state dict.
-        self.lora_a = torch.zeros(1, 0, self.in_features, **factory)  # (S, r_max, in)
-        self.lora_b = torch.zeros(1, 0, self.out_features, **factory)  # (S, r_max, out), scale folded in
+        self.lora_a = torch.zeros(1, 0, self.in_features, device=device, dtype=dtype)  # (S, r_max, in)
+        # (S, r_max, out), scale folded in
+        self.lora_b = torch.zeros(1, 0, self.out_features, device=device, dtype=dtype)
         # (assignment, pool tensor it came from, gathered A, gathered B) of the batch that ran last
         self._gathered: tuple[LoraAssignment, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 

@@ -120,6 +120,7 @@ def _linear(
 
 def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> Linear | None:
     """fbgemm's (qnnpack's on ARM) dynamic linear with float32 weights stored as fp16 or int8; None without it."""
+    run: Callable[[torch.Tensor, Any], torch.Tensor]  # (activations, packed weights) -> output
     try:
         if dtype == torch.float16:
             packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
@@ -131,8 +132,10 @@ def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype)
             # reference: min 0.979, against 0.942 for fbgemm's own guard, 7-bit activations, `reduce_range`).
             packed = _int8_packed(weight, bias, levels=127 if _int8_sums_exactly() else 63)
 
-            def run(x: torch.Tensor, packed: Any) -> torch.Tensor:
+            def run_int8(x: torch.Tensor, packed: Any) -> torch.Tensor:
                 return torch.ops.quantized.linear_dynamic(x, packed, False)  # 8-bit activations
+
+            run = run_int8
 
         run(torch.zeros(1, weight.shape[1]), packed)
     except (AttributeError, RuntimeError, NotImplementedError):

@@ -327,7 +327,7 @@ class VllmBackend:
                         prompt_tokens = chunk.usage.prompt_tokens
                         completion_tokens = chunk.usage.completion_tokens
                     for choice in chunk.choices:
-                        text = (choice.delta.content if chat else choice.text) or ""  # type: ignore[union-attr]
+                        text = (choice.delta.content if chat else choice.text) or ""
                         if text:
                             parts.append(text)
                             yield {"type": "delta", "text": text}

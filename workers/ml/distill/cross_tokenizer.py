@@ -283,7 +283,7 @@ def load_uld_loss(
             uld_skip_teacher_eos=False,
         )
 
-    class VectorisedULDLoss(ULDLoss):  # type: ignore[misc, valid-type]
+    class VectorisedULDLoss(ULDLoss):
         """TRL's ULDLoss with its split-token merge vectorised (see merge_aligned_probabilities)."""
 
         def _merge_probabilities_with_alignment_groups(

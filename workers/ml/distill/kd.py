@@ -102,12 +102,7 @@ def kd_loss(
 
     def loss(model: Any, batch: PackedBatch) -> LossParts:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (B,T,V)
-        common = {
-            "alpha": settings.alpha,
-            "temperature": settings.temperature,
-            "kind": settings.divergence,
-            "positions": batch.label_count,
-        }
+        positions = batch.label_count
         if cache is not None:
             values, ids, tail = (tensor.to(logits.device) for tensor in cache.gather(batch))
             return distillation_loss(
@@ -116,8 +111,11 @@ def kd_loss(
                 teacher_topk_logprobs=values,
                 teacher_topk_ids=ids,
                 teacher_topk_tail=tail,
+                alpha=settings.alpha,
+                temperature=settings.temperature,
+                kind=settings.divergence,
                 beta=settings.jsd_beta,
-                **common,
+                positions=positions,
             )
         if teacher_model is None:
             with model.disable_adapter():
@@ -125,7 +123,14 @@ def kd_loss(
         else:
             teacher_logits = live_teacher_logits(teacher_model, teacher_segments, batch, pad_token_id)
         return distillation_loss(
-            logits, batch.labels, teacher_logits=teacher_logits.to(logits.device), beta=settings.jsd_beta, **common
+            logits,
+            batch.labels,
+            teacher_logits=teacher_logits.to(logits.device),
+            alpha=settings.alpha,
+            temperature=settings.temperature,
+            kind=settings.divergence,
+            beta=settings.jsd_beta,
+            positions=positions,
         )
 
     return loss

@@ -157,9 +157,11 @@ def _chunk_terms(
     if topk and alpha > 0 and temperature == 1.0:
         # The label's and the top-k's log-probs in one gather: each gather's backward fills an (n, V) tensor
         # of zeros, the largest cost of this loss after the log-softmax (~20% of it on a CPU).
+        assert topk_ids is not None  # topk: the three targets were checked together above
         both = student_lp.gather(-1, torch.cat([safe_labels, topk_ids.long()], dim=-1))  # (n, 1+k)
         picked_label, picked = both[:, 0], both[:, 1:]
     elif topk:
+        assert topk_ids is not None  # topk: the three targets were checked together above
         picked = student_lp.gather(-1, topk_ids.long())  # (n, k)
     if alpha <= 0:
         ce = student_lp.new_zeros(())
@@ -170,9 +172,13 @@ def _chunk_terms(
     else:
         ce = -(F.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, safe_labels).squeeze(-1) * weights).sum()
     if not topk:
+        assert teacher_logits is not None  # not topk means the teacher came as full logits
         teacher_lp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (n, V)
         div = divergence(student_lp, teacher_lp, kind, beta)
     else:
+        # topk: the three targets were checked together above
+        assert topk_logprobs is not None
+        assert topk_tail is not None
         student_collapsed = torch.cat([picked, _log_tail(picked)], dim=-1)  # (n, k+1)
         teacher_tail = torch.clamp(topk_tail.float(), min=_LOG_TAIL_FLOOR).unsqueeze(-1)  # (n, 1)
         # Renormalised: fp16 top-k values and the fp32 tail need not sum to exactly 1.

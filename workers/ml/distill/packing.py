@@ -48,9 +48,11 @@ class PackedBatch:
         # non_blocking: a host-to-GPU copy from pinned memory overlaps the kernels already queued.
         pinned = device.type == "cuda" and torch.cuda.is_available()
         return PackedBatch(
-            *(self._move(tensor, device, pinned) for tensor in (self.input_ids, self.position_ids, self.labels)),
-            self.placements,
-            self.label_count,
+            input_ids=self._move(self.input_ids, device, pinned),
+            position_ids=self._move(self.position_ids, device, pinned),
+            labels=self._move(self.labels, device, pinned),
+            placements=self.placements,
+            host_label_count=self.label_count,
         )
 
     @staticmethod

@@ -254,7 +254,8 @@ class TeacherCache:
             if should_stop():
                 return None
             # Take segments until the teacher batch holds about batch_tokens tokens.
-            batch_indices, batch_size = [], 0
+            batch_indices: list[int] = []
+            batch_size = 0
             while position < len(todo) and (
                 not batch_indices or batch_size + len(segments[todo[position]].tokens) <= batch_tokens
             ):

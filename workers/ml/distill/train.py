@@ -463,7 +463,8 @@ def train(
             step += 1
             step_tokens = sum(plan.tokens(rows) for rows in micro_batches)
             tokens_seen += step_tokens
-            lr = scheduler.get_last_lr()[0]
+            # A float: the optimizer's lr is (get_last_lr is typed float | Tensor for optimizers given tensor lrs).
+            lr = float(scheduler.get_last_lr()[0])
             finished = _StepRecord.read_back(step, step_parts, grad_norm, lr, tokens_seen, step_tokens)
             if pending is not None:
                 reporter.report(pending, model)  # the previous step: its kernels are done or nearly

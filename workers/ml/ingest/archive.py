@@ -138,7 +138,11 @@ def read_archive(
     with archive:
         all_infos = archive.infolist()
         infos = [info for info in all_infos if not is_litter(info)]
-        details = {"files": len(infos), "skipped_entries": len(all_infos) - len(infos), "depth": depth}
+        details: dict[str, object] = {
+            "files": len(infos),
+            "skipped_entries": len(all_infos) - len(infos),
+            "depth": depth,
+        }
         if len(infos) > options.limits.max_archive_members:
             limit = options.limits.max_archive_members
             return failed(name, "zip", messages.ARCHIVE_TOO_MANY.format(members=len(infos), limit=limit), **details)

@@ -89,7 +89,7 @@ class _Tokens:
         # Byte-level BPE (GPT-2's pre-tokenizer, SmolLM2's) splits text into words before merging, and no token
         # crosses a word boundary: a piece cut where a word starts encodes alone into exactly the tokens it had
         # in context. Other tokenizers get every piece re-encoded to know its size.
-        self.exact_word_cuts = usable and type(backend.pre_tokenizer).__name__ == "ByteLevel"
+        self.exact_word_cuts = self.backend is not None and type(self.backend.pre_tokenizer).__name__ == "ByteLevel"
 
     def counts(self, texts: list[str]) -> list[int]:
         if not texts:
@@ -282,10 +282,10 @@ def drop_duplicate_chunks(documents: list[list[TextChunk]]) -> tuple[list[list[T
     Returns the documents' remaining chunks and how many were dropped.
     """
     seen: set[str] = set()
-    kept_documents = []
+    kept_documents: list[list[TextChunk]] = []
     dropped = 0
     for chunks in documents:
-        kept = []
+        kept: list[TextChunk] = []
         for chunk in chunks:
             if chunk.text in seen:
                 dropped += 1

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import httpx2
 import openai
@@ -25,6 +25,9 @@ from workers.ml.distill.config import EndpointTeacherConfig
 from workers.ml.distill.errors import TeacherError
 from workers.ml.distill.teachers.base import Conversation, Teacher, TeacherBudgetExhausted, TokenUsage
 from workers.ml.pinned_http import pinned_transport
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class EndpointTeacher(Teacher):
         self._lock = threading.Lock()
         self._closed = False
         # Newer OpenAI models refuse `max_tokens`; switched to `max_completion_tokens` when a server says so.
-        self._max_tokens_field = "max_tokens"
+        self._max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
         transport = pinned_transport(config.base_url, config.connect_address, http=httpx2)  # the openai client's
         self._client = openai.OpenAI(
             # vLLM without --api-key accepts any key; the client insists on one, so send a placeholder.
@@ -215,11 +218,17 @@ class EndpointTeacher(Teacher):
         enforce_budget: bool = True,
     ) -> str:
         def send() -> Any:
+            # A Conversation's role/content dicts are openai's message TypedDicts, which dict[str, str] cannot say.
+            typed_messages = cast("list[ChatCompletionMessageParam]", messages)
+            if self._max_tokens_field == "max_completion_tokens":
+                return self._client.chat.completions.create(
+                    model=self.config.model,
+                    messages=typed_messages,
+                    temperature=temperature,
+                    max_completion_tokens=max_new_tokens,
+                )
             return self._client.chat.completions.create(
-                model=self.config.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=temperature,
-                **{self._max_tokens_field: max_new_tokens},  # type: ignore[arg-type]
+                model=self.config.model, messages=typed_messages, temperature=temperature, max_tokens=max_new_tokens
             )
 
         def switch_max_tokens_field(detail: str) -> bool:
