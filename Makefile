@@ -7,6 +7,6 @@ test:
 test-fast:
 	scripts/test.sh --fast
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 format:
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
