@@ -207,14 +207,16 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
         return None
     train_tokens = int(version.stats.get("tokens", 0) * (1 - version.stats.get("heldout_share", 0.0)))
     budget = options.get("token_budget") or int(train_tokens * float(options.get("epochs") or 1))
-    # The teacher pass reads every chunk once (with its context for kd): roughly a third of a training pass.
-    eta = budget / measured_tokens_per_s() + train_tokens / (3 * measured_tokens_per_s())
+    # The teacher pass reads each chunk once, roughly a third of a training pass over it: for kd (with its
+    # context) only the chunks training reads, fewer than all under a budget of less than one epoch; for qa all.
+    teacher_read = min(budget, train_tokens) if recipe == "kd" else train_tokens
+    eta = budget / measured_tokens_per_s() + teacher_read / (3 * measured_tokens_per_s())
     teacher_tokens = cost = None
     if teacher.get("kind") == "endpoint":
         pairs = int(options.get("pairs_per_chunk", 2))
         chunks = int(version.stats.get("chunks", 0))
         if recipe == "kd":
-            teacher_tokens = train_tokens * 2
+            teacher_tokens = teacher_read * 2
         else:
             teacher_tokens = qa_teacher_tokens(train_tokens, chunks, pairs, reasoning=bool(options.get("reasoning")))
         price_in = teacher.get("price_input_per_million") or 0

@@ -279,6 +279,20 @@ def test_it_estimates_tokens_time_and_cost_for_a_priced_endpoint(cast: Cast, cor
     assert "<dt>Expected teacher cost</dt><dd>about $0.07</dd>" in body
 
 
+def test_it_counts_only_the_chunks_a_budget_under_one_epoch_trains_on_for_a_kd_teacher(
+    cast: Cast, corpus: Corpus
+) -> None:
+    teacher = make_endpoint_teacher(cast.org, price_input_per_million=2, price_output_per_million=4)
+    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=kd&token_budget=3000"
+    body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+    text = body.content.decode()
+    # 3,000 of the 9,000 training tokens: the teacher reads those (with their context, twice as many tokens), and
+    # its pass takes 3,000 / 750 s on top of training's 3,000 / 250 s.
+    assert "<dt>Training tokens</dt><dd>3000</dd>" in text
+    assert "<dt>Teacher tokens</dt><dd>about 6000</dd>" in text
+    assert "about 16 s" in text
+
+
 def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast, corpus: Corpus) -> None:
     teacher = make_endpoint_teacher(cast.org, price_input_per_million=1, price_output_per_million=1)
     query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&epochs=1&pairs_per_chunk=2"

@@ -170,7 +170,10 @@ def _prepare_kd(
 
     local = isinstance(teacher, LocalTeacher)
     top_k = config.kd.cache_top_k if local else min(config.kd.cache_top_k, kd_recipe.ENDPOINT_MAX_TOP_K)
-    with _compiled_teacher(config, teacher, data.teacher_segments):
+    # A token budget under one epoch trains on part of the corpus: the teacher (and an endpoint's bill) reads
+    # that part only.
+    needed = plan.trained_segments()
+    with _compiled_teacher(config, teacher, [data.teacher_segments[index] for index in needed]):
         cache = TeacherCache.open_or_build(
             config.work / "teacher-cache",
             fingerprint,
@@ -183,6 +186,7 @@ def _prepare_kd(
             on_progress=report,
             should_stop=should_stop,
             source=None if local else kd_recipe.endpoint_targets(teacher, data.teacher_segments, top_k),
+            needed=needed,
         )
     if cache is None:
         return None

@@ -1,4 +1,4 @@
-"""The teacher's next-token distributions for every training segment, computed once and kept on disk.
+"""The teacher's next-token distributions for the training segments a run reads, computed once and kept on disk.
 
 Later epochs, retries after a crash and resumed runs read the cache instead of running the teacher again.
 Per segment and position the cache keeps the top-k log-probs (fp16), their token ids (int32) and the log of
@@ -219,13 +219,17 @@ class TeacherCache:
         on_progress: Callable[[int, int, int], None] = lambda done, total, tokens: None,
         should_stop: Callable[[], bool] = lambda: False,
         source: TargetSource | None = None,
+        needed: Sequence[int] | None = None,
     ) -> TeacherCache | None:
         """Reuse a matching cache or (re)build it, resuming from its finished shards.
 
         The targets come from the local teacher `model` or, when given, from `source` (e.g. an endpoint's
         prompt logprobs; `model` is then None and the cache stays on the CPU).
+        `needed`: the segment indices training will read (default: all). A token budget under one epoch trains
+        on a part of the corpus, and the teacher runs over that part only; a later call that needs more (a
+        retry with a larger budget) adds the missing segments to the same cache.
         Returns None when `should_stop` interrupted the build (finished shards stay for the next attempt).
-        `on_progress(segments done, total, tokens in the last batch)` is called after each teacher batch.
+        `on_progress(segments done, segments needed, tokens in the last batch)` is called after each batch.
         """
         fingerprint = {**fingerprint, "top_k": top_k, "temperature": temperature, "segments": len(segments)}
         directory.mkdir(parents=True, exist_ok=True)
@@ -240,13 +244,14 @@ class TeacherCache:
         if index is None or index["fingerprint"] != fingerprint:
             for stale in directory.glob("shard-*.safetensors"):
                 stale.unlink()
-            index = {"fingerprint": fingerprint, "shards": [], "complete": False}
+            index = {"fingerprint": fingerprint, "shards": []}
             _write_index(index_path, index)
-        if index["complete"]:
-            return cls(directory, device)
-
+        wanted = sorted(set(range(len(segments)) if needed is None else needed))
         done = {segment for shard in index["shards"] for segment, _, _ in shard["segments"]}
-        todo = [i for i in range(len(segments)) if i not in done]
+        todo = [i for i in wanted if i not in done]
+        if not todo:
+            return cls(directory, device)
+        already = len(wanted) - len(todo)
         pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         pending_tokens = 0
         position = 0
@@ -265,15 +270,12 @@ class TeacherCache:
             for segment_index, values, ids, tail in source(batch_indices):
                 pending.append((segment_index, values, ids, tail))
                 pending_tokens += len(values)
-            done_count = len(done) + position
-            on_progress(done_count, len(segments), batch_size)
+            on_progress(already + position, len(wanted), batch_size)
             if pending_tokens >= SHARD_TOKENS:
                 _write_shard(directory, index, pending)
                 pending, pending_tokens = [], 0
         if pending:
             _write_shard(directory, index, pending)
-        index["complete"] = True
-        _write_index(index_path, index)
         return cls(directory, device)
 
 

@@ -148,6 +148,18 @@ class DataPlan:
         micro_batches, accum = self.epoch(number), self.settings.grad_accum
         return [micro_batches[i : i + accum] for i in range(0, len(micro_batches), accum)]
 
+    def trained_segments(self) -> list[int]:
+        """The indices of the segments the run's steps train on, ascending: all of them unless a token budget
+        ends the run inside its first epoch (then the teacher need not read the rest)."""
+        seen: set[int] = set()
+        for step in range(self.total_steps):
+            for micro_batch in self.step_micro_batches(step):
+                for row in micro_batch:
+                    seen.update(row)
+            if len(seen) == len(self.segments):
+                break
+        return sorted(seen)
+
     def planned_positions(self, from_step: int = 0) -> int:
         """Token positions the steps from `from_step` on run through the model (their rows' full width)."""
         settings = self.settings

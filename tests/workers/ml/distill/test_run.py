@@ -301,6 +301,24 @@ def test_it_scores_the_heldout_chunks_at_evaluation_points_without_changing_the_
     )
 
 
+def test_it_runs_the_teacher_over_the_part_of_the_corpus_a_small_token_budget_trains_on(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    config = tiny_config(tmp_path, model_cache_dir)
+    config = config.replace(training=dataclasses.replace(config.training, token_budget=200))
+    reports: list[Progress] = []
+
+    result = distill(config, toy_corpus, on_progress=reports.append)
+
+    assert result.status == "succeeded"
+    teacher_totals = {r.total_steps for r in reports if r.stage == "teacher"}
+    assert len(teacher_totals) == 1
+    (teacher_segments,) = teacher_totals
+    # A step or two of ~200 tokens reads a few of the training chunks: the teacher read those, not the corpus.
+    assert 0 < teacher_segments < len(toy_corpus.train)
+    assert result.metrics["training"]["train_tokens"] >= 200
+
+
 def test_it_takes_the_compile_setting_from_the_command_line(tmp_path: Path) -> None:
     from workers.ml.distill.__main__ import _parser, build_config
 

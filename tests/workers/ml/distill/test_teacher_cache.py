@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from workers.ml.distill import teacher_cache
 from workers.ml.distill.corpus import CorpusSnapshot
 from workers.ml.distill.kd import build_kd_data
 from workers.ml.distill.losses import teacher_topk
-from workers.ml.distill.teacher_cache import TeacherSegment, _plain_head, teacher_targets
+from workers.ml.distill.teacher_cache import Targets, TeacherCache, TeacherSegment, _plain_head, teacher_targets
 
 TOP_K = 16
 
@@ -102,3 +104,44 @@ def test_it_runs_the_full_forward_for_logits_that_are_not_the_heads_output() -> 
         torch.testing.assert_close(values, expected_values.half(), atol=2e-3, rtol=0)
         assert torch.equal(ids, expected_ids.int())
         torch.testing.assert_close(tail, expected_tail, atol=1e-4, rtol=1e-4)
+
+
+def test_it_runs_the_teacher_over_the_needed_segments_only_and_adds_the_rest_when_asked(
+    tmp_path: Path, tiny_teacher: LoadedModel, toy_corpus: CorpusSnapshot, kd_case: KDCase
+) -> None:
+    segments = _segments(tiny_teacher, toy_corpus, kd_case)
+    asked: list[int] = []
+
+    def counting_source(indices: Sequence[int]) -> list[Targets]:
+        asked.extend(indices)
+        return teacher_targets(tiny_teacher.model, segments, indices, TOP_K, 1.0, 0)
+
+    def build(needed: Sequence[int] | None) -> tuple[TeacherCache, list[tuple[int, int]]]:
+        reports: list[tuple[int, int]] = []
+        cache = TeacherCache.open_or_build(
+            tmp_path / "cache", {"teacher": "tiny"}, None, segments, top_k=TOP_K, temperature=1.0,
+            batch_tokens=10_000, pad_token_id=0, source=counting_source, needed=needed,
+            on_progress=lambda done, total, _: reports.append((done, total)),
+        )  # fmt: skip
+        assert cache is not None
+        return cache, reports
+
+    part, reports = build([3, 1])
+    assert sorted(asked) == [1, 3]  # a budget under one epoch: the teacher reads what training will read
+    assert len(part) == 2
+    assert reports[-1] == (2, 2)
+    asked.clear()
+    more, reports = build([0, 1, 2, 3])  # a retry with a larger budget: only the missing ones
+    assert sorted(asked) == [0, 2]
+    assert (len(more), reports[-1]) == (4, (4, 4))
+    asked.clear()
+    whole, _ = build(None)
+    assert sorted(asked) == [4, 5]
+    asked.clear()
+    again, reports = build([5])
+    assert (asked, reports) == ([], [])  # nothing missing: the cache as it is
+    assert len(whole) == len(again) == len(segments)
+    for index in range(len(segments)):
+        expected = _expected(tiny_teacher.model, segments[index])
+        for got, want in zip(whole.segment(index), expected, strict=True):
+            torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)

@@ -104,6 +104,16 @@ def test_it_stops_a_token_budget_at_the_first_step_that_reaches_it() -> None:
     assert sum(tokens) >= epoch_tokens + 1000 > sum(tokens[:-1])
 
 
+def test_it_names_the_segments_a_budget_under_one_epoch_trains_on() -> None:
+    short = uneven_plan(token_budget=sum(UNEVEN_LENGTHS) // 3)
+    beyond_one_epoch = uneven_plan(token_budget=sum(UNEVEN_LENGTHS) + 1)
+
+    assert short.trained_segments() == sorted(trained_counts(short))
+    assert 0 < len(short.trained_segments()) < len(UNEVEN_LENGTHS)  # the teacher may skip the rest
+    assert beyond_one_epoch.trained_segments() == list(range(len(UNEVEN_LENGTHS)))
+    assert uneven_plan(epochs=0.5).trained_segments() == sorted(trained_counts(uneven_plan(epochs=0.5)))
+
+
 def test_it_trains_the_lora_weights_and_lowers_the_heldout_loss(
     tmp_path: Path, tiny_student: LoadedModel, tiny_teacher: LoadedModel, toy_corpus: CorpusSnapshot, kd_case: KDCase
 ) -> None:
