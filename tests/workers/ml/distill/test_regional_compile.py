@@ -165,8 +165,8 @@ def test_it_asks_for_cuda_graphs_per_layer_and_marks_each_micro_batch_when_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The CUDA-graph plumbing, on a CPU: inductor skips the capture here, so the losses must stay eager's."""
-    graphs = dataclasses.replace(kd_case, training=dataclasses.replace(kd_case.training, torch_compile="on"))
-    graphs = dataclasses.replace(graphs, training=dataclasses.replace(graphs.training, cuda_graphs=True))
+    training = dataclasses.replace(kd_case.training, torch_compile="on", cuda_graphs=True)
+    graphs = dataclasses.replace(kd_case, training=training)
     _, eager_log, _ = run_with_evaluation(tmp_path, tiny_student, tiny_teacher, toy_corpus, kd_case, "eager")
     modes: list[object] = []
     original_compile = torch.nn.Module.compile
