@@ -44,7 +44,7 @@ from workers.ml.distill.kd import kd_loss
 from workers.ml.distill.losses import _chunk_terms, compiled_vocabulary_passes, teacher_topk
 from workers.ml.distill.packing import PackedBatch
 from workers.ml.distill.precision import bf16_autocast
-from workers.ml.distill.regional_compile import compiled_layers
+from workers.ml.distill.regional_compile import allocate_gradient_buffers, compiled_layers
 from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, teacher_targets
 from workers.ml.distill.train import DataPlan
 
@@ -251,10 +251,8 @@ def train_profile(
             parts = loss_fn(expert, batch)
         parts.total.backward()
 
-    if graphs:  # .grad buffers outside the graphs' memory pool, as train() allocates them
-        for param in expert.parameters():
-            if param.requires_grad:
-                param.grad = torch.zeros_like(param)
+    if graphs:
+        allocate_gradient_buffers(expert.parameters())  # as train() does
     with (
         compiled_layers(expert, compiled, static_shapes=graphs, cuda_graphs=graphs),
         compiled_vocabulary_passes(compiled),

@@ -18,7 +18,7 @@ import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -170,6 +170,18 @@ def compiled_layers(
         for layer in layers:
             # nn.Module.compile stores the compiled call here; None is the attribute's eager default.
             layer._compiled_call_impl = None
+
+
+def allocate_gradient_buffers(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Zeroed .grad buffers for the trainable `parameters`, allocated before any CUDA-graph capture.
+
+    A gradient that a captured backward allocates lives in the graphs' memory pool, and the next micro-batch's
+    replay overwrites it: accumulation needs buffers allocated outside the capture, kept (zeroed with
+    `zero_grad(set_to_none=False)`, not freed) from step to step, as torch's cudagraph_trees says when it happens.
+    """
+    for param in parameters:
+        if param.requires_grad:
+            param.grad = torch.zeros_like(param)
 
 
 def _input_requires_grad(

@@ -44,6 +44,7 @@ from workers.ml.distill.packing import PackedBatch, collate, epoch_rows
 from workers.ml.distill.precision import autocasts_bf16, bf16_autocast
 from workers.ml.distill.progress import Progress, ProgressCallback, RateMeter, StopCallback
 from workers.ml.distill.regional_compile import (
+    allocate_gradient_buffers,
     compiled_layers,
     eager,
     has_active_dropout,
@@ -411,11 +412,7 @@ def train(
     ):
         graphs = compiled and settings.cuda_graphs
         if graphs:
-            # A gradient that a captured backward allocated lives in the graphs' memory pool, and the next
-            # micro-batch's replay overwrites it: accumulation needs .grad buffers allocated outside the capture,
-            # kept (zeroed, not freed) from step to step (torch's cudagraph_trees says as much when it happens).
-            for param in params:
-                param.grad = torch.zeros_like(param)
+            allocate_gradient_buffers(params)  # and zero_grad keeps them (set_to_none=not graphs)
         on_progress(Progress("training", start_step, total_steps, message=_start_message(plan, start_step, compiled)))
         defer = _reads_back_late(device)
         pending: _StepRecord | None = None
