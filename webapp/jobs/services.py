@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -206,19 +207,25 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     if version is None:
         return None
     train_tokens = int(version.stats.get("tokens", 0) * (1 - version.stats.get("heldout_share", 0.0)))
-    budget = options.get("token_budget") or int(train_tokens * float(options.get("epochs") or 1))
-    # The teacher pass reads each chunk once, roughly a third of a training pass over it: for kd (with its
-    # context) only the chunks training reads, fewer than all under a budget of less than one epoch; for qa all.
-    teacher_read = min(budget, train_tokens) if recipe == "kd" else train_tokens
+    chunks = int(version.stats.get("chunks", 0))
+    pairs = int(options.get("pairs_per_chunk", 2))
+    reasoning = bool(options.get("reasoning"))
+    # What one epoch trains on: kd the corpus text, qa the pairs the teacher writes about it.
+    epoch_tokens = train_tokens if recipe == "kd" else chunks * pairs * qa_pair_tokens(reasoning=reasoning)
+    budget = options.get("token_budget") or int(epoch_tokens * float(options.get("epochs") or 1))
+    # Under a budget of less than one epoch the teacher reads only the share of the corpus training needs: kd
+    # the chunks training reads, qa the chunks whose pairs add up to the budget (workers/ml/distill/qa_generate).
+    share = min(1.0, budget / epoch_tokens) if epoch_tokens else 1.0
+    # The teacher pass reads each chunk once, roughly a third of a training pass over it.
+    teacher_read = int(train_tokens * share)
     eta = budget / measured_tokens_per_s() + teacher_read / (3 * measured_tokens_per_s())
     teacher_tokens = cost = None
     if teacher.get("kind") == "endpoint":
-        pairs = int(options.get("pairs_per_chunk", 2))
-        chunks = int(version.stats.get("chunks", 0))
         if recipe == "kd":
             teacher_tokens = teacher_read * 2
         else:
-            teacher_tokens = qa_teacher_tokens(train_tokens, chunks, pairs, reasoning=bool(options.get("reasoning")))
+            asked = math.ceil(chunks * share)
+            teacher_tokens = qa_teacher_tokens(teacher_read, asked, pairs, reasoning=reasoning)
         price_in = teacher.get("price_input_per_million") or 0
         price_out = teacher.get("price_output_per_million") or 0
         if price_in or price_out:
@@ -226,10 +233,15 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     return Estimate(budget, eta, teacher_tokens, cost)
 
 
+def qa_pair_tokens(*, reasoning: bool = False) -> int:
+    """The tokens of one written question–answer pair (about what it trains on, too, with the chat template)."""
+    return QA_PAIR_TOKENS + (QA_REASONING_TOKENS if reasoning else 0)
+
+
 def qa_teacher_tokens(train_tokens: int, chunks: int, pairs: int, *, reasoning: bool = False) -> int:
-    """What a qa job sends to and gets from its teacher: each chunk to write pairs, again with each pair to grade
-    it (self-reward), and the evaluation's questions."""
-    pair = QA_PAIR_TOKENS + (QA_REASONING_TOKENS if reasoning else 0)
+    """What a qa job sends to and gets from its teacher: each of the `chunks` asked about (`train_tokens` of
+    text) to write pairs, again with each pair to grade it (self-reward), and the evaluation's questions."""
+    pair = qa_pair_tokens(reasoning=reasoning)
     writing = train_tokens + chunks * (QA_PROMPT_TOKENS + pairs * pair)
     grading = pairs * (train_tokens + chunks * (QA_PROMPT_TOKENS + pair))
     return writing + grading + QA_EVAL_QUESTIONS * QA_EVAL_TOKENS_PER_QUESTION

@@ -309,6 +309,19 @@ def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast
     assert "<dt>Teacher tokens</dt><dd>about 185000</dd>" in body.content.decode()
 
 
+def test_it_counts_only_the_chunks_a_qa_budget_needs_pairs_from(cast: Cast, corpus: Corpus) -> None:
+    teacher = make_endpoint_teacher(cast.org, price_input_per_million=1, price_output_per_million=1)
+    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&token_budget=2000&pairs_per_chunk=2"
+    body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+    text = body.content.decode()
+    # An epoch of pairs is 40 chunks × 2 pairs × ~100 tokens = 8,000: a 2,000-token budget needs a quarter of the
+    # chunks, 10 of them (2,250 of the 9,000 training tokens). Writing 2,250 + 10 × (150 + 2 × 100) = 5,750;
+    # grading 2 × (2,250 + 10 × 250) = 9,500; evaluation 50 questions × 2,000 = 100,000.
+    assert "<dt>Training tokens</dt><dd>2000</dd>" in text
+    assert "<dt>Teacher tokens</dt><dd>about 115250</dd>" in text
+    assert "<dt>Expected teacher cost</dt><dd>about $0.12</dd>" in text
+
+
 def test_it_shows_no_cost_for_a_catalog_teacher_and_warns_of_a_refusal(
     cast: Cast, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,9 +46,11 @@ from workers.ml.distill.qa_generate import (
     GenerationStats,
     GenerationStore,
     QARecord,
+    TokenTarget,
     drop_summary,
     fingerprint,
     generate_pairs,
+    generation_order,
     load_stats,
     reference_prompt,
     user_turn,
@@ -331,15 +333,33 @@ def _no_data_message(stats: GenerationStats, teacher: Teacher) -> str:
     )
 
 
+def token_target(config: DistillConfig, tokenizer: Any) -> TokenTarget | None:
+    """Under a token budget, the training tokens generation has to reach (a kept pair counts as trained)."""
+    budget = config.training.token_budget
+    if budget is None:
+        return None
+    seq_len = config.training.seq_len
+
+    def measure(record: QARecord) -> int:
+        target = training_target(record.answer or "", record.reasoning)
+        encoded = encode_pair(tokenizer, record.question or "", target, seq_len)
+        return len(encoded[0]) if encoded is not None else 0
+
+    return TokenTarget(budget, measure)
+
+
 def _generate(
     config: DistillConfig,
     corpus: CorpusSnapshot,
     teacher: Teacher,
     on_progress: ProgressCallback,
     should_stop: StopCallback,
+    target: TokenTarget | None,
 ) -> Generation | None:
-    """The training pairs: read back from work/ when a finished generation matches, else (re)generated."""
-    store = GenerationStore(config.work, fingerprint(config, teacher, corpus.fingerprint))
+    """The training pairs: read back from work/ when a saved generation matches and holds enough, else
+    generated (continuing a saved one where it stopped)."""
+    order = generation_order(len(corpus.train), config.training.seed)
+    store = GenerationStore(config.work, fingerprint(config, teacher, corpus.fingerprint), order)
     saved = store.load()
     if saved is not None and saved[1]:
         return saved[0]
@@ -356,10 +376,12 @@ def _generate(
         should_stop=should_stop,
         start=start,
         on_batch=store.append,
+        order=order,
+        target=target,
     )
     if generation.cancelled:
         return None
-    store.rewrite(generation, complete=True)
+    store.rewrite(generation, complete=generation.stats.finished)
     return generation
 
 
@@ -388,7 +410,7 @@ def prepare(
     """
     if shared is None:
         shared = isinstance(teacher, LocalTeacher) and teacher.model is student.model
-    generation = _generate(config, corpus, teacher, on_progress, should_stop)
+    generation = _generate(config, corpus, teacher, on_progress, should_stop, token_target(config, student.tokenizer))
     if generation is None:
         return None
     kept = generation.kept
@@ -431,9 +453,13 @@ def data_stats(config: DistillConfig) -> dict[str, Any]:
         "qa_pairs_kept": stats.pairs_kept,
         "qa_pairs_dropped": stats.pairs_dropped,
         **{f"qa_dropped_{reason}": count for reason, count in stats.dropped.items()},
-        "qa_chunks_generated_from": stats.chunks_done,
+        "qa_chunks_generated_from": f"{stats.chunks_done} of {stats.chunks}",
         "qa_teacher_budget_exhausted": "yes" if stats.budget_exhausted else "no",
     }
+    if stats.target_tokens is not None:
+        # Under a token budget the teacher was asked about a shuffled sample of chunks until the kept pairs
+        # held the budget's tokens: say so, or "of 180" chunks reads as a teacher that gave up.
+        result["qa_training_tokens_written"] = f"{stats.kept_tokens:,} (token budget {stats.target_tokens:,})"
     return result
 
 

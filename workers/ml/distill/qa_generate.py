@@ -18,6 +18,12 @@ usefulness (`parse_grade` reads the number from "4", "Score: 4/5", `{"score": 4}
 Failing fast. When the first HOPELESS_AFTER_CHUNKS chunks give no kept pair at all, generation stops there
 (`stats.abandoned`) and the run fails with the counts, instead of asking about the rest of the corpus.
 
+Only what training reads. Chunks are asked about in a seeded shuffle of the corpus (`generation_order`), so any
+prefix of the order is a sample across all documents. Under a token budget (`TokenTarget`) generation stops once
+the kept pairs hold as many training tokens as the budget trains on: a 12k-token budget over a corpus of 10,000
+chunks asks about the ~60 chunks it needs, not all 10,000 (a paid teacher is paid for those). A later run with a
+larger budget continues the same order where this one stopped.
+
 Every generated pair — kept or dropped, with its grade and drop reason and its chunk's doc_id/position — is
 written to `work/qa_data.jsonl`; `work/qa_state.json` records how far generation got. A retried or resumed
 run with the same teacher, corpus and settings reads them back instead of asking the teacher again (so a
@@ -27,7 +33,9 @@ resumed training run sees exactly the data its checkpoint was trained on, and a 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +51,7 @@ from workers.ml.distill.teachers import LocalTeacher, Teacher, TeacherBudgetExha
 
 DATA_FILE = "qa_data.jsonl"
 STATE_FILE = "qa_state.json"
-PROMPT_VERSION = 1  # part of the generation fingerprint: a new prompt means new data
+PROMPT_VERSION = 2  # part of the generation fingerprint: a new prompt (2: the shuffled order) means new data
 TEACHER_BATCH = 8  # conversations per teacher.chat call; cancellation is checked between calls
 SMALL_TEACHER_PARAMETERS = 1_000_000_000  # below this, a local teacher gets the simple Q:/A: line format
 RAW_KEEP_CHARS = 2000  # unparseable outputs are kept in qa_data.jsonl up to this length
@@ -339,6 +347,17 @@ class GenerationStats:
     budget_exhausted: bool = False  # the teacher's spend cap stopped generation early
     abandoned: bool = False  # stopped early: the first HOPELESS_AFTER_CHUNKS chunks gave no kept pair
     prompt_format: str = "json"
+    target_tokens: int | None = None  # the training tokens the kept pairs had to reach (a token budget), if any
+    kept_tokens: int = 0  # training tokens of the kept pairs (counted only under a target)
+
+    @property
+    def target_reached(self) -> bool:
+        return self.target_tokens is not None and self.kept_tokens >= self.target_tokens
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more would be generated, whatever the target: the whole corpus, the spend cap, or given up."""
+        return self.chunks_done >= self.chunks or self.budget_exhausted or self.abandoned
 
     @property
     def pairs_dropped(self) -> int:
@@ -405,6 +424,30 @@ def chat_within_budget(
         return [item if isinstance(item, str) else None for item in partial[: len(conversations)]], True
 
 
+@dataclass(frozen=True)
+class TokenTarget:
+    """Enough data for a token budget: generation stops once the kept pairs' `measure`s add up to `tokens`."""
+
+    tokens: int  # the training tokens the run reads (training.token_budget)
+    measure: Callable[[QARecord], int]  # a kept pair's training tokens (0 when it does not fit a row)
+
+
+def generation_order(count: int, seed: int) -> list[int]:
+    """The order chunks are asked about: a seeded shuffle, so that any prefix samples every document."""
+    order = list(range(count))
+    random.Random(f"{seed}:qa").shuffle(order)  # noqa: S311 - data order, not security
+    return order
+
+
+def _planned_chunks(stats: GenerationStats, target: TokenTarget | None) -> int:
+    """The chunks generation expects to ask about: all of them, or under a target as many as the kept tokens per
+    chunk so far say it needs (the progress bar's total)."""
+    if target is None or stats.kept_tokens <= 0 or stats.chunks_done == 0:
+        return stats.chunks
+    needed = math.ceil(stats.chunks_done * target.tokens / stats.kept_tokens)
+    return max(stats.chunks_done, min(stats.chunks, needed))
+
+
 def generate_pairs(
     chunks: Sequence[Chunk],
     teacher: Teacher,
@@ -418,15 +461,20 @@ def generate_pairs(
     grade: bool | None = None,
     message: str = "The teacher is writing question–answer pairs",
     stage: Stage = "generating",
+    order: Sequence[int] | None = None,
+    target: TokenTarget | None = None,
 ) -> Generation:
     """Ask the teacher for pairs about each chunk (TEACHER_BATCH chunks per call), filter and grade them.
 
-    `start` continues an earlier, unfinished generation. Stops early — keeping everything received — when
-    `should_stop()` says so between teacher calls (cancelled=True) or when the teacher's spend cap is hit
-    (stats.budget_exhausted). `on_batch(generation, new records)` runs after every batch (to save progress).
+    `order` lists the chunk indices in the order they are asked about (default: as given); `start` continues
+    an earlier, unfinished generation in the same order. Stops early — keeping everything received — when
+    `should_stop()` says so between teacher calls (cancelled=True), when the teacher's spend cap is hit
+    (stats.budget_exhausted), or when the kept pairs reach `target` (stats.target_reached).
+    `on_batch(generation, new records)` runs after every batch (to save progress).
     """
     grade = settings.self_reward if grade is None else grade
     simple = uses_simple_prompt(teacher)
+    order = list(range(len(chunks))) if order is None else list(order)
     generation = start or Generation(
         records=[],
         stats=GenerationStats(
@@ -438,29 +486,37 @@ def generate_pairs(
         ),
     )
     stats = generation.stats
+    if target is not None:  # counted afresh: a larger budget than the saved generation's continues it
+        stats.target_tokens = target.tokens
+        stats.kept_tokens = sum(target.measure(record) for record in generation.kept)
     pair_filter = _PairFilter(
         {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"} - {""}
     )
     started, done_at_start = time.perf_counter(), stats.chunks_done
-    if stats.chunks_done < len(chunks) and not stats.budget_exhausted:
+
+    def more_to_do() -> bool:
+        return stats.chunks_done < len(chunks) and not stats.budget_exhausted and not stats.target_reached
+
+    if more_to_do():
         # Said before the first call: a batch of a small local teacher on a CPU takes minutes, and until it
         # returns the job page would still show the previous stage.
-        on_progress(Progress(stage, stats.chunks_done, len(chunks), message=f"{message} (first batch)"))
-    while stats.chunks_done < len(chunks) and not stats.budget_exhausted:
+        planned = _planned_chunks(stats, target)
+        on_progress(Progress(stage, stats.chunks_done, planned, message=f"{message} (first batch)"))
+    while more_to_do():
         if should_stop():
             generation.cancelled = True
             return generation
         first = stats.chunks_done
-        batch = list(range(first, min(len(chunks), first + TEACHER_BATCH)))
+        batch = order[first : first + TEACHER_BATCH]
         conversations = [user_turn(generation_prompt(chunks[i].text, settings, simple=simple)) for i in batch]
         replies, exhausted = chat_within_budget(teacher, conversations, settings.max_new_tokens, teacher_mode)
         new_records: list[QARecord] = []
         candidates: list[QARecord] = []
-        for index, reply in zip(batch, replies, strict=True):
+        for done, index, reply in zip(range(first + 1, first + len(batch) + 1), batch, replies, strict=True):
             if reply is None:  # the spend cap stopped this request (generation ends with this batch)
                 continue
             chunk = chunks[index]
-            stats.chunks_done = index + 1
+            stats.chunks_done = done
             stats.outputs += 1
             stats.pairs_requested += settings.pairs_per_chunk
             pairs = parse_pairs(reply)
@@ -488,6 +544,8 @@ def generate_pairs(
             if record.drop_reason is None:
                 record.kept = True
                 stats.pairs_kept += 1
+                if target is not None:
+                    stats.kept_tokens += target.measure(record)
         generation.records.extend(new_records)
         if stats.pairs_kept == 0 and HOPELESS_AFTER_CHUNKS <= stats.chunks_done < len(chunks):
             stats.abandoned = True
@@ -495,14 +553,16 @@ def generate_pairs(
             on_batch(generation, new_records)
         elapsed = time.perf_counter() - started
         done_here = stats.chunks_done - done_at_start
-        eta = elapsed / done_here * (len(chunks) - stats.chunks_done) if done_here else None
+        planned = stats.chunks_done if stats.target_reached else _planned_chunks(stats, target)
+        eta = elapsed / done_here * (planned - stats.chunks_done) if done_here else None
+        tokens = f", {stats.kept_tokens:,} of {target.tokens:,} training tokens" if target is not None else ""
         on_progress(
             Progress(
                 stage,
                 stats.chunks_done,
-                len(chunks),
+                planned,
                 eta_s=eta,
-                message=f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped",
+                message=f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped{tokens}",
             )
         )
         if stats.abandoned:
@@ -561,6 +621,7 @@ def fingerprint(config: DistillConfig, teacher: Teacher, corpus_fingerprint: str
         "self_reward": settings.self_reward,
         "reward_threshold": settings.reward_threshold,
         "max_new_tokens": settings.max_new_tokens,
+        "order_seed": config.training.seed,  # generation_order: which chunks a partial generation holds
     }
 
 
@@ -571,15 +632,23 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class GenerationStore:
-    """qa_data.jsonl (one record a line, appended per batch) and qa_state.json (how far generation got)."""
+    """qa_data.jsonl (one record a line, appended per batch) and qa_state.json (how far generation got).
 
-    def __init__(self, work: Path, fingerprint: dict[str, Any]) -> None:
+    `order` is the generation's chunk order: a saved generation holds the chunks of its first `chunks_done`.
+    """
+
+    def __init__(self, work: Path, fingerprint: dict[str, Any], order: Sequence[int] | None = None) -> None:
         self.data_path = work / DATA_FILE
         self.state_path = work / STATE_FILE
         self.fingerprint = fingerprint
+        self.order = order
 
     def load(self) -> tuple[Generation, bool] | None:
-        """(saved generation, complete) when one with the same fingerprint exists, else None."""
+        """(saved generation, complete) when one with the same fingerprint exists, else None.
+
+        Complete: nothing more would be generated (GenerationStats.finished). A generation that stopped at a
+        token target is not complete: a larger budget continues it.
+        """
         try:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
             lines = self.data_path.read_text(encoding="utf-8").splitlines()
@@ -588,9 +657,10 @@ class GenerationStore:
         if state.get("fingerprint") != self.fingerprint:
             return None
         stats = GenerationStats.from_json(state["stats"])
-        # Lines past chunks_done were appended by a batch whose state was never written: done again.
+        # Lines of chunks past chunks_done were appended by a batch whose state was never written: done again.
+        asked = set(range(stats.chunks_done) if self.order is None else self.order[: stats.chunks_done])
         records = [QARecord.from_json(json.loads(line)) for line in lines if line.strip()]
-        records = [record for record in records if record.chunk < stats.chunks_done]
+        records = [record for record in records if record.chunk in asked]
         return Generation(records, stats), bool(state.get("complete"))
 
     def start(self) -> None:

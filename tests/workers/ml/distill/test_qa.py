@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from workers.ml.distill.qa_generate import (
     TEACHER_BATCH,
     ParsedPair,
     QARecord,
+    generation_order,
     parse_grade,
     parse_pairs,
     strip_reasoning,
@@ -436,6 +439,57 @@ def test_it_stops_at_the_teachers_spend_cap_and_trains_on_what_was_kept(
     assert result.metrics["qa"] is None
     assert "budget" in result.metrics["qa_evaluation"]["heldout"]["skipped"]
     assert "qa teacher budget exhausted: yes" in (result.output_dir / "README.md").read_text()
+
+
+def test_it_asks_the_teacher_only_about_the_chunks_a_token_budget_trains_on(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    asked = itertools.count()
+    reply = scripted_reply()
+
+    def unique_pairs(messages: Messages) -> str:
+        # A new question per request, so no pair is dropped as a duplicate and every chunk adds tokens.
+        if "Reply with JSON only" in str(messages[-1]["content"]):
+            number = next(asked)
+            return json.dumps({"pairs": [{"question": f"What is fact {number}?", "answer": f"Fact {number}."}]})
+        return reply(messages)
+
+    def run(token_budget: int, reports: list[Progress]) -> tuple[Any, list[int]]:
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub), qa=QASettings(pairs_per_chunk=1))
+        config = replace(config, training=replace(config.training, token_budget=token_budget))
+        result = distill(config, toy_corpus, on_progress=reports.append)
+        chunks = [record["chunk"] for record in records_of(config.work / "qa_data.jsonl")]
+        return result, chunks
+
+    small_reports: list[Progress] = []
+    large_reports: list[Progress] = []
+    with OpenAIStub(reply=unique_pairs) as stub:
+        small, small_chunks = run(100, small_reports)
+        small_card = (small.output_dir / "README.md").read_text()
+        asked_for_small = next(asked)
+        large, large_chunks = run(500, large_reports)
+        asked_for_large = next(asked) - asked_for_small - 1
+    order = generation_order(TRAIN_CHUNKS, seed=0)
+    assert order != sorted(order)  # a shuffle: any prefix samples documents from the whole corpus
+    # A 100-token budget needs a few pairs: one batch of chunks, not the corpus.
+    assert small.status == "succeeded"
+    assert small_chunks == order[:TEACHER_BATCH]
+    stats = small.metrics["qa_data"]
+    assert stats["chunks_done"] == TEACHER_BATCH < stats["chunks"] == TRAIN_CHUNKS
+    assert stats["target_tokens"] == 100 <= stats["kept_tokens"]
+    assert 100 <= small.train_tokens <= stats["kept_tokens"]
+    last = [report for report in small_reports if report.stage == "generating"][-1]
+    assert (last.step, last.total_steps) == (TEACHER_BATCH, TEACHER_BATCH)
+    assert "training tokens" in (last.message or "")
+    assert f"qa chunks generated from: {TEACHER_BATCH} of {TRAIN_CHUNKS}" in small_card
+    assert f"qa training tokens written: {stats['kept_tokens']} (token budget 100)" in small_card
+    # A larger budget later continues the same order: the chunks already asked about are not asked again.
+    assert large.status == "succeeded"
+    assert large_chunks == order[: len(large_chunks)]
+    assert TEACHER_BATCH < len(large_chunks) < TRAIN_CHUNKS
+    assert large.metrics["qa_data"]["kept_tokens"] >= 500
+    heldout = 2  # evaluation: the teacher writes questions from max_heldout_chunks held-out chunks each run
+    assert (asked_for_small, asked_for_large) == (TEACHER_BATCH + heldout, len(large_chunks) - TEACHER_BATCH + heldout)
 
 
 def test_it_resumes_generation_after_a_cancel_without_asking_again(
