@@ -94,7 +94,7 @@ def test_a_job_created_while_redis_is_down_is_sent_when_it_is_back_and_trains_th
     assert job.attempt == 1  # one run throughout: the running job needed nothing from Redis
     assert job.step == job.total_steps > restarted_at
     # The whole loss curve is on the row, before and after the restart.
-    assert [step for step, _ in job.loss_history] == list(range(1, job.total_steps + 1))
+    assert [step for step, *_ in job.loss_history] == list(range(1, job.total_steps + 1))
     assert job.metrics["heldout"]["expert"]["perplexity"] > 0
     expert = Expert.objects.get(organization=cast.org)
     assert job.expert_id == expert.pk

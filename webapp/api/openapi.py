@@ -265,7 +265,12 @@ def schemas() -> dict[str, Schema]:
         {
             **job_fields,
             "metrics": nullable(ANY_OBJECT),
-            "loss_history": {"type": "array"},
+            "loss_history": {
+                "type": "array",
+                "description": "One point per optimizer step: [step, objective, cross-entropy per labelled token] "
+                "(jobs from before the cross-entropy was recorded: [step, objective]).",
+                "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 3},
+            },
             "log_tail": {"type": "array"},
             "artifact_dir": nullable(STRING),
             "attempt": INTEGER,

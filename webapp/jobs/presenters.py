@@ -65,13 +65,23 @@ def _finite(history: list[list[float]]) -> list[tuple[float, float]]:
     return [(float(step), float(loss)) for step, loss, *_ in history if loss is not None and math.isfinite(loss)]
 
 
+def _with_cross_entropy(history: list[list[float]]) -> bool:
+    """Whether every point carries the training cross-entropy ([step, objective, ce]; older jobs: [step, loss])."""
+    return bool(history) and all(len(row) >= 3 and row[2] is not None for row in history)
+
+
 def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = None) -> dict[str, Any] | None:
-    """SVG polylines of the training loss and the held-out loss at evaluation points, on shared axes
-    (server-side points: the page needs no charting script)."""
-    rows = _finite(history)
+    """SVG polylines of the training cross-entropy and the held-out cross-entropy at evaluation points, on
+    shared axes: the same measure on training and held-out text (kd's objective, α·CE + (1 − α)·τ²·D, sits at
+    another level, so the caption gives it apart). A history without cross-entropy plots the objective.
+    Server-side points: the page needs no charting script."""
+    cross_entropy = _with_cross_entropy(history)
+    objective = _finite(history)
+    rows = _finite([[row[0], row[2]] for row in history]) if cross_entropy else objective
     held = _finite(heldout or [])
     if len(rows) < 2:
         return None
+    objective_last = round(objective[-1][1], 4) if objective else None
     # The caption's range is the training loss's own, over every step: the axes may span more (held-out points).
     train_low, train_high = min(loss for _, loss in rows), max(loss for _, loss in rows)
     if len(rows) > LOSS_MAX_POINTS:  # keep the first and the last, evenly thinned between
@@ -110,6 +120,9 @@ def loss_curve(history: list[list[float]], heldout: list[list[float]] | None = N
         "axis_low": f"{low:.4g}",
         "axis_low_y": LOSS_HEIGHT - 2 * LOSS_PAD,  # the label's baseline, just above the bottom edge
         "last": round(rows[-1][1], 4),
+        "cross_entropy": cross_entropy,
+        # The objective's last value, when it is not the cross-entropy itself (kd with α < 1, answer KD).
+        "objective_last": objective_last if cross_entropy and objective_last != round(rows[-1][1], 4) else None,
     }
 
 

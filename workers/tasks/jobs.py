@@ -143,7 +143,9 @@ class JobRunner:
         if progress.stage == "training" and self.checkpoint_sync is not None:
             self.checkpoint_sync.push()  # a checkpoint the engine saved after the previous step goes to storage
         if progress.stage == "training" and progress.loss is not None:
-            self._loss_history.append([progress.step, round(progress.loss, 5)])
+            # [step, objective, cross-entropy]: the job page plots cross-entropy against the held-out one.
+            point = [progress.step, round(progress.loss, 5)]
+            self._loss_history.append(point if progress.ce is None else [*point, round(progress.ce, 5)])
         heldout_point = progress.heldout_loss is not None
         if heldout_point:
             self._heldout_history.append([progress.step, round(float(progress.heldout_loss or 0.0), 5)])

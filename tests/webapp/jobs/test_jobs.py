@@ -576,6 +576,31 @@ def test_it_draws_the_heldout_points_on_the_same_axes(cast: Cast, corpus: Corpus
     assert '<text x="6" y="152" class="axis-label">1</text>' in page
 
 
+def test_it_plots_training_against_heldout_cross_entropy_and_gives_the_objective_apart(
+    cast: Cast, corpus: Corpus
+) -> None:
+    job = make_job(
+        corpus,
+        JobStatus.TRAINING,
+        # [step, objective, cross-entropy]: kd's objective sits below its cross-entropy (α·CE + (1 − α)·KL).
+        loss_history=[[0, 3.0, 4.0], [50, 2.5, 3.0], [100, 1.5, 2.0]],
+        heldout_history=[[100, 3.0]],
+    )
+    page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    # The solid line is the cross-entropy, 4.0 → 2.0, the axes' whole span: the held-out 3.0 sits mid-height.
+    assert '<polyline points="4.0,4.0 240.0,80.0 476.0,156.0" class="loss-line"' in page
+    assert '<circle cx="476.0" cy="80.0" r="3" class="heldout-dot">' in page
+    assert "Cross-entropy per token on the training batches, steps 0–100 (between 2.0 and 4.0; last 2.0)" in page
+    assert "dashed, with dots: on held-out text at evaluation points (last 3.0)" in page
+    assert "The recipe's objective, which training lowers, was 1.5 last." in page
+    assert 'aria-label="Training cross-entropy from step 0 to 100' in page
+    # Where the objective is the cross-entropy (qa without answer KD), it is not given twice.
+    same = loss_curve([[0, 4.0, 4.0], [100, 2.0, 2.0]])
+    assert same is not None
+    assert same["cross_entropy"] is True
+    assert same["objective_last"] is None
+
+
 def test_it_marks_a_single_heldout_evaluation_with_a_dot() -> None:
     curve = loss_curve([[0, 4.0], [100, 2.0]], [[100, 3.0]])
     assert curve is not None

@@ -126,7 +126,9 @@ def test_it_runs_a_job_to_an_expert_with_metrics(cast: Cast, django_capture_on_c
     assert job.step == job.total_steps > 0
     assert (Path(job.artifact_dir) / "adapter_model.safetensors").exists()
     assert job.metrics["heldout"]["expert"]["perplexity"] > 0
-    assert [step for step, _ in job.loss_history] == sorted(step for step, _ in job.loss_history)
+    assert [step for step, *_ in job.loss_history] == sorted(step for step, *_ in job.loss_history)
+    # Each point holds the objective and, apart, the cross-entropy the page plots against the held-out one.
+    assert all(len(point) == 3 and point[2] > 0 and point[1] != point[2] for point in job.loss_history)
     # Held-out points at every checkpoint (2 steps) and at the end, for the job page's curve.
     assert [step for step, _ in job.heldout_history] == [
         s for s in range(1, job.total_steps + 1) if s % 2 == 0 or s == job.total_steps
@@ -157,7 +159,7 @@ def test_it_cancels_with_a_checkpoint_and_a_retry_resumes_from_it(
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.attempt == 2
     assert job.metrics["training"]["resumed_from_step"] == stopped_at
-    steps = [step for step, _ in job.loss_history]
+    steps = [step for step, *_ in job.loss_history]
     assert steps == sorted(steps)
     assert steps[-1] == job.total_steps
 

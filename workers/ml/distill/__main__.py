@@ -246,10 +246,18 @@ def report_files(read: DirectoryCorpus) -> None:
             tqdm.write(f"  {report.status}: {report.name}: {report.message}")
 
 
+MIN_WORDS_KEPT = 12  # characters of the words before the counts kept, at least, when the counts stay whole
+
+
 def shorten(text: str, width: int = DESCRIPTION_WIDTH) -> str:
-    """`text` within `width` characters, its middle elided: a message's end holds its counts ("3 kept, 1 dropped")."""
+    """`text` within `width` characters. A message ends with its counts after the last ": " ("3 kept, 1 dropped,
+    240/1,500 tokens"): they stay whole and the words before them are cut; else the middle is elided."""
     if len(text) <= width:
         return text
+    words, separator, counts = text.rpartition(": ")
+    room = width - len(separator) - len(counts) - 1  # for the words before the counts, and the "…"
+    if separator and room >= MIN_WORDS_KEPT:
+        return f"{words[:room]}…{separator}{counts}"
     head = (width - 1) // 2
     return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
 

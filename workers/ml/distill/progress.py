@@ -15,7 +15,14 @@ class Progress:
     stage: Stage = field(metadata={"help": "What the run is doing now."})
     step: int = field(metadata={"help": "Units done in this stage (optimizer steps while training)."})
     total_steps: int = field(metadata={"help": "Units this stage will take (0 if unknown)."})
-    loss: float | None = field(default=None, metadata={"help": "Latest training loss."})
+    loss: float | None = field(default=None, metadata={"help": "Latest training loss (the recipe's objective)."})
+    ce: float | None = field(
+        default=None,
+        metadata={
+            "help": "Latest training cross-entropy per labelled token: the measure heldout_loss takes on held-out "
+            "text, where the objective (kd: α·CE + (1 − α)·τ²·D) is not."
+        },
+    )
     tokens_per_s: float | None = field(default=None, metadata={"help": "Recent throughput of this stage."})
     eta_s: float | None = field(default=None, metadata={"help": "Estimated seconds left in this stage."})
     heldout_loss: float | None = field(

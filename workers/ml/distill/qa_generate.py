@@ -555,7 +555,7 @@ def generate_pairs(
         done_here = stats.chunks_done - done_at_start
         planned = stats.chunks_done if stats.target_reached else _planned_chunks(stats, target)
         eta = elapsed / done_here * (planned - stats.chunks_done) if done_here else None
-        tokens = f", {stats.kept_tokens:,} of {target.tokens:,} training tokens" if target is not None else ""
+        tokens = f", {stats.kept_tokens:,}/{target.tokens:,} tokens" if target is not None else ""
         on_progress(
             Progress(
                 stage,

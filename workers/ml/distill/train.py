@@ -261,6 +261,7 @@ class _StepReporter:
                 record.step,
                 self.total_steps,
                 loss=loss,
+                ce=ce,
                 tokens_per_s=tokens_per_s,
                 eta_s=eta,
                 heldout_loss=heldout_loss,

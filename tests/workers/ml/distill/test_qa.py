@@ -480,7 +480,7 @@ def test_it_asks_the_teacher_only_about_the_chunks_a_token_budget_trains_on(
     assert 100 <= small.train_tokens <= stats["kept_tokens"]
     last = [report for report in small_reports if report.stage == "generating"][-1]
     assert (last.step, last.total_steps) == (TEACHER_BATCH, TEACHER_BATCH)
-    assert "training tokens" in (last.message or "")
+    assert (last.message or "").endswith(f"{stats['pairs_kept']} kept, 0 dropped, {stats['kept_tokens']}/100 tokens")
     assert f"qa chunks generated from: {TEACHER_BATCH} of {TRAIN_CHUNKS}" in small_card
     assert f"qa training tokens written: {stats['kept_tokens']} (token budget 100)" in small_card
     # A larger budget later continues the same order: the chunks already asked about are not asked again.

@@ -208,9 +208,17 @@ def test_it_says_why_the_gap_closed_cannot_be_measured_when_no_heldout_chunk_has
 def test_the_progress_bar_keeps_the_counts_at_the_end_of_a_long_message() -> None:
     message = "generating: The teacher is writing question–answer pairs: 12 kept, 3 dropped"
     short = shorten(message, 40)
+    assert short == "generating: The tea…: 12 kept, 3 dropped"
     assert len(short) == 40
-    assert short.startswith("generating: The tea")
-    assert short.endswith("12 kept, 3 dropped")
+    # Counts too long to keep whole with some words before them: the middle is elided instead.
+    counts = shorten("generating: pairs: 12 kept, 3 dropped, 1,240/12,000 tokens, 4 graded", 40)
+    assert counts == "generating: pairs: …000 tokens, 4 graded"
+    assert len(counts) == 40
+    # The teacher stage's counts under a token budget fit the default width whole.
+    stage = "generating: The teacher is writing question–answer pairs"
+    budget = shorten(f"{stage}: 12 kept, 3 dropped, 1,240/12,000 tokens")
+    assert budget == "generating: The teache…: 12 kept, 3 dropped, 1,240/12,000 tokens"
+    assert len(budget) == 64
     assert shorten("training: step 3", 40) == "training: step 3"
 
 

@@ -253,6 +253,11 @@ def test_it_reports_progress_per_step(
     assert [r.step for r in steps] == list(range(1, outcome.total_steps + 1))
     assert steps[-1].eta_s == pytest.approx(0.0, abs=1e-6)
     assert all(r.tokens_per_s and r.tokens_per_s > 0 and r.loss is not None for r in steps)
+    # The cross-entropy is reported apart from the objective (α·CE + (1 − α)·D), as the training log has it.
+    logged = [json.loads(line) for line in outcome.log_path.read_text().splitlines()]
+    logged_ce = [line["ce"] for line in logged if "ce" in line]
+    assert [r.ce for r in steps] == pytest.approx(logged_ce, abs=1e-6)
+    assert all(r.ce is not None and r.loss is not None and r.ce != r.loss for r in steps)
 
 
 def test_it_logs_and_evaluates_each_step_at_its_own_weights_when_reading_the_device_a_step_late(
