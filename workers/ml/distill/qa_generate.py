@@ -144,6 +144,14 @@ _LINE_LABEL_RE = re.compile(
     re.I,
 )
 _LABELS = {"q": "q", "question": "q", "a": "a", "answer": "a", "r": "r", "reasoning": "r"}
+# A list marker opening a question ("Q: 1. What …", `{"question": "2) What …"}`): small teachers number their
+# questions, and a kept "1. What is X?" would teach the student to number its own questions and escape the
+# duplicate filter as "2. What is X?". A question never opens with one.
+_QUESTION_ENUMERATOR_RE = re.compile(r"^\s*(?:\(?\d{1,3}[.):]|[-*•])\s+")
+
+
+def _clean_question(text: str) -> str:
+    return _QUESTION_ENUMERATOR_RE.sub("", text.strip(), count=1).strip()
 
 
 def strip_reasoning(text: str) -> str:
@@ -200,7 +208,7 @@ def _pairs_from_json(value: Any) -> list[ParsedPair] | None:
             continue
         reasoning = _text_field(item, _REASONING_KEYS) or ""
         inline_reasoning, answer_text = split_reasoning(answer or "")
-        pairs.append(ParsedPair((question or "").strip(), answer_text, (reasoning or inline_reasoning).strip()))
+        pairs.append(ParsedPair(_clean_question(question or ""), answer_text, (reasoning or inline_reasoning).strip()))
     return pairs or None
 
 
@@ -236,7 +244,7 @@ def _pairs_from_lines(text: str) -> list[ParsedPair] | None:
             continue
         inline_reasoning, answer = split_reasoning(" ".join(item["a"]))
         reasoning = " ".join(item["r"]).strip() or inline_reasoning
-        result.append(ParsedPair(" ".join(item["q"]).strip(), answer, reasoning))
+        result.append(ParsedPair(_clean_question(" ".join(item["q"])), answer, reasoning))
     # A text needs at least one question line to count as this format.
     return result if any(pair.question for pair in result) else None
 

@@ -171,6 +171,16 @@ def lora_b_weights(expert_dir: Path) -> dict[str, torch.Tensor]:
         pytest.param(
             '<think>The text says X.</think>\n[{"q": "What is X?", "a": "1"}]', [("What is X?", "1")], id="r1"
         ),
+        pytest.param(
+            "Q: 1. What is X?\nA: 2. X is 1.\nQ: 2) What is Y?\nA: Y.\nQ: - What is Z?\nA: Z.",
+            [("What is X?", "2. X is 1."), ("What is Y?", "Y."), ("What is Z?", "Z.")],
+            id="numbered-questions",  # SmolLM2-135M numbers them; an answer keeps its text as written
+        ),
+        pytest.param(
+            '[{"question": "(3) What is X?", "answer": "1.5 of them."}]',
+            [("What is X?", "1.5 of them.")],
+            id="numbered-json-question",
+        ),
     ],
 )
 def test_it_parses_the_reply_formats_a_teacher_may_use(reply: str, expected: list[tuple[str, str]]) -> None:
