@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"qa: keep pairs the teacher grades at least this, 1-5 (default {cpu.qa.reward_threshold}).",
     )
     parser.add_argument(
+        "--no-self-reward",
+        action="store_true",
+        help="qa: keep every well-formed pair, ungraded (small teachers grade no better than chance).",
+    )
+    parser.add_argument(
         "--reasoning",
         action="store_true",
         help="qa: the teacher writes step-by-step reasoning before each answer, and the expert learns to reason "
@@ -215,6 +220,7 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         defaults.qa,
         pairs_per_chunk=args.pairs_per_chunk,
         reward_threshold=args.reward_threshold,
+        self_reward=False if args.no_self_reward else None,
         reasoning=True if args.reasoning else None,
     )
     evaluation: EvalSettings = _replace(defaults.evaluation, eval_set=args.eval_set, teacher_judge=args.teacher_judge)

@@ -368,6 +368,14 @@ def test_it_takes_the_eval_set_and_the_judge_from_the_command_line(tmp_path: Pat
         _parser().parse_args([*required, "--teacher-judge", "sometimes"])
 
 
+def test_it_turns_qa_self_reward_off_from_the_command_line(tmp_path: Path) -> None:
+    from workers.ml.distill.__main__ import _parser, build_config
+
+    required = ["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), "--recipe", "qa"]
+    assert build_config(_parser().parse_args(required)).qa.self_reward is True
+    assert build_config(_parser().parse_args([*required, "--no-self-reward"])).qa.self_reward is False
+
+
 def write_eval_set(path: Path) -> Path:
     questions = [("What is the alpha code?", "The alpha code is alpha."), ("What is the beta value?", "Beta.")]
     path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in questions))
