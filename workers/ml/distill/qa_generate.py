@@ -279,12 +279,22 @@ _RANGE_RE = re.compile(r"(?<![\d.])[0-5]\s*(?:-|–|—|to)\s*(?:5|10)(?![\d.])"
 _NUMBER_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d])")
 
 
+_LIST_ITEM_RE = re.compile(r"^\s*(\d{1,2})[.)]\s+\S", re.M)
+
+
+def _is_numbered_list(text: str) -> bool:
+    """Whether lines open with 1., 2., … in turn (at least two of them)."""
+    numbers = [int(number) for number in _LIST_ITEM_RE.findall(text)]
+    return len(numbers) >= 2 and numbers == list(range(1, len(numbers) + 1))
+
+
 def parse_grade(text: str) -> int | None:
     """A 1–5 grade read from a teacher's reply, or None when there is none (or several disagreeing ones).
 
     Tried in order: "4/5" or "4 out of 5"; a labelled number ("Score: 4", "rating of 4", `{"grade": 4}`);
     otherwise the numbers 1–5 in the text once ranges like "1-5" or "1 to 5" are removed, when they agree
-    (or the reply opens with one). Fractions are rounded (4.5 → 5, halves up).
+    (or the reply opens with one), unless the reply is a numbered list (small teachers answer the question
+    instead of grading it: its "1." is no grade). Fractions are rounded (4.5 → 5, halves up).
     """
     body = strip_reasoning(text)
 
@@ -297,6 +307,8 @@ def parse_grade(text: str) -> int | None:
         match = pattern.search(body)
         if match:
             return to_grade(match.group(1))
+    if _is_numbered_list(body):  # "1. The purpose is …\n2. The …": the grader wrote a list, not a grade
+        return None
     cleaned = _RANGE_RE.sub(" ", body)
     numbers = [value for value in _NUMBER_RE.findall(cleaned) if 1 <= float(value) <= 5]
     if not numbers:

@@ -219,6 +219,8 @@ def test_it_keeps_reasoning_apart_from_the_final_answer() -> None:
         ("On a scale of 1 to 5, I give it a 4.", 4),
         ("Rating: **5**", 5),
         ("4. The answer is grounded in the excerpt.", 4),
+        ("1. The purpose of the document is to store data.\n2. The", None),  # a list SmolLM2-135M wrote
+        ("Score: 4/5\n1. Grounded.\n2. Useful.", 4),
         ("<think>Grounded, useful.</think> 5", 5),
         ("The answer is correct.", None),
         ("10", None),
