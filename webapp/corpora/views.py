@@ -27,6 +27,7 @@ from webapp.tenants.current import OrgRequest, org_member_required
 from webapp.tenants.permissions import Perm
 
 CHUNKS_PER_PAGE = 20
+CORPORA_PER_PAGE = 50  # newest first; older pages are a link away
 
 
 def _corpus(request: OrgRequest, corpus_id: int) -> Corpus:
@@ -40,13 +41,15 @@ def _file(request: OrgRequest, corpus: Corpus, file_id: int) -> CorpusFile:
 @org_member_required(Perm.USE_CORPORA)
 @require_GET
 def corpus_list(request: OrgRequest) -> HttpResponse:
-    # Queries: the org's corpora with their file counts and current version in one query.
+    # Queries: the page's count, then the page's corpora with their file counts and current version in one query.
     corpora = (
         Corpus.objects.for_org(request.organization)
         .select_related("current_version")
         .annotate(file_count=Count("files", filter=~Q(files__status=CorpusFile.Status.REMOVED)))
+        .order_by("-created_at", "-pk")
     )
-    return render(request, "corpora/list.html", {"corpora": corpora})
+    page = Paginator(corpora, CORPORA_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "corpora/list.html", {"corpora": page.object_list, "page": page})
 
 
 @org_member_required(Perm.USE_CORPORA)

@@ -7,11 +7,12 @@ allows: the owner org, or anyone when the owner shared the samples too.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from webapp.experts import services
@@ -119,10 +120,18 @@ def detail_context(expert: Expert, organization: Organization) -> dict[str, Any]
 # ---------------------------------------------------------------- the catalog and the mixture
 
 
-def catalog_rows(organization: Organization) -> list[dict[str, Any]]:
-    experts = list(
-        services.shared_catalog(organization).order_by("name").annotate(including=Count("included_by", distinct=True))
+def catalog_experts(organization: Organization) -> QuerySet[Expert]:
+    """The catalog in its page order: by name, the pk breaking ties (names repeat across orgs), so pages never
+    overlap."""
+    return (
+        services.shared_catalog(organization)
+        .order_by("name", "pk")
+        .annotate(including=Count("included_by", distinct=True))
     )
+
+
+def catalog_rows(organization: Organization, experts: Iterable[Expert]) -> list[dict[str, Any]]:
+    """The catalog's cards for `experts` (one page of `catalog_experts`)."""
     included = set(
         MixtureSharedExpert.objects.filter(mixture__organization=organization).values_list("expert_id", flat=True)
     )

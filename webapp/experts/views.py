@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.core.http import client_ip
@@ -23,6 +25,9 @@ from webapp.experts.models import Expert, ExpertVersion
 from webapp.tenants.current import OrgRequest, org_member_required
 from webapp.tenants.models import AuditEvent, Organization
 from webapp.tenants.permissions import Perm
+
+EXPERTS_PER_PAGE = 50  # by name; the rest are a link away
+CATALOG_PER_PAGE = 50  # by name; the rest are a link away
 
 
 def _own_expert(request: OrgRequest, expert_id: int) -> Expert:
@@ -42,10 +47,12 @@ def _visible_expert(request: OrgRequest, expert_id: int) -> Expert:
 @org_member_required(Perm.USE_EXPERTS)
 @require_GET
 def expert_list(request: OrgRequest) -> HttpResponse:
-    # One query for the experts with their active version; the catalog count is a second.
-    experts = list(Expert.objects.for_org(request.organization).select_related("active_version"))
+    # The page's count, then one query for the page's experts with their active version; the catalog count last.
+    experts = Expert.objects.for_org(request.organization).select_related("active_version").order_by("name", "pk")
+    page = Paginator(experts, EXPERTS_PER_PAGE).get_page(request.GET.get("page"))
     context = {
-        "rows": presenters.expert_rows(experts),
+        "rows": presenters.expert_rows(list(page.object_list)),
+        "page": page,
         "catalog_count": services.shared_catalog(request.organization).count(),
     }
     return render(request, "experts/list.html", context)
@@ -165,13 +172,18 @@ def expert_delete(request: OrgRequest, expert_id: int) -> HttpResponse:
 @org_member_required(Perm.USE_EXPERTS)
 @require_GET
 def catalog(request: OrgRequest) -> HttpResponse:
-    return render(request, "experts/catalog.html", {"rows": presenters.catalog_rows(request.organization)})
+    experts = presenters.catalog_experts(request.organization)
+    page = Paginator(experts, CATALOG_PER_PAGE).get_page(request.GET.get("page"))
+    rows = presenters.catalog_rows(request.organization, list(page.object_list))
+    return render(request, "experts/catalog.html", {"rows": rows, "page": page})
 
 
 def _back(request: OrgRequest, default: str) -> HttpResponse:
     """Back to the page the form was on (a local path only), or `default`."""
     target = request.POST.get("next", "")
-    if target.startswith("/") and not target.startswith("//"):
+    # Django's own check: "/\evil.example" is read as "//evil.example" by browsers, which a prefix test misses.
+    local = url_has_allowed_host_and_scheme(target, allowed_hosts=None, require_https=request.is_secure())
+    if target.startswith("/") and local:
         return redirect(target)
     return redirect(default)
 

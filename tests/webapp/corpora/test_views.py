@@ -122,6 +122,47 @@ def test_it_keeps_the_list_page_query_count_flat(cast: Cast, django_assert_max_n
     assert page.content.decode().count("Corpus ") == 5
 
 
+def test_it_pages_the_corpora_newest_first_with_the_pk_breaking_ties(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("webapp.corpora.views.CORPORA_PER_PAGE", 2)
+    oldest = Corpus.objects.create(organization=cast.org, name="Corpus oldest")
+    tied = [Corpus.objects.create(organization=cast.org, name=f"Corpus tied {n}") for n in (1, 2)]
+    Corpus.objects.filter(pk=oldest.pk).update(created_at=timezone.now() - timedelta(days=1))
+    Corpus.objects.filter(pk__in=[c.pk for c in tied]).update(created_at=timezone.now())  # the same instant
+    Corpus.objects.create(organization=cast.other_org, name="Globex secrets")
+    client = cast.client_for("member")
+    url = reverse("corpora:list")
+    first = client.get(url).content.decode()
+    assert "Corpus tied 2" in first
+    assert "Corpus tied 1" in first
+    assert first.index("Corpus tied 2") < first.index("Corpus tied 1")
+    assert "Corpus oldest" not in first
+    assert f'href="{url}?page=2">Older</a>' in first
+    assert "Page 1 of 2 (3 corpora)" in first
+    second = client.get(url, {"page": 2}).content.decode()
+    assert "Corpus oldest" in second
+    assert "Corpus tied" not in second
+    assert f'href="{url}?page=1">Newer</a>' in second
+    assert "Page 2 of 2 (3 corpora)" in second
+    for page in (first, second):
+        assert "Globex secrets" not in page
+    for number in ("abc", "1.5"):
+        fallback = client.get(url, {"page": number})
+        assert fallback.status_code == 200
+        assert "Corpus tied 2" in fallback.content.decode()
+        assert "Corpus oldest" not in fallback.content.decode()
+    past_the_end = client.get(url, {"page": 999})
+    assert past_the_end.status_code == 200
+    assert "Corpus oldest" in past_the_end.content.decode()
+
+
+def test_it_shows_no_pager_when_the_corpora_fit_on_one_page(cast: Cast, corpus: Corpus) -> None:
+    page = cast.client_for("member").get(reverse("corpora:list")).content.decode()
+    assert "Handbook" in page
+    assert 'class="pager"' not in page
+
+
 def corpus_requests(corpus: Corpus, file: CorpusFile) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, url, form data) of every corpus page and action, with data that would succeed for a member."""
     c, f = corpus.pk, file.pk

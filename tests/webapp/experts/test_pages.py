@@ -38,9 +38,9 @@ def test_it_lists_experts_in_a_fixed_number_of_queries(cast: Cast, django_assert
     for name in ("One", "Two", "Three", "Four"):
         make_expert(cast.org, name)
     client.get(reverse("experts:list"))  # the first request also saves the current org in the session
-    # session, user, membership (the current org), the experts joined with their active version, the catalog
-    # count, then the nav: the user's memberships and the unread notifications count.
-    with django_assert_num_queries(7):
+    # session, user, membership (the current org), the page's count, the page's experts joined with their active
+    # version, the catalog count, then the nav: the user's memberships and the unread notifications count.
+    with django_assert_num_queries(8):
         response = client.get(reverse("experts:list"))
     assert response.status_code == 200
     assert response.content.decode().count('href="/experts/') >= 4
@@ -194,10 +194,120 @@ def test_it_lists_other_orgs_shared_experts_in_the_catalog_and_includes_them(cas
     assert client.post(reverse("experts:include", args=[private.pk])).status_code == 404
     assert client.post(reverse("experts:include", args=[mine.pk])).status_code == 404
     # An off-site `next` is ignored.
-    response = client.post(reverse("experts:include", args=[theirs.pk]), {"next": "//evil.example.com/"})
-    assert response["Location"] == reverse("experts:catalog")
+    for off_site in ("//evil.example.com/", "/\\evil.example.com/", "https://evil.example.com/"):
+        response = client.post(reverse("experts:include", args=[theirs.pk]), {"next": off_site})
+        assert response["Location"] == reverse("experts:catalog")
 
 
 def test_it_links_experts_in_the_navigation(cast: Cast) -> None:
     page = cast.client_for("member").get(reverse("experts:list")).content.decode()
     assert f'href="{reverse("experts:list")}"' in page
+
+
+# ---------------------------------------------------------------- pages of the list and the catalog
+
+
+def test_it_pages_the_orgs_experts_by_name_and_counts_the_whole_catalog(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("webapp.experts.views.EXPERTS_PER_PAGE", 2)
+    for name in ("Charlie", "Alpha", "Bravo"):
+        make_expert(cast.org, name, versions=1, files=False)
+    theirs = make_expert(cast.other_org, "Globex secret", versions=1, files=False)
+    services.publish(theirs, user=cast.outsider)
+    client = cast.client_for("member")
+    url = reverse("experts:list")
+    first = client.get(url).content.decode()
+    assert "Alpha" in first
+    assert "Bravo" in first
+    assert "Charlie" not in first
+    assert f'href="{url}?page=2">Next</a>' in first
+    assert "Page 1 of 2 (3 experts)" in first
+    second = client.get(url, {"page": 2}).content.decode()
+    assert "Charlie" in second
+    assert "Alpha" not in second
+    assert "Bravo" not in second
+    assert f'href="{url}?page=1">Previous</a>' in second
+    assert "Page 2 of 2 (3 experts)" in second
+    for page in (first, second):
+        assert "Globex secret" not in page
+        assert "1 expert of other organizations" in " ".join(page.split())  # the whole catalog, not a page
+
+
+@pytest.mark.parametrize("number", ["abc", "", "1.5"])
+def test_it_shows_the_first_page_of_experts_for_a_page_that_is_not_a_number(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch, number: str
+) -> None:
+    monkeypatch.setattr("webapp.experts.views.EXPERTS_PER_PAGE", 2)
+    for name in ("Alpha", "Bravo", "Charlie"):
+        make_expert(cast.org, name, versions=1, files=False)
+    response = cast.client_for("member").get(reverse("experts:list"), {"page": number})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Alpha" in page
+    assert "Charlie" not in page
+
+
+def test_it_shows_the_last_page_of_experts_for_a_page_past_the_end(cast: Cast, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webapp.experts.views.EXPERTS_PER_PAGE", 2)
+    for name in ("Alpha", "Bravo", "Charlie"):
+        make_expert(cast.org, name, versions=1, files=False)
+    response = cast.client_for("member").get(reverse("experts:list"), {"page": 999})
+    assert response.status_code == 200
+    assert "Charlie" in response.content.decode()
+    assert "Alpha" not in response.content.decode()
+
+
+def test_it_shows_no_pager_when_the_experts_fit_on_one_page(cast: Cast, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webapp.experts.views.EXPERTS_PER_PAGE", 2)
+    for name in ("Alpha", "Bravo"):
+        make_expert(cast.org, name, versions=1, files=False)
+    page = cast.client_for("member").get(reverse("experts:list")).content.decode()
+    assert 'class="pager"' not in page
+    assert "?page=" not in page
+
+
+def test_it_pages_the_catalog_with_same_named_experts_never_on_two_pages(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("webapp.experts.views.CATALOG_PER_PAGE", 2)
+    # Three shared experts of the same name (names repeat across orgs): the pk decides their order.
+    shared = [make_expert(cast.other_org, "Pricing", versions=1, files=False) for _ in range(3)]
+    for expert in shared:
+        services.publish(expert, user=cast.outsider)
+    make_expert(cast.other_org, "Globex private", versions=1, files=False)
+    mine = make_expert(cast.org, "Acme own", versions=1, files=False)
+    services.publish(mine, user=cast.owner)
+    assert [expert.slug for expert in shared] == ["pricing", "pricing-2", "pricing-3"]
+    api_names = [f"<code>{expert.api_name(cast.org)}</code>" for expert in shared]
+    client = cast.client_for("member")
+    url = reverse("experts:catalog")
+    first = client.get(url).content.decode()
+    assert [name in first for name in api_names] == [True, True, False]
+    assert f'href="{url}?page=2">Next</a>' in first
+    assert "Page 1 of 2 (3 shared experts)" in first
+    second = client.get(url, {"page": "2"}).content.decode()
+    assert [name in second for name in api_names] == [False, False, True]
+    assert f'href="{url}?page=1">Previous</a>' in second
+    assert "Page 2 of 2 (3 shared experts)" in second
+    for page in (first, second):
+        assert "Globex private" not in page
+        assert "Acme own" not in page
+    fallback = client.get(url, {"page": "abc"})
+    assert fallback.status_code == 200
+    assert [name in fallback.content.decode() for name in api_names] == [True, True, False]
+    assert client.get(url, {"page": "999"}).status_code == 200
+
+
+def test_it_returns_to_the_catalog_page_it_was_on_after_including_an_expert(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("webapp.experts.views.CATALOG_PER_PAGE", 1)
+    for name in ("Globex alpha", "Globex beta"):
+        services.publish(make_expert(cast.other_org, name, versions=1, files=False), user=cast.outsider)
+    client = cast.client_for("member")
+    second = client.get(reverse("experts:catalog"), {"page": 2}).content.decode()
+    assert f'name="next" value="{reverse("experts:catalog")}?page=2"' in second
+    beta = Expert.objects.get(name="Globex beta")
+    response = client.post(reverse("experts:include", args=[beta.pk]), {"next": f"{reverse('experts:catalog')}?page=2"})
+    assert response["Location"] == f"{reverse('experts:catalog')}?page=2"
