@@ -461,11 +461,12 @@ def generation_order(count: int, seed: int) -> list[int]:
 
 def _planned_chunks(stats: GenerationStats, target: TokenTarget | None) -> int:
     """The chunks generation expects to ask about: all of them, or under a target as many as the kept tokens per
-    chunk so far say it needs (the progress bar's total)."""
+    chunk so far say it needs, in whole teacher batches (the progress bar's total and its ETA's)."""
     if target is None or stats.kept_tokens <= 0 or stats.chunks_done == 0:
         return stats.chunks
     needed = math.ceil(stats.chunks_done * target.tokens / stats.kept_tokens)
-    return max(stats.chunks_done, min(stats.chunks, needed))
+    batches = math.ceil((needed - stats.chunks_done) / TEACHER_BATCH)
+    return max(stats.chunks_done, min(stats.chunks, stats.chunks_done + batches * TEACHER_BATCH))
 
 
 def generate_pairs(

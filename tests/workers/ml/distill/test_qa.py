@@ -38,8 +38,11 @@ from workers.ml.distill.qa import QADataPlan, aligned_teacher_logits, build_qa_d
 from workers.ml.distill.qa_generate import (
     HOPELESS_AFTER_CHUNKS,
     TEACHER_BATCH,
+    GenerationStats,
     ParsedPair,
     QARecord,
+    TokenTarget,
+    _planned_chunks,
     generation_order,
     parse_grade,
     parse_pairs,
@@ -502,6 +505,20 @@ def test_it_asks_the_teacher_only_about_the_chunks_a_token_budget_trains_on(
     assert large.metrics["qa_data"]["kept_tokens"] >= 500
     heldout = 2  # evaluation: the teacher writes questions from max_heldout_chunks held-out chunks each run
     assert (asked_for_small, asked_for_large) == (TEACHER_BATCH + heldout, len(large_chunks) - TEACHER_BATCH + heldout)
+
+
+def test_it_plans_the_chunks_a_token_budget_still_needs_in_whole_teacher_batches() -> None:
+    def planned(done: int, kept_tokens: int, target: int | None = 1500, chunks: int = 70) -> int:
+        stats = GenerationStats(chunks=chunks, chunks_done=done, kept_tokens=kept_tokens)
+        return _planned_chunks(stats, None if target is None else TokenTarget(target, lambda record: 0))
+
+    # The figures of a real SmolLM2 run: 458 tokens from 8 chunks → 27 needed → three more batches of 8.
+    assert planned(8, 458) == 8 + 3 * TEACHER_BATCH
+    # 1,474 of 1,500 after 24 chunks: one chunk's worth is missing, but a batch asks about 8.
+    assert planned(24, 1474) == 24 + TEACHER_BATCH
+    assert planned(64, 500) == 70  # never past the corpus
+    assert planned(8, 0) == 70  # nothing kept yet: no rate to plan from
+    assert planned(8, 458, target=None) == 70
 
 
 def test_it_resumes_generation_after_a_cancel_without_asking_again(
