@@ -483,7 +483,7 @@ PHASES = {
         ("  loading (catalog load_model)", "workers/ml/catalog.py", "load_model"),
         ("  tokenise chunks (build_kd_data)", "distill/kd.py", "build_kd_data"),
         ("  teacher pass into the cache (open_or_build)", "distill/teacher_cache.py", "open_or_build"),
-        ("    teacher forward", "distill/teacher_cache.py", "teacher_forward|_forward_packed"),
+        ("    teacher forward", "distill/teacher_cache.py", "teacher_forward|_target_logits"),
         ("    top-k of the teacher logits", "distill/losses.py", "teacher_topk"),
         ("    cache shard writes", "distill/teacher_cache.py", "_write_shard"),
         ("  get_peft_model", "peft/mapping_func.py", "get_peft_model"),

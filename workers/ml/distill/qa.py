@@ -12,9 +12,9 @@
    student's vocabulary) plus losses.distillation_loss against the teacher's full logits on the same answer
    tokens, the teacher seeing the chunk first (context distillation: teacher input = its chat template with
    the chunk and the question as the user turn, then the very same answer tokens; the student sees only the
-   question). The teacher runs live on each micro-batch (one packed no-grad forward pass over the teacher
-   sequences of the micro-batch; no disk cache: answers are short and one epoch is typical); α, τ and the
-   divergence are `config.kd`'s.
+   question). The teacher runs live on each micro-batch (one packed inference-mode forward pass over the
+   teacher sequences of the micro-batch, its output head on the answer positions only; no disk cache: answers
+   are short and one epoch is typical); α, τ and the divergence are `config.kd`'s.
    When the teacher is the student's own base (same model object), it runs as the trained model with its
    adapter disabled.
 4. evaluating — qa_eval.py (called from run._evaluate): blind answers of base, expert and teacher scored
@@ -39,7 +39,7 @@ from workers.ml.distill.config import DistillConfig, KDSettings, TrainingSetting
 from workers.ml.distill.corpus import Chunk, CorpusSnapshot
 from workers.ml.distill.errors import NoTrainingData
 from workers.ml.distill.losses import IGNORE_INDEX, LossParts, distillation_loss
-from workers.ml.distill.packing import PackedBatch, collate, pack_rows
+from workers.ml.distill.packing import PackedBatch
 from workers.ml.distill.progress import ProgressCallback, StopCallback
 from workers.ml.distill.qa_generate import (
     Generation,
@@ -55,7 +55,7 @@ from workers.ml.distill.qa_generate import (
     reference_prompt,
     user_turn,
 )
-from workers.ml.distill.teacher_cache import TeacherSegment
+from workers.ml.distill.teacher_cache import TeacherSegment, segment_target_logits
 from workers.ml.distill.teachers import LocalTeacher, Teacher, same_vocabulary
 from workers.ml.distill.train import DataPlan, LossFunction
 
@@ -223,31 +223,20 @@ def _answer_ce(logits: torch.Tensor, labels: torch.Tensor, positions: int) -> Lo
 def _teacher_answer_logits(
     teacher_model: Any, data: QAData, indices: Sequence[int], pad_token_id: int
 ) -> dict[int, torch.Tensor]:
-    """Per segment index, the teacher's logits from the last prompt token on ((answer tokens + 1), V)."""
+    """Per segment index, the teacher's logits from the last prompt token on ((answer tokens + 1), V).
+
+    The output head runs on those positions only: the chunk and question before them (~90% of a teacher
+    segment) never become full-vocabulary logits.
+    """
     assert data.teacher_segments is not None
-    segments = data.teacher_segments
-    lengths = [len(segment.tokens) for segment in segments]
-    seq_len = max(lengths[index] for index in indices)  # rows as long as the longest: short ones share a row
-    rows = pack_rows(lengths, indices, seq_len)
-    packed = collate([segment.tokens for segment in segments], rows, seq_len, pad_token_id)
-    device = next(teacher_model.parameters()).device
-    with torch.no_grad():
-        logits = teacher_model(
-            input_ids=packed.input_ids.to(device), position_ids=packed.position_ids.to(device), use_cache=False
-        ).logits  # (R, T, V)
-    result = {}
-    for placement in packed.placements:
-        segment = segments[placement.segment]
-        begin = placement.start + segment.target_offset
-        result[placement.segment] = logits[placement.row, begin : placement.start + placement.length]
-    return result
+    return segment_target_logits(teacher_model, data.teacher_segments, indices, pad_token_id)
 
 
 def aligned_teacher_logits(teacher_model: Any, data: QAData, batch: PackedBatch, pad_token_id: int) -> torch.Tensor:
     """Teacher logits laid out like the student's batch (B, T, V): rows only where answer tokens are predicted.
 
     The teacher's segments are packed into rows (no attention across segments) and run in one forward pass
-    under no_grad.
+    under inference mode; the copy into this (normal) tensor is what the loss saves for backward.
     """
     indices = [placement.segment for placement in batch.placements]
     per_segment = _teacher_answer_logits(teacher_model, data, indices, pad_token_id)

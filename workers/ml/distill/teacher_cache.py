@@ -64,19 +64,6 @@ def _pack(segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_
     )
 
 
-def _forward_packed(
-    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int
-) -> tuple[PackedBatch, torch.Tensor]:
-    """Run the teacher over the segments `indices`, packed (see _pack): (batch, logits (R, T, V))."""
-    batch = _pack(segments, indices, pad_token_id)
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(
-            input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False
-        ).logits  # (R, T, V)
-    return batch, logits
-
-
 def _plain_head(model: Any) -> tuple[Any, Any] | None:
     """(decoder, output head) of a model whose logits are the head applied to the decoder's output, else None."""
     config = getattr(model, "config", None)
@@ -143,19 +130,38 @@ def teacher_targets(
     ]
 
 
+def segment_target_logits(
+    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int
+) -> dict[int, torch.Tensor]:
+    """Per segment of `indices`, the teacher's logits over its target span (from target_offset on): (L, V).
+
+    One packed forward pass (see _pack) under inference mode; the output head runs on the target positions only
+    where it is plain (_target_logits), so a long context — kd's preceding chunk, qa's chunk and question —
+    never becomes full-vocabulary logits. The results are inference tensors: copy them into a normal tensor
+    before autograd saves them.
+    """
+    batch = _pack(segments, indices, pad_token_id)
+    spans = [_target_span(segments[placement.segment], placement.start) for placement in batch.placements]
+    lengths = [span.stop - span.start for span in spans]
+    rows = torch.cat([torch.full((length,), p.row) for length, p in zip(lengths, batch.placements, strict=True)])
+    cols = torch.cat([torch.arange(span.start, span.stop) for span in spans])  # rows, cols: (N,)
+    logits = _target_logits(model, batch, rows, cols)  # (N, V)
+    return {
+        placement.segment: part
+        for placement, part in zip(batch.placements, logits.split(lengths), strict=True)  # (L, V) each
+    }
+
+
 def live_teacher_logits(
     model: Any, segments: Sequence[TeacherSegment], batch: PackedBatch, pad_token_id: int
 ) -> torch.Tensor:
     """Teacher logits laid out like the student's packed batch (B, T, V), for training without a cache."""
-    indices = [placement.segment for placement in batch.placements]
-    teacher_batch, logits = _forward_packed(model, segments, indices, pad_token_id)
+    per_segment = segment_target_logits(model, segments, [p.segment for p in batch.placements], pad_token_id)
+    some = next(iter(per_segment.values()))
     rows, cols = batch.input_ids.shape
-    aligned = torch.zeros((rows, cols, logits.shape[-1]), dtype=logits.dtype, device=logits.device)  # (B, T, V)
-    where = {placement.segment: placement for placement in batch.placements}
-    for placement in teacher_batch.placements:
-        student = where[placement.segment]
-        span = _target_span(segments[placement.segment], placement.start)
-        aligned[student.row, student.start : student.start + student.length] = logits[placement.row, span]
+    aligned = torch.zeros((rows, cols, some.shape[-1]), dtype=some.dtype, device=some.device)  # (B, T, V)
+    for placement in batch.placements:
+        aligned[placement.row, placement.start : placement.start + placement.length] = per_segment[placement.segment]
     return aligned
 
 
