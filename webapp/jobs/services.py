@@ -38,6 +38,25 @@ QA_TEACHER_MIN_PARAMETERS = 1_000_000_000
 PACKAGED_WITHOUT_CHAT = {"packaged:gemma3-270m"}
 # Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
 DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
+# Seconds before any job has measured them, per "worker class:what:teacher kind" (local or endpoint): what qa's
+# teacher takes per chunk it is asked about (writing and grading its pairs), and a job's evaluation (kd: held-out
+# perplexities; qa: the teacher writes held-out questions and references, three models answer them blind).
+# Measured on 2 CPU cores with the packaged SmolLM2-135M (2026-11-30): 12 s a chunk, a 9-minute qa evaluation;
+# the rest are guesses that the first finished job replaces.
+DEFAULT_STAGE_SECONDS = {
+    "cpu:qa_chunk:local": 12.0,
+    "cpu:qa_chunk:endpoint": 3.0,
+    "gpu:qa_chunk:local": 1.0,
+    "gpu:qa_chunk:endpoint": 3.0,
+    "cpu:eval_kd:local": 30.0,
+    "cpu:eval_kd:endpoint": 60.0,
+    "gpu:eval_kd:local": 10.0,
+    "gpu:eval_kd:endpoint": 60.0,
+    "cpu:eval_qa:local": 540.0,
+    "cpu:eval_qa:endpoint": 180.0,
+    "gpu:eval_qa:local": 60.0,
+    "gpu:eval_qa:endpoint": 180.0,
+}
 # Teacher tokens of a qa job through an endpoint, beyond the chunks themselves (workers/ml/distill/qa_generate.py,
 # qa_eval.py, qa_judge.py): the instructions around a chunk, one written question–answer pair, and per evaluation
 # question what it costs to write it, its reference answer, the teacher's blind answer and the judge's grades of
@@ -175,23 +194,56 @@ def worker_class() -> str:
     return "gpu" if settings.JOB_WORKER_CLASS == "gpu" else "cpu"
 
 
-def measured_tokens_per_s() -> float:
+def _measured(key: str) -> float | None:
+    """A speed the finished jobs measured (a moving average in the cache), or None."""
     try:
-        measured = cache.get(f"jobs:tokens-per-s:{worker_class()}")
+        value = cache.get(key)
     except Exception:  # Redis is down or restarting: an estimate from the default speed, not an error page
-        logger.warning("the measured training speed could not be read from the cache", exc_info=True)
-        measured = None
-    return float(measured or DEFAULT_TOKENS_PER_S[worker_class()])
+        logger.warning("the measured speed %s could not be read from the cache", key, exc_info=True)
+        return None
+    return float(value) if value else None
 
 
-def record_tokens_per_s(value: float) -> None:
-    """A moving average of training speed on this worker class, refined by every finished job."""
-    key = f"jobs:tokens-per-s:{worker_class()}"
+def _record(key: str, value: float) -> None:
+    """Average `value` into the measured speed `key` (moving average, new values weigh 0.3)."""
     try:
         previous = cache.get(key)
         cache.set(key, value if previous is None else 0.7 * float(previous) + 0.3 * value, timeout=None)
     except Exception:  # Redis is down: this job's speed is not averaged in; the job's outcome stands
-        logger.warning("the measured training speed could not be written to the cache", exc_info=True)
+        logger.warning("the measured speed %s could not be written to the cache", key, exc_info=True)
+
+
+def measured_tokens_per_s() -> float:
+    """Training tokens per second on this worker class."""
+    return _measured(f"jobs:tokens-per-s:{worker_class()}") or DEFAULT_TOKENS_PER_S[worker_class()]
+
+
+def measured_seconds(what: str, teacher_kind: str) -> float:
+    """Seconds of `what` (qa_chunk, eval_kd, eval_qa) with a local or an endpoint teacher on this worker class."""
+    key = f"{worker_class()}:{what}:{teacher_kind}"
+    return _measured(f"jobs:seconds:{key}") or DEFAULT_STAGE_SECONDS[key]
+
+
+def teacher_kind(snapshot: dict[str, Any]) -> str:
+    return "endpoint" if snapshot.get("kind") == "endpoint" else "local"
+
+
+def record_job_speeds(job: DistillationJob) -> None:
+    """Refine the estimates with a succeeded job's stage times (metrics' stage_seconds): training tokens/s, qa's
+    teacher seconds per chunk, evaluation seconds. A resumed job's times are its last attempt's: left out."""
+    metrics = job.metrics or {}
+    stages, training = metrics.get("stage_seconds") or {}, metrics.get("training") or {}
+    if not stages or training.get("resumed_from_step") is not None:
+        return
+    kind, cls = teacher_kind(job.teacher_snapshot or {}), worker_class()
+    if training.get("train_tokens") and stages.get("training"):
+        _record(f"jobs:tokens-per-s:{cls}", training["train_tokens"] / max(1.0, stages["training"]))
+    asked = (metrics.get("qa_data") or {}).get("chunks_done")
+    if job.recipe == DistillationJob.Recipe.QA and asked and stages.get("generating"):
+        _record(f"jobs:seconds:{cls}:qa_chunk:{kind}", stages["generating"] / asked)
+    if stages.get("evaluating"):
+        what = "eval_qa" if job.recipe == DistillationJob.Recipe.QA else "eval_kd"
+        _record(f"jobs:seconds:{cls}:{what}:{kind}", stages["evaluating"])
 
 
 @dataclass(frozen=True)
@@ -216,15 +268,19 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     # Under a budget of less than one epoch the teacher reads only the share of the corpus training needs: kd
     # the chunks training reads, qa the chunks whose pairs add up to the budget (workers/ml/distill/qa_generate).
     share = min(1.0, budget / epoch_tokens) if epoch_tokens else 1.0
-    # The teacher pass reads each chunk once, roughly a third of a training pass over it.
-    teacher_read = int(train_tokens * share)
-    eta = budget / measured_tokens_per_s() + teacher_read / (3 * measured_tokens_per_s())
+    teacher_read, asked = int(train_tokens * share), math.ceil(chunks * share)
+    kind = teacher_kind(teacher)
+    if recipe == "kd":  # the teacher pass reads each chunk once, roughly a third of a training pass over it
+        teacher_seconds = teacher_read / (3 * measured_tokens_per_s())
+    else:  # qa's teacher writes (and grades) pairs chunk by chunk: generation, far slower than reading
+        teacher_seconds = asked * measured_seconds("qa_chunk", kind)
+    evaluation = measured_seconds("eval_qa" if recipe == "qa" else "eval_kd", kind)
+    eta = budget / measured_tokens_per_s() + teacher_seconds + evaluation
     teacher_tokens = cost = None
-    if teacher.get("kind") == "endpoint":
+    if kind == "endpoint":
         if recipe == "kd":
             teacher_tokens = teacher_read * 2
         else:
-            asked = math.ceil(chunks * share)
             teacher_tokens = qa_teacher_tokens(teacher_read, asked, pairs, reasoning=reasoning)
         price_in = teacher.get("price_input_per_million") or 0
         price_out = teacher.get("price_output_per_million") or 0
@@ -388,10 +444,8 @@ def notify_job_ended(job_id: int) -> None:
     if job.status == JobStatus.FAILED and job.error:
         message += f" {job.error[:200]}"
     Notification.objects.create(organization=job.organization, recipient=job.created_by, message=message, url=url)
-    if job.status == JobStatus.SUCCEEDED and job.step and job.compute_seconds:
-        training_tokens = (job.metrics.get("training") or {}).get("train_tokens")
-        if training_tokens:
-            record_tokens_per_s(training_tokens / max(1.0, job.compute_seconds))
+    if job.status == JobStatus.SUCCEEDED:
+        record_job_speeds(job)
     if job.created_by.email and not settings.EMAIL_BACKEND.endswith("console.EmailBackend"):
         try:
             send_mail(f"[Distillery] {message[:120]}", f"{message}\n\n{url}", None, [job.created_by.email])

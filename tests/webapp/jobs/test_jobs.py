@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -271,9 +272,10 @@ def test_it_estimates_tokens_time_and_cost_for_a_priced_endpoint(cast: Cast, cor
     response = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
     body = response.content.decode()
     assert [t.name for t in response.templates] == ["jobs/_estimate.html"]
-    # 9,000 training tokens (10 % held out) × 2 epochs = 18,000 at 250 tokens/s, + a teacher pass of 9,000 / 750.
+    # 9,000 training tokens (10 % held out) × 2 epochs = 18,000 at 250 tokens/s, + a teacher pass of 9,000 / 750,
+    # + the evaluation (60 s with an endpoint teacher, before a finished job measured one).
     assert "<dt>Training tokens</dt><dd>18000</dd>" in body
-    assert "about 1 min 24 s" in body
+    assert "about 2 min 24 s" in body
     # kd through an endpoint reads twice the training tokens (18,000) at the dearer price ($4 / M): $0.07.
     assert "<dt>Teacher tokens</dt><dd>about 18000</dd>" in body
     assert "<dt>Expected teacher cost</dt><dd>about $0.07</dd>" in body
@@ -287,10 +289,10 @@ def test_it_counts_only_the_chunks_a_budget_under_one_epoch_trains_on_for_a_kd_t
     body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
     text = body.content.decode()
     # 3,000 of the 9,000 training tokens: the teacher reads those (with their context, twice as many tokens), and
-    # its pass takes 3,000 / 750 s on top of training's 3,000 / 250 s.
+    # its pass takes 3,000 / 750 s on top of training's 3,000 / 250 s, then 60 s of evaluation.
     assert "<dt>Training tokens</dt><dd>3000</dd>" in text
     assert "<dt>Teacher tokens</dt><dd>about 6000</dd>" in text
-    assert "about 16 s" in text
+    assert "about 1 min 16 s" in text
 
 
 def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast, corpus: Corpus) -> None:
@@ -320,6 +322,46 @@ def test_it_counts_only_the_chunks_a_qa_budget_needs_pairs_from(cast: Cast, corp
     assert "<dt>Training tokens</dt><dd>2000</dd>" in text
     assert "<dt>Teacher tokens</dt><dd>about 115250</dd>" in text
     assert "<dt>Expected teacher cost</dt><dd>about $0.12</dd>" in text
+
+
+def test_it_times_a_qa_job_by_the_chunks_its_teacher_writes_about_and_its_evaluation(
+    cast: Cast, corpus: Corpus
+) -> None:
+    query = f"?corpus={corpus.pk}&teacher=global:0&recipe=qa&token_budget=2000&pairs_per_chunk=2"
+    text = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+    # A quarter of the 40 chunks (see above) at 12 s each for a local teacher on a CPU, 2,000 tokens of training at
+    # 250 tokens/s and a 9-minute evaluation: 120 + 8 + 540 s.
+    assert "<dt>Estimated time</dt><dd>about 11 min</dd>" in text.content.decode()  # 668 s, to the minute
+
+
+def test_it_learns_training_speed_qa_chunk_time_and_evaluation_time_from_a_finished_job(
+    cast: Cast, corpus: Corpus
+) -> None:
+    keys = ["jobs:tokens-per-s:cpu", "jobs:seconds:cpu:qa_chunk:local", "jobs:seconds:cpu:eval_qa:local"]
+    cache.delete_many(keys)
+    metrics = {
+        "training": {"train_tokens": 3000, "resumed_from_step": None},
+        "qa_data": {"chunks_done": 16},
+        "stage_seconds": {"loading": 20.0, "generating": 160.0, "training": 30.0, "evaluating": 300.0},
+    }
+    job = make_job(corpus, JobStatus.SUCCEEDED, recipe=DistillationJob.Recipe.QA, metrics=metrics)
+    services.record_job_speeds(job)
+    assert cache.get_many(keys) == dict(zip(keys, [100.0, 10.0, 300.0], strict=True))
+    # A second job moves the averages by 30 % of the difference.
+    services.record_job_speeds(
+        make_job(
+            corpus,
+            JobStatus.SUCCEEDED,
+            recipe=DistillationJob.Recipe.QA,
+            metrics={**metrics, "stage_seconds": {**metrics["stage_seconds"], "evaluating": 400.0}},
+        )
+    )
+    assert cache.get("jobs:seconds:cpu:eval_qa:local") == pytest.approx(330.0)
+    # A resumed job's times are its last attempt's only: not averaged in.
+    resumed = {**metrics, "training": {"train_tokens": 3000, "resumed_from_step": 4}}
+    services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, recipe=DistillationJob.Recipe.QA, metrics=resumed))
+    assert cache.get("jobs:seconds:cpu:eval_qa:local") == pytest.approx(330.0)
+    cache.delete_many(keys)
 
 
 def test_it_shows_no_cost_for_a_catalog_teacher_and_warns_of_a_refusal(

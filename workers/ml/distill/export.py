@@ -370,6 +370,14 @@ def _copy_or_clear(source: Path | None, target: Path, secrets: tuple[str, ...]) 
 # ---------------------------------------------------------------- the card
 
 
+def _time_lines(stage_seconds: dict[str, float]) -> list[str]:
+    """Where the run's time went, stage by stage (the last attempt's, up to the evaluation)."""
+    if not stage_seconds:
+        return []
+    parts = ", ".join(f"{stage} {seconds:,.0f} s" for stage, seconds in stage_seconds.items())
+    return ["", f"Time: {parts}."]
+
+
 def _number(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool) or value is None:
         return "—"
@@ -591,6 +599,7 @@ def render_card(
         json.dumps(_finite(_hyperparameters(config_json, config.recipe)), indent=2, ensure_ascii=False),
         "```",
         *_precision_lines(metrics.get("training") or {}),
+        *_time_lines(metrics.get("stage_seconds") or {}),
         "",
         "## Training data",
         "",

@@ -66,3 +66,31 @@ class RateMeter:
         tokens_per_s = self.tokens / elapsed
         eta = elapsed / done * max(0, self.total - done)
         return tokens_per_s, eta
+
+
+class StageClock:
+    """Wall seconds per stage, read from the progress reports a run makes: a stage lasts from its first report to
+    the first report of the next one (metrics.json's `stage_seconds`; the web app learns its estimates there)."""
+
+    def __init__(self, on_progress: ProgressCallback) -> None:
+        self.on_progress = on_progress
+        self.current: Stage | None = None
+        self.since = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.stage != self.current:
+            self._close()
+            self.current = progress.stage
+        self.on_progress(progress)
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self.current is not None and self.current != "done":
+            self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
+        self.since = now
+
+    def snapshot(self) -> dict[str, float]:
+        """Seconds so far per stage, the current one counted up to now (rounded to 0.1 s)."""
+        self._close()
+        return {stage: round(seconds, 1) for stage, seconds in self.seconds.items()}

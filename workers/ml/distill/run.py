@@ -35,7 +35,14 @@ from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMis
 from workers.ml.distill.evaluate import TeacherComparison, compare_with_teacher, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
 from workers.ml.distill.losses import compiled_vocabulary_passes
-from workers.ml.distill.progress import Progress, ProgressCallback, StopCallback, ignore_progress, never_stop
+from workers.ml.distill.progress import (
+    Progress,
+    ProgressCallback,
+    StageClock,
+    StopCallback,
+    ignore_progress,
+    never_stop,
+)
 from workers.ml.distill.regional_compile import AUTO_MIN_TEACHER_FLOPS, compiled_layers, should_compile
 from workers.ml.distill.signature import compute_signature
 from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment
@@ -414,11 +421,12 @@ def distill(
     started = time.perf_counter()
     if not corpus.train:
         raise NoTrainingData("The corpus has no training chunks.")
+    clock = StageClock(on_progress)
     with _torch_threads(config.training.num_threads):
-        models = _load(config, on_progress)
+        models = _load(config, clock)
         _store_in_bf16(config, models)
         try:
-            return _distill_loaded(config, corpus, models, on_progress, should_stop, started)
+            return _distill_loaded(config, corpus, models, clock, should_stop, started)
         except DistillError as error:
             # The tokens a closed teacher already used are paid for whatever happens next: the caller accounts them.
             error.teacher_usage = asdict(models.teacher.usage)  # type: ignore[attr-defined]
@@ -429,11 +437,11 @@ def _distill_loaded(
     config: DistillConfig,
     corpus: CorpusSnapshot,
     models: _Models,
-    on_progress: ProgressCallback,
+    on_progress: StageClock,
     should_stop: StopCallback,
     started: float,
 ) -> DistillResult:
-    """distill() once the models are loaded."""
+    """distill() once the models are loaded; `on_progress` times the stages."""
     base_identity = base_identity_from_info(models.student.info)
     teacher_label = models.teacher.label
 
@@ -479,6 +487,8 @@ def _distill_loaded(
         "base_weights": str(models.student.dtype).removeprefix("torch."),
         "bf16_autocast": outcome.bf16_autocast,
     }
+    # Where this attempt's time went, up to the evaluation (a resumed run counts only its own attempt).
+    metrics["stage_seconds"] = on_progress.snapshot()
 
     on_progress(Progress("exporting", 0, 2, message="Computing the routing signature"))
     embedder = SentenceEmbedder.load(config.embedder, model_roots=config.model_roots)

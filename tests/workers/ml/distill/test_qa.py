@@ -356,6 +356,10 @@ def test_it_distils_an_expert_from_an_openai_compatible_teacher(
     assert [report.step for report in generating[1:]] == [8, 16, 24, TRAIN_CHUNKS]
     card = (out / "README.md").read_text()
     assert "Question answering" in card
+    # Where the time went, for the card and for the web app's estimates.
+    assert list(metrics["stage_seconds"]) == ["loading", "generating", "training", "evaluating"]
+    assert all(seconds >= 0 for seconds in metrics["stage_seconds"].values())
+    assert "Time: loading " in card
     assert "| teacher_blind | 0.000 | 1.00 |" in card
     assert f"qa pairs kept: {distinct}" in card
 
