@@ -112,22 +112,26 @@ def teacher_targets(
     One output head, top-k and copy to the CPU over the whole teacher batch's kept positions, instead of one per
     segment: on a GPU the per-segment kernels and synchronisations cost more than the teacher's forward.
     """
+    order, lengths, logits = _packed_target_logits(model, segments, indices, pad_token_id)  # logits (N, V)
+    with torch.inference_mode():
+        values, ids, tail = teacher_topk(logits, top_k, temperature)  # (N, k), (N, k), (N,)
+        del logits
+        values, ids, tail = values.half().cpu(), ids.int().cpu(), tail.float().cpu()
+    return list(zip(order, values.split(lengths), ids.split(lengths), tail.split(lengths), strict=True))
+
+
+def _packed_target_logits(
+    model: Any, segments: Sequence[TeacherSegment], indices: Sequence[int], pad_token_id: int
+) -> tuple[list[int], list[int], torch.Tensor]:
+    """(segment indices in packed order, their target lengths, the logits of all their targets (N, V)):
+    one packed forward pass (see _pack), the output head on the target positions only (_target_logits)."""
     batch = _pack(segments, indices, pad_token_id)
     spans = [_target_span(segments[placement.segment], placement.start) for placement in batch.placements]
     lengths = [span.stop - span.start for span in spans]
     rows = torch.cat([torch.full((length,), p.row) for length, p in zip(lengths, batch.placements, strict=True)])
     cols = torch.cat([torch.arange(span.start, span.stop) for span in spans])  # rows, cols: (N,)
-    logits = _target_logits(model, batch, rows, cols)  # (N, V)
-    with torch.inference_mode():
-        values, ids, tail = teacher_topk(logits, top_k, temperature)  # (N, k), (N, k), (N,)
-        del logits
-        values, ids, tail = values.half().cpu(), ids.int().cpu(), tail.float().cpu()
-    return [
-        (placement.segment, segment_values, segment_ids, segment_tail)
-        for placement, segment_values, segment_ids, segment_tail in zip(
-            batch.placements, values.split(lengths), ids.split(lengths), tail.split(lengths), strict=True
-        )
-    ]
+    order = [placement.segment for placement in batch.placements]
+    return order, lengths, _target_logits(model, batch, rows, cols)
 
 
 def segment_target_logits(
@@ -140,16 +144,8 @@ def segment_target_logits(
     never becomes full-vocabulary logits. The results are inference tensors: copy them into a normal tensor
     before autograd saves them.
     """
-    batch = _pack(segments, indices, pad_token_id)
-    spans = [_target_span(segments[placement.segment], placement.start) for placement in batch.placements]
-    lengths = [span.stop - span.start for span in spans]
-    rows = torch.cat([torch.full((length,), p.row) for length, p in zip(lengths, batch.placements, strict=True)])
-    cols = torch.cat([torch.arange(span.start, span.stop) for span in spans])  # rows, cols: (N,)
-    logits = _target_logits(model, batch, rows, cols)  # (N, V)
-    return {
-        placement.segment: part
-        for placement, part in zip(batch.placements, logits.split(lengths), strict=True)  # (L, V) each
-    }
+    order, lengths, logits = _packed_target_logits(model, segments, indices, pad_token_id)  # logits (N, V)
+    return dict(zip(order, logits.split(lengths), strict=True))  # (L, V) each
 
 
 def live_teacher_logits(
