@@ -147,6 +147,26 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+STAGE_TIME_LABELS = {
+    "loading": "loading",
+    "teacher": "teacher pass",
+    "generating": "teacher writing pairs",
+    "training": "training",
+    "evaluating": "evaluation",
+}
+
+
+def _stage_times(stage_seconds: Any) -> list[tuple[str, str]]:
+    """(stage, duration) of the run's last attempt, up to its evaluation (metrics' stage_seconds; older runs: none)."""
+    if not isinstance(stage_seconds, dict):
+        return []
+    return [
+        (STAGE_TIME_LABELS.get(stage, stage), humanize_seconds(seconds))
+        for stage, seconds in stage_seconds.items()
+        if _number(seconds) is not None
+    ]
+
+
 def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The final metrics table: held-out scores per model, gap closed, KL, and Q&A when the recipe made them."""
     if not metrics:
@@ -193,6 +213,7 @@ def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
         "kl_before": _number(kl.get("before")),
         "kl_after": _number(kl.get("after")),
         "qa": qa_view,
+        "stage_times": _stage_times(metrics.get("stage_seconds")),
     }
 
 

@@ -705,6 +705,7 @@ def test_it_shows_the_final_metrics_of_a_succeeded_job(cast: Cast, corpus: Corpu
         "gap_basis": "perplexity",
         "kl_to_teacher": {"before": 0.81234, "after": 0.3},
         "qa": None,
+        "stage_seconds": {"loading": 12.3, "teacher": 81.0, "training": 1100.4, "evaluating": 24.0},
     }
     job = make_job(
         corpus,
@@ -722,6 +723,9 @@ def test_it_shows_the_final_metrics_of_a_succeeded_job(cast: Cast, corpus: Corpu
     assert "before 0.8123, after 0.3000 nats" in page
     assert "/data/artifacts/org-1/job-7" in page
     assert "1234 s (20 min)" in page
+    assert (
+        "<dt>Time per stage</dt><dd>loading 12 s · teacher pass 1 min 21 s · training 18 min · evaluation 24 s</dd>"
+    ) in page
     assert '<li class="stage stage-done">Registering</li>' in page
     assert "hx-trigger" not in page.split('<div id="job-status">')[1]
 
