@@ -236,14 +236,17 @@ def record_job_speeds(job: DistillationJob) -> None:
     if not stages or training.get("resumed_from_step") is not None:
         return
     kind, cls = teacher_kind(job.teacher_snapshot or {}), worker_class()
-    if training.get("train_tokens") and stages.get("training"):
-        _record(f"jobs:tokens-per-s:{cls}", training["train_tokens"] / max(1.0, stages["training"]))
-    asked = (metrics.get("qa_data") or {}).get("chunks_done")
-    if job.recipe == DistillationJob.Recipe.QA and asked and stages.get("generating"):
-        _record(f"jobs:seconds:{cls}:qa_chunk:{kind}", stages["generating"] / asked)
-    if stages.get("evaluating"):
-        what = "eval_qa" if job.recipe == DistillationJob.Recipe.QA else "eval_kd"
-        _record(f"jobs:seconds:{cls}:{what}:{kind}", stages["evaluating"])
+    try:
+        if training.get("train_tokens") and stages.get("training"):
+            _record(f"jobs:tokens-per-s:{cls}", float(training["train_tokens"]) / max(1.0, float(stages["training"])))
+        asked = (metrics.get("qa_data") or {}).get("chunks_done")
+        if job.recipe == DistillationJob.Recipe.QA and asked and stages.get("generating"):
+            _record(f"jobs:seconds:{cls}:qa_chunk:{kind}", float(stages["generating"]) / float(asked))
+        if stages.get("evaluating"):
+            what = "eval_qa" if job.recipe == DistillationJob.Recipe.QA else "eval_kd"
+            _record(f"jobs:seconds:{cls}:{what}:{kind}", float(stages["evaluating"]))
+    except (TypeError, ValueError):  # metrics not as the engine writes them: the estimates keep what they had
+        logger.warning("job %s: its stage times could not be read", job.pk, exc_info=True)
 
 
 @dataclass(frozen=True)

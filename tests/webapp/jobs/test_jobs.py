@@ -361,6 +361,10 @@ def test_it_learns_training_speed_qa_chunk_time_and_evaluation_time_from_a_finis
     resumed = {**metrics, "training": {"train_tokens": 3000, "resumed_from_step": 4}}
     services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, recipe=DistillationJob.Recipe.QA, metrics=resumed))
     assert cache.get("jobs:seconds:cpu:eval_qa:local") == pytest.approx(330.0)
+    # Times that are no numbers change nothing and raise nothing (the job's notifications go on).
+    odd = {**metrics, "stage_seconds": {"training": "slow", "evaluating": [1]}}
+    services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, recipe=DistillationJob.Recipe.QA, metrics=odd))
+    assert cache.get("jobs:seconds:cpu:eval_qa:local") == pytest.approx(330.0)
     cache.delete_many(keys)
 
 
