@@ -83,7 +83,7 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
     if body.get("spend_cap_usd") is not None:
         data["spend_cap_usd"] = body["spend_cap_usd"]
     # A form treats a missing checkbox as off; here a false value must stay false.
-    for flag in ("context", "reasoning"):
+    for flag in ("context", "reasoning", "self_reward"):
         if not merged.get(flag):
             data.pop(flag, None)
     return {key: value for key, value in data.items() if value is not None}

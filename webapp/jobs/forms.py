@@ -170,6 +170,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "alpha": 0.5,
     "context": True,
     "pairs_per_chunk": 2,
+    "self_reward": True,
     "reward_threshold": 3,
     "reasoning": False,
 }
@@ -272,6 +273,14 @@ class JobForm(forms.Form):
         label="Q&A pairs per chunk",
         help_text="Recipe qa: questions the teacher writes for each chunk (default 2).",
     )
+    self_reward = forms.BooleanField(
+        required=False,
+        initial=DEFAULT_OPTIONS["self_reward"],
+        label="Self-reward",
+        help_text="Recipe qa: the teacher grades each pair 1–5 and drops those below the threshold. A teacher under "
+        "~1B parameters grades no better than chance and drops nearly everything: turn this off to keep its "
+        "well-formed pairs.",
+    )
     reward_threshold = forms.IntegerField(
         required=False,
         min_value=1,
@@ -350,6 +359,7 @@ class JobForm(forms.Form):
                 options[key] = DEFAULT_OPTIONS[key]
         options["context"] = bool(options["context"])
         options["reasoning"] = bool(options["reasoning"])
+        options["self_reward"] = bool(options["self_reward"])
         return options
 
     def teacher_snapshot(self) -> dict[str, Any]:

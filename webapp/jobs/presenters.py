@@ -220,7 +220,7 @@ def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
 # The settings each recipe reads (the others are stored with the job but play no part in it).
 RECIPE_OPTIONS = {
     "kd": ("epochs", "token_budget", "lora_rank", "divergence", "alpha", "context"),
-    "qa": ("epochs", "token_budget", "lora_rank", "pairs_per_chunk", "reward_threshold", "reasoning"),
+    "qa": ("epochs", "token_budget", "lora_rank", "pairs_per_chunk", "self_reward", "reward_threshold", "reasoning"),
 }
 
 

@@ -284,7 +284,8 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
         if recipe == "kd":
             teacher_tokens = teacher_read * 2
         else:
-            teacher_tokens = qa_teacher_tokens(teacher_read, asked, pairs, reasoning=reasoning)
+            grading = bool(options.get("self_reward", True))
+            teacher_tokens = qa_teacher_tokens(teacher_read, asked, pairs, reasoning=reasoning, grading=grading)
         price_in = teacher.get("price_input_per_million") or 0
         price_out = teacher.get("price_output_per_million") or 0
         if price_in or price_out:
@@ -297,13 +298,16 @@ def qa_pair_tokens(*, reasoning: bool = False) -> int:
     return QA_PAIR_TOKENS + (QA_REASONING_TOKENS if reasoning else 0)
 
 
-def qa_teacher_tokens(train_tokens: int, chunks: int, pairs: int, *, reasoning: bool = False) -> int:
+def qa_teacher_tokens(
+    train_tokens: int, chunks: int, pairs: int, *, reasoning: bool = False, grading: bool = True
+) -> int:
     """What a qa job sends to and gets from its teacher: each of the `chunks` asked about (`train_tokens` of
-    text) to write pairs, again with each pair to grade it (self-reward), and the evaluation's questions."""
+    text) to write pairs, again with each pair to grade it (self-reward, when `grading`), and the evaluation's
+    questions."""
     pair = qa_pair_tokens(reasoning=reasoning)
     writing = train_tokens + chunks * (QA_PROMPT_TOKENS + pairs * pair)
-    grading = pairs * (train_tokens + chunks * (QA_PROMPT_TOKENS + pair))
-    return writing + grading + QA_EVAL_QUESTIONS * QA_EVAL_TOKENS_PER_QUESTION
+    graded = pairs * (train_tokens + chunks * (QA_PROMPT_TOKENS + pair)) if grading else 0
+    return writing + graded + QA_EVAL_QUESTIONS * QA_EVAL_TOKENS_PER_QUESTION
 
 
 def month_compute_seconds(organization: Organization) -> float:

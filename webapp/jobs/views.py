@@ -215,7 +215,7 @@ def _estimate(form: JobForm) -> dict[str, Any]:
     if corpus is None or not snapshot:
         return {"ready": False}
     recipe = data.get("recipe") or DistillationJob.Recipe.KD
-    options = {key: data.get(key) for key in ("epochs", "token_budget", "pairs_per_chunk", "reasoning")}
+    options = {key: data.get(key) for key in ("epochs", "token_budget", "pairs_per_chunk", "reasoning", "self_reward")}
     options = {key: value for key, value in options.items() if value is not None}
     estimate = services.estimate(corpus, recipe, options, snapshot)
     refusal = services.kd_refusal(snapshot, settings.MOE_BASE_MODEL) if recipe == "kd" else None

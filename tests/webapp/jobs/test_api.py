@@ -51,6 +51,7 @@ def test_it_creates_a_job_with_default_and_given_options(
         "alpha": 0.5,
         "context": False,
         "pairs_per_chunk": 2,
+        "self_reward": True,
         "reward_threshold": 3,
         "reasoning": False,
     }
@@ -71,6 +72,17 @@ def test_it_takes_the_reasoning_option_of_a_qa_job(
         response = create(api, corpus, recipe="qa", options=options)
     assert response.status_code == 201
     assert response.json()["options"]["reasoning"] is stored
+
+
+@pytest.mark.parametrize(("given", "stored"), [(True, True), (False, False), (None, True)])
+def test_it_grades_a_qa_jobs_pairs_unless_told_not_to(
+    corpus: Corpus, api: Api, django_capture_on_commit_callbacks: Any, given: bool | None, stored: bool
+) -> None:
+    options = {} if given is None else {"self_reward": given}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = create(api, corpus, recipe="qa", options=options)
+    assert response.status_code == 201
+    assert response.json()["options"]["self_reward"] is stored
 
 
 def test_it_takes_an_org_teacher_by_its_listed_id_or_its_row_id(

@@ -45,6 +45,7 @@ def job_form(corpus: Corpus, **changes: Any) -> dict[str, Any]:
         "alpha": "0.5",
         "context": "on",
         "pairs_per_chunk": "2",
+        "self_reward": "on",
         "reward_threshold": "3",
         "spend_cap_usd": "",
     }
@@ -87,6 +88,7 @@ def test_it_creates_a_job_from_the_form_with_its_options_and_pinned_version(
         "alpha": 0.3,
         "context": False,
         "pairs_per_chunk": 2,
+        "self_reward": True,
         "reward_threshold": 3,
         "reasoning": False,
     }
@@ -139,6 +141,25 @@ def test_it_takes_step_by_step_reasoning_for_a_qa_job_and_shows_it(
     assert job.options["reasoning"] is True
     page = client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
     assert "<dt>Step-by-step reasoning</dt><dd>on</dd>" in page
+
+
+def test_it_lets_a_qa_job_keep_its_teachers_pairs_ungraded_and_shows_it(
+    cast: Cast, corpus: Corpus, django_capture_on_commit_callbacks: Any
+) -> None:
+    client = cast.client_for("member")
+    form = client.get(reverse("jobs:create")).content.decode()
+    box = re.search(r'<input[^>]*name="self_reward"[^>]*>', form)
+    assert box is not None
+    assert "checked" in box.group(0)  # on unless unticked
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post(reverse("jobs:create"), job_form(corpus, recipe="qa", self_reward=None))  # the box unticked
+    job = DistillationJob.objects.get()
+    assert job.options["self_reward"] is False
+    page = client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert "<dt>Self-reward</dt><dd>off</dd>" in page
+    # A qa job from before the option was graded, and says so.
+    older = make_job(corpus, JobStatus.SUCCEEDED, recipe="qa", options={"epochs": 1.0, "lora_rank": 16})
+    assert "<dt>Self-reward</dt><dd>on</dd>" in client.get(reverse("jobs:detail", args=[older.pk])).content.decode()
 
 
 def test_it_shows_the_defaults_and_only_ready_corpora_of_the_org(cast: Cast, corpus: Corpus) -> None:
@@ -297,7 +318,7 @@ def test_it_counts_only_the_chunks_a_budget_under_one_epoch_trains_on_for_a_kd_t
 
 def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast, corpus: Corpus) -> None:
     teacher = make_endpoint_teacher(cast.org, price_input_per_million=1, price_output_per_million=1)
-    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&epochs=1&pairs_per_chunk=2"
+    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&epochs=1&pairs_per_chunk=2&self_reward=on"
     body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
     # 9,000 training tokens in 40 chunks, 2 pairs each: writing 9,000 + 40 × (150 + 2 × 100) = 23,000; grading
     # 2 × (9,000 + 40 × 250) = 38,000; evaluation 50 questions × 2,000 = 100,000.
@@ -309,11 +330,16 @@ def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast
         reverse("jobs:estimate") + query + "&reasoning=on", headers={"HX-Request": "true"}
     )
     assert "<dt>Teacher tokens</dt><dd>about 185000</dd>" in body.content.decode()
+    # Without self-reward nothing is graded: writing 23,000 + evaluation 100,000.
+    body = cast.client_for("member").get(
+        reverse("jobs:estimate") + query.replace("&self_reward=on", ""), headers={"HX-Request": "true"}
+    )
+    assert "<dt>Teacher tokens</dt><dd>about 123000</dd>" in body.content.decode()
 
 
 def test_it_counts_only_the_chunks_a_qa_budget_needs_pairs_from(cast: Cast, corpus: Corpus) -> None:
     teacher = make_endpoint_teacher(cast.org, price_input_per_million=1, price_output_per_million=1)
-    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&token_budget=2000&pairs_per_chunk=2"
+    query = f"?corpus={corpus.pk}&teacher=org:{teacher.pk}&recipe=qa&token_budget=2000&pairs_per_chunk=2&self_reward=on"
     body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
     text = body.content.decode()
     # An epoch of pairs is 40 chunks × 2 pairs × ~100 tokens = 8,000: a 2,000-token budget needs a quarter of the
@@ -445,7 +471,8 @@ def test_it_prefills_the_form_from_a_cloned_job(cast: Cast, corpus: Corpus) -> N
     form = response.context["form"]
     assert form.initial == {
         **options,
-        "reasoning": False,  # an option the job predates takes its default
+        "reasoning": False,  # options the job predates take their defaults
+        "self_reward": True,
         "name": "Leave expert (copy)",
         "corpus": corpus.pk,
         "recipe": "qa",
@@ -588,7 +615,10 @@ def test_it_lists_the_settings_its_recipe_uses(cast: Cast, corpus: Corpus) -> No
     )
     assert "Q&amp;A pairs per chunk" not in kd_page
     qa_page = client.get(reverse("jobs:detail", args=[qa.pk])).content.decode()
-    assert "<dt>Q&amp;A pairs per chunk</dt><dd>4</dd><dt>Self-reward threshold</dt><dd>3</dd>" in qa_page
+    assert (
+        "<dt>Q&amp;A pairs per chunk</dt><dd>4</dd><dt>Self-reward</dt><dd>on</dd>"
+        "<dt>Self-reward threshold</dt><dd>3</dd>"
+    ) in qa_page
     # A job made before the reasoning option existed ran without it, and says so.
     assert "<dt>Step-by-step reasoning</dt><dd>off</dd>" in qa_page
     assert "<dt>KD divergence</dt>" not in qa_page

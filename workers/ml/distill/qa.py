@@ -313,7 +313,8 @@ def _no_data_message(stats: GenerationStats, teacher: Teacher) -> str:
     threshold = ""
     if stats.self_reward and stats.dropped["below_threshold"]:
         threshold = (
-            " Lowering qa.reward_threshold, or turning qa.self_reward off, keeps more of a weak teacher's pairs."
+            " Lowering the self-reward threshold (qa.reward_threshold), or turning self-reward off (qa.self_reward; "
+            "--no-self-reward on the command line), keeps more of a weak teacher's pairs."
         )
     return (
         f"The teacher {teacher.label} wrote no usable question–answer pair, so nothing was trained: asked for "
