@@ -63,26 +63,30 @@ def test_it_creates_a_job_with_default_and_given_options(
     assert job.corpus_version == corpus.current_version
 
 
-@pytest.mark.parametrize(("given", "stored"), [(True, True), (False, False), (None, False)])
-def test_it_takes_the_reasoning_option_of_a_qa_job(
-    corpus: Corpus, api: Api, django_capture_on_commit_callbacks: Any, given: bool | None, stored: bool
+@pytest.mark.parametrize(
+    ("flag", "given", "stored"),
+    [
+        ("reasoning", True, True),
+        ("reasoning", False, False),
+        ("reasoning", None, False),  # off unless asked
+        ("self_reward", True, True),
+        ("self_reward", False, False),
+        ("self_reward", None, True),  # the pairs are graded unless told not to
+    ],
+)
+def test_it_takes_the_on_off_options_of_a_qa_job(
+    corpus: Corpus,
+    api: Api,
+    django_capture_on_commit_callbacks: Any,
+    flag: str,
+    given: bool | None,
+    stored: bool,
 ) -> None:
-    options = {} if given is None else {"reasoning": given}
+    options = {} if given is None else {flag: given}
     with django_capture_on_commit_callbacks(execute=False):
         response = create(api, corpus, recipe="qa", options=options)
     assert response.status_code == 201
-    assert response.json()["options"]["reasoning"] is stored
-
-
-@pytest.mark.parametrize(("given", "stored"), [(True, True), (False, False), (None, True)])
-def test_it_grades_a_qa_jobs_pairs_unless_told_not_to(
-    corpus: Corpus, api: Api, django_capture_on_commit_callbacks: Any, given: bool | None, stored: bool
-) -> None:
-    options = {} if given is None else {"self_reward": given}
-    with django_capture_on_commit_callbacks(execute=False):
-        response = create(api, corpus, recipe="qa", options=options)
-    assert response.status_code == 201
-    assert response.json()["options"]["self_reward"] is stored
+    assert response.json()["options"][flag] is stored
 
 
 def test_it_takes_an_org_teacher_by_its_listed_id_or_its_row_id(
