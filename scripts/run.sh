@@ -26,5 +26,5 @@ say "Preparing the packaged student/teacher model (converted once, then cached)"
 "$PY" -m workers.ml.catalog prepare packaged:smollm2-135m-instruct --cache-dir "$MODEL_CACHE_DIR"
 "$PY" manage.py ensure_demo_user
 
-say "Starting web (http://${DISTILLERY_HOST:-127.0.0.1}:${DISTILLERY_PORT:-8000}), workers (cpu, gpu), beat and the inference engine (127.0.0.1:${INFERENCE_PORT:-8700})"
+say "Starting web (http://${DISTILLERY_HOST:-127.0.0.1}:${DISTILLERY_PORT:-8000}), workers (cpu, gpu, ops), beat and the inference engine (127.0.0.1:${INFERENCE_PORT:-8700})"
 exec "$VENV/bin/honcho" start -f Procfile

@@ -1,8 +1,9 @@
 """Fixtures shared by every tier.
 
-`celery_workers`: real Celery worker processes, one per queue, started exactly as the Procfile starts them,
-over the real Redis broker (the test settings' Redis database). Module-scoped: started on first use and
-stopped (warm shutdown) when the module's tests are done.
+`celery_workers`: real Celery worker processes, one per queue, started as the Procfile starts them (the cpu and
+gpu workers in the solo pool, for a test's predictability; the ops worker with its threads), over the real Redis
+broker (the test settings' Redis database). Module-scoped: started on first use and stopped (warm shutdown) when
+the module's tests are done.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from webapp.celery import CPU_QUEUE, GPU_QUEUE
+from webapp.celery import CPU_QUEUE, GPU_QUEUE, OPS_QUEUE
 from webapp.celery import app as celery_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKER_HOSTNAMES = {CPU_QUEUE: "cpu-test@distillery", GPU_QUEUE: "gpu-test@distillery"}
+WORKER_HOSTNAMES = {
+    CPU_QUEUE: "cpu-test@distillery",
+    GPU_QUEUE: "gpu-test@distillery",
+    OPS_QUEUE: "ops-test@distillery",
+}
+# The ops worker's pool, as the Procfile runs it: a slow webhook receiver must not hold up the heartbeat.
+POOL_OPTIONS = {OPS_QUEUE: ["--pool", "threads", "--concurrency", "4"]}
 WORKER_START_TIMEOUT_S = 60.0
 
 
@@ -37,22 +44,15 @@ def _start_worker(
     }
     log = (log_dir / f"worker-{queue}.log").open("wb")
     command = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--queues", queue]
-    command += [
-        "--hostname",
-        hostname or WORKER_HOSTNAMES[queue],
-        "--concurrency",
-        "1",
-        "--pool",
-        "solo",
-        "--loglevel",
-        "INFO",
-    ]
+    command += ["--hostname", hostname or WORKER_HOSTNAMES[queue]]
+    command += POOL_OPTIONS.get(queue, ["--concurrency", "1", "--pool", "solo"])
+    command += ["--loglevel", "INFO"]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @contextmanager
-def worker_on_test_database(log_dir: Path, hostname: str, **extra_env: str) -> Iterator[None]:
-    """A cpu worker process on the test's own database (a `transaction=True` test commits there), until exit."""
+def worker_on_test_database(log_dir: Path, hostname: str, queue: str = CPU_QUEUE, **extra_env: str) -> Iterator[None]:
+    """A worker process for `queue` on the test's own database (a `transaction=True` test commits there)."""
     from django.db import connection
 
     from webapp.core.health import workers_by_queue
@@ -62,12 +62,12 @@ def worker_on_test_database(log_dir: Path, hostname: str, **extra_env: str) -> I
         f"postgres://{settings_dict['USER']}:{settings_dict['PASSWORD']}@{settings_dict['HOST']}:"
         f"{settings_dict['PORT']}/{settings_dict['NAME']}"
     )
-    process = _start_worker(CPU_QUEUE, log_dir, {"DATABASE_URL": database_url, **extra_env}, hostname=hostname)
+    process = _start_worker(queue, log_dir, {"DATABASE_URL": database_url, **extra_env}, hostname=hostname)
     try:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while hostname not in workers_by_queue(timeout=1.0).get(CPU_QUEUE, []):
+        while hostname not in workers_by_queue(timeout=1.0).get(queue, []):
             if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail(f"worker did not start: {(log_dir / 'worker-cpu.log').read_text()[-3000:]}")
+                pytest.fail(f"worker did not start: {(log_dir / f'worker-{queue}.log').read_text()[-3000:]}")
         yield
     finally:
         process.terminate()

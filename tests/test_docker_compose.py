@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 
-APP_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "beat", "flower", "engine")
+APP_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "worker-ops", "beat", "flower", "engine")
 # Every process that reads or writes uploads, the model cache, artifacts or checkpoints.
-DATA_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "beat", "engine")
-LONG_RUNNING = ("postgres", "redis", "web", "worker-cpu", "worker-gpu", "beat", "flower", "engine")
+DATA_SERVICES = ("migrate", "web", "worker-cpu", "worker-gpu", "worker-ops", "beat", "engine")
+LONG_RUNNING = ("postgres", "redis", "web", "worker-cpu", "worker-gpu", "worker-ops", "beat", "flower", "engine")
 REQUIRED_SECRETS = ("SECRET_KEY", "FIELD_ENCRYPTION_KEYS", "POSTGRES_PASSWORD")
 
 _REQUIRED_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):\?[^}]*\}")
@@ -150,6 +150,27 @@ def test_the_gpu_worker_consumes_the_gpu_queue_one_task_at_a_time(services: dict
     assert option(args, "--concurrency") == "1"
     assert option(args, "--prefetch-multiplier") == "1"
     assert environment(services["worker-gpu"])["DISTILLERY_PROCESS_ROLE"] == "worker-gpu"
+
+
+def test_the_ops_worker_consumes_the_ops_queue_with_threads(services: dict[str, Any]) -> None:
+    args = argv(services["worker-ops"])
+    assert args[:4] == ["celery", "-A", "webapp", "worker"]
+    assert option(args, "--queues") == "ops"
+    assert option(args, "--hostname") == "ops@%h"
+    assert option(args, "--pool") == "threads"
+    assert int(option(args, "--concurrency")) > 1  # a slow webhook receiver must not hold up the heartbeat
+    assert environment(services["worker-ops"])["DISTILLERY_PROCESS_ROLE"] == "worker-ops"
+    assert "deploy" not in services["worker-ops"]  # no GPU
+
+
+def test_every_queue_has_a_worker_service_in_compose_and_the_procfile(services: dict[str, Any]) -> None:
+    from webapp.celery import QUEUES
+
+    workers = [argv(service) for service in services.values() if "command" in service]
+    compose_queues = {option(args, "--queues") for args in workers if args[:4] == ["celery", "-A", "webapp", "worker"]}
+    procfile = (Path(__file__).resolve().parent.parent / "Procfile").read_text()
+    procfile_queues = set(re.findall(r"worker --queues (\w+)", procfile))
+    assert compose_queues == procfile_queues == set(QUEUES)
 
 
 def test_it_reserves_one_nvidia_gpu_for_the_gpu_worker(services: dict[str, Any]) -> None:

@@ -170,6 +170,7 @@ TORCH_THREADS_BY_ROLE = {
     "web": env.int("TORCH_THREADS_WEB", default=1),
     "worker-cpu": env.int("TORCH_THREADS_WORKER_CPU", default=1),
     "worker-gpu": env.int("TORCH_THREADS_WORKER_GPU", default=max(1, CPU_COUNT - 1)),
+    "worker-ops": 1,  # heartbeat, sweeps, webhooks: never imports torch
     "engine": env.int("TORCH_THREADS_ENGINE", default=1),
     "beat": 1,
 }

@@ -21,6 +21,13 @@ BEAT_STALE_AFTER_S = 90.0
 WORKER_COMMANDS = {
     "cpu": "celery -A webapp worker -Q cpu --hostname cpu@%h",
     "gpu": "celery -A webapp worker -Q gpu --hostname gpu@%h --concurrency 1 --prefetch-multiplier 1",
+    "ops": "celery -A webapp worker -Q ops --hostname ops@%h --pool threads --concurrency 4",
+}
+# What stops while no worker consumes a queue, for the health page's message.
+QUEUE_WORK = {
+    "cpu": "uploads are not ingested",
+    "gpu": "distillation jobs do not start",
+    "ops": "webhooks are not delivered and the sweeps (and beat's heartbeat) do not run",
 }
 
 
@@ -86,7 +93,7 @@ def check_queues(timeout: float = 1.0) -> list[Check]:
                 Check(
                     f"queue:{queue}",
                     "fail",
-                    f"No worker consumes the '{queue}' queue: its tasks wait until one starts "
+                    f"No worker consumes the '{queue}' queue: {QUEUE_WORK[queue]} until one starts "
                     f"(`{WORKER_COMMANDS[queue]}`).",
                 )
             )
@@ -99,10 +106,17 @@ def check_beat() -> Check:
     except Exception as error:
         return Check("beat", "warn", f"Could not read beat's heartbeat: {error}")
     if last_seen is None:
-        return Check("beat", "warn", "Beat has not ticked yet: periodic sweeps do not run without it.")
+        return Check(
+            "beat", "warn", "Beat has not ticked yet (or no ops worker ran its tick): periodic sweeps do not run."
+        )
     age = time.time() - float(last_seen)
     if age > BEAT_STALE_AFTER_S:
-        return Check("beat", "warn", f"Beat last ticked {age:.0f} s ago: periodic sweeps may have stopped.")
+        return Check(
+            "beat",
+            "warn",
+            f"Beat last ticked {age:.0f} s ago: beat or the ops worker that records its ticks may have stopped, "
+            "and the periodic sweeps with it.",
+        )
     return Check("beat", "ok", f"Beat ticked {age:.0f} s ago")
 
 

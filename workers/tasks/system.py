@@ -27,6 +27,12 @@ def ping_gpu() -> dict[str, object]:
     return _pong("gpu")
 
 
+@shared_task(name="distillery.system.ping_ops", ignore_result=False, time_limit=30, soft_time_limit=20)
+def ping_ops() -> dict[str, object]:
+    """Answer from a worker of the ops queue."""
+    return _pong("ops")
+
+
 @shared_task(name="distillery.system.beat_heartbeat", time_limit=30, expires=60)
 def beat_heartbeat() -> None:
     """Record when beat last scheduled work, so the health page can tell a dead scheduler."""

@@ -27,7 +27,10 @@ def test_it_reports_a_queue_without_workers_clearly(staff_client: Client) -> Non
     assert checks["database"]["status"] == "ok"
     assert checks["redis"]["status"] == "ok"
     assert checks["queue:gpu"]["status"] == "fail"
-    assert "No worker consumes the 'gpu' queue" in checks["queue:gpu"]["message"]
+    assert "No worker consumes the 'gpu' queue: distillation jobs do not start" in checks["queue:gpu"]["message"]
+    assert checks["queue:ops"]["status"] == "fail"
+    assert "webhooks are not delivered" in checks["queue:ops"]["message"]
+    assert "-Q ops --hostname ops@%h --pool threads" in checks["queue:ops"]["message"]
 
 
 def test_it_gives_anonymous_monitors_only_the_status(db: None) -> None:
@@ -43,6 +46,7 @@ def test_it_shows_green_with_a_worker_on_each_queue(staff_client: Client, celery
     assert "All systems go" in body
     assert celery_workers["cpu"] in body
     assert celery_workers["gpu"] in body
+    assert celery_workers["ops"] in body
     json_response = Client().get(reverse("core:health-json"))
     assert json_response.status_code == 200
     assert json_response.json() == {"status": "ok"}
