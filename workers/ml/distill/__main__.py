@@ -350,7 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.status == "cancelled":
-        print(f"Stopped at step {result.steps}/{result.total_steps}; continue with --resume.", file=sys.stderr)
+        if result.total_steps:
+            print(f"Stopped at step {result.steps}/{result.total_steps}; continue with --resume.", file=sys.stderr)
+        else:  # in the teacher pass or qa's generation, whose pairs so far are kept in OUT/work
+            print("Stopped before training; continue with --resume.", file=sys.stderr)
         return 130
     heldout = result.metrics.get("heldout", {})
     summary = {

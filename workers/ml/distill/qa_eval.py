@@ -47,9 +47,8 @@ from workers.ml.distill.qa_generate import (
     user_turn,
 )
 from workers.ml.distill.qa_judge import JudgeDecision, Judgement, judge_answers, judge_decision
-from workers.ml.distill.teachers import Teacher
+from workers.ml.distill.teachers import Teacher, default_generation_batch
 
-EVAL_BATCH = 8
 EXAMPLES_EACH_WAY = 5
 BUDGET_SPENT = "the teacher's token budget was spent"
 
@@ -85,7 +84,7 @@ def _answered(answers: list[str]) -> Callable[[list[str]], list[str]]:
 
 
 def generate_answers(
-    model: Any, tokenizer: Any, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = EVAL_BATCH
+    model: Any, tokenizer: Any, questions: Sequence[str], *, max_new_tokens: int, batch_size: int | None = None
 ) -> list[str]:
     """Greedy answers of `model` (e.g. the peft model, adapter on or off) to each question in its chat template."""
     if not questions:
@@ -99,6 +98,7 @@ def generate_answers(
     if eos_ids:
         config.update(eos_token_id=eos_ids)
     device = next(model.parameters()).device
+    batch_size = batch_size or default_generation_batch(device.type)
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
     answers = [""] * len(prompts)
     was_training = model.training
@@ -155,13 +155,20 @@ class _Answerers:
     ) -> None:
         self.student, self.teacher, self.expert, self.shared = student, teacher, expert, shared
         self.max_new_tokens = config.qa.max_new_tokens
+        self.batch_size = config.qa.generation_batch or None  # None: by the student's device
         self.teacher_mode: TeacherMode = expert.disable_adapter if shared else nullcontext
         self.judge: JudgeDecision = judge_decision(teacher, config.evaluation.teacher_judge)
 
     def student_answers(self, questions: list[str], adapter_on: bool) -> list[str]:
         context = nullcontext() if adapter_on else self.expert.disable_adapter()
         with context:
-            return generate_answers(self.expert, self.student.tokenizer, questions, max_new_tokens=self.max_new_tokens)
+            return generate_answers(
+                self.expert,
+                self.student.tokenizer,
+                questions,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+            )
 
     def teacher_answers(self, questions: list[str]) -> list[str] | str:
         """The teacher's blind answers, or why there are none (its budget ran out; a base model cannot chat)."""

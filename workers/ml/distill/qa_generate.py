@@ -32,6 +32,7 @@ resumed training run sees exactly the data its checkpoint was trained on, and a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -47,17 +48,16 @@ from typing import Any
 from workers.ml.distill.config import DistillConfig, QASettings
 from workers.ml.distill.corpus import Chunk
 from workers.ml.distill.progress import Progress, ProgressCallback, Stage, StopCallback
-from workers.ml.distill.teachers import LocalTeacher, Teacher, TeacherBudgetExhausted
+from workers.ml.distill.teachers import ChatCancelled, ChatProgress, LocalTeacher, Teacher, TeacherBudgetExhausted
 
 DATA_FILE = "qa_data.jsonl"
 STATE_FILE = "qa_state.json"
 PROMPT_VERSION = 2  # part of the generation fingerprint: a new prompt (2: the shuffled order) means new data
-TEACHER_BATCH = 8  # conversations per teacher.chat call; cancellation is checked between calls
 SMALL_TEACHER_PARAMETERS = 1_000_000_000  # below this, a local teacher gets the simple Q:/A: line format
 RAW_KEEP_CHARS = 2000  # unparseable outputs are kept in qa_data.jsonl up to this length
 # Generation gives up when the teacher's first chunks gave no kept pair at all: a teacher that cannot write one
-# usable pair in 32 chunks (4 batches; SmolLM2-135M on a 2-core CPU: ~6 minutes) would spend the rest of the
-# corpus (184 chunks: ~30 minutes) to the same end. The run then fails with the counts, as when all are dropped.
+# usable pair in 32 chunks (one batch; SmolLM2-135M on a 2-core CPU: ~4 minutes) would spend the rest of the
+# corpus (184 chunks: ~23 minutes) to the same end. The run then fails with the counts, as when all are dropped.
 HOPELESS_AFTER_CHUNKS = 32
 DROP_REASONS = ("unparseable", "empty", "duplicate", "below_threshold", "ungraded")
 TeacherMode = Callable[[], AbstractContextManager[Any]]
@@ -431,14 +431,26 @@ class _PairFilter:
 
 
 def chat_within_budget(
-    teacher: Teacher, conversations: list[list[dict[str, str]]], max_new_tokens: int, mode: TeacherMode
+    teacher: Teacher,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    mode: TeacherMode,
+    *,
+    should_stop: StopCallback | None = None,
+    on_progress: ChatProgress | None = None,
 ) -> tuple[list[str | None], bool]:
-    """(replies, budget exhausted): on the spend cap, the replies that came back and None for the rest."""
+    """(replies, budget exhausted): on the spend cap, the replies that came back and None for the rest.
+
+    `should_stop` and `on_progress` go to the teacher (ChatCancelled passes through).
+    """
     if not conversations:
         return [], False
     try:
         with mode():
-            return list(teacher.chat(conversations, max_new_tokens=max_new_tokens)), False
+            replies = teacher.chat(
+                conversations, max_new_tokens=max_new_tokens, should_stop=should_stop, on_progress=on_progress
+            )
+            return list(replies), False
     except TeacherBudgetExhausted as exc:
         partial = list(exc.partial_results) + [None] * len(conversations)
         return [item if isinstance(item, str) else None for item in partial[: len(conversations)]], True
@@ -459,14 +471,31 @@ def generation_order(count: int, seed: int) -> list[int]:
     return order
 
 
+# Under a token target the last call asks about this many times the chunks the kept tokens per chunk so far say
+# are still needed: a call that falls a little short costs a whole extra call, a few more chunks in the same
+# batch cost little (a batch of 32 takes far less than 4/3 of a batch of 24's time).
+TARGET_MARGIN = 1.25
+
+
+def _chunks_still_needed(stats: GenerationStats, target: TokenTarget | None) -> int | None:
+    """Under a target, the chunks the kept tokens per chunk so far say are still needed (None: no estimate yet)."""
+    if target is None or stats.kept_tokens <= 0 or stats.chunks_done == 0:
+        return None
+    return max(0, math.ceil(stats.chunks_done * (target.tokens - stats.kept_tokens) / stats.kept_tokens))
+
+
 def _planned_chunks(stats: GenerationStats, target: TokenTarget | None) -> int:
     """The chunks generation expects to ask about: all of them, or under a target as many as the kept tokens per
-    chunk so far say it needs, in whole teacher batches (the progress bar's total and its ETA's)."""
-    if target is None or stats.kept_tokens <= 0 or stats.chunks_done == 0:
-        return stats.chunks
-    needed = math.ceil(stats.chunks_done * target.tokens / stats.kept_tokens)
-    batches = math.ceil((needed - stats.chunks_done) / TEACHER_BATCH)
-    return max(stats.chunks_done, min(stats.chunks, stats.chunks_done + batches * TEACHER_BATCH))
+    chunk so far say it needs (the progress bar's total and its ETA's)."""
+    needed = _chunks_still_needed(stats, target)
+    return stats.chunks if needed is None else min(stats.chunks, stats.chunks_done + needed)
+
+
+def _call_size(stats: GenerationStats, target: TokenTarget | None, batch_size: int) -> int:
+    """Chunks the next teacher call asks about: a batch, or fewer when a target is nearly reached."""
+    size = min(batch_size, stats.chunks - stats.chunks_done)
+    needed = _chunks_still_needed(stats, target)
+    return size if needed is None else max(1, min(size, math.ceil(needed * TARGET_MARGIN)))
 
 
 def generate_pairs(
@@ -485,13 +514,15 @@ def generate_pairs(
     order: Sequence[int] | None = None,
     target: TokenTarget | None = None,
 ) -> Generation:
-    """Ask the teacher for pairs about each chunk (TEACHER_BATCH chunks per call), filter and grade them.
+    """Ask the teacher for pairs about each chunk (teacher.batch_size chunks per call), filter and grade them.
 
     `order` lists the chunk indices in the order they are asked about (default: as given); `start` continues
-    an earlier, unfinished generation in the same order. Stops early — keeping everything received — when
-    `should_stop()` says so between teacher calls (cancelled=True), when the teacher's spend cap is hit
-    (stats.budget_exhausted), or when the kept pairs reach `target` (stats.target_reached).
-    `on_batch(generation, new records)` runs after every batch (to save progress).
+    an earlier, unfinished generation in the same order. Stops early when `should_stop()` says so
+    (cancelled=True; asked during a call too: a local teacher's stopped call gives nothing, an endpoint's
+    gives the leading replies that came back, which are kept with every earlier call's), when the teacher's
+    spend cap is hit (stats.budget_exhausted), or when the kept pairs reach `target` (stats.target_reached).
+    `on_batch(generation, new records)` runs after every call (to save progress). The progress bar moves
+    during a call, by the share of it done.
     """
     grade = settings.self_reward if grade is None else grade
     simple = uses_simple_prompt(teacher)
@@ -514,9 +545,21 @@ def generate_pairs(
         {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"} - {""}
     )
     started, done_at_start = time.perf_counter(), stats.chunks_done
+    shown = stats.chunks_done  # the progress bar's position, in whole chunks
 
     def more_to_do() -> bool:
         return stats.chunks_done < len(chunks) and not stats.budget_exhausted and not stats.target_reached
+
+    def report(done: float, planned: int, text: str) -> None:
+        nonlocal shown
+        shown = int(done)
+        elapsed, done_here = time.perf_counter() - started, done - done_at_start
+        eta = elapsed / done_here * (planned - done) if done_here > 0 else None
+        on_progress(Progress(stage, shown, planned, eta_s=eta, message=text))
+
+    def tally() -> str:
+        tokens = f", {stats.kept_tokens:,}/{target.tokens:,} tokens" if target is not None else ""
+        return f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped{tokens}"
 
     if more_to_do():
         # Said before the first call: a batch of a small local teacher on a CPU takes minutes, and until it
@@ -528,9 +571,31 @@ def generate_pairs(
             generation.cancelled = True
             return generation
         first = stats.chunks_done
-        batch = order[first : first + TEACHER_BATCH]
+        batch = order[first : first + _call_size(stats, target, teacher.batch_size)]
         conversations = [user_turn(generation_prompt(chunks[i].text, settings, simple=simple)) for i in batch]
-        replies, exhausted = chat_within_budget(teacher, conversations, settings.max_new_tokens, teacher_mode)
+        text = tally() if stats.outputs else f"{message} (first batch)"
+
+        def during_call(fraction: float, first: int = first, size: int = len(batch), text: str = text) -> None:
+            if first + int(fraction * size) > shown:
+                report(first + fraction * size, _planned_chunks(stats, target), text)
+
+        try:
+            replies, exhausted = chat_within_budget(
+                teacher,
+                conversations,
+                settings.max_new_tokens,
+                teacher_mode,
+                should_stop=should_stop,
+                on_progress=during_call,
+            )
+        except ChatCancelled as stopped:
+            # An endpoint's replies that came back were paid for: the leading ones are kept (generation resumes
+            # after them); a local teacher's stopped batch has none.
+            generation.cancelled = True
+            replies = list(itertools.takewhile(lambda reply: reply is not None, stopped.partial_results))
+            if not replies:
+                return generation
+            batch, exhausted = batch[: len(replies)], False
         new_records: list[QARecord] = []
         candidates: list[QARecord] = []
         for done, index, reply in zip(range(first + 1, first + len(batch) + 1), batch, replies, strict=True):
@@ -572,21 +637,9 @@ def generate_pairs(
             stats.abandoned = True
         if on_batch is not None:
             on_batch(generation, new_records)
-        elapsed = time.perf_counter() - started
-        done_here = stats.chunks_done - done_at_start
         planned = stats.chunks_done if stats.target_reached else _planned_chunks(stats, target)
-        eta = elapsed / done_here * (planned - stats.chunks_done) if done_here else None
-        tokens = f", {stats.kept_tokens:,}/{target.tokens:,} tokens" if target is not None else ""
-        on_progress(
-            Progress(
-                stage,
-                stats.chunks_done,
-                planned,
-                eta_s=eta,
-                message=f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped{tokens}",
-            )
-        )
-        if stats.abandoned:
+        report(stats.chunks_done, planned, tally())
+        if stats.abandoned or generation.cancelled:
             break
     return generation
 

@@ -102,10 +102,11 @@ def _load(config: DistillConfig, on_progress: ProgressCallback) -> _Models:
         student = load_model(config.student, catalog, progress=say)
     except CatalogError as error:
         raise DistillError(f"The student base could not be loaded: {error}") from error
+    batch = config.qa.generation_batch or None  # None: the teacher's default for its device
     if isinstance(config.teacher, LocalTeacherConfig) and config.teacher.spec == config.student:
-        return _Models(student, LocalTeacher(student), shared=True)
+        return _Models(student, LocalTeacher(student, batch_size=batch), shared=True)
     say(f"Loading the teacher {config.teacher.label}")
-    return _Models(student, load_teacher(config.teacher, catalog, progress=say), shared=False)
+    return _Models(student, load_teacher(config.teacher, catalog, batch_size=batch, progress=say), shared=False)
 
 
 def _store_in_bf16(config: DistillConfig, models: _Models) -> None:

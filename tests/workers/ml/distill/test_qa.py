@@ -37,11 +37,11 @@ from workers.ml.distill.progress import Progress
 from workers.ml.distill.qa import QADataPlan, aligned_teacher_logits, build_qa_data, qa_loss, training_target
 from workers.ml.distill.qa_generate import (
     HOPELESS_AFTER_CHUNKS,
-    TEACHER_BATCH,
     GenerationStats,
     ParsedPair,
     QARecord,
     TokenTarget,
+    _call_size,
     _planned_chunks,
     generation_order,
     parse_grade,
@@ -53,6 +53,7 @@ from workers.ml.distill.teachers import LocalTeacher
 
 STUDENT = "tiny:llama-2l"
 TRAIN_CHUNKS = 27  # toy_corpus: 9 training documents of 3 chunks
+BATCH = 8  # qa.generation_batch where a test counts the teacher's calls: less than the toy corpus
 
 
 def qa_config(tmp_path: Path, model_cache_dir: Path, teacher: TeacherConfig, **overrides: Any) -> DistillConfig:
@@ -418,7 +419,7 @@ def test_it_gives_up_early_when_the_teachers_first_chunks_give_no_usable_pair(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
     corpus = split_by_document(toy_documents(20), heldout_fraction=0.1, seed=0, name="toy-20")
-    assert len(corpus.train) > HOPELESS_AFTER_CHUNKS + TEACHER_BATCH
+    assert len(corpus.train) > HOPELESS_AFTER_CHUNKS + BATCH
     generation_prompts: list[str] = []
 
     def useless(messages: Messages) -> str:
@@ -426,7 +427,7 @@ def test_it_gives_up_early_when_the_teachers_first_chunks_give_no_usable_pair(
         return "I am not sure what you mean."
 
     with OpenAIStub(reply=useless) as stub:
-        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub))
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub), qa=QASettings(generation_batch=BATCH))
         with pytest.raises(NoTrainingData) as raised:
             distill(config, corpus)
     assert len(generation_prompts) == HOPELESS_AFTER_CHUNKS  # the rest of the corpus was never sent
@@ -474,7 +475,8 @@ def test_it_asks_the_teacher_only_about_the_chunks_a_token_budget_trains_on(
         return reply(messages)
 
     def run(token_budget: int, reports: list[Progress]) -> tuple[Any, list[int]]:
-        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub), qa=QASettings(pairs_per_chunk=1))
+        settings = QASettings(pairs_per_chunk=1, generation_batch=BATCH)
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub, max_concurrency=1), qa=settings)
         config = replace(config, training=replace(config.training, token_budget=token_budget))
         result = distill(config, toy_corpus, on_progress=reports.append)
         chunks = [record["chunk"] for record in records_of(config.work / "qa_data.jsonl")]
@@ -492,40 +494,58 @@ def test_it_asks_the_teacher_only_about_the_chunks_a_token_budget_trains_on(
     assert order != sorted(order)  # a shuffle: any prefix samples documents from the whole corpus
     # A 100-token budget needs a few pairs: one batch of chunks, not the corpus.
     assert small.status == "succeeded"
-    assert small_chunks == order[:TEACHER_BATCH]
+    assert small_chunks == order[:BATCH]
     stats = small.metrics["qa_data"]
-    assert stats["chunks_done"] == TEACHER_BATCH < stats["chunks"] == TRAIN_CHUNKS
+    assert stats["chunks_done"] == BATCH < stats["chunks"] == TRAIN_CHUNKS
     assert stats["target_tokens"] == 100 <= stats["kept_tokens"]
     assert 100 <= small.train_tokens <= stats["kept_tokens"]
-    last = [report for report in small_reports if report.stage == "generating"][-1]
-    assert (last.step, last.total_steps) == (TEACHER_BATCH, TEACHER_BATCH)
-    assert (last.message or "").endswith(f"{stats['pairs_kept']} kept, 0 dropped, {stats['kept_tokens']}/100 tokens")
-    assert f"qa chunks generated from: {TEACHER_BATCH} of {TRAIN_CHUNKS}" in small_card
+    generating = [report for report in small_reports if report.stage == "generating"]
+    assert (generating[-1].step, generating[-1].total_steps) == (BATCH, BATCH)
+    assert (generating[-1].message or "").endswith(
+        f"{stats['pairs_kept']} kept, 0 dropped, {stats['kept_tokens']}/100 tokens"
+    )
+    # The bar moved while the call was out, as the endpoint's replies came back.
+    steps = [report.step for report in generating]
+    assert steps == sorted(steps)
+    assert any(0 < step < BATCH for step in steps)
+    assert f"qa chunks generated from: {BATCH} of {TRAIN_CHUNKS}" in small_card
     assert f"qa training tokens written: {stats['kept_tokens']} (token budget 100)" in small_card
     # A larger budget later continues the same order: the chunks already asked about are not asked again.
     assert large.status == "succeeded"
     assert large_chunks == order[: len(large_chunks)]
-    assert TEACHER_BATCH < len(large_chunks) < TRAIN_CHUNKS
+    assert BATCH < len(large_chunks) < TRAIN_CHUNKS
     assert large.metrics["qa_data"]["kept_tokens"] >= 500
     heldout = 2  # evaluation: the teacher writes questions from max_heldout_chunks held-out chunks each run
-    assert (asked_for_small, asked_for_large) == (TEACHER_BATCH + heldout, len(large_chunks) - TEACHER_BATCH + heldout)
+    assert (asked_for_small, asked_for_large) == (BATCH + heldout, len(large_chunks) - BATCH + heldout)
 
 
-def test_it_plans_the_chunks_a_token_budget_still_needs_in_whole_teacher_batches() -> None:
+def test_it_plans_the_chunks_a_token_budget_still_needs() -> None:
     def planned(done: int, kept_tokens: int, target: int | None = 1500, chunks: int = 70) -> int:
         stats = GenerationStats(chunks=chunks, chunks_done=done, kept_tokens=kept_tokens)
         return _planned_chunks(stats, None if target is None else TokenTarget(target, lambda record: 0))
 
-    # The figures of a real SmolLM2 run: 458 tokens from 8 chunks → 27 needed → three more batches of 8.
-    assert planned(8, 458) == 8 + 3 * TEACHER_BATCH
-    # 1,474 of 1,500 after 24 chunks: one chunk's worth is missing, but a batch asks about 8.
-    assert planned(24, 1474) == 24 + TEACHER_BATCH
+    # The figures of a real SmolLM2 run: 458 tokens from 8 chunks → 1,042 more at 57.25 a chunk → 19 chunks.
+    assert planned(8, 458) == 8 + 19
+    assert planned(24, 1474) == 25  # one chunk's worth is missing
     assert planned(64, 500) == 70  # never past the corpus
     assert planned(8, 0) == 70  # nothing kept yet: no rate to plan from
     assert planned(8, 458, target=None) == 70
 
 
-def test_it_resumes_generation_after_a_cancel_without_asking_again(
+def test_it_asks_the_teacher_about_a_batch_of_chunks_or_fewer_when_a_token_budget_is_nearly_met() -> None:
+    def call_size(done: int, kept_tokens: int, target: int | None = 1500, chunks: int = 70) -> int:
+        stats = GenerationStats(chunks=chunks, chunks_done=done, kept_tokens=kept_tokens)
+        return _call_size(stats, None if target is None else TokenTarget(target, lambda record: 0), 32)
+
+    assert call_size(0, 0) == 32  # no rate yet: a whole batch
+    assert call_size(8, 458, target=None) == 32
+    assert call_size(8, 458) == 24  # 19 chunks still needed, with a margin of a quarter
+    assert call_size(24, 1474) == 2  # one chunk's worth, and one more
+    assert call_size(8, 100, target=100_000) == 32  # never more than a batch
+    assert call_size(60, 500, target=100_000) == 10  # never past the corpus
+
+
+def test_it_keeps_the_replies_that_came_back_when_cancelled_mid_call_and_resumes_after_them(
     tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
 ) -> None:
     generation_prompts: list[str] = []
@@ -536,19 +556,29 @@ def test_it_resumes_generation_after_a_cancel_without_asking_again(
             generation_prompts.append(str(messages[-1]["content"]))
         return reply(messages)
 
-    def stop_after_first_batch(progress: Progress) -> None:
+    def stop_at_the_first_reply(progress: Progress) -> None:
         if progress.stage == "generating" and progress.step > 0:
             stopping.append(True)
 
     stopping: list[bool] = []
     with OpenAIStub(reply=counting) as stub:
-        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub), evaluation=EvalSettings(max_heldout_chunks=1))
-        cancelled = distill(config, toy_corpus, on_progress=stop_after_first_batch, should_stop=lambda: bool(stopping))
+        config = qa_config(
+            tmp_path,
+            model_cache_dir,
+            stub_teacher(stub, max_concurrency=1),
+            qa=QASettings(generation_batch=BATCH),
+            evaluation=EvalSettings(max_heldout_chunks=1),
+        )
+        cancelled = distill(config, toy_corpus, on_progress=stop_at_the_first_reply, should_stop=lambda: bool(stopping))
         assert cancelled.status == "cancelled"
-        assert len(generation_prompts) == 8  # one teacher batch
+        asked_before_the_cancel = len(generation_prompts)
+        # The call stopped sending: the endpoint answered fewer than a batch, and every reply was kept.
+        assert 1 <= asked_before_the_cancel < BATCH
+        kept = records_of(config.work / "qa_data.jsonl")
+        assert len(kept) == 2 * asked_before_the_cancel
         finished = distill(config, toy_corpus)
     assert finished.status == "succeeded"
-    assert len(generation_prompts) == TRAIN_CHUNKS + 1  # the other 19 chunks, then one held-out chunk
+    assert len(generation_prompts) == TRAIN_CHUNKS + 1  # the other chunks, then one held-out chunk
     assert len(records_of(finished.output_dir / "qa_data.jsonl")) == 2 * TRAIN_CHUNKS
 
 

@@ -43,7 +43,9 @@ class ScriptedTeacher(Teacher):
         self.usage = TokenUsage()
         self.calls: list[int] = []
 
-    def chat(self, conversations: Sequence[Any], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+    def chat(
+        self, conversations: Sequence[Any], *, max_new_tokens: int, temperature: float = 0.0, **_: Any
+    ) -> list[str]:
         self.calls.append(len(conversations))
         replies = [self.reply(list(conversation)) for conversation in conversations]
         if self.budget is not None and self.budget < len(replies):

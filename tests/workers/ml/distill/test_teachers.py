@@ -15,16 +15,19 @@ import torch
 from tests.workers.ml.distill.openai_stub import OpenAIStub, topk_for_prefix
 from workers.ml import tiny
 from workers.ml.catalog import CatalogConfig
-from workers.ml.distill.config import EndpointTeacherConfig, LocalTeacherConfig
+from workers.ml.distill.config import EndpointTeacherConfig, LocalTeacherConfig, QASettings
 from workers.ml.distill.errors import TeacherError, TokenizerMismatch
 from workers.ml.distill.teachers import (
+    ChatCancelled,
     EndpointTeacher,
     LocalTeacher,
     TeacherBudgetExhausted,
+    default_generation_batch,
     load_teacher,
     require_same_vocabulary,
     same_vocabulary,
 )
+from workers.ml.distill.teachers.base import GENERATION_BATCH_CPU, GENERATION_BATCH_GPU
 
 TINY = "tiny:llama-2l"
 SECRET = "sk-test-0123456789-very-secret"
@@ -153,6 +156,41 @@ def test_it_samples_when_the_temperature_is_above_zero(local_teacher: LocalTeach
     assert len(set(answers)) > 1
 
 
+def test_it_stops_generating_within_a_token_when_told_to(local_teacher: LocalTeacher) -> None:
+    """A cancel must not wait for a batch of a small teacher on a CPU, which takes minutes."""
+    asked: list[int] = []
+
+    def stop_after_three_tokens() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    before = local_teacher.usage.completion_tokens
+    with pytest.raises(ChatCancelled):
+        local_teacher.chat(CONVERSATIONS[:3], max_new_tokens=200, should_stop=stop_after_three_tokens)
+    # Asked before the batch and after each token: the batch stopped at the first "yes", three tokens in.
+    assert len(asked) == 4
+    assert local_teacher.usage.completion_tokens - before <= 3 * 3  # the tokens it spent are counted
+    assert local_teacher.chat(CONVERSATIONS[:1], max_new_tokens=4)  # and it answers again afterwards
+
+
+def test_it_reports_the_share_of_a_local_chat_call_done(local_teacher: LocalTeacher) -> None:
+    shares: list[float] = []
+    local_teacher.chat(CONVERSATIONS, max_new_tokens=5, on_progress=shares.append)  # batches of 3 and 1
+    assert shares == sorted(shares)
+    assert 0 < shares[0] < 0.75 / 5 + 1e-9  # the first token of the first batch: 3 of 4 rows, 1 of 5 tokens
+    assert any(0.7 < share < 1 for share in shares)  # the second batch under way
+    assert shares[-1] == 1.0
+
+
+def test_it_takes_a_batch_size_from_its_device_unless_the_config_names_one(local_teacher: LocalTeacher) -> None:
+    assert default_generation_batch("cpu") == GENERATION_BATCH_CPU == 32
+    assert default_generation_batch("cuda") == GENERATION_BATCH_GPU > GENERATION_BATCH_CPU
+    assert LocalTeacher(local_teacher.loaded).batch_size == GENERATION_BATCH_CPU
+    assert LocalTeacher(local_teacher.loaded, batch_size=5).batch_size == 5
+    with pytest.raises(ValueError, match=r"qa\.generation_batch must be 0 \(by device\) or more, not -1"):
+        QASettings(generation_batch=-1)
+
+
 def test_it_refuses_a_prompt_longer_than_the_teacher_context(local_teacher: LocalTeacher) -> None:
     long_question = [{"role": "user", "content": "word " * 2100}]  # tiny models hold 2048 positions
     with pytest.raises(TeacherError, match=r"exceeds the context of the teacher tiny:llama-2l \(2048 tokens\)"):
@@ -242,6 +280,38 @@ def test_it_never_has_more_than_max_concurrency_requests_in_flight(stub: OpenAIS
         teacher.chat(_ask(*(f"q{number}" for number in range(10))), max_new_tokens=4)
     assert len(stub.requests) == 10
     assert stub.max_in_flight == 3
+
+
+def test_it_stops_sending_when_told_to_and_keeps_the_replies_that_came_back(stub: OpenAIStub) -> None:
+    stub.delay_s = 0.05
+    shares: list[float] = []
+
+    def after_two_replies() -> bool:
+        return len(shares) > 0 and shares[-1] >= 2 / 10
+
+    with _endpoint(stub, max_concurrency=1) as teacher, pytest.raises(ChatCancelled) as stopped:
+        teacher.chat(
+            _ask(*(f"q{number}" for number in range(10))),
+            max_new_tokens=4,
+            should_stop=after_two_replies,
+            on_progress=shares.append,
+        )
+    partial = stopped.value.partial_results
+    answered = [reply for reply in partial if reply is not None]
+    assert 2 <= len(answered) <= 3  # the one on the wire when the stop came finished
+    assert partial[: len(answered)] == [f"echo: q{number}" for number in range(len(answered))]
+    assert len(stub.requests) == len(answered)  # nothing more was sent
+    assert teacher.usage.requests == len(answered)
+
+
+def test_it_reports_the_share_of_an_endpoint_call_answered(stub: OpenAIStub) -> None:
+    stub.delay_s = 0.02
+    shares: list[float] = []
+    with _endpoint(stub, max_concurrency=1) as teacher:
+        teacher.chat(_ask(*(f"q{number}" for number in range(4))), max_new_tokens=4, on_progress=shares.append)
+    assert shares == sorted(shares)
+    assert shares[-1] == 1.0
+    assert any(0 < share < 1 for share in shares)
 
 
 def test_it_counts_endpoint_usage_from_the_responses(stub: OpenAIStub) -> None:

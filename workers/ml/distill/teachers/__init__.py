@@ -15,18 +15,29 @@ from workers.ml.catalog import load_model
 from workers.ml.catalog_types import CatalogConfig, CatalogError, ProgressCallback, print_progress
 from workers.ml.distill.config import EndpointTeacherConfig, LocalTeacherConfig
 from workers.ml.distill.errors import TeacherError
-from workers.ml.distill.teachers.base import Conversation, Teacher, TeacherBudgetExhausted, TokenUsage
+from workers.ml.distill.teachers.base import (
+    ChatCancelled,
+    ChatProgress,
+    Conversation,
+    Teacher,
+    TeacherBudgetExhausted,
+    TokenUsage,
+    default_generation_batch,
+)
 from workers.ml.distill.teachers.endpoint import EndpointTeacher
 from workers.ml.distill.teachers.local import LocalTeacher, positions_from_mask
 from workers.ml.distill.teachers.vocab import require_same_vocabulary, same_vocabulary
 
 __all__ = [
+    "ChatCancelled",
+    "ChatProgress",
     "Conversation",
     "EndpointTeacher",
     "LocalTeacher",
     "Teacher",
     "TeacherBudgetExhausted",
     "TokenUsage",
+    "default_generation_batch",
     "load_teacher",
     "positions_from_mask",
     "require_same_vocabulary",
@@ -38,15 +49,16 @@ def load_teacher(
     config: LocalTeacherConfig | EndpointTeacherConfig,
     catalog: CatalogConfig,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: ProgressCallback = print_progress,
 ) -> Teacher:
     """The teacher `config` describes: a LocalTeacher loaded through the catalog, or an EndpointTeacher.
 
+    `batch_size`: conversations per chat call (None: the teacher's default for its device or concurrency).
     A model that cannot be loaded raises TeacherError (with the catalog's one-sentence reason).
     """
     if isinstance(config, EndpointTeacherConfig):
-        return EndpointTeacher(config)
+        return EndpointTeacher(config, batch_size=batch_size)
     if not isinstance(config, LocalTeacherConfig):
         raise TypeError(f"Not a teacher config: {type(config).__name__}")
     try:

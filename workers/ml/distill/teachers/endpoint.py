@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import httpx2
@@ -23,7 +23,15 @@ import torch
 
 from workers.ml.distill.config import EndpointTeacherConfig
 from workers.ml.distill.errors import TeacherError
-from workers.ml.distill.teachers.base import Conversation, Teacher, TeacherBudgetExhausted, TokenUsage
+from workers.ml.distill.teachers.base import (
+    GENERATION_BATCH_CPU,
+    ChatCancelled,
+    ChatProgress,
+    Conversation,
+    Teacher,
+    TeacherBudgetExhausted,
+    TokenUsage,
+)
 from workers.ml.pinned_http import pinned_transport
 
 if TYPE_CHECKING:
@@ -40,6 +48,9 @@ UNSUPPORTED_STATUSES = frozenset({400, 404, 405, 422, 501})
 # A few small token ids: valid in any vocabulary, so the probe needs no tokenizer.
 PROBE_TOKEN_IDS = (1, 2, 3, 4)
 TOKEN_ID_PREFIX = "token_id:"  # noqa: S105 - not a secret: vLLM's `return_tokens_as_token_ids` spelling of a token
+
+
+STOP_POLL_S = 0.5  # how often a chat call asks should_stop while its requests are out
 
 
 class _Cancelled(Exception):
@@ -84,10 +95,14 @@ class EndpointTeacher(Teacher):
         *,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
+        batch_size: int | None = None,
     ) -> None:
         if config.max_concurrency < 1:
             raise TeacherError("The teacher endpoint's max_concurrency must be at least 1.")
         self.config = config
+        # Requests per chat call: enough to keep max_concurrency requests in flight while the call's last
+        # replies come back.
+        self.batch_size = batch_size or max(GENERATION_BATCH_CPU, 2 * config.max_concurrency)
         self.label = self._scrub(config.label)
         self.usage = TokenUsage()
         self.backoff_base_s = backoff_base_s
@@ -118,17 +133,21 @@ class EndpointTeacher(Teacher):
         *,
         max_new_tokens: int,
         temperature: float = 0.0,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: ChatProgress | None = None,
     ) -> list[str]:
         """One chat completion per conversation, sent concurrently, returned in input order.
 
-        Raises TeacherError when a request fails for good (the other requests of the call are dropped), or
-        TeacherBudgetExhausted (with `partial_results`) once the token budget is spent.
+        Raises TeacherError when a request fails for good (the other requests of the call are dropped),
+        TeacherBudgetExhausted (with `partial_results`) once the token budget is spent, or ChatCancelled when
+        `should_stop` turns true (asked every half second; requests not yet sent are dropped). `on_progress`
+        hears the share of requests answered.
         """
 
         def one(conversation: Conversation, cancel: threading.Event) -> str:
             return self._chat_one(list(conversation), max_new_tokens, temperature, cancel)
 
-        return self._map(one, list(conversations))
+        return self._map(one, list(conversations), should_stop=should_stop, on_progress=on_progress)
 
     def check_connection(self) -> str:
         """Send one 1-token chat request; return a short message, or raise TeacherError saying what is wrong.
@@ -366,8 +385,18 @@ class EndpointTeacher(Teacher):
 
     # ------------------------------------------------------------ concurrency and retries
 
-    def _map(self, function: Callable[[Item, threading.Event], T], items: list[Item]) -> list[T]:
-        """Run `function` on every item in the pool; results in input order; first failure cancels the rest."""
+    def _map(
+        self,
+        function: Callable[[Item, threading.Event], T],
+        items: list[Item],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: ChatProgress | None = None,
+    ) -> list[T]:
+        """Run `function` on every item in the pool; results in input order; first failure cancels the rest.
+
+        A `should_stop` that turns true cancels the rest too, and the call raises ChatCancelled.
+        """
         if not items:
             return []
         cancel = threading.Event()
@@ -383,7 +412,7 @@ class EndpointTeacher(Teacher):
             futures = [self._executor.submit(run, item) for item in items]
         except RuntimeError:
             raise TeacherError(f"The teacher {self.label} was closed.") from None
-        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        pending, stopped = self._wait(futures, should_stop, on_progress)
         if pending:
             cancel.set()  # queued requests are dropped, sleeping retries wake up and stop
             for future in pending:
@@ -396,6 +425,8 @@ class EndpointTeacher(Teacher):
             results.append(None if future.cancelled() or error is not None else future.result())
             if error is not None and not isinstance(error, _Cancelled):
                 errors.append(error)
+        if stopped:
+            raise ChatCancelled("stopped while the teacher endpoint was answering", partial_results=results)
         if not errors:
             return results
         # A real failure says more than the budget stop that other requests may have hit after it.
@@ -403,6 +434,24 @@ class EndpointTeacher(Teacher):
         if isinstance(error, TeacherBudgetExhausted):
             error.partial_results = results
         raise error
+
+    @staticmethod
+    def _wait(
+        futures: list[Future[Any]], should_stop: Callable[[], bool] | None, on_progress: ChatProgress | None
+    ) -> tuple[set[Future[Any]], bool]:
+        """Wait until every future is done, one has failed, or `should_stop`: (the futures still pending, stopped)."""
+        if should_stop is None and on_progress is None:
+            return wait(futures, return_when=FIRST_EXCEPTION).not_done, False
+        pending: set[Future[Any]] = set(futures)
+        while pending:
+            if should_stop is not None and should_stop():
+                return pending, True
+            done, pending = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+            if on_progress is not None:
+                on_progress((len(futures) - len(pending)) / len(futures))
+            if any(not future.cancelled() and future.exception() is not None for future in done):
+                break
+        return pending, False
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

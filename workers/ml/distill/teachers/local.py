@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from workers.ml.catalog_types import LoadedModel
 from workers.ml.distill.errors import OutOfMemory, TeacherError
-from workers.ml.distill.teachers.base import Conversation, Teacher, TokenUsage
+from workers.ml.distill.teachers.base import (
+    ChatCancelled,
+    ChatProgress,
+    Conversation,
+    Teacher,
+    TokenUsage,
+    default_generation_batch,
+)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -28,11 +36,11 @@ class LocalTeacher(Teacher):
     Not thread-safe: one caller at a time (the GPU worker runs one job at a time anyway).
     """
 
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 8) -> None:
-        if batch_size < 1:
+    def __init__(self, loaded: LoadedModel, *, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._loaded: LoadedModel | None = loaded
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_generation_batch(loaded.device.type)
         self.label = loaded.spec
         self.usage = TokenUsage()
         loaded.model.eval()
@@ -92,12 +100,16 @@ class LocalTeacher(Teacher):
         *,
         max_new_tokens: int,
         temperature: float = 0.0,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: ChatProgress | None = None,
     ) -> list[str]:
         """Generate a reply per conversation through the tokenizer's chat template, in batches of `batch_size`.
 
         Batches are left-padded (conversations sorted by length first, so little padding), greedy when
         temperature is 0, sampled otherwise (seed torch for reproducibility). The prompt is stripped and
         special tokens are skipped when decoding. A batch that runs out of GPU memory is split in halves.
+        `should_stop` is asked after every generated token (ChatCancelled); `on_progress` hears the share done,
+        counting each batch's tokens against max_new_tokens.
         """
         if not conversations:
             return []
@@ -123,14 +135,21 @@ class LocalTeacher(Teacher):
         results: list[str] = [""] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            texts = self._generate_splitting([prompts[index] for index in batch], max_new_tokens, temperature)
+            watch = _Watch(should_stop, on_progress, start, len(batch), len(order), max_new_tokens)
+            watch.check()  # before a batch's prefill, which alone can take seconds
+            texts = self._generate_splitting([prompts[index] for index in batch], max_new_tokens, temperature, watch)
+            watch.check()  # the stop may have come in the batch's last step
             for index, text in zip(batch, texts, strict=True):
                 results[index] = text
+        if on_progress is not None:
+            on_progress(1.0)
         return results
 
-    def _generate_splitting(self, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
+    def _generate_splitting(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, watch: _Watch
+    ) -> list[str]:
         try:
-            return self._generate(prompts, max_new_tokens, temperature)
+            return self._generate(prompts, max_new_tokens, temperature, watch)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -140,8 +159,8 @@ class LocalTeacher(Teacher):
                     f"tokens; lower qa.max_new_tokens or the chunk length, or use a smaller teacher."
                 ) from None
         half = len(prompts) // 2
-        return self._generate_splitting(prompts[:half], max_new_tokens, temperature) + self._generate_splitting(
-            prompts[half:], max_new_tokens, temperature
+        return self._generate_splitting(prompts[:half], max_new_tokens, temperature, watch) + self._generate_splitting(
+            prompts[half:], max_new_tokens, temperature, watch
         )
 
     def _eos_ids(self) -> set[int]:
@@ -163,7 +182,7 @@ class LocalTeacher(Teacher):
         config.update(max_new_tokens=max_new_tokens, pad_token_id=pad_id, num_beams=1, num_return_sequences=1)
         return config
 
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, watch: _Watch) -> list[str]:
         tokenizer, device = self.tokenizer, self.device
         eos_ids = self._eos_ids()
         pad_id = tokenizer.pad_token_id
@@ -176,9 +195,13 @@ class LocalTeacher(Teacher):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             attention_mask[row, width - len(prompt) :] = 1
         config = self._generation_config(max_new_tokens, temperature, pad_id)
+        watch.prompt_width = width
         with torch.no_grad():
             output = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([watch]),
             )
         new_tokens = output[:, width:].cpu()
         completion_tokens = 0
@@ -195,3 +218,38 @@ class LocalTeacher(Teacher):
         if loaded is not None and loaded.device.type == "cuda":
             del loaded
             torch.cuda.empty_cache()
+
+
+class _Watch(StoppingCriteria):
+    """Asked by `generate` after every token: stops the whole batch when `should_stop` says so, reports progress.
+
+    The batch is rows [first, first + size) of a call of `total` conversations; its share of the call is
+    counted in generated tokens against `max_new_tokens` (an upper bound: a batch may end sooner).
+    """
+
+    def __init__(
+        self,
+        should_stop: Callable[[], bool] | None,
+        on_progress: ChatProgress | None,
+        first: int,
+        size: int,
+        total: int,
+        max_new_tokens: int,
+    ) -> None:
+        self.should_stop, self.on_progress = should_stop, on_progress
+        self.first, self.size, self.total, self.max_new_tokens = first, size, total, max(1, max_new_tokens)
+        self.prompt_width = 0  # set by _generate before each generate call (an OOM split changes it)
+        self.stopped = False
+
+    def check(self) -> None:
+        if self.stopped or (self.should_stop is not None and self.should_stop()):
+            self.stopped = True
+            raise ChatCancelled("stopped while the teacher was generating")
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        # input_ids: (batch, prompt width + tokens generated so far)
+        if self.on_progress is not None:
+            generated = min(self.max_new_tokens, input_ids.shape[1] - self.prompt_width)
+            self.on_progress((self.first + self.size * generated / self.max_new_tokens) / self.total)
+        self.stopped = self.stopped or (self.should_stop is not None and self.should_stop())
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
