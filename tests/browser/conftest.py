@@ -73,7 +73,7 @@ def screenshots() -> Path:
 # trains in seconds on two cores. The same values go to the served app (settings) and the workers (environment).
 TINY = "tiny:llama-2l"
 TINY_TEACHER = f"Tiny teacher={TINY}"
-WORKER_HOSTNAMES = {"cpu": "cpu-browser@distillery", "gpu": "gpu-browser@distillery"}
+WORKER_HOSTNAMES = {"cpu": "cpu-browser@distillery", "gpu": "gpu-browser@distillery", "ops": "ops-browser@distillery"}
 
 
 @pytest.fixture
@@ -92,7 +92,8 @@ def stack_data_dir(tmp_path: Path, settings: Any) -> Path:
 @pytest.fixture
 def stack_workers(transactional_db: None, stack_data_dir: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A Celery worker per queue, started as the Procfile starts them, on the test database and the data directory
-    the served app writes to: the ingest (cpu) and the distillation (gpu) of what the browser uploads and starts."""
+    the served app writes to: the ingest (cpu) and the distillation (gpu) of what the browser uploads and starts,
+    and the webhook deliveries (ops)."""
     from django.conf import settings
     from django.db import connection
 

@@ -185,7 +185,7 @@ def test_it_walks_the_journey_in_a_browser(
     alice.shot(2, "org-created")
 
     # 1b. A webhook endpoint for the company's CI (htmx swaps in its signing secret, shown once); a test event sent
-    #     from its page goes through the cpu worker and shows as delivered while the deliveries table polls.
+    #     from its page goes through the ops worker and shows as delivered while the deliveries table polls.
     page.goto("/org/webhooks/")
     page.get_by_label("URL").fill(receiver.url)
     page.get_by_label("Description").fill("CI pipeline")
