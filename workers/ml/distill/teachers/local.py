@@ -241,9 +241,13 @@ class _Watch(StoppingCriteria):
         self.prompt_width = 0  # set by _generate before each generate call (an OOM split changes it)
         self.stopped = False
 
+    def _asked_to_stop(self) -> bool:
+        """Sticky: once `should_stop` said yes, every later batch (an OOM split's second half too) stops at once."""
+        self.stopped = self.stopped or (self.should_stop is not None and self.should_stop())
+        return self.stopped
+
     def check(self) -> None:
-        if self.stopped or (self.should_stop is not None and self.should_stop()):
-            self.stopped = True
+        if self._asked_to_stop():
             raise ChatCancelled("stopped while the teacher was generating")
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
@@ -251,5 +255,5 @@ class _Watch(StoppingCriteria):
         if self.on_progress is not None:
             generated = min(self.max_new_tokens, input_ids.shape[1] - self.prompt_width)
             self.on_progress((self.first + self.size * generated / self.max_new_tokens) / self.total)
-        self.stopped = self.stopped or (self.should_stop is not None and self.should_stop())
-        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+        stop = self._asked_to_stop()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
