@@ -227,6 +227,13 @@ class EvalSettings:
     )
 
     def __post_init__(self) -> None:
+        # Checked here, not after training: perplexity, KL and gap closed are measured on these chunks.
+        if self.max_heldout_chunks < 1:
+            raise ValueError(f"evaluation.max_heldout_chunks must be 1 or more, not {self.max_heldout_chunks}.")
+        if self.max_eval_questions < 0:
+            raise ValueError(
+                f"evaluation.max_eval_questions must be 0 (no QA scoring) or more, not {self.max_eval_questions}."
+            )
         if self.teacher_judge not in JUDGE_SETTINGS:
             raise ValueError(
                 f"evaluation.teacher_judge must be one of {', '.join(JUDGE_SETTINGS)}, not {self.teacher_judge!r}."

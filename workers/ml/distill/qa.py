@@ -366,6 +366,7 @@ def _generate(
         should_stop=should_stop,
         start=start,
         on_batch=store.append,
+        on_regrade=lambda changed: store.rewrite(changed, complete=False),
         order=order,
         target=target,
     )

@@ -508,6 +508,7 @@ def generate_pairs(
     teacher_mode: TeacherMode = nullcontext,
     start: Generation | None = None,
     on_batch: Callable[[Generation, list[QARecord]], None] | None = None,
+    on_regrade: Callable[[Generation], None] | None = None,
     grade: bool | None = None,
     message: str = "The teacher is writing question–answer pairs",
     stage: Stage = "generating",
@@ -523,6 +524,10 @@ def generate_pairs(
     spend cap is hit (stats.budget_exhausted), or when the kept pairs reach `target` (stats.target_reached).
     `on_batch(generation, new records)` runs after every call (to save progress). The progress bar moves
     during a call, by the share of it done.
+
+    Self-reward grades each call's pairs in a second call, which a cancel stops too: the pairs whose grade
+    did not come back are saved pending and graded first when a `start` generation continues
+    (`on_regrade(generation)` then runs, to save the records that changed).
     """
     grade = settings.self_reward if grade is None else grade
     simple = uses_simple_prompt(teacher)
@@ -561,6 +566,44 @@ def generate_pairs(
         tokens = f", {stats.kept_tokens:,}/{target.tokens:,} tokens" if target is not None else ""
         return f"{message}: {stats.pairs_kept} kept, {stats.pairs_dropped} dropped{tokens}"
 
+    def settle(candidates: list[QARecord]) -> bool:
+        """Grade the candidates (under self-reward) and keep the good ones; False when a cancel stopped the
+        grading (the rest stay pending)."""
+        finished = True
+        if grade and candidates:
+            text = f"{tally()} (grading {len(candidates)} pair{'s' if len(candidates) != 1 else ''})"
+
+            def grading(fraction: float) -> None:
+                report(stats.chunks_done, _planned_chunks(stats, target), f"{text}: {fraction:.0%}")
+
+            finished = _grade(
+                candidates,
+                chunks,
+                teacher,
+                settings,
+                teacher_mode,
+                stats,
+                should_stop=should_stop,
+                on_progress=grading,
+            )
+        for record in candidates:
+            if record.drop_reason is None and (record.grade is not None or not grade):
+                record.kept = True
+                stats.pairs_kept += 1
+                if target is not None:
+                    stats.kept_tokens += target.measure(record)
+        return finished
+
+    pending = awaiting_grade(generation.records) if grade else []
+    if pending:  # a cancel stopped the grading of the last call: its pairs are graded before anything new
+        if should_stop():
+            generation.cancelled = True
+            return generation
+        generation.cancelled = not settle(pending)
+        if on_regrade is not None:
+            on_regrade(generation)
+        if generation.cancelled:
+            return generation
     if more_to_do():
         # Said before the first call: a batch of a small local teacher on a CPU takes minutes, and until it
         # returns the job page would still show the previous stage.
@@ -624,17 +667,11 @@ def generate_pairs(
                     candidates.append(record)
                 new_records.append(record)
         stats.budget_exhausted = stats.budget_exhausted or exhausted
-        if grade:
-            _grade(candidates, chunks, teacher, settings, teacher_mode, stats)
-        for record in candidates:
-            if record.drop_reason is None:
-                record.kept = True
-                stats.pairs_kept += 1
-                if target is not None:
-                    stats.kept_tokens += target.measure(record)
+        if not settle(candidates):
+            generation.cancelled = True
         generation.records.extend(new_records)
         if stats.pairs_kept == 0 and HOPELESS_AFTER_CHUNKS <= stats.chunks_done < len(chunks):
-            stats.abandoned = True
+            stats.abandoned = not generation.cancelled  # pending grades may still keep some
         if on_batch is not None:
             on_batch(generation, new_records)
         planned = stats.chunks_done if stats.target_reached else _planned_chunks(stats, target)
@@ -651,20 +688,42 @@ def _grade(
     settings: QASettings,
     teacher_mode: TeacherMode,
     stats: GenerationStats,
-) -> None:
-    """Self-reward: the teacher grades each record 1–5; below the threshold or unreadable → dropped."""
+    *,
+    should_stop: StopCallback | None = None,
+    on_progress: ChatProgress | None = None,
+) -> bool:
+    """Self-reward: the teacher grades each record 1–5; below the threshold or unreadable → dropped.
+
+    Returns False when `should_stop` stopped the grading: the records whose grade did not come back are left
+    pending (`awaiting_grade`), to be graded when generation continues.
+    """
     if not records:
-        return
+        return True
     replies: list[str | None] = [None] * len(records)
+    finished = True
     if not stats.budget_exhausted:
         conversations = [
             user_turn(grading_prompt(chunks[record.chunk].text, record.question or "", record.answer or ""))
             for record in records
         ]
-        # A grade is a digit or a short sentence; 16 tokens leave room for "Score: 4/5".
-        replies, exhausted = chat_within_budget(teacher, conversations, min(16, settings.max_new_tokens), teacher_mode)
-        stats.budget_exhausted = stats.budget_exhausted or exhausted
+        try:
+            # A grade is a digit or a short sentence; 16 tokens leave room for "Score: 4/5".
+            replies, exhausted = chat_within_budget(
+                teacher,
+                conversations,
+                min(16, settings.max_new_tokens),
+                teacher_mode,
+                should_stop=should_stop,
+                on_progress=on_progress,
+            )
+            stats.budget_exhausted = stats.budget_exhausted or exhausted
+        except ChatCancelled as stopped:  # an endpoint's grades that came back are kept (paid for)
+            finished = False
+            replies = [item if isinstance(item, str) else None for item in stopped.partial_results]
+            replies += [None] * (len(records) - len(replies))
     for record, reply in zip(records, replies, strict=True):
+        if reply is None and not finished:
+            continue  # pending: graded when generation continues
         record.grade_reply = None if reply is None else reply.strip()[:200]
         record.grade = None if reply is None else parse_grade(reply)
         if record.grade is None:
@@ -675,6 +734,16 @@ def _grade(
         if record.grade < settings.reward_threshold:
             record.drop_reason = "below_threshold"
             stats.dropped["below_threshold"] += 1
+    return finished
+
+
+def awaiting_grade(records: Sequence[QARecord]) -> list[QARecord]:
+    """Pairs that passed the filters but were not yet graded (a cancel stopped the grading of their call)."""
+    return [
+        record
+        for record in records
+        if record.question is not None and record.drop_reason is None and not record.kept and record.grade is None
+    ]
 
 
 # ---------------------------------------------------------------- saved generation (work/qa_data.jsonl)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.ml.catalog import CatalogConfig, LoadedModel, load_model
+from workers.ml.distill.config import EvalSettings
 from workers.ml.distill.errors import DistillError
 from workers.ml.distill.evaluate import (
     QAExample,
@@ -284,3 +285,11 @@ def test_it_refuses_an_eval_set_without_usable_lines(tmp_path: Path) -> None:
         load_eval_set(path)
     with pytest.raises(DistillError, match="could not be read"):
         load_eval_set(tmp_path / "missing.jsonl")
+
+
+def test_it_refuses_evaluation_settings_that_leave_nothing_to_score_before_anything_runs() -> None:
+    with pytest.raises(ValueError, match=r"evaluation\.max_heldout_chunks must be 1 or more, not 0"):
+        EvalSettings(max_heldout_chunks=0)
+    with pytest.raises(ValueError, match=r"evaluation\.max_eval_questions must be 0 \(no QA scoring\) or more"):
+        EvalSettings(max_eval_questions=-1)
+    assert EvalSettings(max_heldout_chunks=1, max_eval_questions=0).max_eval_questions == 0

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -582,6 +583,68 @@ def test_it_keeps_the_replies_that_came_back_when_cancelled_mid_call_and_resumes
     assert finished.status == "succeeded"
     assert len(generation_prompts) == TRAIN_CHUNKS + 1  # the other chunks, then one held-out chunk
     assert len(records_of(finished.output_dir / "qa_data.jsonl")) == 2 * TRAIN_CHUNKS
+
+
+def test_it_stops_grading_when_cancelled_and_grades_the_pending_pairs_first_when_resumed(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    generation_prompts: list[str] = []
+    graded: list[list[str]] = [[], []]  # questions sent to the grader, by run
+    run = 0
+    reply = scripted_reply()
+
+    def counting(messages: Messages) -> str:
+        content = str(messages[-1]["content"])
+        if "Reply with JSON only" in content:
+            generation_prompts.append(content)
+        question = re.search(r"Question: (.*)\n", content)
+        if "Grade this question–answer pair" in content and question:
+            graded[run].append(question.group(1))
+            if run == 0:
+                stopping.append(True)
+                time.sleep(0.2)  # a grader slower than the cancel poll, so the stop lands mid-call
+        return reply(messages)
+
+    messages: list[str] = []
+    stopping: list[bool] = []
+    with OpenAIStub(reply=counting) as stub:
+        config = qa_config(
+            tmp_path,
+            model_cache_dir,
+            stub_teacher(stub, max_concurrency=1),
+            qa=QASettings(generation_batch=BATCH, reward_threshold=3),
+            evaluation=EvalSettings(max_heldout_chunks=1, max_eval_questions=0),  # every grade is training's
+        )
+        cancelled = distill(
+            config,
+            toy_corpus,
+            on_progress=lambda progress: messages.append(progress.message),
+            should_stop=lambda: bool(stopping),
+        )
+        assert cancelled.status == "cancelled"
+        assert len(generation_prompts) == BATCH  # the first call's pairs were all written
+        assert any(re.search(r"\(grading \d+ pairs\)", message) for message in messages)
+        records = records_of(config.work / "qa_data.jsonl")
+        assert len(records) == 2 * BATCH  # nothing generated is lost
+        pending = [r["question"] for r in records if r["drop_reason"] is None and r["grade"] is None]
+        came_back = [r["question"] for r in records if r["grade"] is not None]
+        assert sorted(came_back) == sorted(graded[0])  # every grade that came back is kept
+        assert pending  # the grader was stopped mid-call: these pairs have no grade yet
+        assert not any(record["kept"] for record in records if record["question"] in pending)
+
+        run = 1
+        finished = distill(config, toy_corpus)
+    assert finished.status == "succeeded"
+    assert sorted(graded[1][: len(pending)]) == sorted(pending)  # the pending pairs are graded first
+    assert len(generation_prompts) == TRAIN_CHUNKS  # no chunk was asked about twice
+    names = {_name(chunk.text) for chunk in toy_corpus.train}
+    questions = {pair["question"] for name in names for pair in toy_pairs(name)}
+    assert sorted(graded[0] + graded[1]) == sorted(questions)  # each distinct pair graded once
+    records = records_of(finished.output_dir / "qa_data.jsonl")
+    assert len(records) == 2 * TRAIN_CHUNKS
+    assert all(record["kept"] or record["drop_reason"] for record in records)
+    assert {record["question"] for record in records if record["kept"]} == questions
+    assert finished.metrics["qa_data"]["pairs_kept"] == len(questions)
 
 
 def test_it_adds_answer_kd_from_a_local_teacher_that_is_the_students_own_base(

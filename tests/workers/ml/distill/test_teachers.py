@@ -28,6 +28,7 @@ from workers.ml.distill.teachers import (
     same_vocabulary,
 )
 from workers.ml.distill.teachers.base import GENERATION_BATCH_CPU, GENERATION_BATCH_GPU
+from workers.ml.distill.teachers.endpoint import ENDPOINT_MIN_BATCH
 
 TINY = "tiny:llama-2l"
 SECRET = "sk-test-0123456789-very-secret"
@@ -302,6 +303,21 @@ def test_it_stops_sending_when_told_to_and_keeps_the_replies_that_came_back(stub
     assert partial[: len(answered)] == [f"echo: q{number}" for number in range(len(answered))]
     assert len(stub.requests) == len(answered)  # nothing more was sent
     assert teacher.usage.requests == len(answered)
+
+
+def test_it_sizes_an_endpoints_calls_to_keep_its_request_slots_busy(stub: OpenAIStub) -> None:
+    with _endpoint(stub, max_concurrency=4) as few, _endpoint(stub, max_concurrency=40) as many:
+        assert few.batch_size == ENDPOINT_MIN_BATCH == 32
+        assert many.batch_size == 80  # twice the requests in flight
+    with EndpointTeacher(EndpointTeacherConfig(base_url=stub.base_url, model=stub.model), batch_size=5) as named:
+        assert named.batch_size == 5
+
+
+def test_it_sends_nothing_when_told_to_stop_before_the_call(stub: OpenAIStub) -> None:
+    with _endpoint(stub, max_concurrency=2) as teacher, pytest.raises(ChatCancelled) as stopped:
+        teacher.chat(_ask("q0", "q1", "q2"), max_new_tokens=4, should_stop=lambda: True)
+    assert stopped.value.partial_results == [None, None, None]
+    assert stub.requests == []
 
 
 def test_it_reports_the_share_of_an_endpoint_call_answered(stub: OpenAIStub) -> None:

@@ -24,7 +24,6 @@ import torch
 from workers.ml.distill.config import EndpointTeacherConfig
 from workers.ml.distill.errors import TeacherError
 from workers.ml.distill.teachers.base import (
-    GENERATION_BATCH_CPU,
     ChatCancelled,
     ChatProgress,
     Conversation,
@@ -51,6 +50,9 @@ TOKEN_ID_PREFIX = "token_id:"  # noqa: S105 - not a secret: vLLM's `return_token
 
 
 STOP_POLL_S = 0.5  # how often a chat call asks should_stop while its requests are out
+# The fewest conversations a chat call carries: generation saves its progress after every call, so calls of a
+# few dozen keep the saves frequent without leaving the endpoint's request slots idle between calls.
+ENDPOINT_MIN_BATCH = 32
 
 
 class _Cancelled(Exception):
@@ -102,7 +104,7 @@ class EndpointTeacher(Teacher):
         self.config = config
         # Requests per chat call: enough to keep max_concurrency requests in flight while the call's last
         # replies come back.
-        self.batch_size = batch_size or max(GENERATION_BATCH_CPU, 2 * config.max_concurrency)
+        self.batch_size = batch_size or max(ENDPOINT_MIN_BATCH, 2 * config.max_concurrency)
         self.label = self._scrub(config.label)
         self.usage = TokenUsage()
         self.backoff_base_s = backoff_base_s
@@ -399,6 +401,8 @@ class EndpointTeacher(Teacher):
         """
         if not items:
             return []
+        if should_stop is not None and should_stop():  # asked before the call: nothing is sent
+            raise ChatCancelled("stopped before the teacher endpoint was asked", partial_results=[None] * len(items))
         cancel = threading.Event()
 
         def run(item: Item) -> T:
