@@ -73,6 +73,8 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
     if isinstance(teacher, int) and not isinstance(teacher, bool):
         teacher = f"org:{teacher}"  # a teacher row's id, as the teachers list also names it "org:<id>"
     merged = {**DEFAULT_OPTIONS, **options}
+    if isinstance(merged.get("self_reward"), bool):  # clients from before `auto` send the box's true or false
+        merged["self_reward"] = "on" if merged["self_reward"] else "off"
     data = {key: value for key, value in merged.items() if value is not None}
     data.update(
         name=body.get("name"),
@@ -83,7 +85,7 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
     if body.get("spend_cap_usd") is not None:
         data["spend_cap_usd"] = body["spend_cap_usd"]
     # A form treats a missing checkbox as off; here a false value must stay false.
-    for flag in ("context", "reasoning", "self_reward"):
+    for flag in ("context", "reasoning"):
         if not merged.get(flag):
             data.pop(flag, None)
     return {key: value for key, value in data.items() if value is not None}

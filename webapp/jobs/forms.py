@@ -170,7 +170,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "alpha": 0.5,
     "context": True,
     "pairs_per_chunk": 2,
-    "self_reward": True,
+    "self_reward": "auto",
     "reward_threshold": 3,
     "reasoning": False,
 }
@@ -181,6 +181,11 @@ DIVERGENCES = [
     ("jsd", "Jensen–Shannon: between the two, bounded"),
 ]
 LORA_RANKS = [(4, "4"), (8, "8"), (16, "16"), (32, "32"), (64, "64")]
+SELF_REWARD = [
+    ("auto", "Auto: on for an endpoint or a local teacher of 1B+ parameters"),
+    ("on", "On: the teacher grades every pair"),
+    ("off", "Off: keep every well-formed pair"),
+]
 
 
 class CorpusChoiceField(forms.ModelChoiceField):
@@ -273,13 +278,14 @@ class JobForm(forms.Form):
         label="Q&A pairs per chunk",
         help_text="Recipe qa: questions the teacher writes for each chunk (default 2).",
     )
-    self_reward = forms.BooleanField(
+    self_reward = forms.ChoiceField(
         required=False,
+        choices=SELF_REWARD,
         initial=DEFAULT_OPTIONS["self_reward"],
         label="Self-reward",
         help_text="Recipe qa: the teacher grades each pair 1–5 and drops those below the threshold. A teacher under "
-        "~1B parameters grades no better than chance and drops nearly everything: turn this off to keep its "
-        "well-formed pairs.",
+        "~1B parameters grades no better than chance and drops nearly everything, so auto keeps its well-formed "
+        "pairs ungraded.",
     )
     reward_threshold = forms.IntegerField(
         required=False,
@@ -359,7 +365,7 @@ class JobForm(forms.Form):
                 options[key] = DEFAULT_OPTIONS[key]
         options["context"] = bool(options["context"])
         options["reasoning"] = bool(options["reasoning"])
-        options["self_reward"] = bool(options["self_reward"])
+        options["self_reward"] = options["self_reward"] or DEFAULT_OPTIONS["self_reward"]
         return options
 
     def teacher_snapshot(self) -> dict[str, Any]:
@@ -399,7 +405,7 @@ class JobForm(forms.Form):
 def clone_initial(job: DistillationJob, organization: Organization) -> dict[str, Any]:
     """The new-job form's initial values copied from `job` (its teacher when it can still be chosen)."""
     initial: dict[str, Any] = {**DEFAULT_OPTIONS, **{k: v for k, v in job.options.items() if k in OPTION_KEYS}}
-    initial.update(name=f"{job.name} (copy)", corpus=job.corpus_id, recipe=job.recipe)
+    initial.update(name=f"{job.name} (copy)", corpus=job.corpus_id, recipe=job.recipe, self_reward=job.self_reward)
     if job.spend_cap_usd is not None:
         initial["spend_cap_usd"] = job.spend_cap_usd
     snapshot = job.teacher_snapshot

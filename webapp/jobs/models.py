@@ -103,6 +103,19 @@ FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 STAGES = (JobStatus.QUEUED, *RUNNING_STATUSES, JobStatus.SUCCEEDED)
 
 
+SELF_REWARD_CHOICES = ("auto", "on", "off")
+
+
+def self_reward_setting(value: Any) -> str:
+    """qa's self-reward setting (auto, on, off) from a job's stored option: jobs from before the option graded
+    their pairs; jobs from before `auto` stored a tick box (true, false)."""
+    if value is None or value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value if value in SELF_REWARD_CHOICES else "on"
+
+
 class DistillationJob(TenantOwnedModel):
     class Recipe(models.TextChoices):
         KD = "kd", "kd: token-level logit distillation"
@@ -175,6 +188,11 @@ class DistillationJob(TenantOwnedModel):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def self_reward(self) -> str:
+        """The qa self-reward setting this job runs with: auto, on or off."""
+        return self_reward_setting(self.options.get("self_reward"))
 
     @property
     def progress_fraction(self) -> float:

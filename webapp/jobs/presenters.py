@@ -229,7 +229,8 @@ def settings_rows(job: DistillationJob) -> list[tuple[str, str]]:
     rows = []
     for key in RECIPE_OPTIONS.get(job.recipe, tuple(job.options)):
         # A job made before an option existed ran with its default.
-        rows.append((_option_label(key), _option_value(job.options.get(key, DEFAULT_OPTIONS.get(key)))))
+        value = job.self_reward if key == "self_reward" else job.options.get(key, DEFAULT_OPTIONS.get(key))
+        rows.append((_option_label(key), _option_value(value)))
     return rows
 
 

@@ -20,7 +20,14 @@ from django.utils import timezone
 
 from webapp.core.outbound import OutboundPolicy, Refusal, allowed_address
 from webapp.corpora.models import Corpus
-from webapp.jobs.models import ACTIVE_STATUSES, DistillationJob, JobStatus, Notification, Teacher
+from webapp.jobs.models import (
+    ACTIVE_STATUSES,
+    DistillationJob,
+    JobStatus,
+    Notification,
+    Teacher,
+    self_reward_setting,
+)
 from webapp.tenants.models import Organization
 from webapp.webhooks import services as webhooks
 
@@ -286,7 +293,7 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
         if recipe == "kd":
             teacher_tokens = teacher_read * 2
         else:
-            grading = bool(options.get("self_reward", True))
+            grading = self_reward_setting(options.get("self_reward") or "auto") != "off"  # auto: an endpoint grades
             teacher_tokens = qa_teacher_tokens(teacher_read, asked, pairs, reasoning=reasoning, grading=grading)
         price_in = teacher.get("price_input_per_million") or 0
         price_out = teacher.get("price_output_per_million") or 0

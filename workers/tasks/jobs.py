@@ -266,7 +266,7 @@ def build_config(job: DistillationJob, dirs: dict[str, Path]) -> Any:
         ),
         qa=QASettings(
             pairs_per_chunk=int(options.get("pairs_per_chunk", 2)),
-            self_reward=bool(options.get("self_reward", True)),  # jobs from before the option graded
+            self_reward=job.self_reward,  # auto, on or off (older jobs stored a box, or nothing: they graded)
             reward_threshold=int(options.get("reward_threshold", 3)),
             reasoning=bool(options.get("reasoning", False)),
         ),

@@ -51,7 +51,7 @@ def test_it_creates_a_job_with_default_and_given_options(
         "alpha": 0.5,
         "context": False,
         "pairs_per_chunk": 2,
-        "self_reward": True,
+        "self_reward": "auto",
         "reward_threshold": 3,
         "reasoning": False,
     }
@@ -69,9 +69,11 @@ def test_it_creates_a_job_with_default_and_given_options(
         ("reasoning", True, True),
         ("reasoning", False, False),
         ("reasoning", None, False),  # off unless asked
-        ("self_reward", True, True),
-        ("self_reward", False, False),
-        ("self_reward", None, True),  # the pairs are graded unless told not to
+        ("self_reward", "off", "off"),
+        ("self_reward", "on", "on"),
+        ("self_reward", None, "auto"),  # graded when the teacher can grade
+        ("self_reward", True, "on"),  # clients from before auto sent the box's value
+        ("self_reward", False, "off"),
     ],
 )
 def test_it_takes_the_on_off_options_of_a_qa_job(
@@ -79,14 +81,22 @@ def test_it_takes_the_on_off_options_of_a_qa_job(
     api: Api,
     django_capture_on_commit_callbacks: Any,
     flag: str,
-    given: bool | None,
-    stored: bool,
+    given: bool | str | None,
+    stored: bool | str,
 ) -> None:
     options = {} if given is None else {flag: given}
     with django_capture_on_commit_callbacks(execute=False):
         response = create(api, corpus, recipe="qa", options=options)
     assert response.status_code == 201
-    assert response.json()["options"][flag] is stored
+    assert response.json()["options"][flag] == stored
+    assert type(response.json()["options"][flag]) is type(stored)
+
+
+def test_it_refuses_an_unknown_self_reward_setting(corpus: Corpus, api: Api) -> None:
+    response = create(api, corpus, recipe="qa", options={"self_reward": "sometimes"})
+    assert response.status_code == 400
+    assert "self_reward" in response.content.decode()
+    assert "sometimes" in response.content.decode()
 
 
 def test_it_takes_an_org_teacher_by_its_listed_id_or_its_row_id(

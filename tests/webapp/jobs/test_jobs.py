@@ -88,7 +88,7 @@ def test_it_creates_a_job_from_the_form_with_its_options_and_pinned_version(
         "alpha": 0.3,
         "context": False,
         "pairs_per_chunk": 2,
-        "self_reward": True,
+        "self_reward": "on",
         "reward_threshold": 3,
         "reasoning": False,
     }
@@ -143,23 +143,26 @@ def test_it_takes_step_by_step_reasoning_for_a_qa_job_and_shows_it(
     assert "<dt>Step-by-step reasoning</dt><dd>on</dd>" in page
 
 
-def test_it_lets_a_qa_job_keep_its_teachers_pairs_ungraded_and_shows_it(
+def test_it_lets_a_qa_job_choose_whether_its_teacher_grades_its_pairs_and_shows_it(
     cast: Cast, corpus: Corpus, django_capture_on_commit_callbacks: Any
 ) -> None:
     client = cast.client_for("member")
     form = client.get(reverse("jobs:create")).content.decode()
-    box = re.search(r'<input[^>]*name="self_reward"[^>]*>', form)
-    assert box is not None
-    assert "checked" in box.group(0)  # on unless unticked
+    chosen = re.search(r'<select[^>]*name="self_reward"[^>]*>.*?<option value="(\w+)" selected>', form, re.S)
+    assert chosen is not None
+    assert chosen.group(1) == "auto"  # the teacher's size decides
     with django_capture_on_commit_callbacks(execute=False):
-        client.post(reverse("jobs:create"), job_form(corpus, recipe="qa", self_reward=None))  # the box unticked
-    job = DistillationJob.objects.get()
-    assert job.options["self_reward"] is False
-    page = client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
-    assert "<dt>Self-reward</dt><dd>off</dd>" in page
-    # A qa job from before the option was graded, and says so.
+        client.post(reverse("jobs:create"), job_form(corpus, recipe="qa", self_reward="off"))
+        client.post(reverse("jobs:create"), job_form(corpus, recipe="qa", self_reward=None, name="Default"))
+    job, default = DistillationJob.objects.order_by("pk")
+    assert (job.options["self_reward"], default.options["self_reward"]) == ("off", "auto")
+    assert "<dt>Self-reward</dt><dd>off</dd>" in client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert "<dt>Self-reward</dt><dd>auto</dd>" in client.get(reverse("jobs:detail", args=[default.pk])).content.decode()
+    # A qa job from before the option was graded, and says so; one from before auto stored the box's value.
     older = make_job(corpus, JobStatus.SUCCEEDED, recipe="qa", options={"epochs": 1.0, "lora_rank": 16})
     assert "<dt>Self-reward</dt><dd>on</dd>" in client.get(reverse("jobs:detail", args=[older.pk])).content.decode()
+    boxed = make_job(corpus, JobStatus.SUCCEEDED, recipe="qa", options={"epochs": 1.0, "self_reward": False})
+    assert "<dt>Self-reward</dt><dd>off</dd>" in client.get(reverse("jobs:detail", args=[boxed.pk])).content.decode()
 
 
 def test_it_shows_the_defaults_and_only_ready_corpora_of_the_org(cast: Cast, corpus: Corpus) -> None:
@@ -332,9 +335,14 @@ def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast
     assert "<dt>Teacher tokens</dt><dd>about 185000</dd>" in body.content.decode()
     # Without self-reward nothing is graded: writing 23,000 + evaluation 100,000.
     body = cast.client_for("member").get(
-        reverse("jobs:estimate") + query.replace("&self_reward=on", ""), headers={"HX-Request": "true"}
+        reverse("jobs:estimate") + query.replace("&self_reward=on", "&self_reward=off"), headers={"HX-Request": "true"}
     )
     assert "<dt>Teacher tokens</dt><dd>about 123000</dd>" in body.content.decode()
+    # Auto (the default): an endpoint teacher grades.
+    body = cast.client_for("member").get(
+        reverse("jobs:estimate") + query.replace("&self_reward=on", ""), headers={"HX-Request": "true"}
+    )
+    assert "<dt>Teacher tokens</dt><dd>about 161000</dd>" in body.content.decode()
 
 
 def test_it_counts_only_the_chunks_a_qa_budget_needs_pairs_from(cast: Cast, corpus: Corpus) -> None:
@@ -472,7 +480,7 @@ def test_it_prefills_the_form_from_a_cloned_job(cast: Cast, corpus: Corpus) -> N
     assert form.initial == {
         **options,
         "reasoning": False,  # options the job predates take their defaults
-        "self_reward": True,
+        "self_reward": "on",  # but a job from before self-reward was a choice graded its pairs
         "name": "Leave expert (copy)",
         "corpus": corpus.pk,
         "recipe": "qa",

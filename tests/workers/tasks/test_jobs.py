@@ -73,14 +73,19 @@ def new_job(cast: Cast, capture: Any, **options: Any) -> DistillationJob:
 
 
 def test_it_hands_the_jobs_qa_options_to_the_engine(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
-    qa_options = {"pairs_per_chunk": 4, "reward_threshold": 2, "reasoning": True, "self_reward": False}
+    qa_options = {"pairs_per_chunk": 4, "reward_threshold": 2, "reasoning": True, "self_reward": "off"}
     job = new_job(cast, django_capture_on_commit_callbacks, **qa_options)
     config = job_tasks.build_config(job, job_tasks.job_dirs(job))
     assert (config.qa.pairs_per_chunk, config.qa.reward_threshold, config.qa.reasoning) == (4, 2, True)
-    assert config.qa.self_reward is False
+    assert config.qa.self_reward == "off"
+    auto = new_job(cast, django_capture_on_commit_callbacks, self_reward="auto")
+    assert job_tasks.build_config(auto, job_tasks.job_dirs(auto)).qa.self_reward == "auto"
+    # Jobs from before the option graded their pairs; from before auto they stored a tick box.
     plain = new_job(cast, django_capture_on_commit_callbacks)
     assert job_tasks.build_config(plain, job_tasks.job_dirs(plain)).qa.reasoning is False
-    assert job_tasks.build_config(plain, job_tasks.job_dirs(plain)).qa.self_reward is True
+    assert job_tasks.build_config(plain, job_tasks.job_dirs(plain)).qa.self_reward == "on"
+    boxed = new_job(cast, django_capture_on_commit_callbacks, self_reward=False)
+    assert job_tasks.build_config(boxed, job_tasks.job_dirs(boxed)).qa.self_reward == "off"
 
 
 def test_it_checks_an_endpoint_teachers_url_again_and_pins_the_jobs_requests_to_its_address(

@@ -29,6 +29,7 @@ from workers.ml.catalog import default_cache_dir
 from workers.ml.catalog_types import CatalogError
 from workers.ml.distill.config import (
     JUDGE_SETTINGS,
+    SELF_REWARD_SETTINGS,
     DistillConfig,
     EndpointTeacherConfig,
     EvalSettings,
@@ -132,9 +133,16 @@ def _parser() -> argparse.ArgumentParser:
         help=f"qa: keep pairs the teacher grades at least this, 1-5 (default {cpu.qa.reward_threshold}).",
     )
     parser.add_argument(
+        "--self-reward",
+        choices=SELF_REWARD_SETTINGS,
+        default=None,
+        help="qa: the teacher grades each pair 1-5 and drops those under --reward-threshold (default auto: an "
+        "endpoint teacher, or a local one of 1B+ parameters; smaller ones grade no better than chance).",
+    )
+    parser.add_argument(
         "--no-self-reward",
         action="store_true",
-        help="qa: keep every well-formed pair, ungraded (small teachers grade no better than chance).",
+        help="qa: keep every well-formed pair, ungraded (the same as --self-reward off).",
     )
     parser.add_argument(
         "--reasoning",
@@ -220,7 +228,7 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         defaults.qa,
         pairs_per_chunk=args.pairs_per_chunk,
         reward_threshold=args.reward_threshold,
-        self_reward=False if args.no_self_reward else None,
+        self_reward="off" if args.no_self_reward else args.self_reward,
         reasoning=True if args.reasoning else None,
     )
     evaluation: EvalSettings = _replace(defaults.evaluation, eval_set=args.eval_set, teacher_judge=args.teacher_judge)

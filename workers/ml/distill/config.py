@@ -16,6 +16,8 @@ CompileSetting = Literal["auto", "on", "off"]
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 JudgeSetting = Literal["auto", "on", "off"]
 JUDGE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
+SelfRewardSetting = Literal["auto", "on", "off"]
+SELF_REWARD_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,14 @@ class QASettings:
     reasoning: bool = field(
         default=False, metadata={"help": "Ask for step-by-step reasoning before the final answer (R1-style)."}
     )
-    self_reward: bool = field(default=True, metadata={"help": "The teacher grades each pair 1–5; low ones dropped."})
+    self_reward: SelfRewardSetting = field(
+        default="auto",
+        metadata={
+            "help": "The teacher grades each pair 1–5 and pairs under reward_threshold are dropped. auto: when the "
+            "teacher is an endpoint or a local model of 1B+ parameters (a smaller one grades no better than chance "
+            "and drops nearly every pair); on; off."
+        },
+    )
     reward_threshold: int = field(default=3, metadata={"help": "Keep pairs graded at least this (1–5)."})
     max_new_tokens: int = field(default=384, metadata={"help": "Generation length cap for the teacher."})
     generation_batch: int = field(
@@ -206,6 +215,10 @@ class QASettings:
     )
 
     def __post_init__(self) -> None:
+        if self.self_reward not in SELF_REWARD_SETTINGS:
+            raise ValueError(
+                f"qa.self_reward must be one of {', '.join(SELF_REWARD_SETTINGS)}, not {self.self_reward!r}."
+            )
         if self.generation_batch < 0:
             raise ValueError(f"qa.generation_batch must be 0 (by device) or more, not {self.generation_batch}.")
 

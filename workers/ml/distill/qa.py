@@ -313,8 +313,8 @@ def _no_data_message(stats: GenerationStats, teacher: Teacher) -> str:
     threshold = ""
     if stats.self_reward and stats.dropped["below_threshold"]:
         threshold = (
-            " Lowering the self-reward threshold (qa.reward_threshold), or turning self-reward off (qa.self_reward; "
-            "--no-self-reward on the command line), keeps more of a weak teacher's pairs."
+            " Lowering the self-reward threshold (qa.reward_threshold), or turning self-reward off (qa.self_reward "
+            "off; --self-reward off on the command line), keeps more of a weak teacher's pairs."
         )
     return (
         f"The teacher {teacher.label} wrote no usable question–answer pair, so nothing was trained: asked for "
@@ -445,6 +445,7 @@ def data_stats(config: DistillConfig) -> dict[str, Any]:
         "qa_pairs_dropped": stats.pairs_dropped,
         **{f"qa_dropped_{reason}": count for reason, count in stats.dropped.items()},
         "qa_chunks_generated_from": f"{stats.chunks_done} of {stats.chunks}",
+        "qa_self_reward": f"{'on' if stats.self_reward else 'off'} ({stats.self_reward_why or 'qa.self_reward'})",
         "qa_teacher_budget_exhausted": "yes" if stats.budget_exhausted else "no",
     }
     if stats.target_tokens is not None:

@@ -13,7 +13,8 @@ answers; scores compare only the text after `</think>` (`strip_reasoning`).
 
 Self-reward (`qa.self_reward`). The teacher grades each remaining pair 1–5 for groundedness in the chunk and
 usefulness (`parse_grade` reads the number from "4", "Score: 4/5", `{"score": 4}` …); pairs graded under
-`qa.reward_threshold` are dropped as *below_threshold*, and unreadable grades as *ungraded*.
+`qa.reward_threshold` are dropped as *below_threshold*, and unreadable grades as *ungraded*. By default (auto)
+only a teacher able to grade does: an endpoint, or a local model of 1B+ parameters (`grader_decision`).
 
 Failing fast. When the first HOPELESS_AFTER_CHUNKS chunks give no kept pair at all, generation stops there
 (`stats.abandoned`) and the run fails with the counts, instead of asking about the rest of the corpus.
@@ -113,12 +114,59 @@ def user_turn(content: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
 
+def local_parameters(teacher: Teacher) -> int | None:
+    """A local teacher's parameter count (None for an endpoint, or when the catalog does not know it)."""
+    if not isinstance(teacher, LocalTeacher):
+        return None
+    parameters = getattr(teacher.loaded.info, "num_parameters", None)
+    return parameters if isinstance(parameters, int) else None
+
+
 def uses_simple_prompt(teacher: Teacher) -> bool:
     """Small local teachers get the Q:/A: line format (they rarely produce valid JSON)."""
+    parameters = local_parameters(teacher)
+    return parameters is not None and parameters < SMALL_TEACHER_PARAMETERS
+
+
+@dataclass(frozen=True)
+class GraderDecision:
+    """Whether the teacher grades (its own pairs under self-reward, or the answers as judge), and why."""
+
+    run: bool
+    why: str
+
+
+def grader_decision(teacher: Teacher, setting: str, *, setting_name: str, role: str, noun: str) -> GraderDecision:
+    """Grade under `setting` (auto, on, off)? auto: an endpoint, or a local teacher of SMALL_TEACHER_PARAMETERS
+    or more. A smaller one grades no better than chance (bench/judge.py: SmolLM2-135M gives a right and a wrong
+    answer the same grade; as self-reward it kept 1 of 64 pairs, most "graded" with a numbered list)."""
+    if setting == "off":
+        return GraderDecision(False, f"off in the settings ({setting_name})")
+    if setting == "on":
+        return GraderDecision(True, f"on in the settings ({setting_name})")
+    if setting != "auto":
+        raise ValueError(f"Unknown {setting_name} setting {setting!r}: use one of auto, on, off.")
     if not isinstance(teacher, LocalTeacher):
-        return False
-    parameters = getattr(teacher.loaded.info, "num_parameters", None)
-    return isinstance(parameters, int) and parameters < SMALL_TEACHER_PARAMETERS
+        return GraderDecision(True, f"auto: an endpoint teacher {role}")
+    parameters = local_parameters(teacher)
+    minimum = f"{SMALL_TEACHER_PARAMETERS / 1e9:g}B"
+    if parameters is not None and parameters >= SMALL_TEACHER_PARAMETERS:
+        return GraderDecision(
+            True, f"auto: the local teacher has {parameters / 1e9:.2f}B parameters (at least {minimum})"
+        )
+    size = "an unknown number of" if parameters is None else f"{parameters / 1e6:.0f}M"
+    return GraderDecision(
+        False,
+        f"auto: the local teacher has {size} parameters, under the {minimum} a {noun} needs; "
+        f"{setting_name} on forces it",
+    )
+
+
+def self_reward_decision(teacher: Teacher, settings: QASettings) -> GraderDecision:
+    """Does the teacher grade its own pairs (qa.self_reward)?"""
+    return grader_decision(
+        teacher, settings.self_reward, setting_name="qa.self_reward", role="grades its pairs", noun="grader"
+    )
 
 
 # ---------------------------------------------------------------- parsing
@@ -363,6 +411,7 @@ class GenerationStats:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     grades: dict[str, int] = field(default_factory=dict)  # histogram of the grades given, "1".."5"
     self_reward: bool = False
+    self_reward_why: str = ""  # why the teacher graded or did not (qa.self_reward auto decides by its size)
     reward_threshold: int = 0
     budget_exhausted: bool = False  # the teacher's spend cap stopped generation early
     abandoned: bool = False  # stopped early: the first HOPELESS_AFTER_CHUNKS chunks gave no kept pair
@@ -509,7 +558,6 @@ def generate_pairs(
     start: Generation | None = None,
     on_batch: Callable[[Generation, list[QARecord]], None] | None = None,
     on_regrade: Callable[[Generation], None] | None = None,
-    grade: bool | None = None,
     message: str = "The teacher is writing question–answer pairs",
     stage: Stage = "generating",
     order: Sequence[int] | None = None,
@@ -529,7 +577,8 @@ def generate_pairs(
     did not come back are saved pending and graded first when a `start` generation continues
     (`on_regrade(generation)` then runs, to save the records that changed).
     """
-    grade = settings.self_reward if grade is None else grade
+    grading = self_reward_decision(teacher, settings)
+    grade = grading.run
     simple = uses_simple_prompt(teacher)
     order = list(range(len(chunks))) if order is None else list(order)
     generation = start or Generation(
@@ -538,6 +587,7 @@ def generate_pairs(
             chunks=len(chunks),
             pairs_per_chunk=settings.pairs_per_chunk,
             self_reward=grade,
+            self_reward_why=grading.why,
             reward_threshold=settings.reward_threshold,
             prompt_format="lines" if simple else "json",
         ),
@@ -761,7 +811,7 @@ def fingerprint(config: DistillConfig, teacher: Teacher, corpus_fingerprint: str
         "corpus": corpus_fingerprint,
         "pairs_per_chunk": settings.pairs_per_chunk,
         "reasoning": settings.reasoning,
-        "self_reward": settings.self_reward,
+        "self_reward": self_reward_decision(teacher, settings).run,  # what was done, whatever the setting's spelling
         "reward_threshold": settings.reward_threshold,
         "max_new_tokens": settings.max_new_tokens,
         "order_seed": config.training.seed,  # generation_order: which chunks a partial generation holds

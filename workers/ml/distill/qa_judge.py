@@ -19,15 +19,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.ml.distill.config import JUDGE_SETTINGS
 from workers.ml.distill.qa_generate import (
     SMALL_TEACHER_PARAMETERS,
+    GraderDecision,
     TeacherMode,
     chat_within_budget,
+    grader_decision,
     parse_grade,
     user_turn,
 )
-from workers.ml.distill.teachers import LocalTeacher, Teacher
+from workers.ml.distill.teachers import Teacher
 
 JUDGE_MIN_PARAMETERS = SMALL_TEACHER_PARAMETERS  # the size from which a local teacher also writes usable JSON pairs
 JUDGE_MAX_NEW_TOKENS = 16  # a grade is a digit or a short sentence ("Score: 4/5")
@@ -42,42 +43,12 @@ def judging_prompt(question: str, reference: str, answer: str) -> str:
     )
 
 
-@dataclass(frozen=True)
-class JudgeDecision:
-    """Whether the teacher judges the answers, and why (shown in metrics.json as it is)."""
-
-    run: bool
-    why: str
-
-
-def _local_parameters(teacher: Teacher) -> int | None:
-    if not isinstance(teacher, LocalTeacher):
-        return None
-    parameters = getattr(teacher.loaded.info, "num_parameters", None)
-    return parameters if isinstance(parameters, int) else None
+JudgeDecision = GraderDecision  # whether the teacher judges the answers, and why (metrics.json shows it as is)
 
 
 def judge_decision(teacher: Teacher, setting: str) -> JudgeDecision:
     """Run the judge under `setting` (auto, on, off) with this teacher?"""
-    if setting == "off":
-        return JudgeDecision(False, "off in the settings (evaluation.teacher_judge)")
-    if setting == "on":
-        return JudgeDecision(True, "on in the settings (evaluation.teacher_judge)")
-    if setting != "auto":
-        raise ValueError(f"Unknown teacher_judge setting {setting!r}: use one of {', '.join(JUDGE_SETTINGS)}.")
-    if not isinstance(teacher, LocalTeacher):
-        return JudgeDecision(True, "auto: an endpoint teacher judges")
-    parameters = _local_parameters(teacher)
-    minimum = f"{JUDGE_MIN_PARAMETERS / 1e9:g}B"
-    if parameters is not None and parameters >= JUDGE_MIN_PARAMETERS:
-        return JudgeDecision(
-            True, f"auto: the local teacher has {parameters / 1e9:.2f}B parameters (at least {minimum})"
-        )
-    size = "an unknown number of" if parameters is None else f"{parameters / 1e6:.0f}M"
-    return JudgeDecision(
-        False,
-        f"auto: the local teacher has {size} parameters, under the {minimum} a judge needs; teacher_judge on forces it",
-    )
+    return grader_decision(teacher, setting, setting_name="evaluation.teacher_judge", role="judges", noun="judge")
 
 
 @dataclass

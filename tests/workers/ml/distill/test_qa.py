@@ -393,6 +393,10 @@ def test_it_drops_pairs_the_teacher_grades_below_the_threshold_and_counts_why(
     assert all(record["grade"] == 2 for record in records if record["drop_reason"] == "below_threshold")
     assert all(record["grade"] is None for record in records if record["drop_reason"] == "ungraded")
     assert result.metrics["qa_data"]["grades"] == {"4": len(names - ungraded_names), "2": len(names - ungraded_names)}
+    # Self-reward is auto by default: an endpoint teacher grades, and the card says why.
+    assert result.metrics["qa_data"]["self_reward_why"] == "auto: an endpoint teacher grades its pairs"
+    card = (result.output_dir / "README.md").read_text()
+    assert "qa self reward: on (auto: an endpoint teacher grades its pairs)" in card
 
 
 def test_it_trains_nothing_when_a_tiny_local_teacher_writes_nothing_parseable(
@@ -449,7 +453,7 @@ def test_it_stops_at_the_teachers_spend_cap_and_trains_on_what_was_kept(
     with OpenAIStub(reply=scripted_reply()) as stub:
         # One request at a time: the first one is sent (0 tokens used), every later one finds the budget spent.
         teacher = stub_teacher(stub, max_tokens_budget=1, max_concurrency=1)
-        config = qa_config(tmp_path, model_cache_dir, teacher, qa=QASettings(pairs_per_chunk=2, self_reward=False))
+        config = qa_config(tmp_path, model_cache_dir, teacher, qa=QASettings(pairs_per_chunk=2, self_reward="off"))
         result = distill(config, toy_corpus)
         requests = len(stub.requests)
     assert result.status == "succeeded"
@@ -758,7 +762,7 @@ def test_it_distils_qa_with_smollm2_as_its_own_teacher(tmp_path: Path, model_cac
         training=TrainingSettings(
             epochs=1, seq_len=256, micro_batch_size=4, grad_accum=1, checkpoint_every=0, num_threads=1, device="cpu"
         ),  # one thread: ~50 s even with other work on the 2 cores, where 2 threads can take 5+ minutes
-        qa=QASettings(pairs_per_chunk=2, self_reward=False, max_new_tokens=96),
+        qa=QASettings(pairs_per_chunk=2, self_reward="off", max_new_tokens=96),
         evaluation=EvalSettings(max_heldout_chunks=1, max_eval_questions=2),
         lora=LoraSettings(rank=4, alpha=8),
         signature_centroids=1,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from workers.ml.catalog import LoadedModel
-from workers.ml.distill.config import EvalSettings
+from workers.ml.distill.config import EvalSettings, QASettings
+from workers.ml.distill.qa_generate import GraderDecision, self_reward_decision
 from workers.ml.distill.qa_judge import JUDGE_MIN_PARAMETERS, judge_answers, judge_decision
 from workers.ml.distill.teachers import LocalTeacher, Teacher, TeacherBudgetExhausted, TokenUsage
 
@@ -124,6 +125,29 @@ def test_it_lets_only_a_teacher_large_enough_judge_under_auto(tiny_student: Load
     endpoint = ScriptedTeacher(exact_judge)
     assert judge_decision(endpoint, "auto").run is True
     assert "endpoint" in judge_decision(endpoint, "auto").why
+
+
+def test_it_lets_only_a_teacher_large_enough_grade_its_own_pairs_under_auto(tiny_student: LoadedModel) -> None:
+    small = LocalTeacher(tiny_student)
+    decision = self_reward_decision(small, QASettings())
+    assert decision.run is False
+    assert "under the 1B a grader needs; qa.self_reward on forces it" in decision.why
+    assert self_reward_decision(small, QASettings(self_reward="on")).run is True
+
+    large_info = dataclasses.replace(tiny_student.info, num_parameters=JUDGE_MIN_PARAMETERS + 1)
+    large = LocalTeacher(dataclasses.replace(tiny_student, info=large_info))
+    assert self_reward_decision(large, QASettings()).run is True
+    assert self_reward_decision(large, QASettings(self_reward="off")).why == "off in the settings (qa.self_reward)"
+
+    endpoint = ScriptedTeacher(exact_judge)
+    assert self_reward_decision(endpoint, QASettings()) == GraderDecision(
+        True, "auto: an endpoint teacher grades its pairs"
+    )
+
+
+def test_it_refuses_an_unknown_self_reward_setting() -> None:
+    with pytest.raises(ValueError, match=r"qa\.self_reward must be one of auto, on, off, not True"):
+        QASettings(self_reward=True)  # type: ignore[arg-type]
 
 
 def test_it_refuses_an_unknown_judge_setting() -> None:

@@ -368,12 +368,16 @@ def test_it_takes_the_eval_set_and_the_judge_from_the_command_line(tmp_path: Pat
         _parser().parse_args([*required, "--teacher-judge", "sometimes"])
 
 
-def test_it_turns_qa_self_reward_off_from_the_command_line(tmp_path: Path) -> None:
+def test_it_sets_qa_self_reward_from_the_command_line(tmp_path: Path) -> None:
     from workers.ml.distill.__main__ import _parser, build_config
 
+    def self_reward(*flags: str) -> str:
+        return build_config(_parser().parse_args([*required, *flags])).qa.self_reward
+
     required = ["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), "--recipe", "qa"]
-    assert build_config(_parser().parse_args(required)).qa.self_reward is True
-    assert build_config(_parser().parse_args([*required, "--no-self-reward"])).qa.self_reward is False
+    assert self_reward() == "auto"
+    assert self_reward("--self-reward", "on") == "on"
+    assert self_reward("--self-reward", "off") == self_reward("--no-self-reward") == "off"
 
 
 def write_eval_set(path: Path) -> Path:
