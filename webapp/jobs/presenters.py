@@ -167,6 +167,37 @@ def _stage_times(stage_seconds: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def qa_data_view(qa_data: Any) -> dict[str, Any] | None:
+    """What recipe qa trained on (metrics' qa_data, qa_generate.GenerationStats): pairs kept of those written,
+    from how many chunks, why the others were dropped, and whether the teacher graded them and why."""
+    if not isinstance(qa_data, dict):
+        return None
+    dropped = qa_data.get("dropped") if isinstance(qa_data.get("dropped"), dict) else {}
+    threshold = _count(qa_data.get("reward_threshold"))
+    reasons = {
+        "unparseable": "in replies that did not parse",
+        "empty": "empty",
+        "duplicate": "duplicates",
+        "below_threshold": f"graded below {threshold}",
+        "ungraded": "with no readable grade",
+    }
+    why = qa_data.get("self_reward_why")
+    return {
+        "kept": _count(qa_data.get("pairs_kept")),
+        "requested": _count(qa_data.get("pairs_requested")),
+        "chunks_done": _count(qa_data.get("chunks_done")),
+        "chunks": _count(qa_data.get("chunks")),
+        "dropped": [(_count(dropped.get(key)), label) for key, label in reasons.items() if _count(dropped.get(key))],
+        "graded": "yes" if qa_data.get("self_reward") else "no",
+        "graded_why": why if isinstance(why, str) else "",
+        "budget_exhausted": qa_data.get("budget_exhausted") is True,
+    }
+
+
 def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The final metrics table: held-out scores per model, gap closed, KL, and Q&A when the recipe made them."""
     if not metrics:
@@ -213,6 +244,7 @@ def metrics_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
         "kl_before": _number(kl.get("before")),
         "kl_after": _number(kl.get("after")),
         "qa": qa_view,
+        "qa_data": qa_data_view(metrics.get("qa_data")),
         "stage_times": _stage_times(metrics.get("stage_seconds")),
     }
 

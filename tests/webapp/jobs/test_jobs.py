@@ -795,6 +795,39 @@ def test_it_says_not_applicable_when_no_gap_was_closed_and_shows_qa_examples(cas
     assert "Question 6?" not in best
     assert "Question 0?" in worst
     assert "Question 11?" not in worst
+    assert "Q&amp;A pairs trained on" not in page  # a run from before the data's stats reached the page
+
+
+def test_it_shows_what_a_qa_job_trained_on_and_whether_its_teacher_graded_it(cast: Cast, corpus: Corpus) -> None:
+    qa_data = {
+        "chunks": 70,
+        "chunks_done": 32,
+        "pairs_requested": 64,
+        "pairs_kept": 34,
+        "dropped": {"unparseable": 4, "empty": 12, "duplicate": 14, "below_threshold": 0, "ungraded": 0},
+        "self_reward": False,
+        "self_reward_why": "auto: the local teacher has 135M parameters, under the 1B a grader needs",
+        "reward_threshold": 3,
+        "budget_exhausted": False,
+    }
+    metrics = {"heldout": {"base": {"perplexity": 9.0}}, "qa": None, "qa_data": qa_data}
+    job = make_job(corpus, JobStatus.SUCCEEDED, recipe="qa", metrics=metrics)
+    page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert (
+        "<dd>34 kept of 64 asked for, from 32 of 70 chunks; dropped: 4 in replies that did not parse, 12 empty, "
+        "14 duplicates</dd>"
+    ) in page
+    assert (
+        "<dt>Graded by the teacher</dt><dd>no (auto: the local teacher has 135M parameters, under the 1B a grader "
+        "needs)</dd>"
+    ) in page
+    graded = {**qa_data, "self_reward": True, "self_reward_why": "", "budget_exhausted": True}
+    graded["dropped"] = {**qa_data["dropped"], "below_threshold": 5, "ungraded": "x"}  # odd values are skipped
+    job.metrics = {**metrics, "qa_data": graded}
+    job.save()
+    page = cast.client_for("member").get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert "14 duplicates, 5 graded below 3 (the teacher's spend cap stopped generation)</dd>" in page
+    assert "<dt>Graded by the teacher</dt><dd>yes</dd>" in page
 
 
 def test_it_says_why_the_gap_closed_is_not_applicable_when_the_run_knew(cast: Cast, corpus: Corpus) -> None:
