@@ -279,7 +279,7 @@ def worker_ours(settings: Settings, documents: list[tuple[str, list[str]]], cach
         models = distill_run._load(config, ignore_progress)
         started, cpu_started = time.perf_counter(), _cpu_s()
         rss_loaded = _peak_rss_mb()
-        prepared = distill_run._prepare_kd(config, corpus, models, ignore_progress, never_stop)
+        prepared = distill_run._prepare_kd(config, corpus, models, ignore_progress, never_stop, {})
         assert prepared is not None
         teacher_done = time.perf_counter()
         rss_after_teacher = _peak_rss_mb()

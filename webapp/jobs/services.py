@@ -227,6 +227,17 @@ def measured_tokens_per_s() -> float:
     return _measured(f"jobs:tokens-per-s:{worker_class()}") or DEFAULT_TOKENS_PER_S[worker_class()]
 
 
+def measured_teacher_tokens_per_s(teacher_kind: str) -> float:
+    """Corpus tokens per second a kd teacher pass reads, with a local or an endpoint teacher on this worker class.
+
+    Until a job has measured it: the training rate. A local teacher has the student's size and reads each chunk
+    after the preceding one (context distillation): twice the tokens, a forward only, so about training's rate
+    per corpus token (bench/quality.py: 25,249 chunk tokens in 81 s against training's 326 tokens/s).
+    """
+    measured = _measured(f"jobs:teacher-tokens-per-s:{worker_class()}:{teacher_kind}")
+    return measured or measured_tokens_per_s()
+
+
 def measured_seconds(what: str, teacher_kind: str) -> float:
     """Seconds of `what` (qa_chunk, eval_kd, eval_qa) with a local or an endpoint teacher on this worker class."""
     key = f"{worker_class()}:{what}:{teacher_kind}"
@@ -238,8 +249,9 @@ def teacher_kind(snapshot: dict[str, Any]) -> str:
 
 
 def record_job_speeds(job: DistillationJob) -> None:
-    """Refine the estimates with a succeeded job's stage times (metrics' stage_seconds): training tokens/s, qa's
-    teacher seconds per chunk, evaluation seconds. A resumed job's times are its last attempt's: left out."""
+    """Refine the estimates with a succeeded job's stage times (metrics' stage_seconds): training tokens/s, kd's
+    teacher tokens/s, qa's teacher seconds per chunk, evaluation seconds. A resumed job's times are its last
+    attempt's: left out."""
     metrics = job.metrics or {}
     stages, training = metrics.get("stage_seconds") or {}, metrics.get("training") or {}
     if not stages or training.get("resumed_from_step") is not None:
@@ -248,6 +260,9 @@ def record_job_speeds(job: DistillationJob) -> None:
     try:
         if training.get("train_tokens") and stages.get("training"):
             _record(f"jobs:tokens-per-s:{cls}", float(training["train_tokens"]) / max(1.0, float(stages["training"])))
+        read = (metrics.get("teacher_pass") or {}).get("target_tokens")
+        if job.recipe == DistillationJob.Recipe.KD and read and stages.get("teacher"):
+            _record(f"jobs:teacher-tokens-per-s:{cls}:{kind}", float(read) / max(1.0, float(stages["teacher"])))
         asked = (metrics.get("qa_data") or {}).get("chunks_done")
         if job.recipe == DistillationJob.Recipe.QA and asked and stages.get("generating"):
             _record(f"jobs:seconds:{cls}:qa_chunk:{kind}", float(stages["generating"]) / float(asked))
@@ -282,8 +297,8 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     share = min(1.0, budget / epoch_tokens) if epoch_tokens else 1.0
     teacher_read, asked = int(train_tokens * share), math.ceil(chunks * share)
     kind = teacher_kind(teacher)
-    if recipe == "kd":  # the teacher pass reads each chunk once, roughly a third of a training pass over it
-        teacher_seconds = teacher_read / (3 * measured_tokens_per_s())
+    if recipe == "kd":  # the teacher pass reads each chunk training needs once (with its context)
+        teacher_seconds = teacher_read / measured_teacher_tokens_per_s(kind)
     else:  # qa's teacher writes (and grades) pairs chunk by chunk: generation, far slower than reading
         teacher_seconds = asked * measured_seconds("qa_chunk", kind)
     evaluation = measured_seconds("eval_qa" if recipe == "qa" else "eval_kd", kind)

@@ -296,10 +296,11 @@ def test_it_estimates_tokens_time_and_cost_for_a_priced_endpoint(cast: Cast, cor
     response = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
     body = response.content.decode()
     assert [t.name for t in response.templates] == ["jobs/_estimate.html"]
-    # 9,000 training tokens (10 % held out) × 2 epochs = 18,000 at 250 tokens/s, + a teacher pass of 9,000 / 750,
-    # + the evaluation (60 s with an endpoint teacher, before a finished job measured one).
+    # 9,000 training tokens (10 % held out) × 2 epochs = 18,000 at 250 tokens/s, + a teacher pass of 9,000 at the
+    # training rate (before a finished job measured the teacher's), + the evaluation (60 s with an endpoint
+    # teacher): 72 + 36 + 60 s.
     assert "<dt>Training tokens</dt><dd>18000</dd>" in body
-    assert "about 2 min 24 s" in body
+    assert "about 2 min 48 s" in body
     # kd through an endpoint reads twice the training tokens (18,000) at the dearer price ($4 / M): $0.07.
     assert "<dt>Teacher tokens</dt><dd>about 18000</dd>" in body
     assert "<dt>Expected teacher cost</dt><dd>about $0.07</dd>" in body
@@ -313,10 +314,10 @@ def test_it_counts_only_the_chunks_a_budget_under_one_epoch_trains_on_for_a_kd_t
     body = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
     text = body.content.decode()
     # 3,000 of the 9,000 training tokens: the teacher reads those (with their context, twice as many tokens), and
-    # its pass takes 3,000 / 750 s on top of training's 3,000 / 250 s, then 60 s of evaluation.
+    # its pass takes 3,000 / 250 s on top of training's 3,000 / 250 s, then 60 s of evaluation.
     assert "<dt>Training tokens</dt><dd>3000</dd>" in text
     assert "<dt>Teacher tokens</dt><dd>about 6000</dd>" in text
-    assert "about 1 min 16 s" in text
+    assert "about 1 min 24 s" in text
 
 
 def test_it_counts_grading_and_evaluation_in_a_qa_jobs_teacher_tokens(cast: Cast, corpus: Corpus) -> None:
@@ -399,6 +400,33 @@ def test_it_learns_training_speed_qa_chunk_time_and_evaluation_time_from_a_finis
     odd = {**metrics, "stage_seconds": {"training": "slow", "evaluating": [1]}}
     services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, recipe=DistillationJob.Recipe.QA, metrics=odd))
     assert cache.get("jobs:seconds:cpu:eval_qa:local") == pytest.approx(330.0)
+    cache.delete_many(keys)
+
+
+def test_it_learns_a_kd_teachers_speed_from_a_finished_job_and_times_the_next_pass_by_it(
+    cast: Cast, corpus: Corpus
+) -> None:
+    keys = ["jobs:teacher-tokens-per-s:cpu:local", "jobs:teacher-tokens-per-s:cpu:endpoint", "jobs:tokens-per-s:cpu"]
+    cache.delete_many(keys)
+    query = f"?corpus={corpus.pk}&teacher=global:0&recipe=kd&epochs=1"
+
+    def estimated() -> str:
+        page = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+        found = re.search(r"<dt>Estimated time</dt><dd>(.*?)</dd>", page.content.decode())
+        assert found is not None
+        return found.group(1)
+
+    # Training 9,000 / 250 s, the teacher at the training rate until measured, a 30 s evaluation: 36 + 36 + 30 s.
+    assert estimated() == "about 1 min 42 s"
+    metrics = {"teacher_pass": {"target_tokens": 9000}, "stage_seconds": {"loading": 5.0, "teacher": 18.0}}
+    services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, metrics=metrics))
+    assert cache.get("jobs:teacher-tokens-per-s:cpu:local") == pytest.approx(500.0)
+    assert cache.get("jobs:teacher-tokens-per-s:cpu:endpoint") is None  # an endpoint's speed is its own
+    assert estimated() == "about 1 min 24 s"  # 36 + 9,000 / 500 + 30 s
+    # A run whose cache was on disk already computed nothing: no speed to learn from.
+    reused = {"teacher_pass": {"target_tokens": 0}, "stage_seconds": {"teacher": 0.5}}
+    services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, metrics=reused))
+    assert cache.get("jobs:teacher-tokens-per-s:cpu:local") == pytest.approx(500.0)
     cache.delete_many(keys)
 
 

@@ -137,8 +137,10 @@ def _prepare_kd(
     models: _Models,
     on_progress: ProgressCallback,
     should_stop: StopCallback,
+    teacher_pass: dict[str, int],
 ) -> tuple[DataPlan, LossFunction] | None:
-    """Data and loss of recipe kd; None when cancelled during the teacher pass."""
+    """Data and loss of recipe kd; None when cancelled during the teacher pass. `teacher_pass` gets the
+    target tokens the teacher computed for the cache in this attempt (none when it runs at every step)."""
     teacher = models.teacher
     if isinstance(teacher, LocalTeacher):
         if not same_vocabulary(teacher.tokenizer, models.student.tokenizer):
@@ -198,6 +200,7 @@ def _prepare_kd(
         )
     if cache is None:
         return None
+    teacher_pass["target_tokens"] = cache.built_targets
     return plan, kd_recipe.kd_loss(config.kd, cache=cache)
 
 
@@ -457,8 +460,9 @@ def _distill_loaded(
             **extra,
         )
 
+    teacher_pass: dict[str, int] = {}  # kd: the target tokens its teacher computed in this attempt
     if config.recipe == "kd":
-        prepared = _prepare_kd(config, corpus, models, on_progress, should_stop)
+        prepared = _prepare_kd(config, corpus, models, on_progress, should_stop, teacher_pass)
     else:
         from workers.ml.distill import qa as qa_recipe
 
@@ -490,6 +494,7 @@ def _distill_loaded(
     }
     # Where this attempt's time went, up to the evaluation (a resumed run counts only its own attempt).
     metrics["stage_seconds"] = on_progress.snapshot()
+    metrics["teacher_pass"] = teacher_pass or None
 
     on_progress(Progress("exporting", 0, 2, message="Computing the routing signature"))
     embedder = SentenceEmbedder.load(config.embedder, model_roots=config.model_roots)

@@ -164,9 +164,12 @@ def live_teacher_logits(
 class TeacherCache:
     """Top-k teacher targets per segment, built once, read by every epoch."""
 
-    def __init__(self, directory: Path, device: torch.device | str = "cpu") -> None:
+    def __init__(self, directory: Path, device: torch.device | str = "cpu", *, built_targets: int = 0) -> None:
         self.directory = directory
         self.device = torch.device(device)
+        # Target positions the teacher computed in the open_or_build call that returned this cache (0: all were
+        # on disk already): with the teacher stage's seconds, the teacher's speed (the web's estimates).
+        self.built_targets = built_targets
         index = json.loads((directory / "index.json").read_text())
         self.fingerprint: dict[str, Any] = index["fingerprint"]
         self._where: dict[int, tuple[int, int, int]] = {}
@@ -255,7 +258,7 @@ class TeacherCache:
             return cls(directory, device)
         already = len(wanted) - len(todo)
         pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        pending_tokens = 0
+        pending_tokens = built = 0
         position = 0
         while position < len(todo):
             if should_stop():
@@ -272,13 +275,14 @@ class TeacherCache:
             for segment_index, values, ids, tail in source(batch_indices):
                 pending.append((segment_index, values, ids, tail))
                 pending_tokens += len(values)
+                built += len(values)
             on_progress(already + position, len(wanted), batch_size)
             if pending_tokens >= SHARD_TOKENS:
                 _write_shard(directory, index, pending)
                 pending, pending_tokens = [], 0
         if pending:
             _write_shard(directory, index, pending)
-        return cls(directory, device)
+        return cls(directory, device, built_targets=built)
 
 
 def _write_shard(

@@ -147,6 +147,10 @@ def test_it_cancels_with_a_checkpoint_and_resumes_to_the_same_expert(
     resumed = distill(config, toy_corpus)
     assert resumed.status == "succeeded"
     assert resumed.resumed_from_step == 3
+    # The teacher's targets were computed once: the resumed attempt read them from the cache.
+    first_pass = straight.metrics["teacher_pass"]["target_tokens"]
+    assert 0 < first_pass <= straight.train_tokens
+    assert resumed.metrics["teacher_pass"] == {"target_tokens": 0}
     straight_log = (straight.output_dir / "training_log.jsonl").read_text().splitlines()
     resumed_log = (resumed.output_dir / "training_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["loss"] for line in resumed_log] == pytest.approx(
