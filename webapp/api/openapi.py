@@ -100,6 +100,13 @@ def _option_schema(field: forms.Field, default: Any) -> Schema:
 def job_options_schema() -> Schema:
     fields = JobForm.base_fields
     properties = {key: _option_schema(fields[key], default) for key, default in DEFAULT_OPTIONS.items()}
+    # Before "auto" existed self_reward was a tick box: clients that still send true or false are understood.
+    self_reward = properties["self_reward"]
+    properties["self_reward"] = {
+        "anyOf": [{key: value for key, value in self_reward.items() if key not in ("default", "description")}, BOOLEAN],
+        "default": self_reward["default"],
+        "description": f"{self_reward['description']} true and false (before auto) mean on and off.",
+    }
     return obj(properties, optional=tuple(properties), description="Settings; any left out take these defaults.")
 
 

@@ -77,6 +77,9 @@ def test_it_reads_the_job_options_off_the_job_form(db: None) -> None:
         "description": options["reasoning"]["description"],
     }
     assert "R1-style" in options["reasoning"]["description"]
+    assert options["self_reward"]["anyOf"] == [{"type": "string", "enum": ["auto", "on", "off"]}, {"type": "boolean"}]
+    assert options["self_reward"]["default"] == "auto"
+    assert "true and false (before auto) mean on and off" in options["self_reward"]["description"]
 
 
 @pytest.fixture
