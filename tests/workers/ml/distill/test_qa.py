@@ -134,6 +134,14 @@ def stub_teacher(stub: OpenAIStub, **settings: Any) -> EndpointTeacherConfig:
     return EndpointTeacherConfig(base_url=stub.base_url, model=stub.model, **settings)
 
 
+def one_request_at_a_time(
+    tmp_path: Path, model_cache_dir: Path, stub: OpenAIStub, evaluation: EvalSettings
+) -> DistillConfig:
+    """qa through `stub`, one request at a time and BATCH chunks a teacher call: a cancel lands mid-call."""
+    teacher = stub_teacher(stub, max_concurrency=1)
+    return qa_config(tmp_path, model_cache_dir, teacher, qa=QASettings(generation_batch=BATCH), evaluation=evaluation)
+
+
 def records_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -569,13 +577,7 @@ def test_it_keeps_the_replies_that_came_back_when_cancelled_mid_call_and_resumes
 
     stopping: list[bool] = []
     with OpenAIStub(reply=counting) as stub:
-        config = qa_config(
-            tmp_path,
-            model_cache_dir,
-            stub_teacher(stub, max_concurrency=1),
-            qa=QASettings(generation_batch=BATCH),
-            evaluation=EvalSettings(max_heldout_chunks=1),
-        )
+        config = one_request_at_a_time(tmp_path, model_cache_dir, stub, EvalSettings(max_heldout_chunks=1))
         cancelled = distill(config, toy_corpus, on_progress=stop_at_the_first_reply, should_stop=lambda: bool(stopping))
         assert cancelled.status == "cancelled"
         asked_before_the_cancel = len(generation_prompts)
@@ -612,13 +614,8 @@ def test_it_stops_grading_when_cancelled_and_grades_the_pending_pairs_first_when
     messages: list[str] = []
     stopping: list[bool] = []
     with OpenAIStub(reply=counting) as stub:
-        config = qa_config(
-            tmp_path,
-            model_cache_dir,
-            stub_teacher(stub, max_concurrency=1),
-            qa=QASettings(generation_batch=BATCH, reward_threshold=3),
-            evaluation=EvalSettings(max_heldout_chunks=1, max_eval_questions=0),  # every grade is training's
-        )
+        # No held-out questions: every grade is training's.
+        config = one_request_at_a_time(tmp_path, model_cache_dir, stub, EvalSettings(max_eval_questions=0))
         cancelled = distill(
             config,
             toy_corpus,
