@@ -181,6 +181,7 @@ def qa_data_view(qa_data: Any) -> dict[str, Any] | None:
     reasons = {
         "unparseable": "in replies that did not parse",
         "empty": "empty",
+        "no_answer": "whose answer was only a question",
         "duplicate": "duplicates",
         "below_threshold": f"graded below {threshold}",
         "ungraded": "with no readable grade",

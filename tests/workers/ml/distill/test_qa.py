@@ -37,13 +37,16 @@ from workers.ml.distill.losses import IGNORE_INDEX
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.qa import QADataPlan, aligned_teacher_logits, build_qa_data, qa_loss, training_target
 from workers.ml.distill.qa_generate import (
+    DROP_REASONS,
     HOPELESS_AFTER_CHUNKS,
     GenerationStats,
     ParsedPair,
     QARecord,
     TokenTarget,
     _call_size,
+    _PairFilter,
     _planned_chunks,
+    drop_summary,
     generation_order,
     parse_grade,
     parse_pairs,
@@ -190,6 +193,11 @@ def lora_b_weights(expert_dir: Path) -> dict[str, torch.Tensor]:
             id="numbered-questions",  # SmolLM2-135M numbers them; an answer keeps its text as written
         ),
         pytest.param(
+            "Q: What is X?\nA:\n2. What is Y?\nA: Y is 2.\nQ: What are Z?\nA: Z:\n1. Is Z a letter? Yes.",
+            [("What is X?", ""), ("What is Y?", "Y is 2."), ("What are Z?", "Z: 1. Is Z a letter? Yes.")],
+            id="next-question-without-its-label",  # SmolLM2 leaves out a "Q:": not the answer before it
+        ),
+        pytest.param(
             '[{"question": "(3) What is X?", "answer": "1.5 of them."}]',
             [("What is X?", "1.5 of them.")],
             id="numbered-json-question",
@@ -208,6 +216,19 @@ def test_it_parses_the_reply_formats_a_teacher_may_use(reply: str, expected: lis
 )
 def test_it_calls_anything_else_unparseable(reply: str) -> None:
     assert parse_pairs(reply) is None
+
+
+def test_it_drops_a_pair_whose_answer_is_only_a_question_and_keeps_answers_that_ask_one() -> None:
+    pairs = [
+        ParsedPair("What is the .env file?", "2. What is the purpose of the `python3 -c` command?"),
+        ParsedPair("What is X?", "How do I set X?"),
+        ParsedPair("Is X safe?", "Is it? Yes: X checks its input."),
+        ParsedPair("Why X?", "Because of Y. Why not?"),
+    ]
+    pair_filter = _PairFilter()
+    assert [pair_filter.reason(pair) for pair in pairs] == ["no_answer", "no_answer", None, None]
+    stats = GenerationStats(dropped={**dict.fromkeys(DROP_REASONS, 0), "no_answer": 2})
+    assert "2 whose answer was only a question" in drop_summary(stats)
 
 
 def test_it_keeps_reasoning_apart_from_the_final_answer() -> None:
