@@ -182,6 +182,7 @@ def qa_data_view(qa_data: Any) -> dict[str, Any] | None:
         "unparseable": "in replies that did not parse",
         "empty": "empty",
         "no_answer": "whose answer was only a question",
+        "ungrounded": "with answers mostly not in their chunk",
         "duplicate": "duplicates",
         "below_threshold": f"graded below {threshold}",
         "ungraded": "with no readable grade",

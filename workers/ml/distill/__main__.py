@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         "endpoint teacher, or a local one of 1B+ parameters; smaller ones grade no better than chance).",
     )
     parser.add_argument(
+        "--min-answer-grounding",
+        type=float,
+        default=None,
+        help="qa: drop a pair unless this share (0-1) of its answer's words is in its chunk (default: 0.4 when the "
+        "teacher does not grade its pairs, off when it does).",
+    )
+    parser.add_argument(
         "--no-self-reward",
         action="store_true",
         help="qa: keep every well-formed pair, ungraded (the same as --self-reward off).",
@@ -229,6 +236,7 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
         pairs_per_chunk=args.pairs_per_chunk,
         reward_threshold=args.reward_threshold,
         self_reward="off" if args.no_self_reward else args.self_reward,
+        min_answer_grounding=args.min_answer_grounding,
         reasoning=True if args.reasoning else None,
     )
     evaluation: EvalSettings = _replace(defaults.evaluation, eval_set=args.eval_set, teacher_judge=args.teacher_judge)

@@ -199,6 +199,15 @@ class QASettings:
         },
     )
     reward_threshold: int = field(default=3, metadata={"help": "Keep pairs graded at least this (1–5)."})
+    min_answer_grounding: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share (0–1) of an answer's content words that must appear in its chunk, or the pair is dropped "
+            "as ungrounded. None: 0.4 when the teacher does not grade its pairs (a small teacher's invented "
+            "answers share few words with the chunk), 0 (off) when it does (the grader judges groundedness, and a "
+            "capable teacher's paraphrases share fewer words)."
+        },
+    )
     max_new_tokens: int = field(default=384, metadata={"help": "Generation length cap for the teacher."})
     generation_batch: int = field(
         default=0,
@@ -221,6 +230,8 @@ class QASettings:
             )
         if self.generation_batch < 0:
             raise ValueError(f"qa.generation_batch must be 0 (by device) or more, not {self.generation_batch}.")
+        if self.min_answer_grounding is not None and not 0 <= self.min_answer_grounding <= 1:
+            raise ValueError(f"qa.min_answer_grounding must be between 0 and 1, not {self.min_answer_grounding}.")
 
 
 @dataclass(frozen=True)

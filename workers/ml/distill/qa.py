@@ -311,8 +311,13 @@ def _no_data_message(stats: GenerationStats, teacher: Teacher) -> str:
             "gave a usable pair."
         )
     threshold = ""
+    if stats.dropped["ungrounded"]:
+        threshold += (
+            f" {stats.dropped['ungrounded']} answers had under {stats.min_answer_grounding:.0%} of their words in "
+            "their chunk: a lower qa.min_answer_grounding (--min-answer-grounding) keeps more of them."
+        )
     if stats.self_reward and stats.dropped["below_threshold"]:
-        threshold = (
+        threshold += (
             " Lowering the self-reward threshold (qa.reward_threshold), or turning self-reward off (qa.self_reward "
             "off; --self-reward off on the command line), keeps more of a weak teacher's pairs."
         )
@@ -446,6 +451,11 @@ def data_stats(config: DistillConfig) -> dict[str, Any]:
         **{f"qa_dropped_{reason}": count for reason, count in stats.dropped.items()},
         "qa_chunks_generated_from": f"{stats.chunks_done} of {stats.chunks}",
         "qa_self_reward": f"{'on' if stats.self_reward else 'off'} ({stats.self_reward_why or 'qa.self_reward'})",
+        "qa_answer_grounding": (
+            f"at least {stats.min_answer_grounding:.0%} of an answer's words in its chunk"
+            if stats.min_answer_grounding
+            else "not checked"
+        ),
         "qa_teacher_budget_exhausted": "yes" if stats.budget_exhausted else "no",
     }
     if stats.target_tokens is not None:

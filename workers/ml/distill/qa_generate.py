@@ -65,7 +65,19 @@ RAW_KEEP_CHARS = 2000  # unparseable outputs are kept in qa_data.jsonl up to thi
 # usable pair in 32 chunks (one batch; SmolLM2-135M on a 2-core CPU: ~4 minutes) would spend the rest of the
 # corpus (184 chunks: ~23 minutes) to the same end. The run then fails with the counts, as when all are dropped.
 HOPELESS_AFTER_CHUNKS = 32
-DROP_REASONS = ("unparseable", "empty", "no_answer", "duplicate", "below_threshold", "ungraded")
+DROP_REASONS = ("unparseable", "empty", "no_answer", "ungrounded", "duplicate", "below_threshold", "ungraded")
+# qa.min_answer_grounding when it is None and the teacher does not grade. On a real SmolLM2-135M run (29 pairs
+# kept, docs/benchmarks.md) the 10 answers under 0.4 that were not questions were all invented or generic
+# ("… using the `DISTILLERY_EXTRESTS` command-line tool", "Optimizing a machine learning model involves …");
+# the others scored 0.5 or more.
+UNGRADED_MIN_GROUNDING = 0.4
+# Words too common to show that an answer comes from its chunk (English; in other languages the filter is milder).
+_COMMON_WORDS_TEXT = (
+    "the and for are was were been being has have had this that these those with from into onto than then there "
+    "their they them its you your yours our can could should would will may might must not but also about which "
+    "what when where who whom why how does did doing done use used using uses"
+)
+_COMMON_WORDS = frozenset(_COMMON_WORDS_TEXT.split())
 TeacherMode = Callable[[], AbstractContextManager[Any]]
 
 
@@ -167,6 +179,14 @@ def grader_decision(teacher: Teacher, setting: str, *, setting_name: str, role: 
     )
 
 
+def min_answer_grounding(settings: QASettings, *, graded: bool) -> float:
+    """qa.min_answer_grounding, its default resolved: checked when nobody grades the pairs, off when the teacher
+    does."""
+    if settings.min_answer_grounding is not None:
+        return settings.min_answer_grounding
+    return 0.0 if graded else UNGRADED_MIN_GROUNDING
+
+
 def self_reward_decision(teacher: Teacher, settings: QASettings) -> GraderDecision:
     """Does the teacher grade its own pairs (qa.self_reward)?"""
     return grader_decision(
@@ -210,6 +230,20 @@ _NUMBERED_QUESTION_RE = re.compile(r"^\s*\(?\d{1,3}[.)]\s+(?P<rest>[^?]*\S\?)\s*
 
 def _clean_question(text: str) -> str:
     return _QUESTION_ENUMERATOR_RE.sub("", text.strip(), count=1).strip()
+
+
+def content_words(text: str) -> list[str]:
+    """The words of `text` that can tie it to a source: lower-cased, 3+ letters, not among _COMMON_WORDS."""
+    return [word for word in re.findall(r"\w+", text.lower()) if len(word) > 2 and word not in _COMMON_WORDS]
+
+
+def answer_grounding(answer: str, chunk_text: str) -> float:
+    """The share of the answer's content words found in the chunk (1.0 for an answer with none, e.g. "Yes.")."""
+    words = content_words(answer)
+    if not words:
+        return 1.0
+    source = set(content_words(chunk_text))
+    return sum(word in source for word in words) / len(words)
 
 
 def _only_a_question(text: str) -> bool:
@@ -428,6 +462,7 @@ class GenerationStats:
     grades: dict[str, int] = field(default_factory=dict)  # histogram of the grades given, "1".."5"
     self_reward: bool = False
     self_reward_why: str = ""  # why the teacher graded or did not (qa.self_reward auto decides by its size)
+    min_answer_grounding: float = 0.0  # the share of an answer's words its chunk had to hold (0: not checked)
     reward_threshold: int = 0
     budget_exhausted: bool = False  # the teacher's spend cap stopped generation early
     abandoned: bool = False  # stopped early: the first HOPELESS_AFTER_CHUNKS chunks gave no kept pair
@@ -477,17 +512,20 @@ def _normalise(text: str) -> str:
 
 
 class _PairFilter:
-    """Drops empty pairs, answers that are only a question, and duplicates (by normalised question, across the
-    whole run)."""
+    """Drops empty pairs, answers that are only a question, answers whose words are mostly not in their chunk
+    (under `min_grounding`), and duplicates (by normalised question, across the whole run)."""
 
-    def __init__(self, seen: set[str] | None = None) -> None:
+    def __init__(self, seen: set[str] | None = None, min_grounding: float = 0.0) -> None:
         self.seen = set(seen or ())
+        self.min_grounding = min_grounding
 
-    def reason(self, pair: ParsedPair) -> str | None:
+    def reason(self, pair: ParsedPair, chunk_text: str = "") -> str | None:
         if not _normalise(pair.question) or not _normalise(pair.answer):
             return "empty"
         if _only_a_question(pair.answer):
             return "no_answer"
+        if self.min_grounding > 0 and answer_grounding(pair.answer, chunk_text) < self.min_grounding:
+            return "ungrounded"
         key = _normalise(pair.question)
         if key in self.seen:
             return "duplicate"
@@ -598,6 +636,7 @@ def generate_pairs(
     """
     grading = self_reward_decision(teacher, settings)
     grade = grading.run
+    min_grounding = min_answer_grounding(settings, graded=grade)
     simple = uses_simple_prompt(teacher)
     order = list(range(len(chunks))) if order is None else list(order)
     generation = start or Generation(
@@ -607,6 +646,7 @@ def generate_pairs(
             pairs_per_chunk=settings.pairs_per_chunk,
             self_reward=grade,
             self_reward_why=grading.why,
+            min_answer_grounding=min_grounding,
             reward_threshold=settings.reward_threshold,
             prompt_format="lines" if simple else "json",
         ),
@@ -615,9 +655,10 @@ def generate_pairs(
     if target is not None:  # counted afresh: a larger budget than the saved generation's continues it
         stats.target_tokens = target.tokens
         stats.kept_tokens = sum(target.measure(record) for record in generation.kept)
-    pair_filter = _PairFilter(
-        {_normalise(record.question or "") for record in generation.records if record.drop_reason != "empty"} - {""}
-    )
+    # The questions a continued generation has seen: all but those the filter dropped before counting them.
+    uncounted = ("empty", "no_answer", "ungrounded")
+    asked_before = {_normalise(r.question or "") for r in generation.records if r.drop_reason not in uncounted}
+    pair_filter = _PairFilter(asked_before - {""}, min_grounding)
     started, done_at_start = time.perf_counter(), stats.chunks_done
     shown = stats.chunks_done  # the progress bar's position, in whole chunks
 
@@ -728,7 +769,7 @@ def generate_pairs(
             for pair in pairs[: settings.pairs_per_chunk]:
                 stats.pairs_generated += 1
                 record = QARecord(index, chunk.doc_id, chunk.position, pair.question, pair.answer, pair.reasoning)
-                reason = pair_filter.reason(pair)
+                reason = pair_filter.reason(pair, chunk.text)
                 if reason is not None:
                     record.drop_reason = reason
                     stats.dropped[reason] += 1
@@ -822,7 +863,7 @@ def fingerprint(config: DistillConfig, teacher: Teacher, corpus_fingerprint: str
     """What the generated data depends on; a saved generation with another fingerprint is thrown away."""
     teacher_hash = teacher.loaded.info.content_hash if isinstance(teacher, LocalTeacher) else None
     settings = config.qa
-    return {
+    data: dict[str, Any] = {
         "version": PROMPT_VERSION,
         "teacher": teacher.label,
         "teacher_hash": teacher_hash,
@@ -835,6 +876,10 @@ def fingerprint(config: DistillConfig, teacher: Teacher, corpus_fingerprint: str
         "max_new_tokens": settings.max_new_tokens,
         "order_seed": config.training.seed,  # generation_order: which chunks a partial generation holds
     }
+    grounding = min_answer_grounding(settings, graded=bool(data["self_reward"]))
+    if grounding:  # named only when checked, so generations saved before the check existed stay usable
+        data["min_answer_grounding"] = grounding
+    return data
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -912,6 +957,7 @@ def drop_summary(stats: GenerationStats) -> str:
         f"{stats.outputs_unparseable} of {stats.outputs} teacher replies unparseable ({dropped['unparseable']} pairs)",
         f"{dropped['empty']} with an empty question or answer",
         f"{dropped['no_answer']} whose answer was only a question",
+        f"{dropped['ungrounded']} with answers mostly not in their chunk",
         f"{dropped['duplicate']} duplicates",
     ]
     if stats.self_reward:

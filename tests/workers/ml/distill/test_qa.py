@@ -39,6 +39,7 @@ from workers.ml.distill.qa import QADataPlan, aligned_teacher_logits, build_qa_d
 from workers.ml.distill.qa_generate import (
     DROP_REASONS,
     HOPELESS_AFTER_CHUNKS,
+    UNGRADED_MIN_GROUNDING,
     GenerationStats,
     ParsedPair,
     QARecord,
@@ -46,8 +47,11 @@ from workers.ml.distill.qa_generate import (
     _call_size,
     _PairFilter,
     _planned_chunks,
+    answer_grounding,
+    content_words,
     drop_summary,
     generation_order,
+    min_answer_grounding,
     parse_grade,
     parse_pairs,
     strip_reasoning,
@@ -229,6 +233,36 @@ def test_it_drops_a_pair_whose_answer_is_only_a_question_and_keeps_answers_that_
     assert [pair_filter.reason(pair) for pair in pairs] == ["no_answer", "no_answer", None, None]
     stats = GenerationStats(dropped={**dict.fromkeys(DROP_REASONS, 0), "no_answer": 2})
     assert "2 whose answer was only a question" in drop_summary(stats)
+
+
+def test_it_measures_how_much_of_an_answer_its_chunk_holds() -> None:
+    chunk = "Set STORAGE_BACKEND=s3 to keep uploads in an S3-compatible bucket; the web server then streams them."
+    assert answer_grounding("Uploads go to an S3-compatible bucket when STORAGE_BACKEND is s3.", chunk) == 1.0
+    # "create", "bucket", "specified", "name", "distillery_extrests", "command", "line", "tool": one of eight.
+    invented = "You can create a bucket with a specified name using the DISTILLERY_EXTRESTS command-line tool."
+    assert answer_grounding(invented, chunk) == pytest.approx(1 / 8)
+    assert answer_grounding("Yes.", chunk) == 1.0  # nothing to check: not held against it
+    assert content_words("The Bucket's NAME is ö-ü") == ["bucket", "name"]
+
+
+def test_it_drops_ungrounded_answers_when_asked_and_still_takes_their_question_from_a_later_chunk() -> None:
+    chunk = "the alpha code is alpha and the alpha value is alpha."
+    pair_filter = _PairFilter(min_grounding=0.4)
+    assert pair_filter.reason(ParsedPair("What is the alpha code?", "It is set by the admin console."), chunk) == (
+        "ungrounded"
+    )
+    assert pair_filter.reason(ParsedPair("What is the alpha code?", "The alpha code is alpha."), chunk) is None
+    assert pair_filter.reason(ParsedPair("What is the alpha code?", "Alpha."), chunk) == "duplicate"
+    assert _PairFilter().reason(ParsedPair("Who?", "Someone else entirely."), chunk) is None  # 0: not checked
+
+
+def test_it_checks_grounding_by_default_only_when_nobody_grades_the_pairs() -> None:
+    assert min_answer_grounding(QASettings(), graded=False) == UNGRADED_MIN_GROUNDING == 0.4
+    assert min_answer_grounding(QASettings(), graded=True) == 0.0
+    assert min_answer_grounding(QASettings(min_answer_grounding=0.7), graded=True) == 0.7
+    assert min_answer_grounding(QASettings(min_answer_grounding=0.0), graded=False) == 0.0
+    with pytest.raises(ValueError, match=r"qa\.min_answer_grounding must be between 0 and 1, not 1\.5"):
+        QASettings(min_answer_grounding=1.5)
 
 
 def test_it_keeps_reasoning_apart_from_the_final_answer() -> None:
@@ -474,6 +508,38 @@ def test_it_gives_up_early_when_the_teachers_first_chunks_give_no_usable_pair(
         "them gave a usable pair." in message
     )
     assert "larger teacher" in message
+
+
+def test_it_drops_answers_their_chunk_does_not_hold_when_the_teacher_does_not_grade(
+    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot
+) -> None:
+    scripted = scripted_reply()
+
+    def half_invented(messages: Messages) -> str:
+        content = str(messages[-1]["content"])
+        if "Reply with JSON only" not in content:
+            return scripted(messages)
+        name = _name(_document(content))
+        pairs = [
+            {"question": f"What is the {name} code?", "answer": f"The {name} code is {name}."},
+            {"question": f"Who keeps the {name} key?", "answer": "The night porter keeps it downstairs."},
+        ]
+        return json.dumps({"pairs": pairs})
+
+    with OpenAIStub(reply=half_invented) as stub:
+        config = qa_config(tmp_path, model_cache_dir, stub_teacher(stub), qa=QASettings(self_reward="off"))
+        result = distill(config, toy_corpus)
+    stats = result.metrics["qa_data"]
+    names = {_name(chunk.text) for chunk in toy_corpus.train}
+    assert stats["min_answer_grounding"] == UNGRADED_MIN_GROUNDING
+    assert stats["dropped"]["ungrounded"] == TRAIN_CHUNKS  # every invented answer, duplicates of it included
+    assert stats["pairs_kept"] == len(names)
+    kept = {record["question"] for record in records_of(result.output_dir / "qa_data.jsonl") if record["kept"]}
+    assert kept == {f"What is the {name} code?" for name in names}
+    assert (
+        "qa answer grounding: at least 40% of an answer's words in its chunk"
+        in (result.output_dir / "README.md").read_text()
+    )
 
 
 def test_it_stops_at_the_teachers_spend_cap_and_trains_on_what_was_kept(

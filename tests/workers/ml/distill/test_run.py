@@ -382,6 +382,9 @@ def test_it_sets_qa_self_reward_from_the_command_line(tmp_path: Path) -> None:
     assert self_reward() == "auto"
     assert self_reward("--self-reward", "on") == "on"
     assert self_reward("--self-reward", "off") == self_reward("--no-self-reward") == "off"
+    assert build_config(_parser().parse_args(required)).qa.min_answer_grounding is None  # by whether it grades
+    grounding = build_config(_parser().parse_args([*required, "--min-answer-grounding", "0.6"]))
+    assert grounding.qa.min_answer_grounding == 0.6
 
 
 def write_eval_set(path: Path) -> Path:
