@@ -8,8 +8,9 @@ every form from every teacher: a JSON object or list, a fenced ```json block, JS
 numbered question ("2. What is Y?") opens the next pair: small teachers leave out its "Q:".
 
 Filters, before any grading: an empty question or answer (*empty*), an answer that is only a question
-(*no_answer*: 4 of the 29 pairs SmolLM2-135M had kept in a real run were "2. What is …?"), and a question asked
-before in the run (*duplicate*).
+(*no_answer*: 4 of the 29 pairs SmolLM2-135M had kept in a real run were "2. What is …?"), when nobody grades
+the pairs an answer whose chunk holds under `qa.min_answer_grounding` of its content words (*ungrounded*: an
+invented answer shares few words with the chunk), and a question asked before in the run (*duplicate*).
 
 Reasoning (`qa.reasoning`). The teacher is asked for a `reasoning` field (JSON) or an `R:` line before the
 answer; an answer that arrives as `<think>…</think> final answer` is split the same way. The training target
@@ -247,7 +248,7 @@ def answer_grounding(answer: str, chunk_text: str) -> float:
 
 
 def _only_a_question(text: str) -> bool:
-    """ "2. How do I X?": an "answer" that is one question and nothing else (a small teacher's next question)."""
+    """An "answer" that is one question and nothing else ("2. How do I X?": a small teacher's next question)."""
     body = _clean_question(text)
     return body.endswith("?") and not re.search(r"[.!?:;]\s", body[:-1])
 
