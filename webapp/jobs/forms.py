@@ -17,7 +17,7 @@ from django.core.validators import MinValueValidator
 
 from webapp.corpora.models import Corpus
 from webapp.jobs import services
-from webapp.jobs.models import DistillationJob, Teacher
+from webapp.jobs.models import SELF_REWARD_CHOICES, DistillationJob, Teacher
 from webapp.tenants.models import Organization
 
 CATALOG_PREFIXES = ("packaged:", "hf:")
@@ -181,11 +181,12 @@ DIVERGENCES = [
     ("jsd", "Jensen–Shannon: between the two, bounded"),
 ]
 LORA_RANKS = [(4, "4"), (8, "8"), (16, "16"), (32, "32"), (64, "64")]
-SELF_REWARD = [
-    ("auto", "Auto: on for an endpoint or a local teacher of 1B+ parameters"),
-    ("on", "On: the teacher grades every pair"),
-    ("off", "Off: keep every well-formed pair"),
-]
+SELF_REWARD_LABELS = {
+    "auto": "Auto: on for an endpoint or a local teacher of 1B+ parameters",
+    "on": "On: the teacher grades every pair",
+    "off": "Off: keep every well-formed pair",
+}
+SELF_REWARD = [(value, SELF_REWARD_LABELS[value]) for value in SELF_REWARD_CHOICES]
 
 
 class CorpusChoiceField(forms.ModelChoiceField):
