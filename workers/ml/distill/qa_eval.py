@@ -247,7 +247,9 @@ def _heldout_block(
     generation = generate_pairs(
         chunks,
         answerers.teacher,
-        config.qa,
+        # Only the questions are used (the references are written again below, the chunk in view): an answer
+        # that strays from its chunk says little about its question, so the grounding filter is not applied.
+        dataclasses.replace(config.qa, min_answer_grounding=0.0),
         on_progress=on_progress,
         should_stop=never_stop,
         teacher_mode=answerers.teacher_mode,

@@ -540,6 +540,10 @@ def test_it_drops_answers_their_chunk_does_not_hold_when_the_teacher_does_not_gr
         "qa answer grounding: at least 40% of an answer's words in its chunk"
         in (result.output_dir / "README.md").read_text()
     )
+    # Evaluation uses only the questions the teacher writes (it writes the references again, seeing the chunk):
+    # its questions are kept whatever their first answers were.
+    asked = [example["question"] for example in result.metrics["qa"]["examples"]]
+    assert any(question.startswith("Who keeps the") for question in asked), asked
 
 
 def test_it_stops_at_the_teachers_spend_cap_and_trains_on_what_was_kept(
