@@ -48,12 +48,12 @@ DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
 # Seconds before any job has measured them, per "worker class:what:teacher kind" (local or endpoint): what qa's
 # teacher takes per chunk it is asked about (writing and grading its pairs), and a job's evaluation (kd: held-out
 # perplexities; qa: the teacher writes held-out questions and references, three models answer them blind).
-# Measured on 2 CPU cores with the packaged SmolLM2-135M as teacher (2026-11-30, a whole CLI run with the default
-# settings on two of our docs, 27 training and 17 held-out chunks; docs/benchmarks.md): 7.6 s a chunk (self-reward
-# auto: off for this teacher) and a 6.4-minute qa evaluation. The rest are guesses that the first finished job
-# replaces.
+# Measured on 2 CPU cores with the packaged SmolLM2-135M as teacher (2026-11-30, whole CLI runs with the default
+# settings on two of our docs, 27 training and 17 held-out chunks, on a quiet machine; docs/benchmarks.md): 5.0 s
+# a chunk (self-reward auto: off for this teacher) and a 5-minute qa evaluation (12 held-out questions). The rest
+# are guesses that the first finished job replaces.
 DEFAULT_STAGE_SECONDS = {
-    "cpu:qa_chunk:local": 7.5,
+    "cpu:qa_chunk:local": 5.0,
     "cpu:qa_chunk:endpoint": 3.0,
     "gpu:qa_chunk:local": 1.0,
     "gpu:qa_chunk:endpoint": 3.0,
@@ -61,7 +61,7 @@ DEFAULT_STAGE_SECONDS = {
     "cpu:eval_kd:endpoint": 60.0,
     "gpu:eval_kd:local": 10.0,
     "gpu:eval_kd:endpoint": 60.0,
-    "cpu:eval_qa:local": 380.0,
+    "cpu:eval_qa:local": 300.0,
     "cpu:eval_qa:endpoint": 180.0,
     "gpu:eval_qa:local": 60.0,
     "gpu:eval_qa:endpoint": 180.0,

@@ -364,9 +364,9 @@ def test_it_times_a_qa_job_by_the_chunks_its_teacher_writes_about_and_its_evalua
 ) -> None:
     query = f"?corpus={corpus.pk}&teacher=global:0&recipe=qa&token_budget=2000&pairs_per_chunk=2"
     text = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
-    # A quarter of the 40 chunks (see above) at 7.5 s each for a local teacher on a CPU, 2,000 tokens of training
-    # at 250 tokens/s and a 380 s evaluation: 75 + 8 + 380 s.
-    assert "<dt>Estimated time</dt><dd>about 7 min 43 s</dd>" in text.content.decode()  # 463 s
+    # A quarter of the 40 chunks (see above) at 5 s each for a local teacher on a CPU, 2,000 tokens of training
+    # at 250 tokens/s and a 300 s evaluation: 50 + 8 + 300 s.
+    assert "<dt>Estimated time</dt><dd>about 5 min 58 s</dd>" in text.content.decode()  # 358 s
 
 
 def test_it_learns_training_speed_qa_chunk_time_and_evaluation_time_from_a_finished_job(
