@@ -4,11 +4,11 @@ Prompts. A capable teacher (an endpoint, or a local model of ~1B parameters and 
 `{"pairs": [{"question": …, "answer": …}]}`. Models below that size rarely keep to JSON (SmolLM2-135M writes
 "Question: … Answer: …" prose instead), so they get the simpler `Q: … / A: …` line format. The parser accepts
 every form from every teacher: a JSON object or list, a fenced ```json block, JSON inside prose, and
-`Q:`/`A:` (or `Question:`/`Answer:`) lines; anything else is *unparseable*. In the line format an unlabelled
-numbered question ("2. What is Y?") opens the next pair: small teachers leave out its "Q:".
+`Q:`/`A:` (or `Question:`/`Answer:`) lines; anything else is *unparseable*.
 
 Filters, before any grading: an empty question or answer (*empty*), an answer that is only a question
-(*no_answer*: 4 of the 29 pairs SmolLM2-135M had kept in a real run were "2. What is …?"), when nobody grades
+(*no_answer*: SmolLM2-135M numbers its lines and may write "Q: 1. What is X?" then "A: 2. What is Y?"; 4 of the
+29 pairs it had kept in a real run were such), when nobody grades
 the pairs an answer whose chunk holds under `qa.min_answer_grounding` of its content words (*ungrounded*: an
 invented answer shares few words with the chunk), and a question asked before in the run (*duplicate*).
 
@@ -224,11 +224,6 @@ _LABELS = {"q": "q", "question": "q", "a": "a", "answer": "a", "r": "r", "reason
 _QUESTION_ENUMERATOR_RE = re.compile(r"^\s*(?:\(?\d{1,3}[.):]|[-*•])\s+")
 
 
-# An unlabelled numbered line holding one question ("2. What is Y?"): in a Q:/A: reply, the next question whose
-# "Q:" a small teacher left out. Read as part of the answer before it, it became that pair's "answer".
-_NUMBERED_QUESTION_RE = re.compile(r"^\s*\(?\d{1,3}[.)]\s+(?P<rest>[^?]*\S\?)\s*$")
-
-
 def _clean_question(text: str) -> str:
     return _QUESTION_ENUMERATOR_RE.sub("", text.strip(), count=1).strip()
 
@@ -248,7 +243,7 @@ def answer_grounding(answer: str, chunk_text: str) -> float:
 
 
 def _only_a_question(text: str) -> bool:
-    """An "answer" that is one question and nothing else ("2. How do I X?": a small teacher's next question)."""
+    """An "answer" that is one question and nothing else ("A: 2. How do I X?": a small teacher's next question)."""
     body = _clean_question(text)
     return body.endswith("?") and not re.search(r"[.!?:;]\s", body[:-1])
 
@@ -326,9 +321,9 @@ def _pairs_from_lines(text: str) -> list[ParsedPair] | None:
     current: dict[str, list[str]] | None = None
     field_name: str | None = None
     for line in text.splitlines():
-        match = _LINE_LABEL_RE.match(line) or (_NUMBERED_QUESTION_RE.match(line) if current is not None else None)
+        match = _LINE_LABEL_RE.match(line)
         if match:
-            label = _LABELS[match.group("label").lower()] if "label" in match.groupdict() else "q"
+            label = _LABELS[match.group("label").lower()]
             rest = match.group("rest").strip().strip("*_").strip()
             if label == "q" or current is None or current.get(label):
                 current = {"q": [], "r": [], "a": []}

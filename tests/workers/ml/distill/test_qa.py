@@ -197,11 +197,6 @@ def lora_b_weights(expert_dir: Path) -> dict[str, torch.Tensor]:
             id="numbered-questions",  # SmolLM2-135M numbers them; an answer keeps its text as written
         ),
         pytest.param(
-            "Q: What is X?\nA:\n2. What is Y?\nA: Y is 2.\nQ: What are Z?\nA: Z:\n1. Is Z a letter? Yes.",
-            [("What is X?", ""), ("What is Y?", "Y is 2."), ("What are Z?", "Z: 1. Is Z a letter? Yes.")],
-            id="next-question-without-its-label",  # SmolLM2 leaves out a "Q:": not the answer before it
-        ),
-        pytest.param(
             '[{"question": "(3) What is X?", "answer": "1.5 of them."}]',
             [("What is X?", "1.5 of them.")],
             id="numbered-json-question",
