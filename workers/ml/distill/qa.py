@@ -310,21 +310,21 @@ def _no_data_message(stats: GenerationStats, teacher: Teacher) -> str:
             f" Generation stopped after the first {stats.chunks_done} of {stats.chunks} chunks, as none of them "
             "gave a usable pair."
         )
-    threshold = ""
+    advice = ""  # the settings that would keep more of this teacher's pairs
     if stats.dropped["ungrounded"]:
-        threshold += (
+        advice += (
             f" {stats.dropped['ungrounded']} answers had under {stats.min_answer_grounding:.0%} of their words in "
             "their chunk: a lower qa.min_answer_grounding (--min-answer-grounding) keeps more of them."
         )
     if stats.self_reward and stats.dropped["below_threshold"]:
-        threshold += (
+        advice += (
             " Lowering the self-reward threshold (qa.reward_threshold), or turning self-reward off (qa.self_reward "
             "off; --self-reward off on the command line), keeps more of a weak teacher's pairs."
         )
     return (
         f"The teacher {teacher.label} wrote no usable question–answer pair, so nothing was trained: asked for "
         f"{stats.pairs_requested} pairs from {stats.chunks_done} chunks, {stats.pairs_dropped} were dropped and "
-        f"none kept ({drop_summary(stats)}).{budget} {LARGER_TEACHER_ADVICE}{threshold}"
+        f"none kept ({drop_summary(stats)}).{budget} {LARGER_TEACHER_ADVICE}{advice}"
     )
 
 

@@ -76,7 +76,7 @@ UNGRADED_MIN_GROUNDING = 0.4
 _COMMON_WORDS_TEXT = (
     "the and for are was were been being has have had this that these those with from into onto than then there "
     "their they them its you your yours our can could should would will may might must not but also about which "
-    "what when where who whom why how does did doing done use used using uses"
+    "what when where who whom why how does did doing done use used using uses yes"
 )
 _COMMON_WORDS = frozenset(_COMMON_WORDS_TEXT.split())
 TeacherMode = Callable[[], AbstractContextManager[Any]]
