@@ -26,7 +26,7 @@ from webapp.api.auth import ApiRequest, api_error, api_token_required, invalid, 
 from webapp.api.params import json_object, page
 from webapp.jobs import services
 from webapp.jobs.forms import DEFAULT_OPTIONS, JobForm
-from webapp.jobs.models import DistillationJob
+from webapp.jobs.models import DistillationJob, self_reward_setting
 from webapp.jobs.presenters import job_json, status_filter, teacher_json
 
 
@@ -74,7 +74,7 @@ def _form_data(body: dict[str, Any]) -> dict[str, Any] | str:
         teacher = f"org:{teacher}"  # a teacher row's id, as the teachers list also names it "org:<id>"
     merged = {**DEFAULT_OPTIONS, **options}
     if isinstance(merged.get("self_reward"), bool):  # clients from before `auto` send the box's true or false
-        merged["self_reward"] = "on" if merged["self_reward"] else "off"
+        merged["self_reward"] = self_reward_setting(merged["self_reward"])
     data = {key: value for key, value in merged.items() if value is not None}
     data.update(
         name=body.get("name"),
