@@ -32,7 +32,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 say "Lint: ruff check + format --check"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
-say "Types: mypy on the pure ML packages (workers/ml, workers/moe)"
+say "Types: mypy --strict on the pure ML packages (workers/ml, workers/moe)"
 # Settings and the checked folders are pyproject.toml's [tool.mypy]; .mypy_cache keeps reruns to seconds.
 "$VENV/bin/mypy"
 

@@ -25,7 +25,7 @@ def _pinned_transport_class(http: ModuleType) -> type:
     but not their classes, so a transport must come from the library of the client that uses it."""
 
     # The base comes from the module passed in, which mypy cannot see into (a ModuleType's attributes are unknown).
-    class PinnedTransport(http.HTTPTransport):  # type: ignore[name-defined]
+    class PinnedTransport(http.HTTPTransport):  # type: ignore[name-defined,misc]
         """Sends requests for `host` to `address`; refuses any other host (a redirect there was never checked)."""
 
         def __init__(self, host: str, address: str, **kwargs: Any) -> None:

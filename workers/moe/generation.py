@@ -321,7 +321,8 @@ def forward_last(
                     input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                     use_cache=cache is not None, logits_to_keep=1,
                 )  # fmt: skip
-    return out.logits[:, -1, :]  # (B, V)
+    logits: torch.Tensor = out.logits  # (B, 1, V)
+    return logits[:, -1, :]  # (B, V)
 
 
 class _FilledAttentionLayer(Protocol):

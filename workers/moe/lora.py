@@ -153,7 +153,7 @@ class MultiLoraLinear(nn.Module):
         self.lora_b[slot, :rank] = (weights.b.to(torch.float32) * weights.scale).t().to(self.lora_b)  # (r, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)  # (B, T, out)
+        y: torch.Tensor = self.base(x)  # (B, T, out)
         assignment = self.state.assignment
         if assignment.mode == "none":
             return y

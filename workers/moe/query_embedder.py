@@ -100,7 +100,8 @@ def _linear(
                 raise RuntimeError("oneDNN's fused linear does not match F.linear here")
 
             def packed_linear(x: torch.Tensor) -> torch.Tensor:
-                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attribute, [], algorithm)
+                out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, attribute, [], algorithm)
+                return out
 
             return packed_linear
         except (AttributeError, RuntimeError):
@@ -133,7 +134,8 @@ def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype)
             packed = _int8_packed(weight, bias, levels=127 if _int8_sums_exactly() else 63)
 
             def run_int8(x: torch.Tensor, packed: Any) -> torch.Tensor:
-                return torch.ops.quantized.linear_dynamic(x, packed, False)  # 8-bit activations
+                out: torch.Tensor = torch.ops.quantized.linear_dynamic(x, packed, False)  # 8-bit activations
+                return out
 
             run = run_int8
 
@@ -249,7 +251,9 @@ class _BertEncoder:
             raise ValueError(f"The query encoder's weights can be {', '.join(map(str, WEIGHT_DTYPES))}, not {dtype}.")
         config = model.config
         compute = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-        state = {name: tensor.detach().to("cpu", compute) for name, tensor in model.state_dict().items()}
+        state: dict[str, torch.Tensor] = {
+            name: tensor.detach().to("cpu", compute) for name, tensor in model.state_dict().items()
+        }
         self.heads = int(config.num_attention_heads)
         self.dim = int(config.hidden_size)
         self.scale = (self.dim // self.heads) ** -0.5  # attention's 1/sqrt(head size)

@@ -166,14 +166,16 @@ def _pack_half(centroids: torch.Tensor) -> Any | None:
 def _unpack_half(packed: Any, centroids: torch.Tensor) -> torch.Tensor:
     """(C, D) float32 values of the fp16 copy, as fbgemm stored them (torch's rounding if it cannot say)."""
     try:
-        return torch.ops.quantized.linear_unpack_fp16(packed)[0].float()
+        unpacked: torch.Tensor = torch.ops.quantized.linear_unpack_fp16(packed)[0]  # (C, D) fp16 values
+        return unpacked.float()
     except (AttributeError, RuntimeError, NotImplementedError):
         return centroids.half().float()
 
 
 def _block_starts(counts: np.ndarray) -> np.ndarray:
     """(B,) where each block begins when blocks of `counts` rows are laid out one after another."""
-    return np.cumsum(counts) - counts
+    starts: np.ndarray = np.cumsum(counts) - counts
+    return starts
 
 
 def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -451,7 +453,7 @@ class Router:
                 return torch.mv(centroids.index_select(0, plan.row_index), query).numpy()  # a few of many experts
             else:
                 every = torch.mv(centroids, query)  # (C,)
-            cosines = every.numpy()
+            cosines: np.ndarray = every.numpy()  # (C,)
         return cosines if plan.rows is None else cosines[plan.rows]
 
     @classmethod

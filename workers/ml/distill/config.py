@@ -349,6 +349,6 @@ class DistillConfig:
                 return [convert(item) for item in value]
             return value
 
-        result = convert(self)
+        result: dict[str, Any] = convert(self)
         result["teacher"]["type"] = "endpoint" if isinstance(self.teacher, EndpointTeacherConfig) else "local"
         return result

@@ -137,7 +137,8 @@ def _device_of(model: Any) -> torch.device:
     device = getattr(model, "device", None)
     if isinstance(device, torch.device):
         return device
-    return next(model.parameters()).device
+    parameter: torch.nn.Parameter = next(model.parameters())
+    return parameter.device
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -170,7 +171,8 @@ def _forward(model: Any, rows: Sequence[_Row], pad_id: int) -> torch.Tensor:
         input_ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids, dtype=torch.long)
         attention_mask[index, : len(row.input_ids)] = 1
     output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-    return output.logits  # (B, T, V)
+    logits: torch.Tensor = output.logits  # (B, T, V)
+    return logits
 
 
 def _row_logprobs(logits: torch.Tensor, row: _Row, vocab: int | None = None) -> torch.Tensor:

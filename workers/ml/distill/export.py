@@ -280,7 +280,7 @@ def _save_adapter(out_dir: Path, peft_model: Any, *, base_spec: str) -> dict[str
             save_embedding_layers=False,
         )
         saved = scratch if adapter_name == "default" else scratch / adapter_name
-        adapter_config = json.loads((saved / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        adapter_config: dict[str, Any] = json.loads((saved / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         # PEFT records the base's local cache path; the catalog spec is what names the base on any machine.
         adapter_config["base_model_name_or_path"] = base_spec
         adapter_config["revision"] = None

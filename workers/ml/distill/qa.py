@@ -83,7 +83,8 @@ def _has_chat_template(tokenizer: Any) -> bool:
 def prompt_text(tokenizer: Any, question: str) -> str:
     """What the student reads before answering: its chat template up to the assistant's turn."""
     if _has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(user_turn(question), add_generation_prompt=True, tokenize=False)
+        text: str = tokenizer.apply_chat_template(user_turn(question), add_generation_prompt=True, tokenize=False)
+        return text
     return f"Question: {question}\nAnswer: "  # a base model without a chat template
 
 
@@ -92,7 +93,7 @@ def _answer_text(tokenizer: Any, question: str, target: str) -> str:
     eos = tokenizer.eos_token or ""
     if _has_chat_template(tokenizer):
         prompt = prompt_text(tokenizer, question)
-        full = tokenizer.apply_chat_template(
+        full: str = tokenizer.apply_chat_template(
             [*user_turn(question), {"role": "assistant", "content": target}], tokenize=False
         )
         if full.startswith(prompt):

@@ -87,11 +87,12 @@ def _target_logits(model: Any, batch: PackedBatch, rows: torch.Tensor, cols: tor
     plain = _plain_head(model)
     with torch.inference_mode():
         if plain is None:
-            logits = model(**inputs, use_cache=False).logits  # (R, T, V)
+            logits: torch.Tensor = model(**inputs, use_cache=False).logits  # (R, T, V)
             return logits[rows.to(logits.device), cols.to(logits.device)]  # (N, V)
         decoder, head = plain
-        hidden = decoder(**inputs, use_cache=False).last_hidden_state  # (R, T, H)
-        return head(hidden[rows.to(hidden.device), cols.to(hidden.device)])  # (N, V)
+        hidden: torch.Tensor = decoder(**inputs, use_cache=False).last_hidden_state  # (R, T, H)
+        head_logits: torch.Tensor = head(hidden[rows.to(hidden.device), cols.to(hidden.device)])  # (N, V)
+        return head_logits
 
 
 def _target_span(segment: TeacherSegment, start: int) -> slice:

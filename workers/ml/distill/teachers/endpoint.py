@@ -460,7 +460,7 @@ class EndpointTeacher(Teacher):
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.backoff_max_s)
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        delay: float = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return delay * (0.5 + 0.5 * random.random())  # noqa: S311 - jitter, not cryptography
 
     def _call(

@@ -90,7 +90,8 @@ class LocalTeacher(Teacher):
             kwargs["position_ids"] = position_ids.to(device)
         with torch.no_grad():
             output = self.model(**kwargs, use_cache=False)
-        return output.logits.float()
+        logits: torch.Tensor = output.logits  # (B, T, V)
+        return logits.float()
 
     # ------------------------------------------------------------ chat (recipe qa)
 
@@ -209,7 +210,8 @@ class LocalTeacher(Teacher):
             ends = [position for position, token in enumerate(row) if token in eos_ids]
             completion_tokens += ends[0] + 1 if ends else len(row)
         self.usage.add(sum(len(prompt) for prompt in prompts), completion_tokens, requests=len(prompts))
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts: list[str] = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return texts
 
     # ------------------------------------------------------------ lifecycle
 

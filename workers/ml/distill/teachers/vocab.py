@@ -21,7 +21,7 @@ def same_vocabulary(tokenizer_a: Any, tokenizer_b: Any) -> bool:
         return False
     if (tokenizer_a.eos_token, tokenizer_a.eos_token_id) != (tokenizer_b.eos_token, tokenizer_b.eos_token_id):
         return False
-    return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
+    return bool(tokenizer_a.get_vocab() == tokenizer_b.get_vocab())
 
 
 def _name(tokenizer: Any, given: str | None) -> str:
