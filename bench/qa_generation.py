@@ -35,7 +35,8 @@ import torch
 
 from workers.ml.catalog import CatalogConfig, default_cache_dir, load_model
 from workers.ml.distill.config import QASettings
-from workers.ml.distill.qa_generate import generation_prompt, parse_pairs, user_turn
+from workers.ml.distill.qa_parse import parse_pairs
+from workers.ml.distill.qa_prompts import generation_prompt, user_turn
 from workers.ml.distill.teachers import LocalTeacher
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -38,7 +38,7 @@ TOKENIZER_FAMILIES = {
     "packaged:gemma3-270m": "gemma3",
 }
 # Sizes of the packaged models. Below QA_TEACHER_MIN_PARAMETERS a teacher writes poor question–answer pairs and
-# does not judge the answers (workers/ml/distill/qa_generate.py and qa_judge.py use the same line).
+# does not judge the answers (workers/ml/distill/qa_prompts.py's SMALL_TEACHER_PARAMETERS is the same line).
 PACKAGED_PARAMETERS = {"packaged:smollm2-135m-instruct": 134_515_008, "packaged:gemma3-270m": 268_098_176}
 QA_TEACHER_MIN_PARAMETERS = 1_000_000_000
 # Packaged base models without a chat template: they continue text (recipe kd) but cannot answer prompts (qa).
@@ -66,7 +66,7 @@ DEFAULT_STAGE_SECONDS = {
     "gpu:eval_qa:local": 60.0,
     "gpu:eval_qa:endpoint": 180.0,
 }
-# Teacher tokens of a qa job through an endpoint, beyond the chunks themselves (workers/ml/distill/qa_generate.py,
+# Teacher tokens of a qa job through an endpoint, beyond the chunks themselves (workers/ml/distill/qa_prompts.py,
 # qa_eval.py, qa_judge.py): the instructions around a chunk, one written question–answer pair, and per evaluation
 # question what it costs to write it, its reference answer, the teacher's blind answer and the judge's grades of
 # three models' answers (~2,000 tokens with answers of a few sentences).

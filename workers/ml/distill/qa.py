@@ -1,9 +1,9 @@
 """Recipe `qa`: sequence-level distillation — the student is fine-tuned on question–answer pairs the teacher wrote.
 
 1. generating — the teacher writes `qa.pairs_per_chunk` grounded pairs per training chunk and (self-reward)
-   grades them; see qa_generate.py for prompts, parsing, the reasoning format and the drop reasons. All pairs
-   are saved to `work/qa_data.jsonl` (export copies it into the expert). If none is kept, NoTrainingData says
-   how many were dropped and why, and nothing is trained.
+   grades them; see qa_generate.py for the drop reasons, qa_prompts.py and qa_parse.py for prompts, parsing
+   and the reasoning format. All pairs are saved to `work/qa_data.jsonl` (export copies it into the expert).
+   If none is kept, NoTrainingData says how many were dropped and why, and nothing is trained.
 2. data — each kept pair becomes one segment in the student's chat template (SmolLM2's): the question as the
    user turn, the answer as the assistant turn. `QADataPlan` packs segments like recipe kd (packing.py) and
    masks the prompt: only the assistant's answer tokens (up to and including its end-of-turn token) have
@@ -52,6 +52,8 @@ from workers.ml.distill.qa_generate import (
     generate_pairs,
     generation_order,
     load_stats,
+)
+from workers.ml.distill.qa_prompts import (
     reference_prompt,
     user_turn,
 )

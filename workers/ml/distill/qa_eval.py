@@ -42,11 +42,15 @@ from workers.ml.distill.qa_generate import (
     TeacherMode,
     chat_within_budget,
     generate_pairs,
-    reference_prompt,
-    strip_reasoning,
-    user_turn,
 )
 from workers.ml.distill.qa_judge import JudgeDecision, Judgement, judge_answers, judge_decision
+from workers.ml.distill.qa_parse import (
+    strip_reasoning,
+)
+from workers.ml.distill.qa_prompts import (
+    reference_prompt,
+    user_turn,
+)
 from workers.ml.distill.teachers import Teacher, default_generation_batch
 
 EXAMPLES_EACH_WAY = 5

@@ -3,7 +3,7 @@
 ROUGE-L counts shared words, so a right answer in other words scores low and a fluent wrong one can score
 high. A judge reads meaning: the teacher is shown the question, the reference answer (which it wrote seeing the
 chunk) and a candidate answer (base, expert or its own blind one, reasoning removed), and grades the candidate
-1–5 against the reference; `qa_generate.parse_grade` reads the grade. The mean grade per model goes next to
+1–5 against the reference; `qa_parse.parse_grade` reads the grade. The mean grade per model goes next to
 ROUGE-L in metrics.json, the card and the job page, and each kept example carries its grade.
 
 Only a capable teacher judges (`evaluation.teacher_judge`, default auto): an endpoint teacher (hosted and vLLM
@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.ml.distill.qa_generate import (
-    SMALL_TEACHER_PARAMETERS,
-    GraderDecision,
     TeacherMode,
     chat_within_budget,
-    grader_decision,
+)
+from workers.ml.distill.qa_parse import (
     parse_grade,
+)
+from workers.ml.distill.qa_prompts import (
+    SMALL_TEACHER_PARAMETERS,
+    GraderDecision,
+    grader_decision,
     user_turn,
 )
 from workers.ml.distill.teachers import Teacher

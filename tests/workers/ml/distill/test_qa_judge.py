@@ -12,8 +12,11 @@ import pytest
 
 from workers.ml.catalog import LoadedModel
 from workers.ml.distill.config import EvalSettings, QASettings
-from workers.ml.distill.qa_generate import GraderDecision, self_reward_decision
 from workers.ml.distill.qa_judge import JUDGE_MIN_PARAMETERS, judge_answers, judge_decision
+from workers.ml.distill.qa_prompts import (
+    GraderDecision,
+    self_reward_decision,
+)
 from workers.ml.distill.teachers import LocalTeacher, Teacher, TeacherBudgetExhausted, TokenUsage
 
 QUESTIONS = ["What is the alpha code?", "What is the beta code?", "What is the gamma code?"]
