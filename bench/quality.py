@@ -8,14 +8,17 @@ document).
 
 Student: packaged SmolLM2-135M-Instruct + LoRA. Teacher: the same model, seeing the preceding chunk(s) of the
 document (context distillation). The teacher's only advantage is the text it can see; the expert must learn
-the manual well enough to do without it.
+the manual well enough to do without it. `--teacher packaged:gemma3-270m` (the optional Gemma-3-270M, another
+tokenizer) measures a larger teacher instead, through the cross-tokenizer loss (cross_tokenizer.py); the gap is
+then measured in bits per byte, the measure both tokenizers share.
 
 Reported on held-out chunks that have a preceding chunk (where the teacher's context exists), and on all
 held-out chunks (the product's metrics.json): perplexity and bits per byte of base, expert and teacher, and
-    gap closed = (ppl_base − ppl_expert) / (ppl_base − ppl_teacher).
+    gap closed = (ppl_base − ppl_expert) / (ppl_base − ppl_teacher)   (bits per byte across tokenizers).
 
     python bench/quality.py                  # ~20 minutes on 2 CPU cores
     python bench/quality.py --quick          # tiny models, a smoke test of the script (< 1 minute)
+    python bench/quality.py --teacher packaged:gemma3-270m --out bench/results/quality-gemma.json
 
 Writes bench/results/quality.json (or quality-quick.json).
 """
@@ -70,6 +73,9 @@ def manual_documents(tokenizer: object, chunk_tokens: int, names: list[str]) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Tiny models and a few documents.")
+    parser.add_argument(
+        "--teacher", default=None, help="Teacher spec (default: the student itself, seeing the preceding chunks)."
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DISTILLERY_MODEL_CACHE", "var/models")))
     parser.add_argument("--work", type=Path, default=Path("var/bench/quality"))
     parser.add_argument("--all-topics", action="store_true", help="All 79 topics (about an hour on 2 cores).")
@@ -95,6 +101,7 @@ def main() -> int:
     args = parser.parse_args()
 
     spec = "tiny:llama-2l" if args.quick else "packaged:smollm2-135m-instruct"
+    teacher_spec = args.teacher or spec
     catalog = CatalogConfig(cache_dir=args.cache_dir, device="cpu")
     loaded = load_model(spec, catalog)
     from pydoc_data.topics import topics
@@ -107,7 +114,7 @@ def main() -> int:
         output_dir=args.work / ("expert-quick" if args.quick else "expert"),
         model_cache_dir=args.cache_dir,
         student=spec,
-        teacher=LocalTeacherConfig(spec=spec),
+        teacher=LocalTeacherConfig(spec=teacher_spec),
         training=TrainingSettings(
             token_budget=budget,
             seq_len=256,
@@ -138,6 +145,7 @@ def main() -> int:
             print(f"[{stage_started[stage]:7.1f}s] {stage}", flush=True)
 
     result = distill(config, corpus, on_progress=report)
+    product = result.metrics
     distill_s = time.perf_counter() - started
     marks = [*stage_started.items(), ("end", distill_s)]
     stage_seconds = {stage: round(marks[i + 1][1] - at, 1) for i, (stage, at) in enumerate(marks[:-1])}
@@ -148,18 +156,25 @@ def main() -> int:
     contexts = [context_text(corpus, chunk, config.kd) for chunk in with_context]
     base = load_model(spec, catalog).model
     scores = {"base": score_lm(base, loaded.tokenizer, texts, batch_size=4)}
-    scores["teacher"] = score_lm(base, loaded.tokenizer, texts, contexts=contexts, batch_size=4)
+    if teacher_spec == spec:
+        scores["teacher"] = score_lm(base, loaded.tokenizer, texts, contexts=contexts, batch_size=4)
+    else:
+        teacher = load_model(teacher_spec, catalog)
+        scores["teacher"] = score_lm(teacher.model, teacher.tokenizer, texts, contexts=contexts, batch_size=4)
+        del teacher
     expert = PeftModel.from_pretrained(base, config.output_dir).eval()
     scores["expert"] = score_lm(expert, loaded.tokenizer, texts, batch_size=4)
-    gap = gap_closed(scores["base"].perplexity, scores["expert"].perplexity, scores["teacher"].perplexity)
+    # Perplexities count each tokenizer's own tokens: across tokenizers only bits per byte compare.
+    basis = "perplexity" if product.get("gap_basis") in (None, "perplexity") else "bits_per_byte"
+    gap = gap_closed(*(getattr(scores[name], basis) for name in ("base", "expert", "teacher")))
     total_s = time.perf_counter() - started
 
-    product = result.metrics
     summary = {
         "corpus": "pydoc_data.topics (Python Language Reference topics)",
         "topics": names,
         "stats": corpus.stats(),
         "model": spec,
+        "teacher": teacher_spec,
         "settings": {
             "token_budget": budget,
             "chunk_tokens": args.chunk_tokens,
@@ -175,11 +190,13 @@ def main() -> int:
             "chunks": len(texts),
             **{name: {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte} for name, s in scores.items()},
             "gap_closed": gap,
+            "gap_basis": basis,
         },
         "heldout_all": {
             "chunks": product.get("heldout_chunks"),
             **product.get("heldout", {}),
             "gap_closed": product.get("gap_closed"),
+            "gap_basis": product.get("gap_basis"),
         },
         "kl_to_teacher": product.get("kl_to_teacher"),
         "train_tokens": result.train_tokens,
@@ -195,7 +212,7 @@ def main() -> int:
     print(f"\n{'held-out chunks with context':<32}{'perplexity':>12}{'bits/byte':>12}")
     for name in ("base", "expert", "teacher"):
         print(f"{name:<32}{scores[name].perplexity:>12.3f}{scores[name].bits_per_byte:>12.4f}")
-    print(f"gap closed: {gap:.1%}" if gap is not None else "gap closed: not applicable")
+    print(f"gap closed ({basis}): {gap:.1%}" if gap is not None else "gap closed: not applicable")
     print(f"all held-out chunks (metrics.json): gap closed {product.get('gap_closed')}")
     print(f"wall time {total_s:.0f} s ({result.train_tokens:,} training tokens)")
     out = args.out or Path("bench/results") / ("quality-quick.json" if args.quick else "quality.json")

@@ -28,7 +28,8 @@ Design, and why it differs from the same-vocabulary path (kd.py):
   vocabulary. Across tokenizers there is no per-student-token target, the ids would be the teacher's, and ULDLoss
   takes the teacher's full logits over the teacher's own tokens (the sort compares whole distributions, the merge
   reads the actual tokens' probabilities). The teacher runs live, without gradients, on each micro-batch instead:
-  one teacher forward per micro-batch and epoch.
+  one teacher forward per micro-batch and epoch, its rows packed and its output head on the chunks' positions
+  only, not on the context's (`teacher_segment`; with Gemma 3's 262k vocabulary the head is most of the cost).
 - loss = α·CE + (1 − α)·ULD. ULDLoss's own cross-entropy is off (`uld_crossentropy_weight=0`); ours is the CE of
   every kd run, on the student's next tokens, so α means the same with or without a shared vocabulary. ULD is
   averaged per row over its aligned groups, and rows are weighted by their labelled tokens like the CE, so a
@@ -58,6 +59,7 @@ from workers.ml.distill.errors import NoTrainingData, TokenizerMismatch
 from workers.ml.distill.losses import IGNORE_INDEX, LossParts
 from workers.ml.distill.packing import PackedBatch, collate
 from workers.ml.distill.progress import Progress, ProgressCallback
+from workers.ml.distill.teacher_cache import TeacherSegment, segment_target_logits
 from workers.ml.distill.teachers import LocalTeacher
 from workers.ml.distill.teachers.vocab import vocabulary_sizes
 from workers.ml.distill.train import DataPlan, LossFunction
@@ -296,41 +298,40 @@ def load_uld_loss(
     )
 
 
-@dataclass
-class _RowTensors:
-    """One micro-batch's ULD inputs besides the logits, on the CPU (ULDLoss reads them as Python lists)."""
+@dataclass(frozen=True)
+class _ULDRow:
+    """ULDLoss's inputs for one row besides the logits, each (1, …) on the CPU (it reads them as Python lists)."""
 
-    student_labels: torch.Tensor  # (B, T): the chunk's token ids (the answer region), -100 on padding
-    student_offsets: torch.Tensor  # (B, T, 2) byte spans, (0, 0) on padding
-    teacher_ids: torch.Tensor  # (B, Tt)
-    teacher_mask: torch.Tensor  # (B, Tt): 1 on real tokens
-    teacher_labels: torch.Tensor  # (B, Tt): the chunk's teacher tokens, -100 on context and padding
-    teacher_offsets: torch.Tensor  # (B, Tt, 2) byte spans of the chunk's tokens, (0, 0) elsewhere
+    student_labels: torch.Tensor  # (1, T): the chunk's token ids (the answer region), -100 on padding
+    student_offsets: torch.Tensor  # (1, T, 2) byte spans, (0, 0) on padding
+    teacher_ids: torch.Tensor  # (1, L): the teacher's tokens of the chunk (its context left out)
+    teacher_offsets: torch.Tensor  # (1, L, 2) byte spans of the chunk's teacher tokens
 
 
-def _row_tensors(rows: Sequence[CrossRow], batch: PackedBatch, teacher_pad_id: int) -> _RowTensors:
-    count, width = batch.input_ids.shape
-    teacher_width = max(len(rows[placement.segment].teacher_ids) for placement in batch.placements)
-    out = _RowTensors(
-        student_labels=torch.full((count, width), IGNORE_INDEX, dtype=torch.long),
-        student_offsets=torch.zeros((count, width, 2), dtype=torch.long),
-        teacher_ids=torch.full((count, teacher_width), teacher_pad_id, dtype=torch.long),
-        teacher_mask=torch.zeros((count, teacher_width), dtype=torch.long),
-        teacher_labels=torch.full((count, teacher_width), IGNORE_INDEX, dtype=torch.long),
-        teacher_offsets=torch.zeros((count, teacher_width, 2), dtype=torch.long),
-    )
-    for placement in batch.placements:
-        row, item = placement.row, rows[placement.segment]
-        student = slice(placement.start, placement.start + placement.length)
-        out.student_labels[row, student] = torch.tensor(item.student_ids)
-        out.student_offsets[row, student] = torch.tensor(item.student_offsets, dtype=torch.long).reshape(-1, 2)
-        length = len(item.teacher_ids)
-        out.teacher_ids[row, :length] = torch.tensor(item.teacher_ids)
-        out.teacher_mask[row, :length] = 1
-        target = slice(item.target_offset, length)
-        out.teacher_labels[row, target] = out.teacher_ids[row, target]
-        out.teacher_offsets[row, target] = torch.tensor(item.teacher_offsets, dtype=torch.long).reshape(-1, 2)
-    return out
+def teacher_segment(row: CrossRow) -> TeacherSegment:
+    """The teacher's tokens of a row (context, then chunk), its logits wanted on the chunk's positions only.
+
+    The context only conditions the teacher, so its positions need no output head: with a vocabulary of 262k
+    (Gemma 3) the head over the context would cost more than the decoder (see teacher_cache.py). Nor is the
+    distribution at the last context position, the one predicting the chunk's first token, ever read: the
+    student reads the chunk from column 0 with nothing before it, so ULD's "bayesian" merge has no student
+    prediction for the first aligned group and drops that group on both sides (TRL 1.16, ULDLoss). The chunk's
+    logits alone therefore give the loss of the teacher's whole row (a test compares the two).
+    """
+    return TeacherSegment(tokens=row.teacher_ids, target_offset=row.target_offset)
+
+
+def _uld_row(item: CrossRow, start: int, width: int) -> _ULDRow:
+    """ULD's inputs for `item` placed at column `start` of a student row `width` wide, and for the teacher's
+    logits of teacher_segment (the chunk's positions): the whole teacher side is the labelled answer."""
+    student_labels = torch.full((1, width), IGNORE_INDEX, dtype=torch.long)
+    student_offsets = torch.zeros((1, width, 2), dtype=torch.long)
+    span = slice(start, start + len(item.student_ids))
+    student_labels[0, span] = torch.tensor(item.student_ids)
+    student_offsets[0, span] = torch.tensor(item.student_offsets, dtype=torch.long).reshape(-1, 2)
+    teacher_ids = torch.tensor(item.teacher_ids[item.target_offset :]).unsqueeze(0)  # (1, L)
+    teacher_offsets = torch.tensor(item.teacher_offsets, dtype=torch.long).reshape(1, -1, 2)  # (1, L, 2)
+    return _ULDRow(student_labels, student_offsets, teacher_ids, teacher_offsets)
 
 
 def cross_tokenizer_loss(
@@ -338,6 +339,7 @@ def cross_tokenizer_loss(
 ) -> LossFunction:
     """α·CE + (1 − α)·ULD on unpacked rows, running the teacher live on each micro-batch."""
     alpha = settings.alpha
+    segments = [teacher_segment(row) for row in rows]
 
     def loss(model: Any, batch: PackedBatch) -> LossParts:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (B,T,V)
@@ -346,31 +348,35 @@ def cross_tokenizer_loss(
         if positions == 0:
             zero = logits.sum() * 0.0
             return LossParts(zero, zero.detach(), zero.detach(), 0)
-        tensors = _row_tensors(rows, batch, teacher_pad_id) if alpha < 1 else None
-        teacher_logits = None
-        if tensors is not None:
-            # Without gradients; on the teacher's device, then beside the student's logits.
-            teacher_logits = teacher.logits(tensors.teacher_ids, attention_mask=tensors.teacher_mask)  # (B, Tt, Vt)
-            teacher_logits = teacher_logits.to(logits.device)
+        teacher_logits: dict[int, torch.Tensor] = {}
+        if alpha < 1:
+            # One packed teacher pass without gradients, the head on each chunk's positions only: (L, Vt) each.
+            indices = [placement.segment for placement in batch.placements]
+            teacher_logits = segment_target_logits(teacher.model, segments, indices, teacher_pad_id)
         input_ids = batch.input_ids.cpu()  # (B, T)
+        width = input_ids.shape[1]
         total_ce = logits.new_zeros((), dtype=torch.float32)
         total_uld = logits.new_zeros((), dtype=torch.float32)
-        for row, weight in enumerate(weights):
+        for placement in batch.placements:  # one chunk per row (UnpackedPlan)
+            row, weight = placement.row, weights[placement.row]
             if weight == 0:
                 continue
             row_logits = logits[row : row + 1].float()  # (1, T, V); one row's fp32 copy at a time
             if alpha > 0:
                 total_ce = total_ce + F.cross_entropy(row_logits[0], batch.labels[row], reduction="sum")
-            if tensors is not None and teacher_logits is not None:
+            if teacher_logits:
+                inputs = _uld_row(rows[placement.segment], placement.start, width)
+                # An inference tensor cannot be saved for backward: a normal copy beside the student's logits.
+                row_teacher = teacher_logits[placement.segment].to(logits.device).clone().unsqueeze(0)  # (1, L, Vt)
                 uld_row = uld(
                     student_logits=row_logits,
-                    teacher_logits=teacher_logits[row : row + 1],  # (1, Tt, Vt)
-                    student_labels=tensors.student_labels[row : row + 1],
-                    teacher_labels=tensors.teacher_labels[row : row + 1],
+                    teacher_logits=row_teacher,
+                    student_labels=inputs.student_labels,
+                    teacher_labels=inputs.teacher_ids,
                     student_input_ids=input_ids[row : row + 1],
-                    teacher_input_ids=tensors.teacher_ids[row : row + 1],
-                    student_byte_offsets=tensors.student_offsets[row : row + 1],
-                    teacher_byte_offsets=tensors.teacher_offsets[row : row + 1],
+                    teacher_input_ids=inputs.teacher_ids,
+                    student_byte_offsets=inputs.student_offsets,
+                    teacher_byte_offsets=inputs.teacher_offsets,
                 )
                 # ULD is a mean over the row's aligned groups: weigh rows by their tokens, like the CE.
                 total_uld = total_uld + uld_row.sum() * weight

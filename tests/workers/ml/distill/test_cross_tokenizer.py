@@ -275,6 +275,65 @@ def test_it_weighs_ce_and_uld_by_alpha(
     assert float(parts.total) == pytest.approx(0.25 * float(parts.ce) + 0.75 * float(parts.divergence), rel=1e-5)
 
 
+def test_its_teacher_pass_gives_the_loss_of_the_full_teacher_rows(
+    uld: None,
+    tmp_path: Path,
+    model_cache_dir: Path,
+    models_root: Path,
+    student: LoadedModel,
+    bert_teacher: LocalTeacher,
+) -> None:
+    """The teacher runs packed, its head on each chunk's positions only; ULD must not see the difference from
+    the teacher's whole rows (context included), the way TRL's GOLD trainer feeds it."""
+    # A random teacher's distributions are near uniform, whatever its context: a sharper head (untied from the
+    # embeddings) makes the loss tell a teacher that read the context from one that did not.
+    head = bert_teacher.model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach() * 40)
+    chunks = ["Preceding chunk about kappa.", "the kappa value is theta, unbelievably.", "the alpha code is alpha."]
+    corpus = split_by_document([("doc", chunks), ("other", ["sigma is sigma and the sigma value is high."])], 0.0)
+    config = _config(tmp_path, model_cache_dir, models_root, kd=KDSettings(alpha=0.0, context_chunks=1))
+    plan, loss_fn = cross_tokenizer.prepare(config, corpus, student, bert_teacher, lambda _: None)
+    batch = plan.collate([row for micro in plan.step_micro_batches(0) for row in micro])
+    with torch.no_grad():
+        ours = float(loss_fn(student.model, batch).divergence)
+
+    data = cross_tokenizer.build_cross_data(
+        corpus.train, corpus, student.tokenizer, bert_teacher.tokenizer, config.kd, config.training.seq_len
+    )
+    assert any(row.target_offset > 0 for row in data.rows)
+    assert any(row.target_offset == 0 for row in data.rows)
+    uld_loss = cross_tokenizer.load_uld_loss(config.kd, student.tokenizer, bert_teacher.tokenizer, student.device)
+    total, positions = 0.0, 0
+    with torch.no_grad():
+        student_logits = student.model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+        for placement in batch.placements:
+            item, width = data.rows[placement.segment], batch.input_ids.shape[1]
+            teacher_ids = torch.tensor([item.teacher_ids])  # (1, Tt): context and chunk, one unpadded row
+            student_labels = torch.full((1, width), -100)
+            student_labels[0, : len(item.student_ids)] = torch.tensor(item.student_ids)
+            student_offsets = torch.zeros((1, width, 2), dtype=torch.long)
+            student_offsets[0, : len(item.student_ids)] = torch.tensor(item.student_offsets)
+            teacher_labels = teacher_ids.clone()
+            teacher_labels[0, : item.target_offset] = -100
+            teacher_offsets = torch.zeros((1, teacher_ids.shape[1], 2), dtype=torch.long)
+            teacher_offsets[0, item.target_offset :] = torch.tensor(item.teacher_offsets)
+            value = uld_loss(
+                student_logits=student_logits[placement.row : placement.row + 1].float(),
+                teacher_logits=bert_teacher.logits(teacher_ids),
+                student_labels=student_labels,
+                teacher_labels=teacher_labels,
+                student_input_ids=batch.input_ids[placement.row : placement.row + 1],
+                teacher_input_ids=teacher_ids,
+                student_byte_offsets=student_offsets,
+                teacher_byte_offsets=teacher_offsets,
+            )
+            weight = int((batch.labels[placement.row] != -100).sum())  # rows weigh by their labelled tokens
+            total += float(value.sum()) * weight
+            positions += weight
+    assert ours > 0
+    assert ours == pytest.approx(total / positions, rel=1e-5)
+
+
 # ---------------------------------------------------------------- distill() end to end
 
 
