@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +68,8 @@ from workers.ml.distill.train import DataPlan, LossFunction
 GOLD_EXTRA = "pip install 'distillery[gold]'"
 QA_SUGGESTION = "use recipe 'qa', which distils through generated text and works with any teacher"
 # ULD merges split tokens by the chain rule over the actual tokens; see the module docstring.
-MERGE_STRATEGY = "bayesian"
+BAYESIAN = "bayesian"
+MERGE_STRATEGY = BAYESIAN
 MERGE_EPS = 1e-8  # TRL's floor of a merged token's probability
 
 Offsets = tuple[tuple[int, int], ...]
@@ -220,7 +222,7 @@ def merge_aligned_probabilities(
         return probs
     if token_ids is None and any(len(group) > 1 for group in groups):
         raise ValueError("token_ids must be provided when merging multi-token groups.")
-    bayesian = strategy == "bayesian"
+    bayesian = strategy == BAYESIAN
     base, owners, positions = [], [], []
     for number, group in enumerate(groups):
         base.append((group[-1] if bayesian else group[0]) if group else 0)
@@ -242,6 +244,35 @@ def merge_aligned_probabilities(
         keep[torch.tensor(empty, device=device)] = 0
         merged = merged * keep
     return merged
+
+
+def sorted_descending(probs: torch.Tensor) -> torch.Tensor:
+    """`probs` (G, V) sorted along V, largest first, differentiable where `probs` is.
+
+    On a CPU through NumPy, whose sort is vectorised (AVX-512/AVX2): 128 × 262,144 probabilities (a Gemma 3
+    teacher's row) sort in 0.21 s there against 1.6 s with torch.sort, which took 62% of a cross-tokenizer step.
+    With gradients the order comes from an argsort and a gather (its backward the scatter sort's would do).
+    """
+    if probs.device.type != "cpu" or probs.dtype != torch.float32:
+        return probs.sort(dim=-1, descending=True).values
+    values = probs.detach().numpy()
+    if not probs.requires_grad:
+        return torch.from_numpy(np.ascontiguousarray(np.sort(values, axis=-1)[:, ::-1]))
+    order = torch.from_numpy(np.argsort(-values, axis=-1))  # (G, V)
+    return probs.gather(-1, order)
+
+
+def sorted_l1(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """ULD's distance: the L1 between the two (G, V) distributions sorted, the shorter padded with zeros.
+
+    The padding is not built: beyond the shorter vocabulary (n entries) each side's entries meet zeros, so they
+    add their own sum. For a Gemma 3 teacher (262,144) and a SmolLM2 student (49,152) that spares five sixths
+    of the element-wise work, with the same value and gradient.
+    """
+    student_sorted, teacher_sorted = sorted_descending(student), sorted_descending(teacher)  # (G, Vs), (G, Vt)
+    n = min(student_sorted.shape[-1], teacher_sorted.shape[-1])
+    distance = (student_sorted[:, :n] - teacher_sorted[:, :n]).abs().sum()
+    return distance + student_sorted[:, n:].abs().sum() + teacher_sorted[:, n:].abs().sum()
 
 
 def load_uld_loss(
@@ -286,16 +317,108 @@ def load_uld_loss(
         )
 
     class VectorisedULDLoss(ULDLoss):
-        """TRL's ULDLoss with its split-token merge vectorised (see merge_aligned_probabilities)."""
+        """TRL's ULDLoss with its split-token merge vectorised (see merge_aligned_probabilities) and its sorted
+        distance computed faster (sorted_l1); the same value and gradient as TRL's (tested)."""
 
         def _merge_probabilities_with_alignment_groups(
             self, probs: torch.Tensor, alignment_groups: Any, token_ids: Any = None
         ) -> torch.Tensor:
             return merge_aligned_probabilities(probs, alignment_groups, token_ids, self.token_merge_strategy)
 
+        def _compute_distillation_loss(
+            self,
+            student_logits: torch.Tensor,
+            teacher_logits: torch.Tensor,
+            student_labels: torch.Tensor,
+            teacher_labels: torch.Tensor,
+            student_input_ids: torch.Tensor,
+            teacher_input_ids: torch.Tensor,
+            student_byte_offsets: torch.Tensor | None = None,
+            teacher_byte_offsets: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            return extended_uld_distance(
+                self,
+                student_logits,
+                teacher_logits,
+                (student_labels, teacher_labels),
+                (student_input_ids, teacher_input_ids),
+                (student_byte_offsets, teacher_byte_offsets),
+            )
+
     return VectorisedULDLoss(
         gold, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer, device=device
     )
+
+
+def extended_uld_distance(
+    uld: Any,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: tuple[torch.Tensor, torch.Tensor],
+    input_ids: tuple[torch.Tensor, torch.Tensor],
+    byte_offsets: tuple[torch.Tensor | None, torch.Tensor | None],
+) -> torch.Tensor:
+    """TRL 1.16's `ULDLoss._compute_distillation_loss` for the settings load_uld_loss uses (extended ULD, no
+    hybrid loss, no EOS skipped), its sort and padding replaced by sorted_l1. Per row:
+
+    1. the answer regions (labelled tokens) of both sides;
+    2. "bayesian" merging has no prediction for a region starting at index 0: the first aligned group is dropped
+       on both sides (the student's chunk always starts there);
+    3. the probabilities at the region's positions (one earlier for "bayesian"), with each side's temperature;
+    4. the byte-offset alignment groups, pairs with an empty side dropped, split tokens merged;
+    5. sorted L1 over the groups, divided by their number. The rows' mean, times the distillation weight.
+    """
+    if uld.use_hybrid_loss or not uld.use_extended_uld or uld.skip_student_eos or uld.skip_teacher_eos:
+        raise ValueError("extended_uld_distance covers extended ULD without the hybrid loss or skipped EOS only.")
+    student_offsets, teacher_offsets = byte_offsets
+    if student_offsets is None or teacher_offsets is None:
+        raise ValueError("Byte offsets are required when `use_extended_uld=True`.")
+    bayesian = uld.token_merge_strategy == BAYESIAN
+    student_regions = uld._get_start_and_size_answers(labels[0])
+    teacher_regions = uld._get_start_and_size_answers(labels[1])
+    if max([*student_regions[1], *teacher_regions[1]], default=0) <= 0:
+        return torch.zeros(1, device=student_logits.device, requires_grad=True) * student_logits.sum() * 1e-8
+    losses = []
+    for row in range(student_logits.size(0)):
+        student_start, student_size = student_regions[0][row], student_regions[1][row]
+        teacher_start, teacher_size = teacher_regions[0][row], teacher_regions[1][row]
+        if student_size <= 0 or teacher_size <= 0:
+            losses.append(student_logits[row].sum() * 0.0)
+            continue
+        student_spans = student_offsets[row, student_start : student_start + student_size].tolist()
+        teacher_spans = teacher_offsets[row, teacher_start : teacher_start + teacher_size].tolist()
+        student_groups, teacher_groups = uld._align_by_byte_offsets(student_spans, teacher_spans)
+        if bayesian and (student_start == 0 or teacher_start == 0):
+            if not student_groups or not teacher_groups:
+                losses.append(student_logits[row].sum() * 0.0)
+                continue
+            student_drop, teacher_drop = len(student_groups[0]), len(teacher_groups[0])
+            student_start, student_size = student_start + student_drop, student_size - student_drop
+            teacher_start, teacher_size = teacher_start + teacher_drop, teacher_size - teacher_drop
+            if student_size <= 0 or teacher_size <= 0:
+                losses.append(student_logits[row].sum() * 0.0)
+                continue
+            student_spans = student_offsets[row, student_start : student_start + student_size].tolist()
+            teacher_spans = teacher_offsets[row, teacher_start : teacher_start + teacher_size].tolist()
+            student_groups, teacher_groups = uld._align_by_byte_offsets(student_spans, teacher_spans)
+        shift = 1 if bayesian else 0
+        student_probs = F.softmax(
+            student_logits[row, student_start - shift : student_start + student_size - shift] / uld.student_temperature,
+            dim=-1,
+        )  # (Ss, Vs)
+        teacher_probs = F.softmax(
+            teacher_logits[row, teacher_start - shift : teacher_start + teacher_size - shift] / uld.teacher_temperature,
+            dim=-1,
+        )  # (St, Vt)
+        paired = [(s, t) for s, t in zip(student_groups, teacher_groups, strict=False) if s and t]
+        student_ids = input_ids[0][row, student_start : student_start + student_size].tolist()
+        teacher_ids = input_ids[1][row, teacher_start : teacher_start + teacher_size].tolist()
+        strategy = uld.token_merge_strategy
+        student_aligned = merge_aligned_probabilities(student_probs, [s for s, _ in paired], student_ids, strategy)
+        teacher_aligned = merge_aligned_probabilities(teacher_probs, [t for _, t in paired], teacher_ids, strategy)
+        losses.append(sorted_l1(student_aligned, teacher_aligned) / student_aligned.size(0))  # (G, V) each
+    distance: torch.Tensor = uld.distillation_weight * torch.stack(losses).mean()
+    return distance
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,65 @@ def test_the_vectorised_merge_equals_trls_in_value_and_gradient(uld: None, strat
     torch.testing.assert_close(results[1][1], results[0][1])
 
 
+@pytest.mark.parametrize("strategy", ["bayesian", "observed"])
+@pytest.mark.parametrize(("student_vocab", "teacher_vocab"), [(40, 70), (70, 40)])
+def test_the_faster_distance_equals_trls_in_value_and_gradient(
+    uld: None, student: LoadedModel, bert_teacher: LocalTeacher, strategy: str, student_vocab: int, teacher_vocab: int
+) -> None:
+    from trl.experimental.gold.gold_trainer import ULDLoss
+
+    loss = cross_tokenizer.load_uld_loss(
+        KDSettings(temperature=1.5), student.tokenizer, bert_teacher.tokenizer, torch.device("cpu")
+    )
+    loss.token_merge_strategy = strategy
+    # 12 bytes of text: the student's 5 tokens and the teacher's 6 close groups at bytes 2, 5, 9 and 12, with a
+    # token split on either side. Row 0: the student's answer at column 0 (no context, the first group dropped
+    # for "bayesian"), the teacher's after 2 context tokens; row 1: both after context; row 2: both at 0.
+    student_spans = [(0, 2), (2, 5), (5, 6), (6, 9), (9, 12)]
+    teacher_spans = [(0, 2), (2, 3), (3, 5), (5, 9), (9, 10), (10, 12)]
+    student_starts, teacher_starts = [0, 1, 0], [2, 1, 0]
+    width_s, width_t = 7, 9
+    student_labels = torch.full((3, width_s), -100)
+    teacher_labels = torch.full((3, width_t), -100)
+    student_offsets = torch.zeros((3, width_s, 2), dtype=torch.long)
+    teacher_offsets = torch.zeros((3, width_t, 2), dtype=torch.long)
+    torch.manual_seed(0)
+    student_ids = torch.randint(0, student_vocab, (3, width_s))
+    teacher_ids = torch.randint(0, teacher_vocab, (3, width_t))
+    for row, (s_start, t_start) in enumerate(zip(student_starts, teacher_starts, strict=True)):
+        student_labels[row, s_start : s_start + 5] = student_ids[row, s_start : s_start + 5]
+        teacher_labels[row, t_start : t_start + 6] = teacher_ids[row, t_start : t_start + 6]
+        student_offsets[row, s_start : s_start + 5] = torch.tensor(student_spans)
+        teacher_offsets[row, t_start : t_start + 6] = torch.tensor(teacher_spans)
+    # Sharp enough that sorting matters (float32: the faster sort's path on a CPU).
+    student_logits = (3 * torch.randn(3, width_s, student_vocab)).requires_grad_()
+    teacher_logits = 3 * torch.randn(3, width_t, teacher_vocab)
+    arguments = (student_labels, teacher_labels, student_ids, teacher_ids, student_offsets, teacher_offsets)
+    results = []
+    for compute in (ULDLoss._compute_distillation_loss, type(loss)._compute_distillation_loss):
+        value = compute(loss, student_logits, teacher_logits, *arguments)
+        (gradient,) = torch.autograd.grad(value, student_logits)
+        results.append((value.detach(), gradient))
+    assert float(results[0][0]) > 0
+    assert results[0][1].abs().sum() > 0
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def test_its_sort_gives_torchs_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    probs = torch.randn(5, 300).softmax(-1).requires_grad_()  # float32 on the CPU: NumPy's sort
+    weights = torch.rand(5, 300)
+    results = []
+    for sort in (lambda p: p.sort(dim=-1, descending=True).values, cross_tokenizer.sorted_descending):
+        values = sort(probs)
+        (gradient,) = torch.autograd.grad((values * weights).sum(), probs)
+        results.append((values.detach(), gradient))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    frozen = probs.detach()
+    assert torch.equal(cross_tokenizer.sorted_descending(frozen), frozen.sort(dim=-1, descending=True).values)
+
+
 # ---------------------------------------------------------------- the loss trains a LoRA
 
 
