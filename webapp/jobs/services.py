@@ -45,6 +45,10 @@ QA_TEACHER_MIN_PARAMETERS = 1_000_000_000
 PACKAGED_WITHOUT_CHAT = {"packaged:gemma3-270m"}
 # Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
 DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
+# How much slower kd trains across tokenizers (the teacher at every step, TRL's ULD loss) than with a teacher of
+# the student's tokenizer and its cache, until such a job has run here: bench/quality.py on a 2-core CPU, SmolLM2
+# student, bf16: 95 tokens/s with the packaged Gemma-3-270M against 340 with SmolLM2 teaching itself.
+CROSS_TOKENIZER_SLOWDOWN = 3.6
 # Seconds before any job has measured them, per "worker class:what:teacher kind" (local or endpoint): what qa's
 # teacher takes per chunk it is asked about (writing and grading its pairs), and a job's evaluation (kd: held-out
 # perplexities; qa: the teacher writes held-out questions and references, three models answer them blind).
@@ -128,12 +132,19 @@ def cross_tokenizer_kd_available() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
+def crosses_tokenizers(teacher: dict[str, Any], student: str) -> bool:
+    """A catalog teacher known to use another tokenizer than the student: recipe kd then runs the engine's
+    cross-tokenizer loss (an endpoint is checked when the run starts; unknown families too)."""
+    if teacher.get("kind") == "endpoint":
+        return False
+    teacher_family, student_family = tokenizer_family(teacher.get("spec", "")), tokenizer_family(student)
+    return bool(teacher_family and student_family and teacher_family != student_family)
+
+
 def kd_refusal(teacher: dict[str, Any], student: str) -> str | None:
     """Why recipe kd cannot use this teacher with this student, or None (unknown families are checked at run)."""
-    if teacher.get("kind") == "endpoint":
-        return None  # the engine checks prompt logprobs and the tokenizer when the run starts
-    teacher_family, student_family = tokenizer_family(teacher.get("spec", "")), tokenizer_family(student)
-    if teacher_family and student_family and teacher_family != student_family:
+    if crosses_tokenizers(teacher, student):
+        teacher_family, student_family = tokenizer_family(teacher.get("spec", "")), tokenizer_family(student)
         if cross_tokenizer_kd_available():
             return None
         advice = (
@@ -175,6 +186,18 @@ def qa_teacher_advice(teacher: dict[str, Any]) -> str | None:
         f"{teacher.get('name') or spec} has {described}: small teachers write poor question–answer pairs and "
         "do not judge the answers. Recipe qa pays off with a teacher of about 1–3B parameters or more, or an "
         "endpoint model; this teacher suits recipe kd."
+    )
+
+
+def kd_teacher_advice(teacher: dict[str, Any], student: str) -> str | None:
+    """For recipe kd: what a teacher of another tokenizer costs (and what it gave on bench/quality.py), or None."""
+    if not crosses_tokenizers(teacher, student) or not cross_tokenizer_kd_available():
+        return None
+    return (
+        f"{teacher.get('name') or teacher.get('spec')} uses another tokenizer than the student: kd then compares "
+        "whole distributions (ULD) with the teacher running at every step, and trains about 3–4× slower than "
+        "with a teacher of the student's tokenizer (no teacher pass, though). On a 20-topic manual the packaged "
+        "Gemma-3-270M gave an expert with 13% lower perplexity than SmolLM2 teaching itself, in twice the time."
     )
 
 
@@ -222,9 +245,18 @@ def _record(key: str, value: float) -> None:
         logger.warning("the measured speed %s could not be written to the cache", key, exc_info=True)
 
 
-def measured_tokens_per_s() -> float:
-    """Training tokens per second on this worker class."""
-    return _measured(f"jobs:tokens-per-s:{worker_class()}") or DEFAULT_TOKENS_PER_S[worker_class()]
+def measured_tokens_per_s(*, cross_tokenizer: bool = False) -> float:
+    """Training tokens per second on this worker class; `cross_tokenizer`: of recipe kd with a teacher of another
+    tokenizer (cross_tokenizer_tokens_per_s)."""
+    rate = _measured(f"jobs:tokens-per-s:{worker_class()}") or DEFAULT_TOKENS_PER_S[worker_class()]
+    return cross_tokenizer_tokens_per_s(rate) if cross_tokenizer else rate
+
+
+def cross_tokenizer_tokens_per_s(training_rate: float) -> float:
+    """Training tokens per second of kd across tokenizers, whose teacher runs at every step under a costlier loss:
+    measured apart (one such job must not slow the others' estimates); until one has run, `training_rate` (the
+    same-tokenizer one) over CROSS_TOKENIZER_SLOWDOWN."""
+    return _measured(f"jobs:tokens-per-s:{worker_class()}:cross-tokenizer") or training_rate / CROSS_TOKENIZER_SLOWDOWN
 
 
 def measured_teacher_tokens_per_s(teacher_kind: str) -> float:
@@ -259,7 +291,8 @@ def record_job_speeds(job: DistillationJob) -> None:
     kind, cls = teacher_kind(job.teacher_snapshot or {}), worker_class()
     try:
         if training.get("train_tokens") and stages.get("training"):
-            _record(f"jobs:tokens-per-s:{cls}", float(training["train_tokens"]) / max(1.0, float(stages["training"])))
+            key = f"jobs:tokens-per-s:{cls}" + (":cross-tokenizer" if training.get("cross_tokenizer") else "")
+            _record(key, float(training["train_tokens"]) / max(1.0, float(stages["training"])))
         read = (metrics.get("teacher_pass") or {}).get("target_tokens")
         if job.recipe == DistillationJob.Recipe.KD and read and stages.get("teacher"):
             _record(f"jobs:teacher-tokens-per-s:{cls}:{kind}", float(read) / max(1.0, float(stages["teacher"])))
@@ -297,12 +330,15 @@ def estimate(corpus: Corpus, recipe: str, options: dict[str, Any], teacher: dict
     share = min(1.0, budget / epoch_tokens) if epoch_tokens else 1.0
     teacher_read, asked = int(train_tokens * share), math.ceil(chunks * share)
     kind = teacher_kind(teacher)
-    if recipe == "kd":  # the teacher pass reads each chunk training needs once (with its context)
+    cross = recipe == "kd" and crosses_tokenizers(teacher, settings.MOE_BASE_MODEL)
+    if cross:  # no teacher pass: the teacher runs at every training step (measured with training)
+        teacher_seconds = 0.0
+    elif recipe == "kd":  # the teacher pass reads each chunk training needs once (with its context)
         teacher_seconds = teacher_read / measured_teacher_tokens_per_s(kind)
     else:  # qa's teacher writes (and grades) pairs chunk by chunk: generation, far slower than reading
         teacher_seconds = asked * measured_seconds("qa_chunk", kind)
     evaluation = measured_seconds("eval_qa" if recipe == "qa" else "eval_kd", kind)
-    eta = budget / measured_tokens_per_s() + teacher_seconds + evaluation
+    eta = budget / measured_tokens_per_s(cross_tokenizer=cross) + teacher_seconds + evaluation
     teacher_tokens = cost = None
     if kind == "endpoint":
         if recipe == "kd":

@@ -227,7 +227,9 @@ def _estimate(form: JobForm) -> dict[str, Any]:
         "teacher": snapshot,
         "priced": bool(snapshot.get("price_input_per_million") or snapshot.get("price_output_per_million")),
         "refusal": refusal or services.limit_refusal(form.organization),
-        "advice": services.qa_teacher_advice(snapshot) if recipe == "qa" else None,
+        "advice": services.qa_teacher_advice(snapshot)
+        if recipe == "qa"
+        else services.kd_teacher_advice(snapshot, settings.MOE_BASE_MODEL),
     }
 
 

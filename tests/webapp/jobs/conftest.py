@@ -34,7 +34,11 @@ def job_settings(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     settings.TEACHER_ENDPOINT_ALLOWED_HOSTS = []
     settings.TEACHER_ENDPOINT_ALLOW_PRIVATE = False
     # Other suites refine the measured speed in the shared cache: estimates here use the default.
-    monkeypatch.setattr(services, "measured_tokens_per_s", lambda: 250.0)
+    monkeypatch.setattr(
+        services,
+        "measured_tokens_per_s",
+        lambda *, cross_tokenizer=False: services.cross_tokenizer_tokens_per_s(250.0) if cross_tokenizer else 250.0,
+    )
     monkeypatch.setattr(
         services, "measured_seconds", lambda what, kind: services.DEFAULT_STAGE_SECONDS[f"cpu:{what}:{kind}"]
     )

@@ -430,6 +430,36 @@ def test_it_learns_a_kd_teachers_speed_from_a_finished_job_and_times_the_next_pa
     cache.delete_many(keys)
 
 
+def test_it_times_kd_across_tokenizers_by_its_own_training_speed_and_learns_it_apart(
+    cast: Cast, corpus: Corpus
+) -> None:
+    keys = ["jobs:tokens-per-s:cpu", "jobs:tokens-per-s:cpu:cross-tokenizer", "jobs:teacher-tokens-per-s:cpu:local"]
+    cache.delete_many(keys)
+
+    def estimated(teacher: str) -> str:
+        query = f"?corpus={corpus.pk}&teacher={teacher}&recipe=kd&epochs=1"
+        page = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+        found = re.search(r"<dt>Estimated time</dt><dd>(.*?)</dd>", page.content.decode())
+        assert found is not None
+        return found.group(1)
+
+    # Gemma (global:1) and the SmolLM2 student: no teacher pass, training at 250 / CROSS_TOKENIZER_SLOWDOWN
+    # tokens/s until measured, and a 30 s evaluation.
+    slowdown = services.CROSS_TOKENIZER_SLOWDOWN
+    assert estimated("global:1") == "about " + humanize_seconds(9000 / (250 / slowdown) + 30)
+    assert estimated("global:0") == "about 1 min 42 s"  # SmolLM2 teaching itself: 36 + 36 + 30 s
+    cross = {
+        "training": {"train_tokens": 9000, "resumed_from_step": None, "cross_tokenizer": True},
+        "stage_seconds": {"loading": 5.0, "teacher": 0.5, "training": 90.0},
+    }
+    services.record_job_speeds(make_job(corpus, JobStatus.SUCCEEDED, metrics=cross))
+    assert cache.get("jobs:tokens-per-s:cpu:cross-tokenizer") == pytest.approx(100.0)
+    assert cache.get("jobs:tokens-per-s:cpu") is None  # the other kd jobs' speed is not slowed by it
+    assert estimated("global:1") == "about 2 min"  # 9,000 / 100 + 30 s
+    assert estimated("global:0") == "about 1 min 42 s"
+    cache.delete_many(keys)
+
+
 def test_it_shows_no_cost_for_a_catalog_teacher_and_warns_of_a_refusal(
     cast: Cast, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -455,6 +485,25 @@ def test_it_advises_a_larger_teacher_for_qa_but_not_for_kd_or_an_endpoint(cast: 
     assert "about 1–3B parameters or more, or an endpoint model" in advice
     assert "small teachers" not in panel("global:0", "kd")
     assert "small teachers" not in panel(f"org:{make_endpoint_teacher(cast.org).pk}", "qa")
+
+
+def test_it_tells_what_kd_across_tokenizers_costs_only_for_such_a_teacher(
+    cast: Cast, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    member = cast.client_for("member")
+
+    def panel(teacher: str) -> str:
+        query = f"?corpus={corpus.pk}&teacher={teacher}&recipe=kd"
+        return member.get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"}).content.decode()
+
+    assert "Gemma 3 270M (packaged) uses another tokenizer than the student" in panel("global:1")
+    assert "trains about 3–4× slower" in panel("global:1")
+    assert "another tokenizer" not in panel("global:0")  # SmolLM2 teaching itself
+    assert "another tokenizer" not in panel(f"org:{make_endpoint_teacher(cast.org).pk}")
+    monkeypatch.setattr(services, "cross_tokenizer_kd_available", lambda: False)
+    refused = panel("global:1")  # without TRL: the refusal says it, not the advice
+    assert "Recipe kd needs a teacher with the student&#x27;s tokenizer" in refused
+    assert "trains about 3–4× slower" not in refused
 
 
 def test_it_asks_for_a_corpus_and_teacher_before_estimating(cast: Cast) -> None:

@@ -489,8 +489,10 @@ def cross_tokenizer_loss(
                 total_ce = total_ce + F.cross_entropy(row_logits[0], batch.labels[row], reduction="sum")
             if teacher_logits:
                 inputs = _uld_row(rows[placement.segment], placement.start, width)
-                # An inference tensor cannot be saved for backward: a normal copy beside the student's logits.
-                row_teacher = teacher_logits[placement.segment].to(logits.device).clone().unsqueeze(0)  # (1, L, Vt)
+                # An fp32 copy beside the student's logits (a bf16 teacher's logits too; and an inference tensor
+                # cannot be saved for backward).
+                row_teacher = teacher_logits[placement.segment].to(logits.device, torch.float32, copy=True)
+                row_teacher = row_teacher.unsqueeze(0)  # (1, L, Vt)
                 uld_row = uld(
                     student_logits=row_logits,
                     teacher_logits=row_teacher,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -88,6 +89,12 @@ class _Models:
     teacher: Teacher
     shared: bool  # teacher and student are one model object (same spec)
 
+    @functools.cached_property
+    def local_other_vocabulary(self) -> bool:
+        """A local teacher whose vocabulary is not the student's: recipe kd then runs cross_tokenizer.py."""
+        teacher = self.teacher
+        return isinstance(teacher, LocalTeacher) and not same_vocabulary(teacher.tokenizer, self.student.tokenizer)
+
 
 def _load(config: DistillConfig, on_progress: ProgressCallback) -> _Models:
     catalog = CatalogConfig(
@@ -143,7 +150,7 @@ def _prepare_kd(
     target tokens the teacher computed for the cache in this attempt (none when it runs at every step)."""
     teacher = models.teacher
     if isinstance(teacher, LocalTeacher):
-        if not same_vocabulary(teacher.tokenizer, models.student.tokenizer):
+        if models.local_other_vocabulary:
             from workers.ml.distill import cross_tokenizer  # TRL's ULD loss, an optional dependency
 
             return cross_tokenizer.prepare(config, corpus, models.student, teacher, on_progress)
@@ -265,7 +272,7 @@ def _evaluate(
     tokenizer = models.student.tokenizer
     teacher = models.teacher
     teacher_scores, kl_before, kl_after = None, None, None
-    shares_vocab = isinstance(teacher, LocalTeacher) and same_vocabulary(teacher.tokenizer, tokenizer)
+    shares_vocab = isinstance(teacher, LocalTeacher) and not models.local_other_vocabulary
     if shares_vocab:
         on_progress(Progress("evaluating", 0, 1, message="Scoring base, expert and teacher (held-out)"))
         comparison = _compare_with_teacher(models, expert, texts, contexts)
@@ -491,6 +498,9 @@ def _distill_loaded(
         "resumed_from_step": outcome.resumed_from,
         "base_weights": str(models.student.dtype).removeprefix("torch."),
         "bf16_autocast": outcome.bf16_autocast,
+        # kd across tokenizers: the teacher ran at every step, under ULD (no teacher pass), so training's speed
+        # is not a same-vocabulary run's (the web keeps its own estimate of it).
+        "cross_tokenizer": config.recipe == "kd" and models.local_other_vocabulary,
     }
     # Where this attempt's time went, up to the evaluation (a resumed run counts only its own attempt).
     metrics["stage_seconds"] = on_progress.snapshot()

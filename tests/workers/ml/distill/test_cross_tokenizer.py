@@ -334,6 +334,7 @@ def test_it_weighs_ce_and_uld_by_alpha(
     assert float(parts.total) == pytest.approx(0.25 * float(parts.ce) + 0.75 * float(parts.divergence), rel=1e-5)
 
 
+@pytest.mark.parametrize("teacher_dtype", [torch.float32, torch.bfloat16])
 def test_its_teacher_pass_gives_the_loss_of_the_full_teacher_rows(
     uld: None,
     tmp_path: Path,
@@ -341,13 +342,16 @@ def test_its_teacher_pass_gives_the_loss_of_the_full_teacher_rows(
     models_root: Path,
     student: LoadedModel,
     bert_teacher: LocalTeacher,
+    teacher_dtype: torch.dtype,
 ) -> None:
     """The teacher runs packed, its head on each chunk's positions only; ULD must not see the difference from
-    the teacher's whole rows (context included), the way TRL's GOLD trainer feeds it."""
+    the teacher's whole rows (context included), the way TRL's GOLD trainer feeds it. A bf16 teacher's logits
+    reach ULD in fp32, as LocalTeacher.logits gives them."""
     # A random teacher's distributions are near uniform, whatever its context: a sharper head (untied from the
     # embeddings) makes the loss tell a teacher that read the context from one that did not.
     head = bert_teacher.model.get_output_embeddings()
     head.weight = torch.nn.Parameter(head.weight.detach() * 40)
+    bert_teacher.loaded.cast(teacher_dtype)
     chunks = ["Preceding chunk about kappa.", "the kappa value is theta, unbelievably.", "the alpha code is alpha."]
     corpus = split_by_document([("doc", chunks), ("other", ["sigma is sigma and the sigma value is high."])], 0.0)
     config = _config(tmp_path, model_cache_dir, models_root, kd=KDSettings(alpha=0.0, context_chunks=1))
