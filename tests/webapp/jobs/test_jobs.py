@@ -403,18 +403,23 @@ def test_it_learns_training_speed_qa_chunk_time_and_evaluation_time_from_a_finis
     cache.delete_many(keys)
 
 
+def _estimated_kd_time(cast: Cast, corpus: Corpus, teacher: str) -> str:
+    """The estimate panel's time for one epoch of recipe kd with `teacher`."""
+    query = f"?corpus={corpus.pk}&teacher={teacher}&recipe=kd&epochs=1"
+    page = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
+    found = re.search(r"<dt>Estimated time</dt><dd>(.*?)</dd>", page.content.decode())
+    assert found is not None
+    return found.group(1)
+
+
 def test_it_learns_a_kd_teachers_speed_from_a_finished_job_and_times_the_next_pass_by_it(
     cast: Cast, corpus: Corpus
 ) -> None:
     keys = ["jobs:teacher-tokens-per-s:cpu:local", "jobs:teacher-tokens-per-s:cpu:endpoint", "jobs:tokens-per-s:cpu"]
     cache.delete_many(keys)
-    query = f"?corpus={corpus.pk}&teacher=global:0&recipe=kd&epochs=1"
 
     def estimated() -> str:
-        page = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
-        found = re.search(r"<dt>Estimated time</dt><dd>(.*?)</dd>", page.content.decode())
-        assert found is not None
-        return found.group(1)
+        return _estimated_kd_time(cast, corpus, "global:0")
 
     # Training 9,000 / 250 s, the teacher at the training rate until measured, a 30 s evaluation: 36 + 36 + 30 s.
     assert estimated() == "about 1 min 42 s"
@@ -437,11 +442,7 @@ def test_it_times_kd_across_tokenizers_by_its_own_training_speed_and_learns_it_a
     cache.delete_many(keys)
 
     def estimated(teacher: str) -> str:
-        query = f"?corpus={corpus.pk}&teacher={teacher}&recipe=kd&epochs=1"
-        page = cast.client_for("member").get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"})
-        found = re.search(r"<dt>Estimated time</dt><dd>(.*?)</dd>", page.content.decode())
-        assert found is not None
-        return found.group(1)
+        return _estimated_kd_time(cast, corpus, teacher)
 
     # Gemma (global:1) and the SmolLM2 student: no teacher pass, training at 250 / CROSS_TOKENIZER_SLOWDOWN
     # tokens/s until measured, and a 30 s evaluation.
