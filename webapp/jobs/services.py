@@ -46,9 +46,10 @@ PACKAGED_WITHOUT_CHAT = {"packaged:gemma3-270m"}
 # Tokens/s of training per worker class before any job has measured it (2-core CPU, one mid-range GPU).
 DEFAULT_TOKENS_PER_S = {"cpu": 250.0, "gpu": 20_000.0}
 # How much slower kd trains across tokenizers (the teacher at every step, TRL's ULD loss) than with a teacher of
-# the student's tokenizer and its cache, until such a job has run here: bench/quality.py on a 2-core CPU, SmolLM2
-# student, bf16: 95 tokens/s with the packaged Gemma-3-270M against 340 with SmolLM2 teaching itself.
-CROSS_TOKENIZER_SLOWDOWN = 3.6
+# the student's tokenizer and its cache, until such a job has run here. Two runs on a 2-core CPU, SmolLM2 student,
+# bf16, the packaged Gemma-3-270M against SmolLM2 teaching itself: 95 against 340 tokens/s (bench/quality.py,
+# 128-token chunks) and 67 against 337 (the CLI's defaults on this repository's docs).
+CROSS_TOKENIZER_SLOWDOWN = 4.0
 # Seconds before any job has measured them, per "worker class:what:teacher kind" (local or endpoint): what qa's
 # teacher takes per chunk it is asked about (writing and grading its pairs), and a job's evaluation (kd: held-out
 # perplexities; qa: the teacher writes held-out questions and references, three models answer them blind).
@@ -195,9 +196,10 @@ def kd_teacher_advice(teacher: dict[str, Any], student: str) -> str | None:
         return None
     return (
         f"{teacher.get('name') or teacher.get('spec')} uses another tokenizer than the student: kd then compares "
-        "whole distributions (ULD) with the teacher running at every step, and trains about 3–4× slower than "
-        "with a teacher of the student's tokenizer (no teacher pass, though). On a 20-topic manual the packaged "
-        "Gemma-3-270M gave an expert with 13% lower perplexity than SmolLM2 teaching itself, in twice the time."
+        "whole distributions (ULD) with the teacher running at every step, and trains about 3–5× slower than "
+        "with a teacher of the student's tokenizer (no teacher pass, though). On two corpora the packaged "
+        "Gemma-3-270M gave experts with 3% and 13% lower perplexity than SmolLM2 teaching itself, in 2–3× the "
+        "time."
     )
 
 

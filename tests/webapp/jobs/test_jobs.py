@@ -498,13 +498,13 @@ def test_it_tells_what_kd_across_tokenizers_costs_only_for_such_a_teacher(
         return member.get(reverse("jobs:estimate") + query, headers={"HX-Request": "true"}).content.decode()
 
     assert "Gemma 3 270M (packaged) uses another tokenizer than the student" in panel("global:1")
-    assert "trains about 3–4× slower" in panel("global:1")
+    assert "trains about 3–5× slower" in panel("global:1")
     assert "another tokenizer" not in panel("global:0")  # SmolLM2 teaching itself
     assert "another tokenizer" not in panel(f"org:{make_endpoint_teacher(cast.org).pk}")
     monkeypatch.setattr(services, "cross_tokenizer_kd_available", lambda: False)
     refused = panel("global:1")  # without TRL: the refusal says it, not the advice
     assert "Recipe kd needs a teacher with the student&#x27;s tokenizer" in refused
-    assert "trains about 3–4× slower" not in refused
+    assert "trains about 3–5× slower" not in refused
 
 
 def test_it_asks_for_a_corpus_and_teacher_before_estimating(cast: Cast) -> None:
