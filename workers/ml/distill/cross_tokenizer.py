@@ -398,9 +398,10 @@ def extended_uld_distance(
             if student_size <= 0 or teacher_size <= 0:
                 losses.append(student_logits[row].sum() * 0.0)
                 continue
-            student_spans = student_offsets[row, student_start : student_start + student_size].tolist()
-            teacher_spans = teacher_offsets[row, teacher_start : teacher_start + teacher_size].tolist()
-            student_groups, teacher_groups = uld._align_by_byte_offsets(student_spans, teacher_spans)
+            # TRL aligns the shortened regions again; the walk closes groups where both sides end a token, so
+            # that gives the other groups, their indices moved by the tokens dropped.
+            student_groups = [[i - student_drop for i in group] for group in student_groups[1:]]
+            teacher_groups = [[i - teacher_drop for i in group] for group in teacher_groups[1:]]
         shift = 1 if bayesian else 0
         student_probs = F.softmax(
             student_logits[row, student_start - shift : student_start + student_size - shift] / uld.student_temperature,
