@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from workers.ml.distill.config import Divergence
+from workers.ml.distill.vocab_topk import vocabulary_topk
 
 IGNORE_INDEX = -100
 # Positions whose loss is computed at once, bounding the (chunk, V) temporaries. Past one chunk, each chunk is
@@ -278,13 +279,13 @@ def teacher_topk(
     """The teacher's k most likely next tokens at temperature τ and the log of the mass left outside them.
 
     (..., V) -> log-probs (..., k) fp32, ids (..., k), tail (...) — the form the teacher cache stores.
-    Top-k runs on the raw logits (same order as the log-probs). At τ = 1 the log-probs come from one
-    log-softmax with an fp32 output: on an H200, for 16k positions of a 152k vocabulary, ~16 ms where an fp32
-    copy and a logsumexp (its max, subtraction, exp and sum each a pass over the vocabulary) took 23 ms, as
-    long as the top-k itself; compiled (compiled_vocabulary_passes) it fuses into ~3 ms (bench/gpu_profile.py).
+    Top-k runs on the raw logits (same order as the log-probs; grouped on a GPU, see vocab_topk). At τ = 1
+    the log-probs come from one log-softmax with an fp32 output: on an H200, for 16k positions of a 152k
+    vocabulary, ~16 ms where an fp32 copy and a logsumexp (its max, subtraction, exp and sum each a pass over
+    the vocabulary) took 23 ms, as long as the top-k itself; compiled (compiled_vocabulary_passes) it fuses
+    into ~3 ms (bench/gpu_profile.py).
     """
-    k = min(k, teacher_logits.shape[-1])
-    ids = teacher_logits.topk(k, dim=-1).indices  # (..., k)
+    ids = vocabulary_topk(teacher_logits, k)[1]  # (..., k)
     # The number of kept positions changes from batch to batch: shapes are dynamic (one compilation).
     values = _on_gpu_compiled(_logprobs_at, teacher_logits, dynamic=True)(teacher_logits, ids, temperature)
     return values, ids, log_tail_mass(values)

@@ -13,6 +13,8 @@ fingerprint differs (other teacher, k, temperature, context or data) is rebuilt 
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 import time
@@ -113,12 +115,47 @@ def teacher_targets(
     One output head, top-k and copy to the CPU over the whole teacher batch's kept positions, instead of one per
     segment: on a GPU the per-segment kernels and synchronisations cost more than the teacher's forward.
     """
+    return launch_teacher_targets(model, segments, indices, top_k, temperature, pad_token_id).result()
+
+
+class LaunchedTargets:
+    """A teacher batch's targets on their way to the CPU: `result()` waits for the copy and splits them.
+
+    On a GPU the copies into pinned memory are queued behind the batch's kernels and return at once, so the
+    host can pack and launch the next batch while this one runs (see TeacherCache.open_or_build).
+    """
+
+    def __init__(self, order: list[int], lengths: list[int], tensors: tuple[torch.Tensor, ...], done: Any) -> None:
+        self._order, self._lengths, self._tensors, self._done = order, lengths, tensors, done
+
+    def result(self) -> list[Targets]:
+        if self._done is not None:
+            self._done.synchronize()
+        values, ids, tail = (tensor.split(self._lengths) for tensor in self._tensors)
+        return list(zip(self._order, values, ids, tail, strict=True))
+
+
+def launch_teacher_targets(
+    model: Any,
+    segments: Sequence[TeacherSegment],
+    indices: Sequence[int],
+    top_k: int,
+    temperature: float,
+    pad_token_id: int,
+) -> LaunchedTargets:
+    """teacher_targets without waiting for the GPU: the batch's work is queued, its result comes later."""
     order, lengths, logits = _packed_target_logits(model, segments, indices, pad_token_id)  # logits (N, V)
     with torch.inference_mode():
         values, ids, tail = teacher_topk(logits, top_k, temperature)  # (N, k), (N, k), (N,)
-        del logits
-        values, ids, tail = values.half().cpu(), ids.int().cpu(), tail.float().cpu()
-    return list(zip(order, values.split(lengths), ids.split(lengths), tail.split(lengths), strict=True))
+        del logits  # its memory goes back to the allocator for the next batch (same stream: no race)
+        # non_blocking copies from a GPU land in pinned host memory; they are valid once `done` has passed.
+        on_gpu = values.device.type == "cuda"
+        host = tuple(tensor.to("cpu", non_blocking=on_gpu) for tensor in (values.half(), ids.int(), tail.float()))
+        done = None
+        if on_gpu:
+            done = torch.cuda.Event()
+            done.record()
+    return LaunchedTargets(order, lengths, host, done)
 
 
 def _packed_target_logits(
@@ -242,10 +279,14 @@ class TeacherCache:
         index_path = directory / "index.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else None
         device = next(model.parameters()).device if source is None else torch.device("cpu")
+        launch: Callable[[Sequence[int]], LaunchedTargets | list[Targets]]
         if source is None:
-
-            def source(indices: Sequence[int]) -> list[Targets]:
-                return teacher_targets(model, segments, indices, top_k, temperature, pad_token_id)
+            launch = functools.partial(
+                launch_teacher_targets, model, segments, top_k=top_k, temperature=temperature,
+                pad_token_id=pad_token_id,
+            )  # fmt: skip
+        else:
+            launch = source
 
         if index is None or index["fingerprint"] != fingerprint:
             for stale in directory.glob("shard-*.safetensors"):
@@ -258,9 +299,26 @@ class TeacherCache:
         if not todo:
             return cls(directory, device)
         already = len(wanted) - len(todo)
-        pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        pending: list[Targets] = []
         pending_tokens = built = 0
         position = 0
+        # One batch in flight: batch i + 1 is packed and launched before batch i's targets are waited for and
+        # stored, so the GPU does not idle while the host handles them (a local teacher; an endpoint's source
+        # answers at once). Measured on an H200 (bench/gpu_distill.py): see docs/benchmarks.md.
+        in_flight: collections.deque[tuple[LaunchedTargets | list[Targets], int, int]] = collections.deque()
+
+        def store(launched: LaunchedTargets | list[Targets], through: int, batch_size: int) -> None:
+            nonlocal pending, pending_tokens, built
+            targets = launched.result() if isinstance(launched, LaunchedTargets) else launched
+            for segment_index, values, ids, tail in targets:
+                pending.append((segment_index, values, ids, tail))
+                pending_tokens += len(values)
+                built += len(values)
+            on_progress(already + through, len(wanted), batch_size)
+            if pending_tokens >= SHARD_TOKENS:
+                _write_shard(directory, index, pending)
+                pending, pending_tokens = [], 0
+
         while position < len(todo):
             if should_stop():
                 return None
@@ -273,22 +331,17 @@ class TeacherCache:
                 batch_indices.append(todo[position])
                 batch_size += len(segments[todo[position]].tokens)
                 position += 1
-            for segment_index, values, ids, tail in source(batch_indices):
-                pending.append((segment_index, values, ids, tail))
-                pending_tokens += len(values)
-                built += len(values)
-            on_progress(already + position, len(wanted), batch_size)
-            if pending_tokens >= SHARD_TOKENS:
-                _write_shard(directory, index, pending)
-                pending, pending_tokens = [], 0
+            in_flight.append((launch(batch_indices), position, batch_size))
+            if len(in_flight) > 1:
+                store(*in_flight.popleft())
+        while in_flight:
+            store(*in_flight.popleft())
         if pending:
             _write_shard(directory, index, pending)
         return cls(directory, device, built_targets=built)
 
 
-def _write_shard(
-    directory: Path, index: dict[str, Any], pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
-) -> None:
+def _write_shard(directory: Path, index: dict[str, Any], pending: list[Targets]) -> None:
     name = f"shard-{len(index['shards']):05d}.safetensors"
     rows, start = [], 0
     for segment, values, _, _ in pending:

@@ -349,6 +349,13 @@ def _start_message(plan: DataPlan, start_step: int, compiled: bool) -> str:
     return said + (" (the student's layers are compiled during the first step)" if compiled else "")
 
 
+def compiles_for_training(model: Any, plan: DataPlan, settings: TrainingSettings, start_step: int = 0) -> bool:
+    """Whether train() compiles the student's layers for the steps from `start_step` (training.torch_compile)."""
+    device = next(model.parameters()).device
+    flops = planned_train_flops(parameter_count(model), plan.planned_positions(start_step))
+    return should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
+
+
 def train(
     model: Any,
     plan: DataPlan,
@@ -396,11 +403,9 @@ def train(
         log_path.write_text("".join(line + "\n" for line in kept))
     reporter = _StepReporter(settings, total_steps, start_step, log_path, on_progress, evaluate)
     step = start_step
-    parameters = parameter_count(model)
-    flops = planned_train_flops(parameters, plan.planned_positions(start_step))
-    compiling = should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
+    compiling = compiles_for_training(model, plan, settings, start_step)
     if compiling:
-        logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
+        logger.info("torch.compile: the student's decoder layers are compiled for training")
     with (
         compiled_layers(
             model,

@@ -145,3 +145,61 @@ def test_it_runs_the_teacher_over_the_needed_segments_only_and_adds_the_rest_whe
         expected = _expected(tiny_teacher.model, segments[index])
         for got, want in zip(whole.segment(index), expected, strict=True):
             torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_it_launches_the_next_teacher_batch_before_waiting_for_the_last_and_keeps_every_target(
+    tmp_path: Path,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    segments = _segments(tiny_teacher, toy_corpus, kd_case)
+    events: list[str] = []
+    real_launch = teacher_cache.launch_teacher_targets
+
+    def recording_launch(*args: Any, **kwargs: Any) -> teacher_cache.LaunchedTargets:
+        number = sum(event.startswith("launch") for event in events)
+        events.append(f"launch {number}")
+        launched = real_launch(*args, **kwargs)
+        real_result = launched.result
+        launched.result = lambda: events.append(f"wait {number}") or real_result()  # type: ignore[method-assign]
+        return launched
+
+    monkeypatch.setattr(teacher_cache, "launch_teacher_targets", recording_launch)
+    reports: list[int] = []
+    longest = max(len(segment.tokens) for segment in segments)
+
+    cache = TeacherCache.open_or_build(
+        tmp_path / "cache", {"teacher": "tiny"}, tiny_teacher.model.eval(), segments, top_k=TOP_K,
+        temperature=1.0, batch_tokens=longest, pad_token_id=0,  # one segment a batch
+        on_progress=lambda done, total, _: reports.append(done),
+    )  # fmt: skip
+
+    batches = len(segments)
+    assert events[:4] == ["launch 0", "launch 1", "wait 0", "launch 2"]
+    assert events[-2:] == [f"wait {batches - 2}", f"wait {batches - 1}"]
+    assert sorted(events) == sorted([f"launch {n}" for n in range(batches)] + [f"wait {n}" for n in range(batches)])
+    assert reports == list(range(1, batches + 1))  # each batch reported once it is stored
+    assert cache is not None
+    assert len(cache) == len(segments)
+    for index in range(len(segments)):
+        expected = _expected(tiny_teacher.model, segments[index])
+        for got, want in zip(cache.segment(index), expected, strict=True):
+            torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_it_stops_between_batches_without_storing_the_one_in_flight(
+    tmp_path: Path, tiny_teacher: LoadedModel, toy_corpus: CorpusSnapshot, kd_case: KDCase
+) -> None:
+    segments = _segments(tiny_teacher, toy_corpus, kd_case)
+    reports: list[int] = []
+
+    cache = TeacherCache.open_or_build(
+        tmp_path / "cache", {"teacher": "tiny"}, tiny_teacher.model.eval(), segments, top_k=TOP_K,
+        temperature=1.0, batch_tokens=1, pad_token_id=0, on_progress=lambda done, total, _: reports.append(done),
+        should_stop=lambda: len(reports) >= 2,
+    )  # fmt: skip
+
+    assert cache is None
+    assert reports == [1, 2]  # batch 3 was launched, then the stop came before it was stored
