@@ -38,6 +38,7 @@ configs with random weights, and the corpus is random token ids.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -61,6 +62,7 @@ from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
 from workers.ml.distill.losses import compiled_vocabulary_passes
 from workers.ml.distill.precision import bf16_autocast
+from workers.ml.distill.precompile import StudentPrecompile
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.regional_compile import compiled_layers
 from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, teacher_targets
@@ -143,16 +145,23 @@ def teacher_pass(
     batch_tokens: int,
     device: torch.device,
     scratch: Path,
+    on_batch: Callable[[], None] = lambda: None,
 ) -> tuple[TeacherRun, TeacherCache]:
-    """Build the top-k cache with the teacher's layers eager ("off") or compiled ("on")."""
+    """Build the top-k cache with the teacher's layers eager ("off") or compiled ("on"); `on_batch` is called
+    after each batch (the product starts the student's compilation there: precompile.py)."""
     marks: list[tuple[float, int]] = []  # (time, tokens of the batch) after each teacher batch
+
+    def mark(tokens: int) -> None:
+        marks.append((time.perf_counter(), tokens))
+        on_batch()
+
     sync(device)
     started = time.perf_counter()
     with compiled_layers(teacher, variant == "on"), compiled_vocabulary_passes(variant == "on"):
         cache = TeacherCache.open_or_build(
             scratch / f"cache-{variant}", {"bench": "gpu"}, teacher, segments, top_k=top_k, temperature=1.0,
             batch_tokens=batch_tokens, pad_token_id=0,
-            on_progress=lambda done, total, tokens: marks.append((time.perf_counter(), tokens)),
+            on_progress=lambda done, total, tokens: mark(tokens),
         )  # fmt: skip
     sync(device)
     seconds = time.perf_counter() - started
@@ -195,10 +204,11 @@ def train_once(
     device: torch.device,
     scratch: Path,
     label: str,
+    expert: Any = None,
 ) -> tuple[TrainRun, int, int]:
-    """One training run (`label`: its variant) from a fresh, seeded LoRA: (timings, trained tokens, LoRA parameters)."""
-    torch.manual_seed(0)
-    expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
+    """One training run (`label`: its variant) from a fresh, seeded LoRA (`expert`, when new_expert made it
+    already): (timings, trained tokens, LoRA parameters)."""
+    expert = new_expert(student) if expert is None else expert
     n_lora = count(expert, trainable=True)
     step_marks: list[tuple[float, int]] = []  # (time, step) of each step's report
     run_dir = scratch / f"train-{label}"
@@ -234,6 +244,12 @@ def train_once(
         cudagraph_skips=counters["inductor"]["cudagraph_skips"] - skips_before,
     )  # fmt: skip
     return run, outcome.train_tokens, n_lora
+
+
+def new_expert(student: torch.nn.Module) -> Any:
+    """The student in a fresh LoRA adapter (r=16 on all linear layers), seeded: the same weights every time."""
+    torch.manual_seed(0)
+    return get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
 
 
 PROFILE_TOP = 20
@@ -325,7 +341,17 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=None)
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument(
-        "--compile", choices=["both", "on", "off"], default="both", help="Student layers eager, compiled or both."
+        "--compile",
+        choices=["both", "on", "off", "graphs"],
+        default="both",
+        help="Student layers eager, compiled or both ('graphs': only compiled with CUDA graphs, as 'on+graphs').",
+    )
+    parser.add_argument(
+        "--precompile",
+        choices=["on", "off"],
+        default="on",
+        help="Compile the student for its first compiled variant (with graphs where asked) in a thread during "
+        "the last teacher pass, as the product does (precompile.py); that variant then trains first.",
     )
     parser.add_argument(
         "--compile-teacher",
@@ -370,20 +396,39 @@ def main() -> int:
         warmup_ratio=0.0, checkpoint_every=0, device=device.type, bf16=device.type == "cuda",
     )  # fmt: skip
     kd = KDSettings(alpha=0.5, context_chunks=0, cache_top_k=args.top_k)
-    variants = ["off", "on"] if args.compile == "both" else [args.compile]
-    if args.cuda_graphs:
+    variants = {"both": ["off", "on"], "on": ["on"], "off": ["off"], "graphs": []}[args.compile]
+    if args.cuda_graphs or args.compile == "graphs":
         variants.append("on+graphs")
+    compiled_variants = [variant for variant in variants if variant != "off"]
+    # The product's configuration: compiled (with CUDA graphs when asked), compiled during the teacher pass.
+    early_variant = compiled_variants[-1] if compiled_variants and args.precompile == "on" else None
+    if early_variant is not None:
+        variants = [early_variant] + [variant for variant in variants if variant != early_variant]
+
+    def settings_for(variant: str) -> TrainingSettings:
+        return dataclasses.replace(
+            base_settings, torch_compile="off" if variant == "off" else "on", cuda_graphs=variant == "on+graphs"
+        )
 
     teacher_variants = ["off", "on"] if args.compile_teacher == "both" else [args.compile_teacher]
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as early_scope:
+        early = early_scope.enter_context(StudentPrecompile())
+        if early_variant is not None:
+            early.expert = new_expert(student)
+            early_settings = settings_for(early_variant)
+            if not early.prepare(
+                early.expert, DataPlan(segments, early_settings, 0), early_settings, kd, top_k=args.top_k
+            ):
+                print(f"precompile skipped: {early.skipped}", flush=True)
         teacher_runs: list[TeacherRun] = []
         caches: list[TeacherCache] = []
         failures: dict[str, str] = {}  # a variant that fails must not cost a lent GPU the other's figures
         for variant in teacher_variants:
             try:
                 teacher_run, built = teacher_pass(
-                    teacher, teacher_segments, variant, args.top_k, micro_batch * seq_len, device, Path(scratch)
-                )
+                    teacher, teacher_segments, variant, args.top_k, micro_batch * seq_len, device, Path(scratch),
+                    on_batch=early.on_teacher_batch if variant == teacher_variants[-1] else lambda: None,
+                )  # fmt: skip
             except Exception as error:  # reported in the JSON; the other variant stands
                 if variant == teacher_variants[-1] and not caches:
                     raise
@@ -410,17 +455,24 @@ def main() -> int:
             torch.cuda.empty_cache()
         runs: list[TrainRun] = []
         for variant in variants:
-            settings = dataclasses.replace(
-                base_settings, torch_compile="off" if variant == "off" else "on", cuda_graphs=variant == "on+graphs"
-            )
+            settings = settings_for(variant)
             plan = DataPlan(segments, settings, pad_token_id=0)
+            expert = None
+            if variant == early_variant:
+                early.wait()
+                expert = early.expert
             try:
-                run, trained, n_lora = train_once(student, plan, cache, kd, settings, device, Path(scratch), variant)
+                run, trained, n_lora = train_once(
+                    student, plan, cache, kd, settings, device, Path(scratch), variant, expert=expert
+                )
             except Exception as error:  # reported in the JSON; the other variant stands
                 if variant == variants[-1] and not runs:
                     raise
                 failures[f"training, compile {variant}"] = repr(error)[:2000]
                 continue
+            finally:
+                if variant == early_variant:
+                    early_scope.close()  # the student's layers eager again for the other variants
             runs.append(run)
             print(f"done: {dataclasses.asdict(run)}", flush=True)
             save_partial(
@@ -444,7 +496,11 @@ def main() -> int:
     flops_teacher = trained * 2 * n_teacher
     flops_train = trained * (4 * n_student + 6 * n_lora)
     best = min(runs, key=lambda run: run.train_s)
-    total_s = teacher_s + best.train_s
+    # A run whose student compiled during the last teacher pass is timed with that pass, not the faster one.
+    overlapped = best.compile == early_variant and early.compiled and teacher_runs[-1].compile == teacher_variants[-1]
+    teacher_s = teacher_runs[-1].seconds if overlapped else teacher_s
+    # Training's start waited for the thread when the teacher pass ended first: part of the wall time too.
+    total_s = teacher_s + (early.waited_s if overlapped else 0.0) + best.train_s
     # The rates once compiled and warmed up: the faster teacher pass and training run, after their first batch
     # and step (MFU as training reports usually count it), beside the wall-to-wall figure a user waits for.
     steady_s_per_token = 1 / max(run.steady_tokens_per_s for run in teacher_runs) + 1 / max(
@@ -494,6 +550,15 @@ def main() -> int:
         "first_loss": best.first_loss,
         "last_loss": best.last_loss,
         "runs": [run_summary(run) for run in runs],
+        "student_precompile": {
+            "variant": early_variant,
+            "compiled": early.compiled,
+            "seconds": None if early.seconds is None else round(early.seconds, 2),
+            "training_waited_s": round(early.waited_s, 2),
+            "skipped": early.skipped,
+            "error": None if early.error is None else repr(early.error)[:2000],
+            "in_headline": overlapped,
+        },
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
         "profile": profiles,
     }
@@ -507,9 +572,10 @@ def main() -> int:
         graphs, plain = by_variant["on+graphs"], by_variant["on"]
         result["cuda_graphs_speedup"] = round(plain.train_s / graphs.train_s, 3)
         result["cuda_graphs_steady_speedup"] = round(graphs.steady_tokens_per_s / plain.steady_tokens_per_s, 3)
-    if [run.compile for run in runs[:2]] == ["off", "on"]:
-        result["compiled_speedup"] = round(runs[0].train_s / runs[1].train_s, 3)
-        result["compiled_steady_speedup"] = round(runs[1].steady_tokens_per_s / runs[0].steady_tokens_per_s, 3)
+    if {"off", "on"} <= by_variant.keys():
+        eager, compiled = by_variant["off"], by_variant["on"]
+        result["compiled_speedup"] = round(eager.train_s / compiled.train_s, 3)
+        result["compiled_steady_speedup"] = round(compiled.steady_tokens_per_s / eager.steady_tokens_per_s, 3)
     print(f"{'stage':<28}{'seconds':>9}{'first step':>12}{'tokens/s':>11}{'steady tok/s':>14}{'MFU':>8}")
     for run in teacher_runs:
         label = f"teacher, compile {run.compile}"
@@ -523,6 +589,12 @@ def main() -> int:
     print(f"{total}{result['mfu']:>8.1%}")
     steady = f"{'steady (faster runs)':<28}{'':>9}{'':>12}{'':>11}{result['steady_tokens_per_s']:>14,.0f}"
     print(f"{steady}{result['mfu_steady']:>8.1%}")
+    if early_variant is not None:
+        if early.compiled:
+            print(f"student ({early_variant}) compiled during the teacher pass in {early.seconds:.1f} s; training "
+                  f"waited {early.waited_s:.1f} s for it")  # fmt: skip
+        else:
+            print(f"student ({early_variant}) not compiled during the teacher pass: {early.skipped or early.error!r}")
     for run in runs:
         if run.compile == "on+graphs" and run.cudagraph_skips:
             print(f"CUDA graphs: inductor fell back {run.cudagraph_skips} time(s) (TORCH_LOGS=cudagraphs says why)")

@@ -7,15 +7,16 @@
    loss from the cache, backward), each with the decoder layers eager and compiled (training also compiled
    and replayed as CUDA graphs, `train_graphs`): the GPU's busy share (kernel time / wall) and the top
    kernels by their own time.
-2. The teacher's top-k over the vocabulary (the cache build's largest non-matmul kernel): torch.topk as the
-   product calls it against unsorted and two-stage variants, on the teacher's real logits. Every variant
-   must pick the same values as torch.topk.
+2. The teacher's top-k over the vocabulary (the cache build's largest non-matmul kernel): torch.topk against
+   unsorted, two-stage and grouped (the product's on a GPU, vocab_topk.py) variants, on the teacher's real
+   logits. Every variant must pick the same values as torch.topk.
 3. The student's loss over (N, V) logits (the training step's largest non-matmul cost): forward plus backward
    of the product's eager loss against the same loss compiled, with the largest difference in loss and
    gradient.
 
     python bench/gpu_profile.py --out $OUT/gpu_profile.json    # on a machine with an NVIDIA GPU, ~2 minutes
     python bench/gpu_profile.py --tiny                          # a smoke test of the script, CPU is fine
+    python bench/gpu_profile.py --sections topk                 # the top-k variants only (~30 s on an H200)
 
 Each section that fails is reported in the JSON (`failures`) and the others stand.
 """
@@ -47,6 +48,7 @@ from workers.ml.distill.precision import bf16_autocast
 from workers.ml.distill.regional_compile import allocate_gradient_buffers, compiled_layers
 from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, teacher_targets
 from workers.ml.distill.train import DataPlan
+from workers.ml.distill.vocab_topk import grouped_topk
 
 
 def timed(work: Callable[[], object], device: torch.device, repeats: int = 5) -> tuple[float, float]:
@@ -89,8 +91,9 @@ def legacy_teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
 def topk_section(logits: torch.Tensor, k: int, device: torch.device) -> list[dict[str, Any]]:
     reference = logits.topk(k, dim=-1).values.float()
     variants: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]]] = {
-        "torch.topk (product)": lambda: logits.topk(k, dim=-1),
+        "torch.topk (the product's before 2026-11-30 evening; still a CPU's)": lambda: logits.topk(k, dim=-1),
         "torch.topk sorted=False": lambda: logits.topk(k, dim=-1, sorted=False),
+        "grouped top-k, groups of 64 (the product's on a GPU: vocab_topk.py)": lambda: grouped_topk(logits, k),
         "two-stage, groups of 2048": lambda: two_stage_topk(logits, k, 2048),
         "two-stage, groups of 8192": lambda: two_stage_topk(logits, k, 8192),
         "teacher_topk (product: top-k + fused log-softmax)": lambda: teacher_topk(logits, k)[:2],
@@ -151,11 +154,18 @@ def loss_section(rows: int, vocab: int, k: int, device: torch.device, dtype: tor
     return results
 
 
+SECTIONS = ("topk", "teacher", "train", "loss")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="Tiny models: a smoke test of the script.")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_profile.json"))
+    parser.add_argument(
+        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="What to measure (default: all)."
+    )
     args = parser.parse_args()
+    wanted = set(args.sections)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -182,6 +192,8 @@ def main() -> int:
     batch_rows = range(micro_batch)
 
     def section(label: str, work: Callable[[], Any]) -> None:
+        if label.split("_")[0] not in wanted:
+            return
         try:
             result[label] = work()
         except Exception as error:  # reported; the other sections stand
@@ -206,24 +218,25 @@ def main() -> int:
     section("teacher_eager", lambda: teacher_profile(False))
     section("teacher_compiled", lambda: teacher_profile(True))
 
-    with tempfile.TemporaryDirectory() as scratch:
-        cache = TeacherCache.open_or_build(
-            Path(scratch), {"bench": "profile"}, teacher, teacher_segments, top_k=top_k, temperature=1.0,
-            batch_tokens=micro_batch * seq_len, pad_token_id=0,
-        )  # fmt: skip
-        assert cache is not None
-        settings = TrainingSettings(
-            epochs=1, seq_len=seq_len, micro_batch_size=micro_batch, grad_accum=1, learning_rate=1e-4,
-            warmup_ratio=0.0, checkpoint_every=0, device=device.type, bf16=device.type == "cuda",
-        )  # fmt: skip
-        plan = DataPlan(segments, settings, pad_token_id=0)
-        batch = plan.collate(plan.step_micro_batches(0)[0]).to(device)
-        kd = KDSettings(alpha=0.5, context_chunks=0, cache_top_k=top_k)
-        torch.manual_seed(0)
-        expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
-        section("train_eager", lambda: train_profile(expert, batch, cache, kd, device, compiled=False))
-        section("train_compiled", lambda: train_profile(expert, batch, cache, kd, device, compiled=True))
-        section("train_graphs", lambda: train_profile(expert, batch, cache, kd, device, compiled=True, graphs=True))
+    if "train" in wanted:
+        with tempfile.TemporaryDirectory() as scratch:
+            cache = TeacherCache.open_or_build(
+                Path(scratch), {"bench": "profile"}, teacher, teacher_segments, top_k=top_k, temperature=1.0,
+                batch_tokens=micro_batch * seq_len, pad_token_id=0,
+            )  # fmt: skip
+            assert cache is not None
+            settings = TrainingSettings(
+                epochs=1, seq_len=seq_len, micro_batch_size=micro_batch, grad_accum=1, learning_rate=1e-4,
+                warmup_ratio=0.0, checkpoint_every=0, device=device.type, bf16=device.type == "cuda",
+            )  # fmt: skip
+            plan = DataPlan(segments, settings, pad_token_id=0)
+            batch = plan.collate(plan.step_micro_batches(0)[0]).to(device)
+            kd = KDSettings(alpha=0.5, context_chunks=0, cache_top_k=top_k)
+            torch.manual_seed(0)
+            expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
+            section("train_eager", lambda: train_profile(expert, batch, cache, kd, device, compiled=False))
+            section("train_compiled", lambda: train_profile(expert, batch, cache, kd, device, compiled=True))
+            section("train_graphs", lambda: train_profile(expert, batch, cache, kd, device, compiled=True, graphs=True))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     section("loss", lambda: loss_section(micro_batch * seq_len, vocab, top_k, device, dtype))

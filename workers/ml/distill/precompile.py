@@ -16,7 +16,8 @@ behind and touches no optimizer state. It runs only where it pays and is safe:
 - for recipe kd with a teacher cache and a local teacher that is not the student's own model (a shared model's
   layers are the teacher's during the pass),
 - when training compiles (compiles_for_training) and starts fresh (a resumed run may not),
-- when the GPU has room for a training micro-batch beside the teacher's (free memory ≥ 1.25 × an estimate).
+- when the GPU has room for a training micro-batch beside the teacher's (free memory after the teacher's first
+  batch ≥ 1.25 × an estimate, micro_batch_bytes).
 A failure in the thread is logged, and training compiles at its first step as it would have.
 """
 
@@ -84,6 +85,13 @@ def micro_batch_bytes(model: Any, rows: int, seq_len: int) -> int:
     return tokens * (layers * (20 * hidden + 6 * inner) * 2 + vocab * (2 + 4 + 4))
 
 
+def free_device_bytes(device: torch.device) -> float:
+    """Memory free on `device`: a GPU's from its driver; a CPU's is not checked (infinite)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    return math.inf
+
+
 class StudentPrecompile:
     """Holds the student's layers compiled from before the teacher pass to the end of training (a context
     manager around both), and compiles them in a thread during the pass; see the module docstring."""
@@ -96,6 +104,9 @@ class StudentPrecompile:
         self.waited_s: float = 0.0  # how long training's start waited for it
         self.skipped: str | None = None  # why the thread did not run, when it did not
         self.error: BaseException | None = None
+        self.expert: Any = None  # the LoRA-wrapped student, when its maker set it here before the teacher pass
+        self._device = torch.device("cpu")
+        self._wanted_bytes = 0.0
 
     def __enter__(self) -> StudentPrecompile:
         return self
@@ -117,12 +128,8 @@ class StudentPrecompile:
             self.skipped = "training does not compile"
             return False
         rows = padded_rows(plan.step_micro_batches(0)[0], settings.micro_batch_size)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            wanted = MEMORY_MARGIN * micro_batch_bytes(model, len(rows), settings.seq_len)
-            if free < wanted:
-                self.skipped = f"{free / 2**30:.1f} GiB free on the GPU, {wanted / 2**30:.1f} GiB wanted"
-                return False
+        self._wanted_bytes = MEMORY_MARGIN * micro_batch_bytes(model, len(rows), settings.seq_len)
+        self._device = device
         self._scope.enter_context(
             compiled_layers(
                 model,
@@ -149,19 +156,39 @@ class StudentPrecompile:
                     with bf16_autocast(model, device, use_bf16):
                         parts = loss_fn(model, batch.to(device))
                     parts.total.backward()
+                del parts
             finally:
                 if rng is not None:
                     torch.cuda.set_rng_state(rng, device)
                 for param in trained:
                     param.grad = None
+                if graphs and device.type == "cuda":
+                    # Inductor's CUDA-graph trees are per thread, each with its own memory pool: this thread's
+                    # warm-up run left a micro-batch's activations there. Training records its own graphs.
+                    from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+                    reset_cudagraph_trees()
 
         model.train()
         self._work = work
         return True
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the thread compiled the student's training step (it ran to the end without an error)."""
+        return self.seconds is not None and self.error is None
+
     def on_teacher_batch(self) -> None:
-        """Called after each teacher batch: the first call starts the thread."""
+        """Called after each teacher batch: the first call starts the thread, if the GPU has room for it beside
+        the teacher (whose working set its first batch has now reserved)."""
         if self._work is None or self._thread is not None:
+            return
+        free = free_device_bytes(self._device)
+        if free < self._wanted_bytes:
+            gib = 2**30
+            self.skipped = f"{free / gib:.1f} GiB free on the GPU, {self._wanted_bytes / gib:.1f} GiB wanted"
+            logger.info("The student compiles at its first step: %s", self.skipped)
+            self._work = None
             return
         self._thread = threading.Thread(target=self._run, name="student-precompile", daemon=True)
         self._thread.start()

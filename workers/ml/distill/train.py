@@ -322,6 +322,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
     return int(meta["step"]), int(meta["tokens"])
 
 
+def has_checkpoint(checkpoint_dir: Path) -> bool:
+    """Whether train() would resume from a checkpoint in `checkpoint_dir`."""
+    return _latest_checkpoint(checkpoint_dir) is not None
+
+
 def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 

@@ -125,6 +125,28 @@ def test_it_reports_a_failed_compilation_and_leaves_training_to_compile(
         model.unload()
 
 
+def test_it_leaves_compilation_to_training_when_the_gpu_has_no_room_beside_the_teacher(
+    tiny_student: LoadedModel, toy_corpus: CorpusSnapshot, compiled_case: KDCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = compiled_case
+    data = build_kd_data(toy_corpus.train, toy_corpus, tiny_student.tokenizer, case.kd, case.training.seq_len)
+    plan = DataPlan(data.segments, case.training, pad_token_id=0)
+    model = peft_student(tiny_student, case.lora)
+    wanted = 1.25 * micro_batch_bytes(model, case.training.micro_batch_size, case.training.seq_len)
+    monkeypatch.setattr(precompile, "free_device_bytes", lambda device: wanted - 1)
+    try:
+        with StudentPrecompile() as early:
+            assert early.prepare(model, plan, case.training, case.kd, top_k=case.kd.cache_top_k)
+            early.on_teacher_batch()  # measured once the teacher's first batch holds its memory
+            early.on_teacher_batch()
+            early.wait()
+            assert not early.compiled
+            assert early.skipped is not None
+            assert "GiB free on the GPU" in early.skipped
+    finally:
+        model.unload()
+
+
 def test_it_runs_only_where_training_compiles_on_a_device_it_serves(
     tiny_student: LoadedModel, toy_corpus: CorpusSnapshot, kd_case: KDCase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
