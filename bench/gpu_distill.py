@@ -38,10 +38,10 @@ configs with random weights, and the corpus is random token ids.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -62,7 +62,6 @@ from workers.ml.distill.config import KDSettings, LoraSettings, TrainingSettings
 from workers.ml.distill.kd import kd_loss
 from workers.ml.distill.losses import compiled_vocabulary_passes
 from workers.ml.distill.precision import bf16_autocast
-from workers.ml.distill.precompile import StudentPrecompile
 from workers.ml.distill.progress import Progress
 from workers.ml.distill.regional_compile import compiled_layers
 from workers.ml.distill.teacher_cache import TeacherCache, TeacherSegment, teacher_targets
@@ -145,23 +144,16 @@ def teacher_pass(
     batch_tokens: int,
     device: torch.device,
     scratch: Path,
-    on_batch: Callable[[], None] = lambda: None,
 ) -> tuple[TeacherRun, TeacherCache]:
-    """Build the top-k cache with the teacher's layers eager ("off") or compiled ("on"); `on_batch` is called
-    after each batch (the product starts the student's compilation there: precompile.py)."""
+    """Build the top-k cache with the teacher's layers eager ("off") or compiled ("on")."""
     marks: list[tuple[float, int]] = []  # (time, tokens of the batch) after each teacher batch
-
-    def mark(tokens: int) -> None:
-        marks.append((time.perf_counter(), tokens))
-        on_batch()
-
     sync(device)
     started = time.perf_counter()
     with compiled_layers(teacher, variant == "on"), compiled_vocabulary_passes(variant == "on"):
         cache = TeacherCache.open_or_build(
             scratch / f"cache-{variant}", {"bench": "gpu"}, teacher, segments, top_k=top_k, temperature=1.0,
             batch_tokens=batch_tokens, pad_token_id=0,
-            on_progress=lambda done, total, tokens: mark(tokens),
+            on_progress=lambda done, total, tokens: marks.append((time.perf_counter(), tokens)),
         )  # fmt: skip
     sync(device)
     seconds = time.perf_counter() - started
@@ -204,11 +196,10 @@ def train_once(
     device: torch.device,
     scratch: Path,
     label: str,
-    expert: Any = None,
 ) -> tuple[TrainRun, int, int]:
-    """One training run (`label`: its variant) from a fresh, seeded LoRA (`expert`, when new_expert made it
-    already): (timings, trained tokens, LoRA parameters)."""
-    expert = new_expert(student) if expert is None else expert
+    """One training run (`label`: its variant) from a fresh, seeded LoRA: (timings, trained tokens, LoRA parameters)."""
+    torch.manual_seed(0)
+    expert = get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
     n_lora = count(expert, trainable=True)
     step_marks: list[tuple[float, int]] = []  # (time, step) of each step's report
     run_dir = scratch / f"train-{label}"
@@ -244,12 +235,6 @@ def train_once(
         cudagraph_skips=counters["inductor"]["cudagraph_skips"] - skips_before,
     )  # fmt: skip
     return run, outcome.train_tokens, n_lora
-
-
-def new_expert(student: torch.nn.Module) -> Any:
-    """The student in a fresh LoRA adapter (r=16 on all linear layers), seeded: the same weights every time."""
-    torch.manual_seed(0)
-    return get_peft_model(student, LoraSettings(rank=16, alpha=32, dropout=0.0).to_peft())
 
 
 PROFILE_TOP = 20
@@ -347,13 +332,6 @@ def main() -> int:
         help="Student layers eager, compiled or both ('graphs': only compiled with CUDA graphs, as 'on+graphs').",
     )
     parser.add_argument(
-        "--precompile",
-        choices=["on", "off"],
-        default="on",
-        help="Compile the student for its first compiled variant (with graphs where asked) in a thread during "
-        "the last teacher pass, as the product does (precompile.py); that variant then trains first.",
-    )
-    parser.add_argument(
         "--compile-teacher",
         choices=["both", "on", "off"],
         default="both",
@@ -377,6 +355,12 @@ def main() -> int:
     tokens = args.tokens or (8_192 if small else 4_194_304)
     torch.backends.cuda.matmul.allow_tf32 = True
 
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        cache_files_at_start: int | None = sum(len(files) for _, _, files in os.walk(cache_dir()))
+    except ImportError:  # a torch that keeps it elsewhere: not counted
+        cache_files_at_start = None
     peak = matmul_tflops(device, 1024 if small else 8192, dtype)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {device_name}, {torch.get_num_threads()} torch threads")
@@ -399,36 +383,17 @@ def main() -> int:
     variants = {"both": ["off", "on"], "on": ["on"], "off": ["off"], "graphs": []}[args.compile]
     if args.cuda_graphs or args.compile == "graphs":
         variants.append("on+graphs")
-    compiled_variants = [variant for variant in variants if variant != "off"]
-    # The product's configuration: compiled (with CUDA graphs when asked), compiled during the teacher pass.
-    early_variant = compiled_variants[-1] if compiled_variants and args.precompile == "on" else None
-    if early_variant is not None:
-        variants = [early_variant] + [variant for variant in variants if variant != early_variant]
-
-    def settings_for(variant: str) -> TrainingSettings:
-        return dataclasses.replace(
-            base_settings, torch_compile="off" if variant == "off" else "on", cuda_graphs=variant == "on+graphs"
-        )
 
     teacher_variants = ["off", "on"] if args.compile_teacher == "both" else [args.compile_teacher]
-    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as early_scope:
-        early = early_scope.enter_context(StudentPrecompile())
-        if early_variant is not None:
-            early.expert = new_expert(student)
-            early_settings = settings_for(early_variant)
-            if not early.prepare(
-                early.expert, DataPlan(segments, early_settings, 0), early_settings, kd, top_k=args.top_k
-            ):
-                print(f"precompile skipped: {early.skipped}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
         teacher_runs: list[TeacherRun] = []
         caches: list[TeacherCache] = []
         failures: dict[str, str] = {}  # a variant that fails must not cost a lent GPU the other's figures
         for variant in teacher_variants:
             try:
                 teacher_run, built = teacher_pass(
-                    teacher, teacher_segments, variant, args.top_k, micro_batch * seq_len, device, Path(scratch),
-                    on_batch=early.on_teacher_batch if variant == teacher_variants[-1] else lambda: None,
-                )  # fmt: skip
+                    teacher, teacher_segments, variant, args.top_k, micro_batch * seq_len, device, Path(scratch)
+                )
             except Exception as error:  # reported in the JSON; the other variant stands
                 if variant == teacher_variants[-1] and not caches:
                     raise
@@ -455,24 +420,17 @@ def main() -> int:
             torch.cuda.empty_cache()
         runs: list[TrainRun] = []
         for variant in variants:
-            settings = settings_for(variant)
+            settings = dataclasses.replace(
+                base_settings, torch_compile="off" if variant == "off" else "on", cuda_graphs=variant == "on+graphs"
+            )
             plan = DataPlan(segments, settings, pad_token_id=0)
-            expert = None
-            if variant == early_variant:
-                early.wait()
-                expert = early.expert
             try:
-                run, trained, n_lora = train_once(
-                    student, plan, cache, kd, settings, device, Path(scratch), variant, expert=expert
-                )
+                run, trained, n_lora = train_once(student, plan, cache, kd, settings, device, Path(scratch), variant)
             except Exception as error:  # reported in the JSON; the other variant stands
                 if variant == variants[-1] and not runs:
                     raise
                 failures[f"training, compile {variant}"] = repr(error)[:2000]
                 continue
-            finally:
-                if variant == early_variant:
-                    early_scope.close()  # the student's layers eager again for the other variants
             runs.append(run)
             print(f"done: {dataclasses.asdict(run)}", flush=True)
             save_partial(
@@ -496,11 +454,7 @@ def main() -> int:
     flops_teacher = trained * 2 * n_teacher
     flops_train = trained * (4 * n_student + 6 * n_lora)
     best = min(runs, key=lambda run: run.train_s)
-    # A run whose student compiled during the last teacher pass is timed with that pass, not the faster one.
-    overlapped = best.compile == early_variant and early.compiled and teacher_runs[-1].compile == teacher_variants[-1]
-    teacher_s = teacher_runs[-1].seconds if overlapped else teacher_s
-    # Training's start waited for the thread when the teacher pass ended first: part of the wall time too.
-    total_s = teacher_s + (early.waited_s if overlapped else 0.0) + best.train_s
+    total_s = teacher_s + best.train_s
     # The rates once compiled and warmed up: the faster teacher pass and training run, after their first batch
     # and step (MFU as training reports usually count it), beside the wall-to-wall figure a user waits for.
     steady_s_per_token = 1 / max(run.steady_tokens_per_s for run in teacher_runs) + 1 / max(
@@ -550,15 +504,9 @@ def main() -> int:
         "first_loss": best.first_loss,
         "last_loss": best.last_loss,
         "runs": [run_summary(run) for run in runs],
-        "student_precompile": {
-            "variant": early_variant,
-            "compiled": early.compiled,
-            "seconds": None if early.seconds is None else round(early.seconds, 2),
-            "training_waited_s": round(early.waited_s, 2),
-            "skipped": early.skipped,
-            "error": None if early.error is None else repr(early.error)[:2000],
-            "in_headline": overlapped,
-        },
+        # A process before this one on the machine leaves compiled kernels in inductor's on-disk cache (as a GPU
+        # worker's earlier jobs do): 0 files means every compilation here was cold.
+        "inductor_cache_files_at_start": cache_files_at_start,
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
         "profile": profiles,
     }
@@ -589,12 +537,6 @@ def main() -> int:
     print(f"{total}{result['mfu']:>8.1%}")
     steady = f"{'steady (faster runs)':<28}{'':>9}{'':>12}{'':>11}{result['steady_tokens_per_s']:>14,.0f}"
     print(f"{steady}{result['mfu_steady']:>8.1%}")
-    if early_variant is not None:
-        if early.compiled:
-            print(f"student ({early_variant}) compiled during the teacher pass in {early.seconds:.1f} s; training "
-                  f"waited {early.waited_s:.1f} s for it")  # fmt: skip
-        else:
-            print(f"student ({early_variant}) not compiled during the teacher pass: {early.skipped or early.error!r}")
     for run in runs:
         if run.compile == "on+graphs" and run.cudagraph_skips:
             print(f"CUDA graphs: inductor fell back {run.cudagraph_skips} time(s) (TORCH_LOGS=cudagraphs says why)")

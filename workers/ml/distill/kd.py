@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import torch
+from typing import Any
 
 from workers.ml.distill.config import KDSettings
 from workers.ml.distill.corpus import Chunk, CorpusSnapshot
 from workers.ml.distill.losses import LossParts, distillation_loss, log_tail_mass
 from workers.ml.distill.packing import PackedBatch
-from workers.ml.distill.teacher_cache import Targets, TargetSource, TeacherSegment, live_teacher_logits
+from workers.ml.distill.teacher_cache import Targets, TargetSource, TeacherCache, TeacherSegment, live_teacher_logits
 from workers.ml.distill.train import LossFunction
 
 CONTEXT_SEPARATOR = "\n\n"
@@ -88,16 +86,10 @@ def endpoint_targets(teacher: Any, segments: Sequence[TeacherSegment], top_k: in
     return source
 
 
-class CachedTargets(Protocol):
-    """Where a kd loss reads its teacher targets: the TeacherCache (precompile.py has a synthetic one)."""
-
-    def gather(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-
-
 def kd_loss(
     settings: KDSettings,
     *,
-    cache: CachedTargets | None,
+    cache: TeacherCache | None,
     teacher_model: Any = None,
     teacher_segments: Sequence[TeacherSegment] = (),
     pad_token_id: int = 0,

@@ -18,7 +18,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -27,10 +26,6 @@ import torch
 from workers.ml.distill.config import CompileSetting
 
 logger = logging.getLogger(__name__)
-
-
-# The layer stacks inside a compiled_layers block, with the block's options (fall_back, static, graphs).
-_open_blocks: weakref.WeakKeyDictionary[torch.nn.ModuleList, tuple[bool, bool, bool]] = weakref.WeakKeyDictionary()
 
 
 class CompileUnavailable(RuntimeError):
@@ -149,8 +144,6 @@ def compiled_layers(
     With `fall_back` (the "auto" setting), a layer that fails to compile runs eagerly — torch's own
     `suppress_errors`, which logs the failure — instead of failing the run; "on" lets the error through.
     On exit the layers run eagerly again, so evaluation and export after training pay no compilation.
-    Nested inside a block that compiled the same layers with the same options (precompile.py holds one open
-    from before the teacher pass to the end of training), it changes nothing and keeps what they compiled.
     """
     layers = repeated_layers(model) if enabled else None
     if layers is None:
@@ -158,35 +151,25 @@ def compiled_layers(
             logger.warning("torch.compile skipped: no stack of repeated decoder layers found in the model")
         yield False
         return
-    options = (fall_back, static_shapes, cuda_graphs)
-    if layers in _open_blocks:
-        if _open_blocks[layers] != options:
-            raise RuntimeError(f"These layers are already compiled with other options: {_open_blocks[layers]}")
-        yield True
-        return
     # Forget what earlier runs in this process compiled. torch keeps every compiled variant of a function
     # (here the layer class's forward) and, past `recompile_limit` (8) variants, runs it eagerly for the rest
     # of the process without an error: a GPU worker lives for many jobs, and from about its fourth every job's
     # layers would run eagerly. Kernels come back from inductor's disk cache, so recompiling is quick.
     torch._dynamo.reset()
-    _open_blocks[layers] = options
-    hook = None
+    for layer in layers:
+        layer.compile(dynamic=False if static_shapes else None, mode="reduce-overhead" if cuda_graphs else None)
+    # The first layer's input comes from a frozen embedding and needs no gradient, the others' inputs do: two
+    # graphs, two compilations. Asking for the first input's gradient too costs one layer's input gradient in
+    # backward (~1/L of it) and saves a compilation (~10 s on a CPU).
+    hook = layers[0].register_forward_pre_hook(_input_requires_grad, with_kwargs=True)
     try:
-        for layer in layers:
-            layer.compile(dynamic=False if static_shapes else None, mode="reduce-overhead" if cuda_graphs else None)
-        # The first layer's input comes from a frozen embedding and needs no gradient, the others' inputs do:
-        # two graphs, two compilations. Asking for the first input's gradient too costs one layer's input
-        # gradient in backward (~1/L of it) and saves a compilation (~10 s on a CPU).
-        hook = layers[0].register_forward_pre_hook(_input_requires_grad, with_kwargs=True)
         with torch._dynamo.config.patch(suppress_errors=fall_back):
             yield True
     finally:
-        if hook is not None:
-            hook.remove()
+        hook.remove()
         for layer in layers:
             # nn.Module.compile stores the compiled call here; None is the attribute's eager default.
             layer._compiled_call_impl = None
-        del _open_blocks[layers]
 
 
 def allocate_gradient_buffers(parameters: Iterable[torch.nn.Parameter]) -> None:

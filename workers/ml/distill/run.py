@@ -36,7 +36,6 @@ from workers.ml.distill.errors import DistillError, NoTrainingData, TokenizerMis
 from workers.ml.distill.evaluate import TeacherComparison, compare_with_teacher, score_lm
 from workers.ml.distill.export import base_identity_from_info, build_metrics, export_expert
 from workers.ml.distill.losses import compiled_vocabulary_passes
-from workers.ml.distill.precompile import StudentPrecompile
 from workers.ml.distill.progress import (
     Progress,
     ProgressCallback,
@@ -55,7 +54,7 @@ from workers.ml.distill.teachers import (
     require_same_vocabulary,
     same_vocabulary,
 )
-from workers.ml.distill.train import DataPlan, LossFunction, TrainOutcome, has_checkpoint, train
+from workers.ml.distill.train import DataPlan, LossFunction, TrainOutcome, train
 from workers.ml.embedder import SentenceEmbedder
 
 Status = Literal["succeeded", "cancelled"]
@@ -146,12 +145,9 @@ def _prepare_kd(
     on_progress: ProgressCallback,
     should_stop: StopCallback,
     teacher_pass: dict[str, int],
-    early: StudentPrecompile,
 ) -> tuple[DataPlan, LossFunction] | None:
     """Data and loss of recipe kd; None when cancelled during the teacher pass. `teacher_pass` gets the
-    target tokens the teacher computed for the cache in this attempt (none when it runs at every step).
-    With a local teacher other than the student's own model, `early` gets the LoRA expert before the pass and
-    compiles it for training while the pass runs, where that pays (precompile.py)."""
+    target tokens the teacher computed for the cache in this attempt (none when it runs at every step)."""
     teacher = models.teacher
     if isinstance(teacher, LocalTeacher):
         if models.local_other_vocabulary:
@@ -188,14 +184,9 @@ def _prepare_kd(
         elapsed = time.perf_counter() - started
         eta = elapsed / done * (total - done) if done else None
         on_progress(Progress("teacher", done, total, eta_s=eta, message="Running the teacher over the corpus"))
-        early.on_teacher_batch()
 
     local = isinstance(teacher, LocalTeacher)
     top_k = config.kd.cache_top_k if local else min(config.kd.cache_top_k, kd_recipe.ENDPOINT_MAX_TOP_K)
-    if local and not models.shared and not has_checkpoint(config.checkpoints):
-        early.expert = new_expert(config, models)
-        if not early.prepare(early.expert, plan, config.training, config.kd, top_k=top_k):
-            logger.debug("The student compiles at its first step: %s", early.skipped)
     # A token budget under one epoch trains on part of the corpus: the teacher (and an endpoint's bill) reads
     # that part only.
     needed = plan.trained_segments()
@@ -397,15 +388,13 @@ def train_expert(
     on_progress: ProgressCallback,
     should_stop: StopCallback,
     heldout_texts: Sequence[str] = (),
-    expert: Any = None,
 ) -> tuple[Any, TrainOutcome]:
-    """Wrap the student in a fresh, seeded LoRA adapter (unless `expert` is one, made by new_expert) and train it
-    (resuming from a checkpoint if any).
+    """Wrap the student in a fresh, seeded LoRA adapter and train it (resuming from a checkpoint if any).
 
     With `heldout_texts` and `training.eval_every`, the student's held-out NLL is scored at evaluation points.
     """
-    if expert is None:
-        expert = new_expert(config, models)
+    torch.manual_seed(config.training.seed)  # LoRA init is part of the run's reproducibility
+    expert = get_peft_model(models.student.model, config.lora.to_peft())
     texts = list(heldout_texts)[: config.training.eval_chunks]
     tokenizer = models.student.tokenizer
 
@@ -424,12 +413,6 @@ def train_expert(
         evaluate=heldout_nll if texts and config.training.eval_every > 0 else None,
     )
     return expert, outcome
-
-
-def new_expert(config: DistillConfig, models: _Models) -> Any:
-    """The student wrapped in a fresh LoRA adapter, seeded: the same initial weights whenever it is made."""
-    torch.manual_seed(config.training.seed)  # LoRA init is part of the run's reproducibility
-    return get_peft_model(models.student.model, config.lora.to_peft())
 
 
 @contextlib.contextmanager
@@ -485,24 +468,20 @@ def _distill_loaded(
         )
 
     teacher_pass: dict[str, int] = {}  # kd: the target tokens its teacher computed in this attempt
-    # The student's layers, when compiled during the teacher pass, stay compiled to the end of training.
-    with StudentPrecompile() as early:
-        if config.recipe == "kd":
-            prepared = _prepare_kd(config, corpus, models, on_progress, should_stop, teacher_pass, early)
-        else:
-            from workers.ml.distill import qa as qa_recipe
+    if config.recipe == "kd":
+        prepared = _prepare_kd(config, corpus, models, on_progress, should_stop, teacher_pass)
+    else:
+        from workers.ml.distill import qa as qa_recipe
 
-            prepared = qa_recipe.prepare(
-                config, corpus, models.student, models.teacher, on_progress, should_stop, shared=models.shared
-            )
-        if prepared is None:
-            return result("cancelled")
-        plan, loss_fn = prepared
-        early.wait()
-        heldout = [chunk.text for chunk in corpus.heldout]
-        expert, outcome = train_expert(
-            config, models, plan, loss_fn, on_progress, should_stop, heldout_texts=heldout, expert=early.expert
+        prepared = qa_recipe.prepare(
+            config, corpus, models.student, models.teacher, on_progress, should_stop, shared=models.shared
         )
+    if prepared is None:
+        return result("cancelled")
+    plan, loss_fn = prepared
+
+    heldout = [chunk.text for chunk in corpus.heldout]
+    expert, outcome = train_expert(config, models, plan, loss_fn, on_progress, should_stop, heldout_texts=heldout)
     if outcome.cancelled:
         return result(
             "cancelled",
@@ -522,8 +501,6 @@ def _distill_loaded(
         # kd across tokenizers: the teacher ran at every step, under ULD (no teacher pass), so training's speed
         # is not a same-vocabulary run's (the web keeps its own estimate of it).
         "cross_tokenizer": config.recipe == "kd" and models.local_other_vocabulary,
-        # The student's layers compiled in a thread during the teacher pass (precompile.py), not at step one.
-        "compiled_during_teacher_pass": early.compiled,
     }
     # Where this attempt's time went, up to the evaluation (a resumed run counts only its own attempt).
     metrics["stage_seconds"] = on_progress.snapshot()

@@ -322,11 +322,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
     return int(meta["step"]), int(meta["tokens"])
 
 
-def has_checkpoint(checkpoint_dir: Path) -> bool:
-    """Whether train() would resume from a checkpoint in `checkpoint_dir`."""
-    return _latest_checkpoint(checkpoint_dir) is not None
-
-
 def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -352,13 +347,6 @@ def _start_message(plan: DataPlan, start_step: int, compiled: bool) -> str:
     if start_step:
         said += f", resuming after step {start_step}"
     return said + (" (the student's layers are compiled during the first step)" if compiled else "")
-
-
-def compiles_for_training(model: Any, plan: DataPlan, settings: TrainingSettings, start_step: int = 0) -> bool:
-    """Whether train() compiles the student's layers for the steps from `start_step` (training.torch_compile)."""
-    device = next(model.parameters()).device
-    flops = planned_train_flops(parameter_count(model), plan.planned_positions(start_step))
-    return should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
 
 
 def train(
@@ -408,9 +396,11 @@ def train(
         log_path.write_text("".join(line + "\n" for line in kept))
     reporter = _StepReporter(settings, total_steps, start_step, log_path, on_progress, evaluate)
     step = start_step
-    compiling = compiles_for_training(model, plan, settings, start_step)
+    parameters = parameter_count(model)
+    flops = planned_train_flops(parameters, plan.planned_positions(start_step))
+    compiling = should_compile(settings.torch_compile, device, flops, dropout=has_active_dropout(model))
     if compiling:
-        logger.info("torch.compile: the student's decoder layers are compiled for training")
+        logger.info("torch.compile: the student's decoder layers are compiled for training (%.1e FLOPs)", flops)
     with (
         compiled_layers(
             model,

@@ -202,11 +202,35 @@ def test_it_computes_the_same_loss_and_teacher_targets_with_the_vocabulary_passe
         compiled = distillation_loss(student, batch["labels"], alpha=0.5, **_as_targets(compiled_targets))
     compiled.total.backward()
 
-    assert set(losses._compiled) == {losses._chunk_terms, losses._logprobs_at}
+    assert set(losses._compiled) == {losses._chunk_terms, losses._topk_logprobs}
     for ours, reference in zip(compiled_targets, eager_targets, strict=True):
         torch.testing.assert_close(ours, reference)
     torch.testing.assert_close(compiled.total, eager.total)
     torch.testing.assert_close(student.grad, eager_grad)
+
+
+def test_it_compiles_the_grouped_top_k_for_batches_of_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU's teacher pass: the grouped top-k and the log-softmax compiled together, for as many positions as
+    each batch keeps (here on a CPU, with the GPU's choices switched on)."""
+    from workers.ml.distill import vocab_topk
+
+    monkeypatch.setattr(losses, "COMPILED_DEVICE_TYPES", frozenset({"cpu"}))
+    monkeypatch.setattr(vocab_topk, "GROUPED_DEVICE_TYPES", frozenset({"cpu"}))
+    monkeypatch.setattr(losses, "_compiled", {})
+    from torch._dynamo.utils import counters
+
+    generator = torch.Generator().manual_seed(0)
+    graphs_before = counters["stats"]["unique_graphs"]
+    for positions in (40, 27, 33):  # batches keep different numbers of positions
+        logits = torch.randn(positions, 3000, generator=generator) * 4  # 3000 = 46 · 64 + 56: a short last group
+        with losses.compiled_vocabulary_passes(True):
+            values, ids, tail = teacher_topk(logits, 8)
+        reference = torch.log_softmax(logits, dim=-1).topk(8, dim=-1)
+        assert torch.equal(ids, reference.indices)
+        torch.testing.assert_close(values, reference.values)
+        torch.testing.assert_close(tail, losses.log_tail_mass(reference.values))
+    assert set(losses._compiled) == {losses._topk_logprobs}
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1  # dynamic in the positions from the start
 
 
 def _as_targets(targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -109,29 +109,6 @@ def test_it_runs_the_layers_eagerly_again_after_the_block(tiny_student: LoadedMo
     assert all(layer._compiled_call_impl is None for layer in layers)
 
 
-def test_it_keeps_the_layers_an_enclosing_block_compiled_and_refuses_other_options(
-    tiny_student: LoadedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """precompile.py holds the student's layers compiled from before the teacher pass; training's own block
-    inside it must neither forget what they compiled (torch._dynamo.reset) nor compile them anew."""
-    layers = repeated_layers(tiny_student.model)
-    assert layers is not None
-    resets: list[int] = []
-    real_reset = torch._dynamo.reset
-    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1) or real_reset())
-
-    with compiled_layers(tiny_student.model, True, static_shapes=True):
-        compiled_call = layers[0]._compiled_call_impl
-        with compiled_layers(tiny_student.model, True, static_shapes=True) as inner:
-            assert inner
-            assert layers[0]._compiled_call_impl is compiled_call
-        assert layers[0]._compiled_call_impl is compiled_call  # still compiled after the inner block
-        with pytest.raises(RuntimeError, match="other options"), compiled_layers(tiny_student.model, True):
-            pass
-    assert all(layer._compiled_call_impl is None for layer in layers)
-    assert len(resets) == 1  # the outer block's only
-
-
 def test_it_trains_compiled_to_the_losses_and_weights_of_eager_training(
     tmp_path: Path,
     tiny_student: LoadedModel,

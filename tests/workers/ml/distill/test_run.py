@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from tests.workers.ml.distill.conftest import toy_documents
 from workers.ml.catalog import CatalogConfig, load_model
-from workers.ml.distill import precompile
 from workers.ml.distill.__main__ import main as cli_main
 from workers.ml.distill.__main__ import shorten
 from workers.ml.distill.config import (
@@ -330,30 +329,6 @@ def test_it_runs_the_teacher_over_the_part_of_the_corpus_a_small_token_budget_tr
     # A step or two of ~200 tokens reads a few of the training chunks: the teacher read those, not the corpus.
     assert 0 < teacher_segments < len(toy_corpus.train)
     assert result.metrics["training"]["train_tokens"] >= 200
-
-
-def test_it_compiles_the_student_during_the_teacher_pass_and_trains_as_it_would_have(
-    tmp_path: Path, model_cache_dir: Path, toy_corpus: CorpusSnapshot, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A GPU's case, on a CPU: the teacher (another model) and the student both compiled, the student in a
-    thread while the teacher's pass runs."""
-
-    def compiled_config(run: str) -> DistillConfig:
-        config = tiny_config(tmp_path / run, model_cache_dir)
-        return config.replace(training=dataclasses.replace(config.training, torch_compile="on"))
-
-    at_step_one = distill(compiled_config("at-step-one"), toy_corpus)
-    monkeypatch.setattr(precompile, "PRECOMPILE_DEVICE_TYPES", frozenset({"cpu"}))
-
-    during_pass = distill(compiled_config("during-pass"), toy_corpus)
-
-    assert at_step_one.metrics["training"]["compiled_during_teacher_pass"] is False  # a CPU: not by default
-    assert during_pass.metrics["training"]["compiled_during_teacher_pass"] is True
-    logs = [
-        [json.loads(line)["loss"] for line in (run / "expert" / "training_log.jsonl").read_text().splitlines()]
-        for run in (tmp_path / "at-step-one", tmp_path / "during-pass")
-    ]
-    assert logs[1] == pytest.approx(logs[0], rel=1e-5)
 
 
 def test_it_takes_the_compile_setting_from_the_command_line(tmp_path: Path) -> None:
