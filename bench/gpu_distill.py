@@ -24,6 +24,12 @@ first pass's cache; the headline counts the faster pass.
 
 `--cuda-graphs` adds a third training run, "on+graphs": compiled layers captured as CUDA graphs
 (`training.cuda_graphs`, torch.compile's "reduce-overhead" mode), against the ~18% host time of a compiled step.
+`--compile graphs --compile-teacher on` runs the product's GPU configuration only (one teacher pass, one
+training run). Compilation is cold on a fresh machine and loads from inductor's on-disk kernel cache after it,
+as a worker's later jobs do: the JSON counts the cache's files at the start (`inductor_cache_files_at_start`).
+The runs recorded in docs/benchmarks.md, in a row on one lent GPU:
+    TORCHINDUCTOR_CACHE_DIR=/tmp/ind python3 bench/gpu_distill.py --compile graphs --compile-teacher on   # cold
+    (the same again: warm), then the same with --tokens 16777216                                         # ~4.5 min
 
 Then it profiles one teacher batch and one eager training micro-batch (`profile` in the JSON): wall time, the
 GPU's busy share (summed kernel time / wall: low means the GPU waits for the host) and the top ops by their own
