@@ -125,7 +125,9 @@ class LaunchedTargets:
     host can pack and launch the next batch while this one runs (see TeacherCache.open_or_build).
     """
 
-    def __init__(self, order: list[int], lengths: list[int], tensors: tuple[torch.Tensor, ...], done: Any) -> None:
+    def __init__(
+        self, order: list[int], lengths: list[int], tensors: tuple[torch.Tensor, ...], done: torch.cuda.Event | None
+    ) -> None:
         self._order, self._lengths, self._tensors, self._done = order, lengths, tensors, done
 
     def result(self) -> list[Targets]:
@@ -151,9 +153,8 @@ def launch_teacher_targets(
         # non_blocking copies from a GPU land in pinned host memory; they are valid once `done` has passed.
         on_gpu = values.device.type == "cuda"
         host = tuple(tensor.to("cpu", non_blocking=on_gpu) for tensor in (values.half(), ids.int(), tail.float()))
-        done = None
-        if on_gpu:
-            done = torch.cuda.Event()
+        done = torch.cuda.Event() if on_gpu else None
+        if done is not None:
             done.record()
     return LaunchedTargets(order, lengths, host, done)
 
@@ -310,10 +311,10 @@ class TeacherCache:
         def store(launched: LaunchedTargets | list[Targets], through: int, batch_size: int) -> None:
             nonlocal pending, pending_tokens, built
             targets = launched.result() if isinstance(launched, LaunchedTargets) else launched
-            for segment_index, values, ids, tail in targets:
-                pending.append((segment_index, values, ids, tail))
-                pending_tokens += len(values)
-                built += len(values)
+            pending.extend(targets)
+            positions = sum(len(values) for _, values, _, _ in targets)
+            pending_tokens += positions
+            built += positions
             on_progress(already + through, len(wanted), batch_size)
             if pending_tokens >= SHARD_TOKENS:
                 _write_shard(directory, index, pending)
