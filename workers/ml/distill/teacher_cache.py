@@ -130,6 +130,11 @@ class LaunchedTargets:
     ) -> None:
         self._order, self._lengths, self._tensors, self._done = order, lengths, tensors, done
 
+    @property
+    def on_device(self) -> bool:
+        """Whether a GPU may still be working on it (a CPU's batch is done when launched)."""
+        return self._done is not None
+
     def result(self) -> list[Targets]:
         if self._done is not None:
             self._done.synchronize()
@@ -303,9 +308,10 @@ class TeacherCache:
         pending: list[Targets] = []
         pending_tokens = built = 0
         position = 0
-        # One batch in flight: batch i + 1 is packed and launched before batch i's targets are waited for and
-        # stored, so the GPU does not idle while the host handles them (a local teacher; an endpoint's source
-        # answers at once). Measured on an H200 (bench/gpu_distill.py): see docs/benchmarks.md.
+        # On a GPU one batch stays in flight: batch i + 1 is packed and launched before batch i's targets are
+        # waited for and stored, so the GPU does not idle while the host handles them (measured on an H200:
+        # docs/benchmarks.md). A CPU's batch and an endpoint's answer are complete when they return: stored and
+        # reported at once.
         in_flight: collections.deque[tuple[LaunchedTargets | list[Targets], int, int]] = collections.deque()
 
         def store(launched: LaunchedTargets | list[Targets], through: int, batch_size: int) -> None:
@@ -333,13 +339,17 @@ class TeacherCache:
                 batch_size += len(segments[todo[position]].tokens)
                 position += 1
             in_flight.append((launch(batch_indices), position, batch_size))
-            if len(in_flight) > 1:
+            while len(in_flight) > 1 or (in_flight and not _on_device(in_flight[0][0])):
                 store(*in_flight.popleft())
         while in_flight:
             store(*in_flight.popleft())
         if pending:
             _write_shard(directory, index, pending)
         return cls(directory, device, built_targets=built)
+
+
+def _on_device(launched: LaunchedTargets | list[Targets]) -> bool:
+    return isinstance(launched, LaunchedTargets) and launched.on_device
 
 
 def _write_shard(directory: Path, index: dict[str, Any], pending: list[Targets]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -147,7 +148,7 @@ def test_it_runs_the_teacher_over_the_needed_segments_only_and_adds_the_rest_whe
             torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
 
 
-def test_it_launches_the_next_teacher_batch_before_waiting_for_the_last_and_keeps_every_target(
+def test_it_launches_the_next_gpu_batch_before_waiting_for_the_last_and_keeps_every_target(
     tmp_path: Path,
     tiny_teacher: LoadedModel,
     toy_corpus: CorpusSnapshot,
@@ -162,8 +163,7 @@ def test_it_launches_the_next_teacher_batch_before_waiting_for_the_last_and_keep
         number = sum(event.startswith("launch") for event in events)
         events.append(f"launch {number}")
         launched = real_launch(*args, **kwargs)
-        real_result = launched.result
-        launched.result = lambda: events.append(f"wait {number}") or real_result()  # type: ignore[method-assign]
+        launched._done = SimpleNamespace(synchronize=lambda: events.append(f"wait {number}"))  # as on a GPU
         return launched
 
     monkeypatch.setattr(teacher_cache, "launch_teacher_targets", recording_launch)
@@ -189,11 +189,50 @@ def test_it_launches_the_next_teacher_batch_before_waiting_for_the_last_and_keep
             torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
 
 
-def test_it_stops_between_batches_without_storing_the_one_in_flight(
+def test_it_stores_and_reports_each_batch_at_once_where_nothing_runs_behind(
     tmp_path: Path, tiny_teacher: LoadedModel, toy_corpus: CorpusSnapshot, kd_case: KDCase
+) -> None:
+    """A CPU's batch, or an endpoint's answer (which may take a minute and costs money), is complete when it
+    returns: reported before the next one starts."""
+    segments = _segments(tiny_teacher, toy_corpus, kd_case)
+    events: list[str] = []
+
+    def endpoint(indices: Sequence[int]) -> list[Targets]:
+        events.append("asked")
+        return teacher_targets(tiny_teacher.model, segments, indices, TOP_K, 1.0, 0)
+
+    for source in (endpoint, None):
+        events.clear()
+        cache = TeacherCache.open_or_build(
+            tmp_path / f"cache-{source is None}", {"teacher": "tiny"}, tiny_teacher.model.eval(), segments,
+            top_k=TOP_K, temperature=1.0, batch_tokens=1, pad_token_id=0, source=source,
+            on_progress=lambda done, total, _: events.append(f"reported {done}"),
+        )  # fmt: skip
+        assert cache is not None
+        expected = [f"reported {n}" for n in range(1, len(segments) + 1)]
+        if source is None:  # the local teacher on a CPU
+            assert events == expected
+        else:
+            assert events == [event for n in expected for event in ("asked", n)]
+
+
+def test_it_stops_between_gpu_batches_without_storing_the_one_in_flight(
+    tmp_path: Path,
+    tiny_teacher: LoadedModel,
+    toy_corpus: CorpusSnapshot,
+    kd_case: KDCase,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     segments = _segments(tiny_teacher, toy_corpus, kd_case)
     reports: list[int] = []
+    real_launch = teacher_cache.launch_teacher_targets
+
+    def gpu_launch(*args: Any, **kwargs: Any) -> teacher_cache.LaunchedTargets:
+        launched = real_launch(*args, **kwargs)
+        launched._done = SimpleNamespace(synchronize=lambda: None)  # as on a GPU: still running when returned
+        return launched
+
+    monkeypatch.setattr(teacher_cache, "launch_teacher_targets", gpu_launch)
 
     cache = TeacherCache.open_or_build(
         tmp_path / "cache", {"teacher": "tiny"}, tiny_teacher.model.eval(), segments, top_k=TOP_K,
