@@ -19,6 +19,8 @@ held-out chunks (the product's metrics.json): perplexity and bits per byte of ba
     python bench/quality.py                  # ~20 minutes on 2 CPU cores
     python bench/quality.py --quick          # tiny models, a smoke test of the script (< 1 minute)
     python bench/quality.py --teacher packaged:gemma3-270m --out bench/results/quality-gemma.json
+    python bench/quality.py --loss uld --out bench/results/quality-uld.json         # the same loss, SmolLM2 teaching
+    python bench/quality.py --alpha 1.0 --out bench/results/quality-ce-only.json    # no teacher: cross-entropy only
 
 Writes bench/results/quality.json (or quality-quick.json).
 """
@@ -97,12 +99,34 @@ def main() -> int:
         default="auto",
         help="training.bf16: auto is bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32.",
     )
+    parser.add_argument(
+        "--loss",
+        choices=["auto", "uld"],
+        default="auto",
+        help="kd's loss: 'auto' (the product's: KL for a teacher of the student's vocabulary, ULD across "
+        "vocabularies) or 'uld' (TRL's ULD whatever the vocabulary: with the default teacher, it tells whether "
+        "Gemma's better expert came from the larger teacher or from the loss).",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     spec = "tiny:llama-2l" if args.quick else "packaged:smollm2-135m-instruct"
     teacher_spec = args.teacher or spec
-    catalog = CatalogConfig(cache_dir=args.cache_dir, device="cpu")
+    model_roots: tuple[Path, ...] = ()
+    if args.loss == "uld" and args.quick and args.teacher is None:
+        parser.error("--loss uld loads the teacher again from the catalog's cache, which --quick's tiny model lacks")
+    if args.loss == "uld":
+        # ULD runs the teacher at every step beside the student: it must be a model of its own, not the
+        # student's base with the adapter off. The same weights, loaded again from the catalog's cache.
+        if teacher_spec == spec:
+            kind, name = spec.split(":", 1)  # the catalog keeps a converted model under <cache>/<kind>/<name>
+            copy = (args.cache_dir / kind / name).resolve()
+            model_roots = (copy.parent,)
+            teacher_spec = f"hf:{copy}"
+        from workers.ml.distill import run as run_module
+
+        run_module._Models.local_other_vocabulary = property(lambda models: True)  # type: ignore[assignment,method-assign]
+    catalog = CatalogConfig(cache_dir=args.cache_dir, device="cpu", model_roots=model_roots)
     loaded = load_model(spec, catalog)
     from pydoc_data.topics import topics
 
@@ -115,6 +139,7 @@ def main() -> int:
         model_cache_dir=args.cache_dir,
         student=spec,
         teacher=LocalTeacherConfig(spec=teacher_spec),
+        model_roots=model_roots,
         training=TrainingSettings(
             token_budget=budget,
             seq_len=256,
@@ -184,6 +209,7 @@ def main() -> int:
             "lora_rank": args.rank,
             "torch_compile": args.compile,
             "bf16": args.bf16,
+            "loss": args.loss,
         },
         "precision": {key: product.get("training", {}).get(key) for key in ("base_weights", "bf16_autocast")},
         "heldout_with_context": {
