@@ -21,6 +21,7 @@ held-out chunks (the product's metrics.json): perplexity and bits per byte of ba
     python bench/quality.py --teacher packaged:gemma3-270m --out bench/results/quality-gemma.json
     python bench/quality.py --loss uld --out bench/results/quality-uld.json         # the same loss, SmolLM2 teaching
     python bench/quality.py --alpha 1.0 --out bench/results/quality-ce-only.json    # no teacher: cross-entropy only
+    python bench/quality.py --grad-accum 1 --alpha 1.0 --out bench/results/quality-accum1-alpha1.0.json   # and so on
 
 Writes bench/results/quality.json (or quality-quick.json).
 """
@@ -87,6 +88,13 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        default=2,
+        help="Micro-batches of 4 rows per optimizer step. Packed rows hold ~2 chunks, the ULD path's rows one "
+        "(it does not pack): 1 here gives a packed run about the ULD run's tokens per step.",
+    )
     parser.add_argument("--heldout", type=float, default=0.15)
     parser.add_argument("--max-eval-chunks", type=int, default=80)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads.")
@@ -144,7 +152,7 @@ def main() -> int:
             token_budget=budget,
             seq_len=256,
             micro_batch_size=4,
-            grad_accum=2,
+            grad_accum=args.grad_accum,
             learning_rate=args.lr or (3e-3 if args.quick else 1e-3),
             warmup_ratio=0.05,
             checkpoint_every=100,
@@ -210,6 +218,8 @@ def main() -> int:
             "torch_compile": args.compile,
             "bf16": args.bf16,
             "loss": args.loss,
+            "grad_accum": args.grad_accum,
+            "optimizer_steps": product.get("training", {}).get("steps"),
         },
         "precision": {key: product.get("training", {}).get(key) for key in ("base_weights", "bf16_autocast")},
         "heldout_with_context": {
