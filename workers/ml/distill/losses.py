@@ -69,9 +69,14 @@ def compiled_vocabulary_passes(enabled: bool) -> Iterator[None]:
         _compile_on_gpu.reset(token)
 
 
+def _compiles(logits: torch.Tensor) -> bool:
+    """Whether passes over `logits` run compiled here (see compiled_vocabulary_passes)."""
+    return logits.device.type in COMPILED_DEVICE_TYPES and _compile_on_gpu.get()
+
+
 def _on_gpu_compiled(function: Callable[..., Any], logits: torch.Tensor, *, dynamic: bool | None) -> Callable[..., Any]:
     """`function` compiled when `logits` are on a GPU inside `compiled_vocabulary_passes(True)`, else itself."""
-    if not (logits.device.type in COMPILED_DEVICE_TYPES and _compile_on_gpu.get()):
+    if not _compiles(logits):
         return function
     if function not in _compiled:
         _compiled[function] = torch.compile(function, dynamic=dynamic)
@@ -285,7 +290,7 @@ def teacher_topk(
     31 ms eager and 5.8 ms compiled (compiled_vocabulary_passes), where torch.topk with the compiled
     log-softmax took 23 ms.
     """
-    if teacher_logits.device.type in COMPILED_DEVICE_TYPES and _compile_on_gpu.get():
+    if _compiles(teacher_logits):
         # The number of kept positions changes from batch to batch (dynamic); the vocabulary never does.
         torch._dynamo.maybe_mark_dynamic(teacher_logits, 0)
     topk_logprobs = _on_gpu_compiled(_topk_logprobs, teacher_logits, dynamic=None)
