@@ -148,6 +148,21 @@ def test_it_runs_the_teacher_over_the_needed_segments_only_and_adds_the_rest_whe
             torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
 
 
+def _launches_as_on_a_gpu(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
+    """Teacher batches still running when their launch returns, as on a GPU; `events` records each launch and
+    each wait for a batch's result."""
+    real_launch = teacher_cache.launch_teacher_targets
+
+    def launch(*args: Any, **kwargs: Any) -> teacher_cache.LaunchedTargets:
+        number = sum(event.startswith("launch") for event in events)
+        events.append(f"launch {number}")
+        launched = real_launch(*args, **kwargs)
+        launched._done = SimpleNamespace(synchronize=lambda: events.append(f"wait {number}"))
+        return launched
+
+    monkeypatch.setattr(teacher_cache, "launch_teacher_targets", launch)
+
+
 def test_it_launches_the_next_gpu_batch_before_waiting_for_the_last_and_keeps_every_target(
     tmp_path: Path,
     tiny_teacher: LoadedModel,
@@ -157,16 +172,7 @@ def test_it_launches_the_next_gpu_batch_before_waiting_for_the_last_and_keeps_ev
 ) -> None:
     segments = _segments(tiny_teacher, toy_corpus, kd_case)
     events: list[str] = []
-    real_launch = teacher_cache.launch_teacher_targets
-
-    def recording_launch(*args: Any, **kwargs: Any) -> teacher_cache.LaunchedTargets:
-        number = sum(event.startswith("launch") for event in events)
-        events.append(f"launch {number}")
-        launched = real_launch(*args, **kwargs)
-        launched._done = SimpleNamespace(synchronize=lambda: events.append(f"wait {number}"))  # as on a GPU
-        return launched
-
-    monkeypatch.setattr(teacher_cache, "launch_teacher_targets", recording_launch)
+    _launches_as_on_a_gpu(monkeypatch, events)
     reports: list[int] = []
     longest = max(len(segment.tokens) for segment in segments)
 
@@ -225,14 +231,7 @@ def test_it_stops_between_gpu_batches_without_storing_the_one_in_flight(
 ) -> None:
     segments = _segments(tiny_teacher, toy_corpus, kd_case)
     reports: list[int] = []
-    real_launch = teacher_cache.launch_teacher_targets
-
-    def gpu_launch(*args: Any, **kwargs: Any) -> teacher_cache.LaunchedTargets:
-        launched = real_launch(*args, **kwargs)
-        launched._done = SimpleNamespace(synchronize=lambda: None)  # as on a GPU: still running when returned
-        return launched
-
-    monkeypatch.setattr(teacher_cache, "launch_teacher_targets", gpu_launch)
+    _launches_as_on_a_gpu(monkeypatch, [])
 
     cache = TeacherCache.open_or_build(
         tmp_path / "cache", {"teacher": "tiny"}, tiny_teacher.model.eval(), segments, top_k=TOP_K,
